@@ -1,0 +1,360 @@
+//! `mirror.toml`: the settings, their defaults, and validation with messages that name the key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use url::Url;
+
+/// Everything wrong with a configuration, each naming the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// TOML syntax, an unknown key, or a value of the wrong type or format.
+    #[error("invalid config {path}: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// The parser's message, which names the key and line.
+        message: String,
+    },
+    /// Values that parse but do not make sense together.
+    #[error("invalid config: {key}: {message}")]
+    Invalid {
+        /// The key at fault, e.g. `upstream[1].default`.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[server]`.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// `[storage]`.
+    #[serde(default)]
+    pub storage: StorageConfig,
+    /// `[[upstream]]`: the registries the mirror may contact. When none is configured the mirror
+    /// mirrors Docker Hub.
+    #[serde(default, rename = "upstream")]
+    pub upstreams: Vec<UpstreamConfig>,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+}
+
+/// `[storage]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Root directory of the cache.
+    #[serde(default = "default_storage_path")]
+    pub path: PathBuf,
+    /// Upper bound of the in-memory index (tag records, blob sizes, small manifests), in MiB.
+    #[serde(default = "default_index_mib")]
+    pub index_memory_mib: u64,
+}
+
+/// One `[[upstream]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Matched against `?ns=` and the first component of a repository name.
+    pub name: String,
+    /// Base URL of the registry (`https://registry-1.docker.io`).
+    pub url: Url,
+    /// Names with no `ns` or prefix go to the default upstream.
+    #[serde(default)]
+    pub default: bool,
+    /// How long a cached tag is served without asking the upstream.
+    #[serde(default = "default_tag_ttl", with = "humantime_serde")]
+    pub tag_ttl: Duration,
+    /// Username for the upstream (Basic, or for Bearer token requests).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Password for the upstream. Prefer `password_env`.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Name of an environment variable holding the password.
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// Connect timeout for requests to this upstream.
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 5000))
+}
+fn default_storage_path() -> PathBuf {
+    PathBuf::from("./data")
+}
+fn default_index_mib() -> u64 {
+    64
+}
+fn default_tag_ttl() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: default_listen(),
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            path: default_storage_path(),
+            index_memory_mib: default_index_mib(),
+        }
+    }
+}
+
+impl UpstreamConfig {
+    /// Docker Hub, the upstream used when none is configured.
+    pub fn docker_hub() -> UpstreamConfig {
+        UpstreamConfig {
+            name: "docker.io".to_owned(),
+            url: Url::parse("https://registry-1.docker.io").unwrap_or_else(|_| unreachable!()),
+            default: true,
+            tag_ttl: default_tag_ttl(),
+            username: None,
+            password: None,
+            password_env: None,
+            connect_timeout: default_connect_timeout(),
+        }
+    }
+
+    /// Whether this upstream is Docker Hub, where one-component names mean `library/<name>`.
+    pub fn is_docker_hub(&self) -> bool {
+        self.name == "docker.io"
+    }
+
+    /// The password, from `password` or the variable named by `password_env`.
+    pub fn resolved_password(&self) -> Option<String> {
+        self.password.clone().or_else(|| {
+            self.password_env
+                .as_ref()
+                .and_then(|var| std::env::var(var).ok())
+        })
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server: ServerConfig::default(),
+            storage: StorageConfig::default(),
+            upstreams: vec![UpstreamConfig::docker_hub()],
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates config text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_owned(),
+            message: e.to_string(),
+        })?;
+        if config.upstreams.is_empty() {
+            config.upstreams.push(UpstreamConfig::docker_hub());
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: one default, unique names, usable URLs, credentials in pairs.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: String, message: &str| ConfigError::Invalid {
+            key,
+            message: message.to_owned(),
+        };
+        let mut seen_default = None;
+        for (i, up) in self.upstreams.iter().enumerate() {
+            let key = |field: &str| format!("upstream[{i}].{field}");
+            if !valid_upstream_name(&up.name) {
+                return Err(invalid(
+                    key("name"),
+                    "must be a registry host name such as \"docker.io\" or \"ghcr.io\" (lower-case letters, digits, '.', '-')",
+                ));
+            }
+            if self.upstreams[..i]
+                .iter()
+                .any(|other| other.name == up.name)
+            {
+                return Err(invalid(key("name"), "another upstream has the same name"));
+            }
+            if !matches!(up.url.scheme(), "http" | "https") || up.url.host_str().is_none() {
+                return Err(invalid(
+                    key("url"),
+                    "must be an http:// or https:// URL with a host",
+                ));
+            }
+            if up.url.query().is_some() || up.url.fragment().is_some() {
+                return Err(invalid(key("url"), "must not have a query or fragment"));
+            }
+            if up.default {
+                if let Some(first) = seen_default {
+                    return Err(invalid(
+                        key("default"),
+                        &format!(
+                            "only one upstream may be the default; upstream[{first}] already is"
+                        ),
+                    ));
+                }
+                seen_default = Some(i);
+            }
+            if up.password.is_some() && up.password_env.is_some() {
+                return Err(invalid(
+                    key("password_env"),
+                    "set password or password_env, not both",
+                ));
+            }
+            if (up.password.is_some() || up.password_env.is_some()) && up.username.is_none() {
+                return Err(invalid(key("username"), "a password needs a username"));
+            }
+            if up.connect_timeout.is_zero() {
+                return Err(invalid(key("connect_timeout"), "must be greater than zero"));
+            }
+        }
+        if self.storage.index_memory_mib == 0 {
+            return Err(invalid(
+                "storage.index_memory_mib".into(),
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Upstream names are matched against the first path component of repository names and `ns=`
+/// values, so they must look like a registry host.
+fn valid_upstream_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        Config::parse(text, "test.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn empty_config_mirrors_docker_hub() {
+        let c = Config::parse("", "test.toml").unwrap();
+        assert_eq!(c.server.listen.port(), 5000);
+        assert_eq!(c.storage.path, PathBuf::from("./data"));
+        assert_eq!(c.upstreams.len(), 1);
+        assert!(c.upstreams[0].default && c.upstreams[0].is_docker_hub());
+        assert_eq!(c.upstreams[0].url.as_str(), "https://registry-1.docker.io/");
+    }
+
+    #[test]
+    fn full_config() {
+        let c = Config::parse(
+            r#"
+            [server]
+            listen = "127.0.0.1:6000"
+            [storage]
+            path = "/var/cache/regmirror"
+            [[upstream]]
+            name = "docker.io"
+            url = "https://registry-1.docker.io"
+            default = true
+            tag_ttl = "5m"
+            [[upstream]]
+            name = "ghcr.io"
+            url = "https://ghcr.io"
+            username = "me"
+            password_env = "GHCR_TOKEN"
+            "#,
+            "test.toml",
+        )
+        .unwrap();
+        assert_eq!(c.upstreams[0].tag_ttl, Duration::from_secs(300));
+        assert_eq!(c.upstreams[1].tag_ttl, Duration::from_secs(600));
+        assert!(!c.upstreams[1].default);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let unknown = err("[server]\nlisten = \"0.0.0.0:5000\"\nlisen = 1\n");
+        assert!(unknown.contains("lisen"), "{unknown}");
+        let bad_duration =
+            err("[[upstream]]\nname = \"a.io\"\nurl = \"http://a\"\ntag_ttl = \"ten minutes\"\n");
+        assert!(bad_duration.contains("tag_ttl"), "{bad_duration}");
+        let two_defaults = err(
+            "[[upstream]]\nname = \"a.io\"\nurl = \"http://a\"\ndefault = true\n[[upstream]]\nname = \"b.io\"\nurl = \"http://b\"\ndefault = true\n",
+        );
+        assert!(
+            two_defaults.contains("upstream[1].default"),
+            "{two_defaults}"
+        );
+        let bad_url = err("[[upstream]]\nname = \"a.io\"\nurl = \"not a url\"\n");
+        assert!(bad_url.contains("url"), "{bad_url}");
+        let ftp = err("[[upstream]]\nname = \"a.io\"\nurl = \"ftp://a\"\n");
+        assert!(ftp.contains("upstream[0].url"), "{ftp}");
+        let dup = err(
+            "[[upstream]]\nname = \"a.io\"\nurl = \"http://a\"\n[[upstream]]\nname = \"a.io\"\nurl = \"http://b\"\n",
+        );
+        assert!(dup.contains("upstream[1].name"), "{dup}");
+        let bad_name = err("[[upstream]]\nname = \"A/B\"\nurl = \"http://a\"\n");
+        assert!(bad_name.contains("upstream[0].name"), "{bad_name}");
+    }
+
+    #[test]
+    fn documented_default_config_parses() {
+        let text = include_str!("../mirror.toml");
+        let c = Config::parse(text, "mirror.toml").unwrap();
+        let d = Config::default();
+        assert_eq!(c.server.listen, d.server.listen);
+        assert_eq!(c.storage.path, d.storage.path);
+        assert_eq!(c.upstreams[0].url, d.upstreams[0].url);
+        assert_eq!(c.upstreams[0].tag_ttl, d.upstreams[0].tag_ttl);
+    }
+}

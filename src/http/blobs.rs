@@ -1,0 +1,83 @@
+//! `GET`/`HEAD /v2/<name>/blobs/<digest>`, with single `Range` requests.
+
+use http::{HeaderValue, Response, StatusCode, header};
+
+use super::body::{empty, file_range, streamed};
+use super::errors::{ApiError, Resource, proxy_error};
+use super::{Answer, Ctx, echo_namespace};
+use crate::metrics::{CacheResult, Source};
+use crate::oci::{Digest, ErrorCode, RepoName};
+use crate::proxy::{BlobBody, ByteRange, ProxyError};
+
+/// Answers a blob request.
+pub async fn get(ctx: &Ctx<'_>, name: &RepoName, digest: &Digest) -> Answer {
+    let range = match ctx.headers.get(header::RANGE).map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(value)) => match ByteRange::parse_header(value) {
+            Ok(range) => range,
+            Err(_) => {
+                return ApiError::new(
+                    ErrorCode::RangeInvalid,
+                    format!("malformed Range {value:?}"),
+                )
+                .into();
+            }
+        },
+        Some(Err(_)) => return ApiError::new(ErrorCode::RangeInvalid, "malformed Range").into(),
+    };
+    let route = match ctx.mirror.upstreams.resolve(ctx.query.ns.as_deref(), name) {
+        Ok(route) => route,
+        Err(e) => return proxy_error(ProxyError::Route(e), Resource::Blob, "").into(),
+    };
+    let answer = match ctx.mirror.blob(&route, digest, ctx.head, range).await {
+        Ok(answer) => answer,
+        Err(e) => return proxy_error(e, Resource::Blob, route.upstream.name()).into(),
+    };
+    let (body, source) = match answer.body {
+        BlobBody::Empty => (empty(), None),
+        BlobBody::File { file, start, end } => (file_range(file, start, end), Some(Source::Cache)),
+        BlobBody::Fill { fill, start, end } => {
+            (streamed(fill.read(start, end)), Some(Source::Upstream))
+        }
+    };
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if let Ok(value) = HeaderValue::from_str(&digest.to_string()) {
+        headers.insert("docker-content-digest", value.clone());
+        if let Ok(etag) = HeaderValue::from_str(&format!("\"{digest}\"")) {
+            headers.insert(header::ETAG, etag);
+        }
+    }
+    match (answer.range, answer.size) {
+        (Some((start, end)), Some(size)) => {
+            *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+            let headers = response.headers_mut();
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{}/{size}", end - 1)) {
+                headers.insert(header::CONTENT_RANGE, v);
+            }
+        }
+        (_, Some(size)) => {
+            response
+                .headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+        }
+        // Size unknown (upstream sent no length): the body is chunked.
+        (_, None) => {}
+    }
+    echo_namespace(ctx, &mut response);
+    let source = source.or(match answer.cache {
+        CacheResult::Hit => Some(Source::Cache),
+        _ => None,
+    });
+    Answer {
+        response,
+        cache: Some(answer.cache),
+        source,
+    }
+}

@@ -1,0 +1,150 @@
+//! Response bodies: small buffered ones, streamed file and fill ranges, and a wrapper that logs
+//! each request once its body has been sent (or abandoned).
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures_util::{Stream, TryStreamExt};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Empty, Full, StreamBody};
+use hyper::body::{Body as HttpBody, Frame, SizeHint};
+
+use crate::metrics::{Metrics, Source};
+use crate::proxy::fill::{READ_CHUNK, read_at};
+
+/// The error type of response bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Every response body.
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+/// A body of known bytes.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// An empty body.
+pub fn empty() -> Body {
+    Empty::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+/// A body from a stream of chunks; an `Err` aborts the response (the connection is closed
+/// before the declared length, so the client sees a failure, never a short success).
+pub fn streamed(stream: impl Stream<Item = io::Result<Bytes>> + Send + 'static) -> Body {
+    StreamBody::new(stream.map_ok(Frame::data).map_err(BoxError::from)).boxed_unsync()
+}
+
+/// `[start, end)` of a file, read in chunks on the blocking pool.
+pub fn file_range(file: Arc<std::fs::File>, start: u64, end: u64) -> Body {
+    let chunks =
+        futures_util::stream::try_unfold((file, start), move |(file, offset)| async move {
+            if offset >= end {
+                return Ok(None);
+            }
+            let len = (end - offset).min(READ_CHUNK as u64) as usize;
+            let bytes = read_at(Arc::clone(&file), offset, len).await?;
+            let next = offset + bytes.len() as u64;
+            Ok(Some((bytes, (file, next))))
+        });
+    streamed(chunks)
+}
+
+/// What the request log line says about a request, filled in by the handler.
+pub struct LogInfo {
+    /// HTTP method.
+    pub method: String,
+    /// Request path.
+    pub path: String,
+    /// Response status.
+    pub status: u16,
+    /// Cache result, when the request was a lookup.
+    pub cache: Option<&'static str>,
+    /// Where the body bytes come from (for the served-bytes metric).
+    pub source: Option<Source>,
+    /// When the request arrived.
+    pub started: Instant,
+}
+
+/// Wraps a body, counts its bytes, and logs one line when it is finished or dropped.
+pub struct Logged {
+    inner: Body,
+    info: LogInfo,
+    bytes: u64,
+    failed: bool,
+    ended: bool,
+    metrics: Arc<Metrics>,
+}
+
+impl Logged {
+    /// Wraps `inner`.
+    pub fn new(inner: Body, info: LogInfo, metrics: Arc<Metrics>) -> Logged {
+        Logged {
+            inner,
+            info,
+            bytes: 0,
+            failed: false,
+            ended: false,
+            metrics,
+        }
+    }
+}
+
+impl HttpBody for Logged {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.bytes += data.len() as u64;
+                }
+            }
+            Poll::Ready(Some(Err(_))) => self.failed = true,
+            Poll::Ready(None) => self.ended = true,
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        let info = &self.info;
+        if let Some(source) = info.source {
+            self.metrics
+                .served_bytes
+                .with_label_values(&[source.as_str()])
+                .inc_by(self.bytes);
+        }
+        let complete = !self.failed && (self.ended || self.inner.is_end_stream());
+        tracing::info!(
+            method = %info.method,
+            path = %info.path,
+            status = info.status,
+            bytes = self.bytes,
+            duration_ms = info.started.elapsed().as_secs_f64() * 1000.0,
+            cache = info.cache.unwrap_or("-"),
+            complete,
+            "request"
+        );
+    }
+}

@@ -1,0 +1,149 @@
+//! OCI error responses, and the mapping of every lower layer's errors onto them.
+
+use http::{HeaderValue, Response, header};
+
+use super::body::{Body, full};
+use super::routes::RouteError;
+use crate::oci::ErrorCode;
+use crate::proxy::{FillError, ProxyError};
+use crate::upstream::{self, UpstreamError};
+
+/// An error to send as OCI error JSON.
+#[derive(Debug)]
+pub struct ApiError {
+    /// The spec's code (which fixes the status).
+    pub code: ErrorCode,
+    /// A message for humans.
+    pub message: String,
+    /// Extra headers (`WWW-Authenticate`, `Content-Range`).
+    pub headers: Vec<(header::HeaderName, String)>,
+}
+
+impl ApiError {
+    /// An error with a code and message.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            code,
+            message: message.into(),
+            headers: Vec::new(),
+        }
+    }
+
+    fn with_header(mut self, name: header::HeaderName, value: String) -> ApiError {
+        self.headers.push((name, value));
+        self
+    }
+
+    /// The response: status from the code, JSON body.
+    pub fn into_response(self, head: bool) -> Response<Body> {
+        let body = crate::oci::error::error_body(self.code, &self.message, None);
+        let len = body.len();
+        let mut response = Response::new(if head {
+            super::body::empty()
+        } else {
+            full(body)
+        });
+        *response.status_mut() = self.code.status();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        for (name, value) in self.headers {
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                headers.insert(name, value);
+            }
+        }
+        response
+    }
+}
+
+/// What a request was about, to choose between `MANIFEST_UNKNOWN`, `BLOB_UNKNOWN` and
+/// `NAME_UNKNOWN` for a 404.
+#[derive(Debug, Clone, Copy)]
+pub enum Resource {
+    /// A manifest.
+    Manifest,
+    /// A blob.
+    Blob,
+    /// A repository (tag listing).
+    Repository,
+}
+
+impl Resource {
+    fn unknown(self) -> ErrorCode {
+        match self {
+            Resource::Manifest => ErrorCode::ManifestUnknown,
+            Resource::Blob => ErrorCode::BlobUnknown,
+            Resource::Repository => ErrorCode::NameUnknown,
+        }
+    }
+}
+
+impl From<RouteError> for ApiError {
+    fn from(e: RouteError) -> ApiError {
+        let code = match &e {
+            RouteError::NotFound => {
+                return ApiError::new(ErrorCode::NameUnknown, "no such API endpoint");
+            }
+            RouteError::Name(_) => ErrorCode::NameInvalid,
+            RouteError::Reference(crate::oci::ReferenceError::Tag(_)) => ErrorCode::ManifestInvalid,
+            RouteError::Reference(crate::oci::ReferenceError::Digest(_))
+            | RouteError::Digest(_) => ErrorCode::DigestInvalid,
+        };
+        ApiError::new(code, e.to_string())
+    }
+}
+
+/// Maps an upstream failure for `resource`.
+pub fn upstream_error(e: &UpstreamError, resource: Resource, upstream: &str) -> ApiError {
+    match e {
+        UpstreamError::NotFound => ApiError::new(resource.unknown(), format!("not found on upstream {upstream}")),
+        UpstreamError::Unauthorized => ApiError::new(
+            ErrorCode::Unauthorized,
+            format!(
+                "upstream {upstream} refused: the repository does not exist or needs credentials (set username and password for it in the config)"
+            ),
+        )
+        .with_header(header::WWW_AUTHENTICATE, "Basic realm=\"regmirror\"".into()),
+        UpstreamError::Denied => ApiError::new(ErrorCode::Denied, format!("upstream {upstream} denied access")),
+        UpstreamError::TooManyRequests => ApiError::new(
+            ErrorCode::TooManyRequests,
+            format!("upstream {upstream} rate limit exceeded and the content is not cached"),
+        ),
+        UpstreamError::RangeNotSatisfiable => ApiError::new(ErrorCode::RangeInvalid, "range not satisfiable"),
+        other => ApiError::new(
+            ErrorCode::Unavailable,
+            format!("upstream {upstream} unavailable and the content is not cached: {other}"),
+        ),
+    }
+}
+
+/// Maps a pull-through failure for `resource`.
+pub fn proxy_error(e: ProxyError, resource: Resource, upstream: &str) -> ApiError {
+    match e {
+        ProxyError::Route(upstream::RouteError::UnknownNamespace(ns)) => ApiError::new(
+            ErrorCode::NameUnknown,
+            format!("namespace {ns:?} is not a configured upstream of this mirror"),
+        ),
+        ProxyError::Route(e @ upstream::RouteError::NoUpstream(_)) => {
+            ApiError::new(ErrorCode::NameUnknown, e.to_string())
+        }
+        ProxyError::Upstream(e) | ProxyError::Fill(FillError::Upstream(e)) => {
+            upstream_error(&e, resource, upstream)
+        }
+        ProxyError::Fill(e) => ApiError::new(ErrorCode::Unavailable, e.to_string()),
+        ProxyError::ManifestDigestMismatch | ProxyError::ManifestTooLarge(_) => {
+            ApiError::new(ErrorCode::Unavailable, e.to_string())
+        }
+        ProxyError::RangeNotSatisfiable { size } => {
+            ApiError::new(ErrorCode::RangeInvalid, e.to_string())
+                .with_header(header::CONTENT_RANGE, format!("bytes */{size}"))
+        }
+        ProxyError::Store(e) => {
+            tracing::error!(error = %e, "store failure");
+            ApiError::new(ErrorCode::Unknown, "internal storage error")
+        }
+    }
+}

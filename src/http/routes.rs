@@ -1,0 +1,214 @@
+//! Request paths to routes. Pure: no I/O, every value parsed into its type here.
+
+use crate::oci::{Digest, DigestError, NameError, Reference, ReferenceError, RepoName};
+
+/// What a request path addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// `/v2/`: API version check.
+    Base,
+    /// `/v2/<name>/manifests/<reference>`.
+    Manifest {
+        /// Repository as the client named it.
+        name: RepoName,
+        /// Tag or digest.
+        reference: Reference,
+    },
+    /// `/v2/<name>/blobs/<digest>`.
+    Blob {
+        /// Repository as the client named it.
+        name: RepoName,
+        /// The blob.
+        digest: Digest,
+    },
+    /// `/v2/<name>/blobs/uploads/...`: pushes.
+    Upload {
+        /// Repository as the client named it.
+        name: RepoName,
+    },
+    /// `/v2/<name>/tags/list`.
+    TagsList {
+        /// Repository as the client named it.
+        name: RepoName,
+    },
+    /// `/v2/_catalog`.
+    Catalog,
+    /// `/metrics`: Prometheus.
+    Metrics,
+    /// `/healthz`: liveness.
+    Health,
+}
+
+/// Why a path is not a route.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    /// Nothing lives at this path.
+    #[error("not found")]
+    NotFound,
+    /// The repository name is invalid.
+    #[error(transparent)]
+    Name(#[from] NameError),
+    /// The manifest reference is neither a tag nor a digest.
+    #[error("invalid manifest reference: {0}")]
+    Reference(ReferenceError),
+    /// The blob digest is invalid.
+    #[error("invalid digest: {0}")]
+    Digest(#[from] DigestError),
+}
+
+/// Parses a request path (without the query).
+pub fn parse(path: &str) -> Result<Route, RouteError> {
+    match path {
+        "/v2" | "/v2/" => return Ok(Route::Base),
+        "/metrics" => return Ok(Route::Metrics),
+        "/healthz" => return Ok(Route::Health),
+        "/v2/_catalog" => return Ok(Route::Catalog),
+        _ => {}
+    }
+    let rest = path.strip_prefix("/v2/").ok_or(RouteError::NotFound)?;
+    if let Some(name) = rest.strip_suffix("/tags/list") {
+        return Ok(Route::TagsList {
+            name: name.parse()?,
+        });
+    }
+    if let Some((name, _)) = split_last(rest, "/blobs/uploads") {
+        return Ok(Route::Upload {
+            name: name.parse()?,
+        });
+    }
+    if let Some((name, reference)) = split_last(rest, "/manifests/") {
+        if reference.is_empty() || reference.contains('/') {
+            return Err(RouteError::NotFound);
+        }
+        return Ok(Route::Manifest {
+            name: name.parse()?,
+            reference: reference.parse().map_err(RouteError::Reference)?,
+        });
+    }
+    if let Some((name, digest)) = split_last(rest, "/blobs/") {
+        if digest.is_empty() || digest.contains('/') {
+            return Err(RouteError::NotFound);
+        }
+        return Ok(Route::Blob {
+            name: name.parse()?,
+            digest: digest.parse()?,
+        });
+    }
+    Err(RouteError::NotFound)
+}
+
+/// Splits at the last occurrence of `sep` (names may contain `manifests` or `blobs` components).
+fn split_last<'a>(s: &'a str, sep: &str) -> Option<(&'a str, &'a str)> {
+    let at = s.rfind(sep)?;
+    Some((&s[..at], &s[at + sep.len()..]))
+}
+
+/// The query parameters the API uses.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Query {
+    /// containerd's `ns=<registry host>`.
+    pub ns: Option<String>,
+    /// Page size for listings.
+    pub n: Option<String>,
+    /// Last item of the previous page.
+    pub last: Option<String>,
+}
+
+impl Query {
+    /// Parses a raw query string.
+    pub fn parse(query: Option<&str>) -> Query {
+        let mut q = Query::default();
+        for (key, value) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            let slot = match key.as_ref() {
+                "ns" => &mut q.ns,
+                "n" => &mut q.n,
+                "last" => &mut q.last,
+                _ => continue,
+            };
+            *slot = Some(value.into_owned());
+        }
+        q
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const D: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+    #[test]
+    fn parses_routes() {
+        assert_eq!(parse("/v2/"), Ok(Route::Base));
+        assert_eq!(parse("/v2"), Ok(Route::Base));
+        assert_eq!(parse("/metrics"), Ok(Route::Metrics));
+        assert!(matches!(
+            parse("/v2/library/alpine/manifests/latest"),
+            Ok(Route::Manifest { ref name, reference: Reference::Tag(_) }) if name.as_str() == "library/alpine"
+        ));
+        assert!(matches!(
+            parse(&format!("/v2/a/manifests/{D}")),
+            Ok(Route::Manifest {
+                reference: Reference::Digest(_),
+                ..
+            })
+        ));
+        assert!(matches!(
+            parse(&format!("/v2/ghcr.io/org/app/blobs/{D}")),
+            Ok(Route::Blob { ref name, .. }) if name.as_str() == "ghcr.io/org/app"
+        ));
+        assert!(matches!(
+            parse("/v2/a/b/tags/list"),
+            Ok(Route::TagsList { ref name }) if name.as_str() == "a/b"
+        ));
+        assert!(matches!(
+            parse("/v2/a/blobs/uploads/"),
+            Ok(Route::Upload { .. })
+        ));
+        assert!(matches!(
+            parse("/v2/x/manifests/y/manifests/latest"),
+            Ok(Route::Manifest { ref name, .. }) if name.as_str() == "x/manifests/y"
+        ));
+    }
+
+    #[test]
+    fn rejects_bad_paths() {
+        assert_eq!(parse("/"), Err(RouteError::NotFound));
+        assert_eq!(parse("/v2/alpine"), Err(RouteError::NotFound));
+        assert!(matches!(
+            parse("/v2/Alpine/manifests/latest"),
+            Err(RouteError::Name(_))
+        ));
+        assert!(matches!(
+            parse("/v2/../etc/manifests/latest"),
+            Err(RouteError::Name(_))
+        ));
+        assert!(matches!(
+            parse("/v2/a/manifests/..%2f"),
+            Err(RouteError::Reference(_))
+        ));
+        assert!(matches!(
+            parse("/v2/a/manifests/sha256:zz"),
+            Err(RouteError::Reference(_))
+        ));
+        assert!(matches!(
+            parse("/v2/a/blobs/sha256:abc"),
+            Err(RouteError::Digest(_))
+        ));
+        assert!(matches!(
+            parse("/v2/a/blobs/latest"),
+            Err(RouteError::Digest(_))
+        ));
+        assert_eq!(parse("/v2/a/manifests/"), Err(RouteError::NotFound));
+        assert_eq!(parse("/v2/a/blobs/x/y"), Err(RouteError::NotFound));
+    }
+
+    #[test]
+    fn parses_query() {
+        let q = Query::parse(Some("ns=docker.io&n=10&last=v1&other=x"));
+        assert_eq!(q.ns.as_deref(), Some("docker.io"));
+        assert_eq!(q.n.as_deref(), Some("10"));
+        assert_eq!(q.last.as_deref(), Some("v1"));
+        assert_eq!(Query::parse(None), Query::default());
+    }
+}

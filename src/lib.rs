@@ -1,0 +1,119 @@
+//! regmirror: a pull-through caching mirror for container registries.
+//!
+//! The pieces, each in its own module:
+//! - [`config`]: the `mirror.toml` settings.
+//! - [`oci`]: pure types (digests, names, references, media types, error codes).
+//! - [`http`]: the hyper service, routing and thin handlers.
+//! - [`proxy`]: the pull-through logic between store and upstream (fills, tag TTLs).
+//! - [`store`]: the content-addressed disk store and its moka index.
+//! - [`upstream`]: the upstream client, auth, and routing of names to upstreams.
+//! - [`metrics`]: every Prometheus metric.
+
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod oci;
+pub mod proxy;
+pub mod store;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use config::Config;
+use metrics::Metrics;
+use proxy::{FillSettings, Fills, Mirror};
+use store::Store;
+use upstream::Upstreams;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    /// An upstream client could not be built.
+    #[error(transparent)]
+    Upstream(#[from] upstream::UpstreamError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Builds the mirror (store, upstream clients, fills, metrics) from a config.
+pub async fn build_mirror(config: &Config) -> Result<Arc<Mirror>, StartError> {
+    let metrics = Arc::new(Metrics::new());
+    let index_bytes = config.storage.index_memory_mib * 1024 * 1024;
+    let store = Arc::new(Store::open(&config.storage.path, index_bytes).await?);
+    let upstreams = Upstreams::new(&config.upstreams, &metrics)?;
+    let fills = Fills::new(
+        Arc::clone(&store),
+        Arc::clone(&metrics),
+        FillSettings {
+            idle_timeout: Duration::from_secs(60),
+        },
+    );
+    Ok(Arc::new(Mirror {
+        store,
+        upstreams,
+        fills,
+        metrics,
+    }))
+}
+
+/// A running server.
+pub struct Server {
+    /// The address it listens on (with the real port when 0 was asked for).
+    pub addr: SocketAddr,
+    /// The mirror it serves.
+    pub mirror: Arc<Mirror>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl Server {
+    /// Stops accepting connections and waits for the accept loop to end.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+
+    /// Waits until the server stops (it only stops through [`Server::stop`]).
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+}
+
+/// Binds `config.server.listen` and serves in a background task.
+pub async fn start(config: &Config) -> Result<Server, StartError> {
+    let mirror = build_mirror(config).await?;
+    let addr = config.server.listen;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| StartError::Bind { addr, source })?;
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(http::serve(listener, Arc::clone(&mirror), async move {
+        let _ = rx.await;
+    }));
+    Ok(Server {
+        addr,
+        mirror,
+        shutdown: Some(tx),
+        task,
+    })
+}

@@ -1,0 +1,234 @@
+//! Every Prometheus metric the mirror exports, in one place.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// What kind of content a lookup was for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A manifest (by tag or digest).
+    Manifest,
+    /// A blob (layer or config).
+    Blob,
+}
+
+impl Kind {
+    /// Label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Manifest => "manifest",
+            Kind::Blob => "blob",
+        }
+    }
+}
+
+/// How a lookup was answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheResult {
+    /// From the store, no upstream request.
+    Hit,
+    /// From the store after the upstream confirmed the tag (HEAD) was unchanged.
+    Revalidated,
+    /// Fetched from the upstream.
+    Miss,
+    /// Joined a fetch another request had already started.
+    Coalesced,
+}
+
+impl CacheResult {
+    /// Label value (also used in logs and the `X-Regmirror-Cache` header).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheResult::Hit => "hit",
+            CacheResult::Revalidated => "revalidated",
+            CacheResult::Miss => "miss",
+            CacheResult::Coalesced => "coalesced",
+        }
+    }
+}
+
+/// Where served bytes came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// Read from the store.
+    Cache,
+    /// Streamed from an upstream fetch.
+    Upstream,
+}
+
+impl Source {
+    /// Label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Cache => "cache",
+            Source::Upstream => "upstream",
+        }
+    }
+}
+
+/// The registry and handles to each metric.
+pub struct Metrics {
+    registry: Registry,
+    /// `regmirror_cache_lookups_total{kind,result,upstream}`.
+    pub cache_lookups: IntCounterVec,
+    /// `regmirror_served_bytes_total{source}`.
+    pub served_bytes: IntCounterVec,
+    /// `regmirror_upstream_requests_total{upstream,method,status}`.
+    pub upstream_requests: IntCounterVec,
+    /// `regmirror_upstream_request_duration_seconds{upstream,method}` (time to response headers).
+    pub upstream_duration: HistogramVec,
+    /// `regmirror_upstream_fetched_bytes_total{upstream}`.
+    pub upstream_bytes: IntCounterVec,
+    /// `regmirror_fills_in_flight`.
+    pub fills_in_flight: IntGauge,
+    /// `regmirror_fill_followers_total`: requests that joined a fill already running.
+    pub fill_followers: IntCounter,
+    /// `regmirror_digest_mismatches_total{upstream}`.
+    pub digest_mismatches: IntCounterVec,
+    /// `regmirror_fills_aborted_total{upstream,reason}`.
+    pub fills_aborted: IntCounterVec,
+    /// `regmirror_http_requests_total{method,status}`.
+    pub http_requests: IntCounterVec,
+    /// `regmirror_upstream_ratelimit_limit{upstream}`.
+    pub ratelimit_limit: IntGaugeVec,
+    /// `regmirror_upstream_ratelimit_remaining{upstream}`.
+    pub ratelimit_remaining: IntGaugeVec,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels)
+                .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+            registry
+                .register(Box::new(c.clone()))
+                .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+            c
+        };
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels)
+                .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+            registry
+                .register(Box::new(g.clone()))
+                .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+            g
+        };
+        // Registration only fails for duplicate or malformed names, which are fixed here at
+        // compile time; panicking at start-up on such a programming error is intended.
+        let cache_lookups = counter_vec(
+            "regmirror_cache_lookups_total",
+            "Cache lookups by kind (manifest, blob), result (hit, revalidated, miss, coalesced) and upstream.",
+            &["kind", "result", "upstream"],
+        );
+        let served_bytes = counter_vec(
+            "regmirror_served_bytes_total",
+            "Body bytes sent to clients, by source (cache, upstream).",
+            &["source"],
+        );
+        let upstream_requests = counter_vec(
+            "regmirror_upstream_requests_total",
+            "Requests sent to upstreams, by upstream, method and status (or 'error').",
+            &["upstream", "method", "status"],
+        );
+        let upstream_bytes = counter_vec(
+            "regmirror_upstream_fetched_bytes_total",
+            "Blob bytes fetched from upstreams.",
+            &["upstream"],
+        );
+        let digest_mismatches = counter_vec(
+            "regmirror_digest_mismatches_total",
+            "Upstream content whose sha256 did not match its digest (discarded).",
+            &["upstream"],
+        );
+        let fills_aborted = counter_vec(
+            "regmirror_fills_aborted_total",
+            "Blob fills that failed and were discarded, by reason.",
+            &["upstream", "reason"],
+        );
+        let http_requests = counter_vec(
+            "regmirror_http_requests_total",
+            "Requests answered, by method and status.",
+            &["method", "status"],
+        );
+        let ratelimit_limit = gauge_vec(
+            "regmirror_upstream_ratelimit_limit",
+            "The upstream's last ratelimit-limit header (requests per window).",
+            &["upstream"],
+        );
+        let ratelimit_remaining = gauge_vec(
+            "regmirror_upstream_ratelimit_remaining",
+            "The upstream's last ratelimit-remaining header.",
+            &["upstream"],
+        );
+        let upstream_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "regmirror_upstream_request_duration_seconds",
+                "Time from sending an upstream request to its response headers.",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+            &["upstream", "method"],
+        )
+        .unwrap_or_else(|e| panic!("histogram: {e}"));
+        registry
+            .register(Box::new(upstream_duration.clone()))
+            .unwrap_or_else(|e| panic!("histogram: {e}"));
+        let fills_in_flight = IntGauge::new(
+            "regmirror_fills_in_flight",
+            "Blob fills from upstreams currently running.",
+        )
+        .unwrap_or_else(|e| panic!("gauge: {e}"));
+        registry
+            .register(Box::new(fills_in_flight.clone()))
+            .unwrap_or_else(|e| panic!("gauge: {e}"));
+        let fill_followers = IntCounter::new(
+            "regmirror_fill_followers_total",
+            "Requests that joined a blob fill already running instead of fetching again.",
+        )
+        .unwrap_or_else(|e| panic!("counter: {e}"));
+        registry
+            .register(Box::new(fill_followers.clone()))
+            .unwrap_or_else(|e| panic!("counter: {e}"));
+        Metrics {
+            registry,
+            cache_lookups,
+            served_bytes,
+            upstream_requests,
+            upstream_duration,
+            upstream_bytes,
+            fills_in_flight,
+            fill_followers,
+            digest_mismatches,
+            fills_aborted,
+            http_requests,
+            ratelimit_limit,
+            ratelimit_remaining,
+        }
+    }
+
+    /// Counts one cache lookup.
+    pub fn lookup(&self, kind: Kind, result: CacheResult, upstream: &str) {
+        self.cache_lookups
+            .with_label_values(&[kind.as_str(), result.as_str(), upstream])
+            .inc();
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed metric families.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

@@ -1,0 +1,13 @@
+//! Pure OCI types: no I/O. Everything here is built at the edge from untrusted strings and only
+//! holds valid values afterwards.
+
+pub mod digest;
+pub mod error;
+pub mod media;
+pub mod name;
+pub mod reference;
+
+pub use digest::{Digest, DigestError};
+pub use error::ErrorCode;
+pub use name::{NameError, RepoName, Tag};
+pub use reference::{Reference, ReferenceError};

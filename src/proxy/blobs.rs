@@ -1,0 +1,267 @@
+//! Blobs: served from the store when present, else from a fill shared by every request for the
+//! same digest.
+
+use std::sync::Arc;
+
+use reqwest::Method;
+
+use super::fill::{Fill, Joined};
+use super::{Mirror, ProxyError};
+use crate::metrics::{CacheResult, Kind};
+use crate::oci::Digest;
+use crate::upstream::Resolved;
+
+/// A `Range` header that is not a valid byte range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("malformed Range header")]
+pub struct MalformedRange;
+
+/// A single byte range as a client may ask for it (`Range: bytes=...`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ByteRange {
+    /// `bytes=a-b` (inclusive).
+    FromTo(u64, u64),
+    /// `bytes=a-`.
+    From(u64),
+    /// `bytes=-n`: the last n bytes.
+    Suffix(u64),
+}
+
+impl ByteRange {
+    /// Parses a `Range` header. `Ok(None)` for headers we may ignore (other units, several
+    /// ranges: answered with the whole blob, as RFC 9110 allows); `Err` for malformed ones.
+    pub fn parse_header(value: &str) -> Result<Option<ByteRange>, MalformedRange> {
+        let Some(spec) = value.trim().strip_prefix("bytes=") else {
+            return Ok(None);
+        };
+        if spec.contains(',') {
+            return Ok(None);
+        }
+        let (a, b) = spec.trim().split_once('-').ok_or(MalformedRange)?;
+        let num = |s: &str| s.trim().parse::<u64>().map_err(|_| MalformedRange);
+        match (a.trim().is_empty(), b.trim().is_empty()) {
+            (true, true) => Err(MalformedRange),
+            (true, false) => Ok(Some(ByteRange::Suffix(num(b)?))),
+            (false, true) => Ok(Some(ByteRange::From(num(a)?))),
+            (false, false) => {
+                let (a, b) = (num(a)?, num(b)?);
+                if b < a {
+                    return Err(MalformedRange);
+                }
+                Ok(Some(ByteRange::FromTo(a, b)))
+            }
+        }
+    }
+
+    /// The half-open span `[start, end)` within a blob of `size` bytes, or `None` when the
+    /// range is unsatisfiable.
+    pub fn resolve(self, size: u64) -> Option<(u64, u64)> {
+        let (start, end) = match self {
+            ByteRange::FromTo(a, b) => (a, b.saturating_add(1).min(size)),
+            ByteRange::From(a) => (a, size),
+            ByteRange::Suffix(0) => return None,
+            ByteRange::Suffix(n) => (size.saturating_sub(n), size),
+        };
+        (start < size && start < end).then_some((start, end))
+    }
+}
+
+/// Where a blob answer's body comes from.
+pub enum BlobBody {
+    /// HEAD: no body.
+    Empty,
+    /// `[start, end)` of a committed blob file.
+    File {
+        /// The open file.
+        file: Arc<std::fs::File>,
+        /// First byte.
+        start: u64,
+        /// One past the last byte.
+        end: u64,
+    },
+    /// `[start, end)` of a fill as it arrives (`end = None`: to the end, size unknown).
+    Fill {
+        /// The fill.
+        fill: Arc<Fill>,
+        /// First byte.
+        start: u64,
+        /// One past the last byte.
+        end: Option<u64>,
+    },
+}
+
+/// A blob answer.
+pub struct BlobAnswer {
+    /// The whole blob's size, when known.
+    pub size: Option<u64>,
+    /// `Some((start, end))` when answering a range (206).
+    pub range: Option<(u64, u64)>,
+    /// The body.
+    pub body: BlobBody,
+    /// How it was answered.
+    pub cache: CacheResult,
+}
+
+impl Mirror {
+    /// Answers a blob GET (`head = false`) or HEAD, optionally for a byte range.
+    pub async fn blob(
+        &self,
+        route: &Resolved,
+        digest: &Digest,
+        head: bool,
+        range: Option<ByteRange>,
+    ) -> Result<BlobAnswer, ProxyError> {
+        let answer = self.blob_inner(route, digest, head, range).await?;
+        self.metrics
+            .lookup(Kind::Blob, answer.cache, route.upstream.name());
+        Ok(answer)
+    }
+
+    async fn blob_inner(
+        &self,
+        route: &Resolved,
+        digest: &Digest,
+        head: bool,
+        range: Option<ByteRange>,
+    ) -> Result<BlobAnswer, ProxyError> {
+        if let Some(answer) = self.blob_from_store(digest, head, range).await? {
+            return Ok(answer);
+        }
+        if head {
+            return self.blob_head_upstream(route, digest, range).await;
+        }
+        let (fill, cache) = match self
+            .fills
+            .start_or_join(&route.upstream, &route.repo, digest)?
+        {
+            Joined::Leader(fill) => (fill, CacheResult::Miss),
+            Joined::Follower(fill) => (fill, CacheResult::Coalesced),
+            Joined::Committed => {
+                return self.blob_from_store(digest, head, range).await?.ok_or(
+                    ProxyError::Upstream(crate::upstream::UpstreamError::NotFound),
+                );
+            }
+        };
+        let size = fill.wait_started().await?;
+        let span = match (range, size) {
+            (Some(r), Some(size)) => Some(
+                r.resolve(size)
+                    .ok_or(ProxyError::RangeNotSatisfiable { size })?,
+            ),
+            _ => None,
+        };
+        let (start, end) = match span {
+            Some((s, e)) => (s, Some(e)),
+            None => (0, size),
+        };
+        Ok(BlobAnswer {
+            size,
+            range: span,
+            body: BlobBody::Fill { fill, start, end },
+            cache,
+        })
+    }
+
+    async fn blob_from_store(
+        &self,
+        digest: &Digest,
+        head: bool,
+        range: Option<ByteRange>,
+    ) -> Result<Option<BlobAnswer>, ProxyError> {
+        let Some((file, size)) = self.store.open_blob(digest).await? else {
+            return Ok(None);
+        };
+        let span = match range {
+            Some(r) => Some(
+                r.resolve(size)
+                    .ok_or(ProxyError::RangeNotSatisfiable { size })?,
+            ),
+            None => None,
+        };
+        let (start, end) = span.unwrap_or((0, size));
+        let body = if head {
+            BlobBody::Empty
+        } else {
+            BlobBody::File {
+                file: Arc::new(file),
+                start,
+                end,
+            }
+        };
+        Ok(Some(BlobAnswer {
+            size: Some(size),
+            range: span,
+            body,
+            cache: CacheResult::Hit,
+        }))
+    }
+
+    /// A HEAD for a blob we do not have: a running fill knows the size, else ask the upstream
+    /// with a HEAD (never a GET).
+    async fn blob_head_upstream(
+        &self,
+        route: &Resolved,
+        digest: &Digest,
+        range: Option<ByteRange>,
+    ) -> Result<BlobAnswer, ProxyError> {
+        let size = match self.fills.running(digest) {
+            Some(fill) => fill.wait_started().await?,
+            None => route
+                .upstream
+                .blob(Method::HEAD, &route.repo, digest, None)
+                .await?
+                .content_length(),
+        };
+        let span = match (range, size) {
+            (Some(r), Some(size)) => Some(
+                r.resolve(size)
+                    .ok_or(ProxyError::RangeNotSatisfiable { size })?,
+            ),
+            _ => None,
+        };
+        Ok(BlobAnswer {
+            size,
+            range: span,
+            body: BlobBody::Empty,
+            cache: CacheResult::Miss,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_ranges() {
+        assert_eq!(
+            ByteRange::parse_header("bytes=0-99"),
+            Ok(Some(ByteRange::FromTo(0, 99)))
+        );
+        assert_eq!(
+            ByteRange::parse_header("bytes=100-"),
+            Ok(Some(ByteRange::From(100)))
+        );
+        assert_eq!(
+            ByteRange::parse_header("bytes=-5"),
+            Ok(Some(ByteRange::Suffix(5)))
+        );
+        assert_eq!(ByteRange::parse_header("items=0-1"), Ok(None));
+        assert_eq!(ByteRange::parse_header("bytes=0-1,5-6"), Ok(None));
+        assert_eq!(ByteRange::parse_header("bytes=5-1"), Err(MalformedRange));
+        assert_eq!(ByteRange::parse_header("bytes=-"), Err(MalformedRange));
+        assert_eq!(ByteRange::parse_header("bytes=a-b"), Err(MalformedRange));
+    }
+
+    #[test]
+    fn resolves_ranges() {
+        assert_eq!(ByteRange::FromTo(0, 99).resolve(50), Some((0, 50)));
+        assert_eq!(ByteRange::FromTo(10, 19).resolve(50), Some((10, 20)));
+        assert_eq!(ByteRange::From(49).resolve(50), Some((49, 50)));
+        assert_eq!(ByteRange::From(50).resolve(50), None);
+        assert_eq!(ByteRange::Suffix(10).resolve(50), Some((40, 50)));
+        assert_eq!(ByteRange::Suffix(100).resolve(50), Some((0, 50)));
+        assert_eq!(ByteRange::Suffix(0).resolve(50), None);
+        assert_eq!(ByteRange::From(0).resolve(0), None);
+    }
+}

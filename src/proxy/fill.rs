@@ -1,0 +1,466 @@
+//! Blob fills: one upstream GET per missing digest, written to a spool file while hashed, and
+//! read by every request for that digest as it grows (leader/follower).
+//!
+//! The fill runs in its own task, detached from the requests that asked for it: a client that
+//! hangs up does not cancel it. Readers never see the blob's final byte before the digest has
+//! been verified, so a wrong or short body can always be turned into an aborted response.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use reqwest::Method;
+use tokio::sync::{mpsc, watch};
+
+use crate::metrics::Metrics;
+use crate::oci::{Digest, RepoName};
+use crate::store::{Spool, Store, StoreError};
+use crate::upstream::{UpstreamClient, UpstreamError, error_chain};
+
+/// Bytes read from a spool or blob file per chunk sent to a client.
+pub const READ_CHUNK: usize = 256 * 1024;
+
+/// Why a fill failed. Cloned to every reader.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FillError {
+    /// The upstream refused or could not be reached before any byte was received.
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    /// The body ended early or broke off.
+    #[error("upstream body cut off after {0} bytes")]
+    Truncated(u64),
+    /// No bytes arrived for the idle timeout.
+    #[error("upstream stalled: no data for {0:?}")]
+    Stalled(Duration),
+    /// The bytes hash to another digest.
+    #[error("upstream sent wrong bytes: expected {expected}, got {actual}")]
+    DigestMismatch {
+        /// Requested digest.
+        expected: Digest,
+        /// Digest of what arrived.
+        actual: Digest,
+    },
+    /// Writing the spool or committing it failed.
+    #[error("store error: {0}")]
+    Store(String),
+}
+
+impl FillError {
+    /// Short label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            FillError::Upstream(_) => "upstream",
+            FillError::Truncated(_) => "truncated",
+            FillError::Stalled(_) => "stalled",
+            FillError::DigestMismatch { .. } => "digest_mismatch",
+            FillError::Store(_) => "store",
+        }
+    }
+}
+
+/// Where a fill is.
+#[derive(Debug, Clone)]
+pub enum Phase {
+    /// Waiting for the upstream's response headers.
+    Connecting,
+    /// Bytes are arriving.
+    Streaming,
+    /// Verified and committed to the store.
+    Done,
+    /// Failed; nothing was kept.
+    Failed(FillError),
+}
+
+/// A snapshot of a fill's progress, published to readers.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    /// The blob's size, when the upstream declared it.
+    pub total: Option<u64>,
+    /// Bytes written to the spool so far.
+    pub written: u64,
+    /// Where the fill is.
+    pub phase: Phase,
+}
+
+impl Progress {
+    /// How far a reader may read: everything written, except that the blob's last byte is
+    /// held back until the digest is verified.
+    fn readable(&self) -> u64 {
+        match self.phase {
+            Phase::Done => self.written,
+            _ => match self.total {
+                Some(total) => self.written.min(total.saturating_sub(1)),
+                None => self.written.saturating_sub(1),
+            },
+        }
+    }
+}
+
+/// A running (or just finished) fill.
+pub struct Fill {
+    /// The blob being fetched.
+    pub digest: Digest,
+    file: Arc<std::fs::File>,
+    progress: watch::Receiver<Progress>,
+}
+
+impl Fill {
+    /// Waits for the upstream's response headers: the blob's size (if declared), or the error
+    /// that ended the fill before any byte.
+    pub async fn wait_started(&self) -> Result<Option<u64>, FillError> {
+        let mut rx = self.progress.clone();
+        let progress = rx
+            .wait_for(|p| !matches!(p.phase, Phase::Connecting))
+            .await
+            .map_err(|_| FillError::Store("fill task ended unexpectedly".into()))?;
+        match &progress.phase {
+            Phase::Failed(e) => Err(e.clone()),
+            _ => Ok(progress.total),
+        }
+    }
+
+    /// Waits for the fill to finish.
+    pub async fn wait_done(&self) -> Result<u64, FillError> {
+        let mut rx = self.progress.clone();
+        let progress = rx
+            .wait_for(|p| matches!(p.phase, Phase::Done | Phase::Failed(_)))
+            .await
+            .map_err(|_| FillError::Store("fill task ended unexpectedly".into()))?;
+        match &progress.phase {
+            Phase::Failed(e) => Err(e.clone()),
+            _ => Ok(progress.written),
+        }
+    }
+
+    /// The bytes `[start, end)` as they arrive (`end = None`: to the end of the blob). The
+    /// stream ends with an error if the fill fails, so the client's response is aborted.
+    pub fn read(
+        self: &Arc<Self>,
+        start: u64,
+        end: Option<u64>,
+    ) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
+        let fill = Arc::clone(self);
+        let rx = self.progress.clone();
+        futures_util::stream::unfold(
+            (fill, rx, start, false),
+            move |(fill, mut rx, offset, finished)| async move {
+                if finished {
+                    return None;
+                }
+                loop {
+                    let progress = rx.borrow_and_update().clone();
+                    if let Phase::Failed(e) = &progress.phase {
+                        let err = io::Error::other(e.to_string());
+                        return Some((Err(err), (fill, rx, offset, true)));
+                    }
+                    let end = end.or(progress.total);
+                    if end.is_some_and(|end| offset >= end)
+                        || (end.is_none()
+                            && matches!(progress.phase, Phase::Done)
+                            && offset >= progress.written)
+                    {
+                        return None;
+                    }
+                    let limit = end.map_or(progress.readable(), |e| e.min(progress.readable()));
+                    if offset < limit {
+                        let len = (limit - offset).min(READ_CHUNK as u64) as usize;
+                        let chunk = read_at(Arc::clone(&fill.file), offset, len).await;
+                        return match chunk {
+                            Ok(bytes) => {
+                                let next = offset + bytes.len() as u64;
+                                Some((Ok(bytes), (fill, rx, next, false)))
+                            }
+                            Err(e) => Some((Err(e), (fill, rx, offset, true))),
+                        };
+                    }
+                    if matches!(progress.phase, Phase::Done) {
+                        // Done, yet short of the declared end: the upstream lied about the size.
+                        let err = io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "blob shorter than declared",
+                        );
+                        return Some((Err(err), (fill, rx, offset, true)));
+                    }
+                    if rx.changed().await.is_err() {
+                        let err = io::Error::other("fill ended unexpectedly");
+                        return Some((Err(err), (fill, rx, offset, true)));
+                    }
+                }
+            },
+        )
+    }
+}
+
+/// Reads `len` bytes at `offset` on the blocking pool.
+pub async fn read_at(file: Arc<std::fs::File>, offset: u64, len: usize) -> io::Result<Bytes> {
+    tokio::task::spawn_blocking(move || {
+        let mut buf = vec![0u8; len];
+        let mut filled = 0;
+        while filled < len {
+            let n = file.read_at(&mut buf[filled..], offset + filled as u64)?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        if filled == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "read past end of file",
+            ));
+        }
+        buf.truncate(filled);
+        Ok(Bytes::from(buf))
+    })
+    .await
+    .map_err(io::Error::other)?
+}
+
+/// What [`Fills::start_or_join`] found.
+pub enum Joined {
+    /// This request started the fill.
+    Leader(Arc<Fill>),
+    /// A fill was already running; this request reads from it.
+    Follower(Arc<Fill>),
+    /// The blob was committed meanwhile; read it from the store.
+    Committed,
+}
+
+/// Settings of fills.
+#[derive(Debug, Clone)]
+pub struct FillSettings {
+    /// A fill with no bytes for this long fails.
+    pub idle_timeout: Duration,
+}
+
+/// The fills in flight, by digest (the store is digest-global, so repositories share them).
+pub struct Fills {
+    inflight: Mutex<HashMap<Digest, Arc<Fill>>>,
+    store: Arc<Store>,
+    metrics: Arc<Metrics>,
+    settings: FillSettings,
+}
+
+impl Fills {
+    /// An empty set of fills.
+    pub fn new(store: Arc<Store>, metrics: Arc<Metrics>, settings: FillSettings) -> Arc<Fills> {
+        Arc::new(Fills {
+            inflight: Mutex::new(HashMap::new()),
+            store,
+            metrics,
+            settings,
+        })
+    }
+
+    /// The fill for `digest` if one is running.
+    pub fn running(&self, digest: &Digest) -> Option<Arc<Fill>> {
+        self.lock().get(digest).cloned()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Digest, Arc<Fill>>> {
+        self.inflight.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Joins the fill of `digest`, starting one from `upstream` if none is running.
+    pub fn start_or_join(
+        self: &Arc<Self>,
+        upstream: &Arc<UpstreamClient>,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Joined, StoreError> {
+        let mut inflight = self.lock();
+        if let Some(fill) = inflight.get(digest) {
+            self.metrics.fill_followers.inc();
+            return Ok(Joined::Follower(Arc::clone(fill)));
+        }
+        // A fill that just finished has committed before leaving the map.
+        if self.store.blob_path(digest).exists() {
+            return Ok(Joined::Committed);
+        }
+        let spool = self.store.create_spool(digest)?;
+        let (tx, rx) = watch::channel(Progress {
+            total: None,
+            written: 0,
+            phase: Phase::Connecting,
+        });
+        let fill = Arc::new(Fill {
+            digest: digest.clone(),
+            file: spool.reader(),
+            progress: rx,
+        });
+        inflight.insert(digest.clone(), Arc::clone(&fill));
+        drop(inflight);
+        self.metrics.fills_in_flight.inc();
+        let fills = Arc::clone(self);
+        let job = FillJob {
+            upstream: Arc::clone(upstream),
+            repo: repo.clone(),
+            digest: digest.clone(),
+            tx,
+        };
+        tokio::spawn(async move {
+            let digest = job.digest.clone();
+            let upstream_name = job.upstream.name().to_owned();
+            let result = job.run(spool, &fills).await;
+            if let Err(e) = &result {
+                tracing::warn!(%digest, upstream = %upstream_name, error = %e, "blob fill failed; nothing kept");
+                fills
+                    .metrics
+                    .fills_aborted
+                    .with_label_values(&[&upstream_name, e.reason()])
+                    .inc();
+                if matches!(e, FillError::DigestMismatch { .. }) {
+                    fills
+                        .metrics
+                        .digest_mismatches
+                        .with_label_values(&[&upstream_name])
+                        .inc();
+                }
+            }
+            fills.lock().remove(&digest);
+            fills.metrics.fills_in_flight.dec();
+        });
+        Ok(Joined::Leader(fill))
+    }
+}
+
+/// Messages from the network side of a fill to its disk writer.
+enum ToWriter {
+    Data(Bytes),
+    Finish,
+}
+
+/// One fill's task.
+struct FillJob {
+    upstream: Arc<UpstreamClient>,
+    repo: RepoName,
+    digest: Digest,
+    tx: watch::Sender<Progress>,
+}
+
+impl FillJob {
+    /// Runs the fill and publishes its outcome.
+    async fn run(self, spool: Spool, fills: &Fills) -> Result<u64, FillError> {
+        let result = self.fetch(spool, fills).await;
+        self.tx.send_modify(|p| {
+            p.phase = match &result {
+                Ok(_) => Phase::Done,
+                Err(e) => Phase::Failed(e.clone()),
+            }
+        });
+        result
+    }
+
+    async fn fetch(&self, spool: Spool, fills: &Fills) -> Result<u64, FillError> {
+        let response = self
+            .upstream
+            .blob(Method::GET, &self.repo, &self.digest, None)
+            .await?;
+        let total = response.content_length();
+        self.tx.send_modify(|p| {
+            p.total = total;
+            p.phase = Phase::Streaming;
+        });
+        // Disk writes and hashing run on a blocking thread fed by a bounded channel, so the
+        // network side never blocks the runtime and a slow disk pushes back on the upstream.
+        let (to_writer, from_network) = mpsc::channel::<ToWriter>(32);
+        let writer = {
+            let tx = self.tx.clone();
+            let store = Arc::clone(&fills.store);
+            let digest = self.digest.clone();
+            tokio::task::spawn_blocking(move || {
+                write_spool(spool, from_network, &tx, &store, &digest)
+            })
+        };
+        let streamed = self.stream_body(response, total, &to_writer, fills).await;
+        if streamed.is_ok() {
+            let _ = to_writer.send(ToWriter::Finish).await;
+        }
+        drop(to_writer);
+        let written = writer
+            .await
+            .map_err(|e| FillError::Store(format!("writer task: {e}")))?;
+        streamed?;
+        written
+    }
+
+    async fn stream_body(
+        &self,
+        response: reqwest::Response,
+        total: Option<u64>,
+        to_writer: &mpsc::Sender<ToWriter>,
+        fills: &Fills,
+    ) -> Result<(), FillError> {
+        let idle = fills.settings.idle_timeout;
+        let bytes_metric = fills
+            .metrics
+            .upstream_bytes
+            .with_label_values(&[self.upstream.name()]);
+        let mut received = 0u64;
+        let mut body = response.bytes_stream();
+        loop {
+            let next = tokio::time::timeout(idle, body.next())
+                .await
+                .map_err(|_| FillError::Stalled(idle))?;
+            match next {
+                None => break,
+                Some(Ok(chunk)) => {
+                    received += chunk.len() as u64;
+                    bytes_metric.inc_by(chunk.len() as u64);
+                    if total.is_some_and(|t| received > t) {
+                        return Err(FillError::Upstream(UpstreamError::Invalid(
+                            "body longer than Content-Length".into(),
+                        )));
+                    }
+                    if to_writer.send(ToWriter::Data(chunk)).await.is_err() {
+                        // The writer stopped: it will report why.
+                        return Ok(());
+                    }
+                }
+                Some(Err(e)) => {
+                    tracing::debug!(error = %error_chain(&e), received, "upstream body broke off");
+                    return Err(FillError::Truncated(received));
+                }
+            }
+        }
+        if total.is_some_and(|t| received < t) {
+            return Err(FillError::Truncated(received));
+        }
+        Ok(())
+    }
+}
+
+/// The disk side of a fill: appends, hashes, publishes progress, and commits on `Finish`.
+fn write_spool(
+    mut spool: Spool,
+    mut from_network: mpsc::Receiver<ToWriter>,
+    tx: &watch::Sender<Progress>,
+    store: &Store,
+    digest: &Digest,
+) -> Result<u64, FillError> {
+    while let Some(message) = from_network.blocking_recv() {
+        match message {
+            ToWriter::Data(chunk) => {
+                spool
+                    .append(&chunk)
+                    .map_err(|e| FillError::Store(format!("writing spool: {e}")))?;
+                let written = spool.written();
+                tx.send_modify(|p| p.written = written);
+            }
+            ToWriter::Finish => {
+                return store.commit_spool(spool, digest).map_err(|e| match e {
+                    StoreError::DigestMismatch { expected, actual } => {
+                        FillError::DigestMismatch { expected, actual }
+                    }
+                    other => FillError::Store(other.to_string()),
+                });
+            }
+        }
+    }
+    // The network side gave up; dropping the spool deletes it.
+    Err(FillError::Store("fill abandoned".into()))
+}

@@ -1,0 +1,184 @@
+//! The disk store: a content-addressed blob store, tag records and manifest metadata, with a
+//! moka index in front. It knows nothing of HTTP or upstreams.
+//!
+//! Layout under the root:
+//! ```text
+//! blobs/sha256/ab/<64 hex>          layers, configs and manifests, only ever complete and verified
+//! meta/sha256/ab/<64 hex>.json      media type of a manifest blob
+//! tags/<upstream>/<repo>/_tags/<tag>.json   tag records
+//! tmp/                              spools and temp files; emptied at start
+//! ```
+
+mod blobs;
+mod tags;
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use moka::sync::Cache;
+
+use crate::oci::Digest;
+
+pub use blobs::Spool;
+pub use tags::{TagKey, TagRecord};
+
+/// Errors of the store layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A filesystem operation failed.
+    #[error("store I/O error on {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// Bytes offered for a digest hash to something else; nothing was kept.
+    #[error("content does not match digest: expected {expected}, got {actual}")]
+    DigestMismatch {
+        /// The digest the content was offered as.
+        expected: Digest,
+        /// The digest of the bytes.
+        actual: Digest,
+    },
+    /// A stored record could not be decoded.
+    #[error("corrupt record {path}: {message}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// The decoder's message.
+        message: String,
+    },
+}
+
+/// Shorthand for results of this layer.
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// Attaches a path to an `io::Error`.
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// A manifest read from the store.
+#[derive(Debug, Clone)]
+pub struct StoredManifest {
+    /// Its digest.
+    pub digest: Digest,
+    /// Exactly the bytes received from the upstream or client.
+    pub bytes: Bytes,
+    /// Its media type.
+    pub media_type: String,
+}
+
+/// The store. Cheap to share behind an `Arc`.
+pub struct Store {
+    root: PathBuf,
+    tags: Cache<TagKey, TagRecord>,
+    blob_sizes: Cache<Digest, u64>,
+    manifests: Cache<Digest, Arc<StoredManifest>>,
+}
+
+/// Manifests up to this size are kept in memory by the index.
+const MAX_INDEXED_MANIFEST: usize = 256 * 1024;
+
+impl Store {
+    /// Opens (creating if needed) the store at `root`, removing temp files a previous run left.
+    /// `index_bytes` bounds the memory the index may use.
+    pub async fn open(root: &Path, index_bytes: u64) -> Result<Store> {
+        for dir in ["blobs/sha256", "meta/sha256", "tags", "tmp"] {
+            let path = root.join(dir);
+            tokio::fs::create_dir_all(&path)
+                .await
+                .map_err(io_err(&path))?;
+        }
+        let store = Store {
+            root: root.to_owned(),
+            tags: Cache::builder().max_capacity(index_bytes / 4 / 256).build(),
+            blob_sizes: Cache::builder().max_capacity(index_bytes / 4 / 128).build(),
+            manifests: Cache::builder()
+                .weigher(|_, m: &Arc<StoredManifest>| {
+                    u32::try_from(m.bytes.len() + 256).unwrap_or(u32::MAX)
+                })
+                .max_capacity(index_bytes / 2)
+                .build(),
+        };
+        store.clean_tmp().await?;
+        Ok(store)
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where temp files and spools live.
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    /// Removes every leftover temp file: anything in `tmp/` at start is from a run that died
+    /// mid-write and was never renamed into place.
+    async fn clean_tmp(&self) -> Result<()> {
+        let dir = self.tmp_dir();
+        let mut entries = tokio::fs::read_dir(&dir).await.map_err(io_err(&dir))?;
+        let mut removed = 0u32;
+        while let Some(entry) = entries.next_entry().await.map_err(io_err(&dir))? {
+            let path = entry.path();
+            tokio::fs::remove_file(&path).await.map_err(io_err(&path))?;
+            removed += 1;
+        }
+        if removed > 0 {
+            tracing::info!(removed, "removed leftover temp files from an earlier run");
+        }
+        Ok(())
+    }
+
+    /// A path for a new temp file.
+    fn temp_path(&self, purpose: &str) -> PathBuf {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        self.tmp_dir()
+            .join(format!("{purpose}-{}-{n}", std::process::id()))
+    }
+
+    /// Writes `bytes` to `path` atomically: temp file, fsync, rename.
+    async fn write_atomic(&self, path: &Path, bytes: &[u8]) -> Result<()> {
+        if let Some(parent) = path.parent() {
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(io_err(parent))?;
+        }
+        let tmp = self.temp_path("write");
+        let result = async {
+            let mut file = tokio::fs::File::create(&tmp).await.map_err(io_err(&tmp))?;
+            tokio::io::AsyncWriteExt::write_all(&mut file, bytes)
+                .await
+                .map_err(io_err(&tmp))?;
+            file.sync_all().await.map_err(io_err(&tmp))?;
+            tokio::fs::rename(&tmp, path).await.map_err(io_err(path))
+        }
+        .await;
+        if result.is_err() {
+            let _ = tokio::fs::remove_file(&tmp).await;
+        }
+        result
+    }
+}
+
+/// Reads a file, mapping "not found" to `None`.
+async fn read_optional(path: &Path) -> Result<Option<Vec<u8>>> {
+    match tokio::fs::read(path).await {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(StoreError::Io {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}

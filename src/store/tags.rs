@@ -1,0 +1,113 @@
+//! Tag records: which digest a tag of an upstream repository pointed to, and when we last knew.
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use super::{Result, Store, StoreError, read_optional};
+use crate::oci::{Digest, RepoName, Tag};
+
+/// Identifies a tag: the upstream it came from, the repository there, and the tag.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TagKey {
+    /// The upstream's configured name.
+    pub upstream: String,
+    /// The repository as named on the upstream.
+    pub repo: RepoName,
+    /// The tag.
+    pub tag: Tag,
+}
+
+/// What the store remembers about a tag.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TagRecord {
+    /// The manifest the tag pointed to.
+    pub digest: String,
+    /// That manifest's media type.
+    pub media_type: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// When the upstream last confirmed this, in milliseconds since the Unix epoch.
+    pub fetched_at_ms: u64,
+}
+
+impl TagRecord {
+    /// A record confirmed now.
+    pub fn new(digest: &Digest, media_type: &str, size: u64) -> TagRecord {
+        TagRecord {
+            digest: digest.to_string(),
+            media_type: media_type.to_owned(),
+            size,
+            fetched_at_ms: now_ms(),
+        }
+    }
+
+    /// The digest (records are only written from valid digests).
+    pub fn digest(&self) -> Option<Digest> {
+        self.digest.parse().ok()
+    }
+
+    /// How long ago the upstream last confirmed the record.
+    pub fn age(&self) -> Duration {
+        Duration::from_millis(now_ms().saturating_sub(self.fetched_at_ms))
+    }
+
+    /// The same record, confirmed now.
+    pub fn refreshed(&self) -> TagRecord {
+        TagRecord {
+            fetched_at_ms: now_ms(),
+            ..self.clone()
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Store {
+    fn tag_path(&self, key: &TagKey) -> PathBuf {
+        // Valid repository components and tags never start with '_' or '.', so `_tags` cannot
+        // collide with a repository component and no part can climb out of the root.
+        self.root
+            .join("tags")
+            .join(&key.upstream)
+            .join(key.repo.as_str())
+            .join("_tags")
+            .join(format!("{}.json", key.tag))
+    }
+
+    /// The record of a tag, if the store has one.
+    pub async fn get_tag(&self, key: &TagKey) -> Result<Option<TagRecord>> {
+        if let Some(record) = self.tags.get(key) {
+            return Ok(Some(record));
+        }
+        let path = self.tag_path(key);
+        let Some(bytes) = read_optional(&path).await? else {
+            return Ok(None);
+        };
+        let record: TagRecord =
+            serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+        self.tags.insert(key.clone(), record.clone());
+        Ok(Some(record))
+    }
+
+    /// Writes a tag record (atomically) and indexes it.
+    pub async fn put_tag(&self, key: &TagKey, record: &TagRecord) -> Result<()> {
+        let path = self.tag_path(key);
+        let bytes = serde_json::to_vec(record).map_err(|e| StoreError::Corrupt {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        self.write_atomic(&path, &bytes).await?;
+        self.tags.insert(key.clone(), record.clone());
+        Ok(())
+    }
+}
