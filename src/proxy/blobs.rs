@@ -209,8 +209,8 @@ impl Mirror {
             None => route
                 .upstream
                 .blob(Method::HEAD, &route.repo, digest, None)
-                .await?
-                .content_length(),
+                .await
+                .map(|r| crate::upstream::declared_length(r.headers()))?,
         };
         let span = match (range, size) {
             (Some(r), Some(size)) => Some(

@@ -178,7 +178,7 @@ impl Mirror {
         Ok(ManifestAnswer {
             digest,
             media_type,
-            size: response.content_length().unwrap_or(0),
+            size: crate::upstream::declared_length(response.headers()).unwrap_or(0),
             body: None,
             cache: CacheResult::Miss,
         })

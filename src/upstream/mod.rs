@@ -9,6 +9,15 @@ pub use client::UpstreamClient;
 pub(crate) use client::error_chain;
 pub use routing::{Resolved, RouteError, Upstreams};
 
+/// The `Content-Length` header. (reqwest's `content_length()` reports the body's size hint,
+/// which is 0 for a HEAD response.)
+pub fn declared_length(headers: &reqwest::header::HeaderMap) -> Option<u64> {
+    headers
+        .get(reqwest::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// Errors of the upstream layer.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum UpstreamError {

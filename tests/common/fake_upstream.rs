@@ -1,0 +1,394 @@
+//! An in-process fake registry for faults a real server will not produce: wrong bytes, cut-off
+//! bodies, Bearer and Basic auth, redirects. Records every request it receives.
+
+use std::collections::{HashMap, HashSet};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use base64::Engine;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, StreamBody, combinators::UnsyncBoxBody};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use sha2::{Digest as _, Sha256};
+use tokio::net::TcpListener;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type FakeBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// A body that sends `bytes` and then fails, as a connection cut mid-body does.
+fn broken_body(bytes: Bytes) -> FakeBody {
+    let chunks: Vec<Result<hyper::body::Frame<Bytes>, BoxError>> =
+        vec![Ok(hyper::body::Frame::data(bytes)), Err("cut off".into())];
+    StreamBody::new(futures_util::stream::iter(chunks)).boxed_unsync()
+}
+
+/// One request the fake saw.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub query: Option<String>,
+    pub authorization: Option<String>,
+}
+
+/// How the fake authenticates clients.
+#[derive(Debug, Clone)]
+pub enum Auth {
+    None,
+    /// Docker-Hub-style token auth; tokens live `expires_in` seconds. With `credentials`, the
+    /// token endpoint requires them as Basic.
+    Bearer {
+        expires_in: u64,
+        credentials: Option<(String, String)>,
+    },
+    Basic {
+        user: String,
+        password: String,
+    },
+}
+
+/// What the fake does wrong when serving a blob.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Right length, wrong bytes.
+    Corrupt,
+    /// Declares the full length, sends only this many bytes, then closes.
+    CutOffAt(usize),
+    /// Redirects to the CDN fake (see [`FakeUpstream::set_redirect`]).
+    Redirect,
+}
+
+#[derive(Default)]
+struct State {
+    manifests: HashMap<(String, String), (Bytes, String)>,
+    blobs: HashMap<String, Bytes>,
+    faults: HashMap<String, Fault>,
+    seen: Vec<Seen>,
+    issued_tokens: HashSet<String>,
+    redirect_to: Option<String>,
+}
+
+/// The fake registry.
+pub struct FakeUpstream {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    auth: Arc<Mutex<Auth>>,
+    tokens: Arc<AtomicUsize>,
+}
+
+pub fn sha256(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+impl FakeUpstream {
+    pub async fn start(auth: Auth) -> FakeUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let fake = FakeUpstream {
+            addr,
+            state: Arc::default(),
+            auth: Arc::new(Mutex::new(auth)),
+            tokens: Arc::default(),
+        };
+        let (state, auth, tokens) = (fake.state.clone(), fake.auth.clone(), fake.tokens.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (state, auth, tokens) = (state.clone(), auth.clone(), tokens.clone());
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| {
+                        let (state, auth, tokens) = (state.clone(), auth.clone(), tokens.clone());
+                        async move { Ok::<_, Infallible>(respond(req, addr, &state, &auth, &tokens)) }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        fake
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Adds a blob; returns its digest.
+    pub fn put_blob(&self, bytes: impl Into<Bytes>) -> String {
+        let bytes = bytes.into();
+        let digest = sha256(&bytes);
+        self.state
+            .lock()
+            .unwrap()
+            .blobs
+            .insert(digest.clone(), bytes);
+        digest
+    }
+
+    /// Adds a manifest under `reference` (a tag) and under its digest; returns the digest.
+    pub fn put_manifest(
+        &self,
+        repo: &str,
+        tag: &str,
+        bytes: impl Into<Bytes>,
+        media_type: &str,
+    ) -> String {
+        let bytes = bytes.into();
+        let digest = sha256(&bytes);
+        let mut s = self.state.lock().unwrap();
+        for reference in [tag.to_owned(), digest.clone()] {
+            s.manifests.insert(
+                (repo.to_owned(), reference),
+                (bytes.clone(), media_type.to_owned()),
+            );
+        }
+        digest
+    }
+
+    pub fn set_fault(&self, digest: &str, fault: Option<Fault>) {
+        let mut s = self.state.lock().unwrap();
+        match fault {
+            Some(f) => s.faults.insert(digest.to_owned(), f),
+            None => s.faults.remove(digest),
+        };
+    }
+
+    /// Where `Fault::Redirect` blobs are sent: `<base>/<digest>`.
+    pub fn set_redirect(&self, base: &str) {
+        self.state.lock().unwrap().redirect_to = Some(base.to_owned());
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.state.lock().unwrap().seen.clone()
+    }
+
+    pub fn clear_seen(&self) {
+        self.state.lock().unwrap().seen.clear();
+    }
+
+    /// Requests seen with `method` whose path contains `fragment`.
+    pub fn count(&self, method: &str, fragment: &str) -> usize {
+        self.seen()
+            .iter()
+            .filter(|s| s.method == method && s.path.contains(fragment))
+            .count()
+    }
+
+    pub fn tokens_issued(&self) -> usize {
+        self.tokens.load(Ordering::SeqCst)
+    }
+}
+
+fn respond(
+    req: Request<Incoming>,
+    addr: SocketAddr,
+    state: &Mutex<State>,
+    auth: &Mutex<Auth>,
+    tokens: &AtomicUsize,
+) -> Response<FakeBody> {
+    let method = req.method().as_str().to_owned();
+    let path = req.uri().path().to_owned();
+    let authorization = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    state.lock().unwrap().seen.push(Seen {
+        method: method.clone(),
+        path: path.clone(),
+        query: req.uri().query().map(str::to_owned),
+        authorization: authorization.clone(),
+    });
+    let auth = auth.lock().unwrap().clone();
+    if path == "/token" {
+        return token(&auth, authorization.as_deref(), state, tokens);
+    }
+    if let Some(challenge) = check_auth(&auth, authorization.as_deref(), state, addr) {
+        return challenge;
+    }
+    if path == "/v2/" {
+        return reply(StatusCode::OK, "{}", &[]);
+    }
+    let Some(rest) = path.strip_prefix("/v2/") else {
+        return reply(StatusCode::NOT_FOUND, "", &[]);
+    };
+    let head = method == "HEAD";
+    if let Some((repo, reference)) = rest.rsplit_once("/manifests/") {
+        let s = state.lock().unwrap();
+        return match s.manifests.get(&(repo.to_owned(), reference.to_owned())) {
+            Some((bytes, media_type)) => {
+                let digest = sha256(bytes);
+                let len = bytes.len().to_string();
+                let headers = [
+                    ("content-type", media_type.as_str()),
+                    ("docker-content-digest", digest.as_str()),
+                    ("content-length", len.as_str()),
+                    ("ratelimit-limit", "100;w=21600"),
+                    ("ratelimit-remaining", "42;w=21600"),
+                ];
+                reply(
+                    StatusCode::OK,
+                    if head { Bytes::new() } else { bytes.clone() },
+                    &headers,
+                )
+            }
+            None => error(StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN"),
+        };
+    }
+    if let Some((_repo, digest)) = rest.rsplit_once("/blobs/") {
+        let s = state.lock().unwrap();
+        let Some(bytes) = s.blobs.get(digest).cloned() else {
+            return error(StatusCode::NOT_FOUND, "BLOB_UNKNOWN");
+        };
+        let len = bytes.len().to_string();
+        let headers = [
+            ("content-length", len.as_str()),
+            ("docker-content-digest", digest),
+        ];
+        if head {
+            return reply(StatusCode::OK, Bytes::new(), &headers);
+        }
+        return match s.faults.get(digest) {
+            None => reply(StatusCode::OK, bytes, &headers),
+            Some(Fault::Corrupt) => {
+                let mut wrong = bytes.to_vec();
+                wrong[0] ^= 0xff;
+                reply(StatusCode::OK, wrong, &headers)
+            }
+            Some(Fault::CutOffAt(n)) => {
+                // Declared length, then the body breaks off: hyper closes the connection.
+                let mut response = reply(StatusCode::OK, Bytes::new(), &headers);
+                *response.body_mut() = broken_body(bytes.slice(..*n));
+                response
+            }
+            Some(Fault::Redirect) => {
+                let base = s.redirect_to.clone().unwrap_or_default();
+                let location = format!("{base}/{digest}");
+                reply(
+                    StatusCode::TEMPORARY_REDIRECT,
+                    "",
+                    &[("location", location.as_str())],
+                )
+            }
+        };
+    }
+    if let Some(repo) = rest.strip_suffix("/tags/list") {
+        let s = state.lock().unwrap();
+        let mut tags: Vec<&str> = s
+            .manifests
+            .keys()
+            .filter(|(r, t)| r == repo && !t.contains(':'))
+            .map(|(_, t)| t.as_str())
+            .collect();
+        tags.sort();
+        let body = serde_json::json!({"name": repo, "tags": tags}).to_string();
+        return reply(
+            StatusCode::OK,
+            body,
+            &[("content-type", "application/json")],
+        );
+    }
+    reply(StatusCode::NOT_FOUND, "", &[])
+}
+
+fn check_auth(
+    auth: &Auth,
+    authorization: Option<&str>,
+    state: &Mutex<State>,
+    addr: SocketAddr,
+) -> Option<Response<FakeBody>> {
+    match auth {
+        Auth::None => None,
+        Auth::Bearer { .. } => {
+            let ok = authorization
+                .and_then(|a| a.strip_prefix("Bearer "))
+                .is_some_and(|t| state.lock().unwrap().issued_tokens.contains(t));
+            let challenge =
+                format!("Bearer realm=\"http://{addr}/token\",service=\"fake-registry\"");
+            (!ok).then(|| {
+                reply(
+                    StatusCode::UNAUTHORIZED,
+                    r#"{"errors":[{"code":"UNAUTHORIZED"}]}"#,
+                    &[("www-authenticate", challenge.as_str())],
+                )
+            })
+        }
+        Auth::Basic { user, password } => {
+            let expected = format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+            );
+            (authorization != Some(expected.as_str())).then(|| {
+                reply(
+                    StatusCode::UNAUTHORIZED,
+                    r#"{"errors":[{"code":"UNAUTHORIZED"}]}"#,
+                    &[("www-authenticate", "Basic realm=\"fake\"")],
+                )
+            })
+        }
+    }
+}
+
+fn token(
+    auth: &Auth,
+    authorization: Option<&str>,
+    state: &Mutex<State>,
+    tokens: &AtomicUsize,
+) -> Response<FakeBody> {
+    let Auth::Bearer {
+        expires_in,
+        credentials,
+    } = auth
+    else {
+        return reply(StatusCode::NOT_FOUND, "", &[]);
+    };
+    if let Some((user, password)) = credentials {
+        let expected = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+        );
+        if authorization != Some(expected.as_str()) {
+            return error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
+        }
+    }
+    let n = tokens.fetch_add(1, Ordering::SeqCst) + 1;
+    let token = format!("token-{n}");
+    state.lock().unwrap().issued_tokens.insert(token.clone());
+    let body = serde_json::json!({"token": token, "expires_in": expires_in}).to_string();
+    reply(
+        StatusCode::OK,
+        body,
+        &[("content-type", "application/json")],
+    )
+}
+
+fn error(status: StatusCode, code: &str) -> Response<FakeBody> {
+    let body = serde_json::json!({"errors": [{"code": code, "message": code}]}).to_string();
+    reply(status, body, &[("content-type", "application/json")])
+}
+
+fn reply(
+    status: StatusCode,
+    body: impl Into<Bytes>,
+    headers: &[(&str, &str)],
+) -> Response<FakeBody> {
+    let mut response = Response::new(
+        Full::new(body.into())
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *response.status_mut() = status;
+    for (name, value) in headers {
+        response.headers_mut().insert(
+            hyper::header::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
+    }
+    response
+}

@@ -1,0 +1,103 @@
+//! Shared helpers for the integration tests.
+#![allow(dead_code)]
+
+pub mod fake_upstream;
+
+use std::path::PathBuf;
+
+use regmirror::config::Config;
+use tempfile::TempDir;
+
+/// A mirror running in-process with its own store.
+pub struct TestMirror {
+    pub server: regmirror::Server,
+    pub dir: TempDir,
+    pub client: reqwest::Client,
+}
+
+impl TestMirror {
+    /// Starts a mirror whose config is `upstreams_toml` (the `[[upstream]]` tables and any
+    /// other sections), with the store in a fresh temp dir and a free port.
+    pub async fn start(upstreams_toml: &str) -> TestMirror {
+        let dir = tempfile::tempdir().unwrap();
+        TestMirror::start_in(dir, upstreams_toml).await
+    }
+
+    /// Like [`TestMirror::start`], reusing an existing store directory (a "restart").
+    pub async fn start_in(dir: TempDir, upstreams_toml: &str) -> TestMirror {
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\npath = \"{}\"\n{upstreams_toml}",
+            dir.path().join("store").display()
+        );
+        let config = Config::parse(&text, "test").unwrap();
+        let server = regmirror::start(&config).await.unwrap();
+        TestMirror {
+            server,
+            dir,
+            client: reqwest::Client::new(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.server.addr)
+    }
+
+    pub fn store(&self) -> PathBuf {
+        self.dir.path().join("store")
+    }
+
+    /// Path of a blob in the store.
+    pub fn blob_path(&self, digest: &str) -> PathBuf {
+        let hex = digest.strip_prefix("sha256:").unwrap();
+        self.store().join("blobs/sha256").join(&hex[..2]).join(hex)
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).send().await.unwrap()
+    }
+
+    pub async fn head(&self, path: &str) -> reqwest::Response {
+        self.client.head(self.url(path)).send().await.unwrap()
+    }
+
+    /// The value of one metric sample (exact label set as rendered), 0 when absent.
+    pub async fn metric(&self, sample: &str) -> f64 {
+        let text = self.get("/metrics").await.text().await.unwrap();
+        text.lines()
+            .find_map(|line| {
+                let (name, value) = line.rsplit_once(' ')?;
+                (name == sample).then(|| value.parse().unwrap())
+            })
+            .unwrap_or(0.0)
+    }
+
+    /// Stops the server and hands back its store directory.
+    pub async fn stop(self) -> TempDir {
+        self.server.stop().await;
+        self.dir
+    }
+}
+
+/// Whether end-to-end tests must run (CI) rather than skip when a tool is missing.
+pub fn e2e_required() -> bool {
+    std::env::var("REGMIRROR_REQUIRE_E2E").is_ok_and(|v| v == "1")
+}
+
+/// Finds `tool` on PATH; when missing, panics under `REGMIRROR_REQUIRE_E2E=1`, else prints
+/// that the test is skipped and returns `None`.
+pub fn require_tool(tool: &str, test: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(tool))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        if e2e_required() {
+            panic!("{test}: `{tool}` is not installed and REGMIRROR_REQUIRE_E2E=1");
+        }
+        eprintln!(
+            "SKIPPED {test}: `{tool}` is not installed (set REGMIRROR_REQUIRE_E2E=1 to fail instead)"
+        );
+    }
+    found
+}
