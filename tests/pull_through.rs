@@ -15,7 +15,9 @@ fn upstream_toml(url: &str, ttl: &str) -> String {
 }
 
 fn random_bytes(len: usize) -> Vec<u8> {
-    (0..len).map(|_| rand::random::<u8>()).collect()
+    let mut bytes = vec![0u8; len];
+    rand::fill(&mut bytes[..]);
+    bytes
 }
 
 /// A manifest referring to one layer (the mirror does not need the blobs to exist to serve it).

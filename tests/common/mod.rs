@@ -2,6 +2,8 @@
 #![allow(dead_code)]
 
 pub mod fake_upstream;
+pub mod images;
+pub mod registry;
 
 use std::path::PathBuf;
 

@@ -1,0 +1,232 @@
+//! End to end with real parts: CNCF Distribution (Debian's `docker-registry`) as the upstream,
+//! skopeo as the client, images built by the test. Skipped (with a message) when the tools are
+//! missing, unless REGMIRROR_REQUIRE_E2E=1.
+
+mod common;
+
+use std::path::Path;
+
+use common::TestMirror;
+use common::images::{Layout, layout_ref, push_http, skopeo};
+use common::registry::Registry;
+
+struct Pushed {
+    big: String,
+    multi: String,
+    multi_arm64: String,
+    dlist: String,
+}
+
+/// Builds the test images and pushes them into the registry with skopeo.
+fn build_and_push(skopeo_bin: &Path, registry: &Registry, dir: &Path) -> Pushed {
+    let mut layout = Layout::new(&dir.join("src"));
+    // A single image with three layers, one of them 20 MiB.
+    let big = layout.add_image("amd64", &[20 * 1024 * 1024, 300 * 1024, 10 * 1024], false);
+    layout.tag("big", &big);
+    // A multi-arch OCI index.
+    let amd64 = layout.add_image("amd64", &[64 * 1024], false);
+    let arm64 = layout.add_image("arm64", &[64 * 1024], false);
+    let multi = layout.add_index(&[("amd64", &amd64), ("arm64", &arm64)], false);
+    layout.tag("multi", &multi);
+    // A Docker manifest list.
+    let d_amd64 = layout.add_image("amd64", &[32 * 1024], true);
+    let d_arm64 = layout.add_image("arm64", &[32 * 1024], true);
+    let dlist = layout.add_index(&[("amd64", &d_amd64), ("arm64", &d_arm64)], true);
+
+    let src = layout.dir.display().to_string();
+    let host = registry.host();
+    for (name, repo) in [("big", "library/big"), ("multi", "library/multi")] {
+        skopeo(
+            skopeo_bin,
+            &[
+                "copy",
+                "--all",
+                "--preserve-digests",
+                "--dest-tls-verify=false",
+                &format!("oci:{src}:{name}"),
+                &format!("docker://{host}/{repo}:v1"),
+            ],
+        );
+    }
+    // skopeo's oci: transport cannot read a Docker manifest list from a layout: push it over HTTP.
+    let registry_url = registry.url();
+    tokio::runtime::Handle::current().block_on(push_http(
+        &registry_url,
+        "team/dlist",
+        "v1",
+        &layout.dir,
+        &dlist,
+    ));
+    Pushed {
+        big: big.digest,
+        multi: multi.digest,
+        multi_arm64: arm64.digest,
+        dlist: dlist.digest,
+    }
+}
+
+/// Copies `image` from the mirror into a fresh OCI layout; returns the manifest digest stored.
+fn pull(skopeo_bin: &Path, mirror: &TestMirror, image: &str, extra: &[&str], out: &Path) -> String {
+    let dest = out.display().to_string();
+    let _ = std::fs::remove_dir_all(out);
+    let src = format!("docker://{}/{image}", mirror.server.addr);
+    let mut args = vec!["copy", "--src-tls-verify=false", "--preserve-digests"];
+    args.extend_from_slice(extra);
+    let dest_ref = format!("oci:{dest}:pulled");
+    args.push(&src);
+    args.push(&dest_ref);
+    skopeo(skopeo_bin, &args);
+    layout_ref(out, "pulled")
+}
+
+/// Like [`pull`], into a `dir:` destination, which keeps a Docker manifest list as it is (an
+/// OCI layout would need it converted).
+fn pull_dir(
+    skopeo_bin: &Path,
+    mirror: &TestMirror,
+    image: &str,
+    extra: &[&str],
+    out: &Path,
+) -> String {
+    let _ = std::fs::remove_dir_all(out);
+    let src = format!("docker://{}/{image}", mirror.server.addr);
+    let dest = format!("dir:{}", out.display());
+    let mut args = vec!["copy", "--src-tls-verify=false", "--preserve-digests"];
+    args.extend_from_slice(extra);
+    args.push(&src);
+    args.push(&dest);
+    skopeo(skopeo_bin, &args);
+    common::fake_upstream::sha256(&std::fs::read(out.join("manifest.json")).unwrap())
+}
+
+fn mirror_config(registry: &Registry) -> String {
+    // The registry stands in for Docker Hub (so one-word names get `library/`), and is also
+    // reachable under a second name as a path prefix.
+    format!(
+        "[[upstream]]\nname = \"docker.io\"\nurl = \"{url}\"\ndefault = true\ntag_ttl = \"1h\"\n\
+         [[upstream]]\nname = \"registry.test\"\nurl = \"{url}\"\n",
+        url = registry.url()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skopeo_pulls_through_regmirror_from_distribution() {
+    let test = "skopeo_pulls_through_regmirror_from_distribution";
+    let (Some(skopeo_bin), Some(registry_bin)) = (
+        common::require_tool("skopeo", test),
+        common::require_tool("docker-registry", test),
+    ) else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let registry = Registry::start(&registry_bin).await;
+    let pushed = {
+        let (skopeo_bin, work) = (skopeo_bin.clone(), work.path().to_owned());
+        let registry = &registry;
+        tokio::task::block_in_place(|| build_and_push(&skopeo_bin, registry, &work))
+    };
+    let out = work.path().join("out");
+    let mirror = TestMirror::start(&mirror_config(&registry)).await;
+    let blocking = |f: &dyn Fn() -> String| tokio::task::block_in_place(f);
+
+    // First pulls: by tag (one-word name → library/), multi-arch with --all, a Docker manifest
+    // list, by digest, and a non-default architecture. Digests are preserved end to end.
+    let before = registry.blob_gets().await;
+    let round = |mirror: &TestMirror| {
+        assert_eq!(
+            blocking(&|| pull(&skopeo_bin, mirror, "big:v1", &[], &out)),
+            pushed.big
+        );
+        assert_eq!(
+            blocking(&|| pull(&skopeo_bin, mirror, "library/multi:v1", &["--all"], &out)),
+            pushed.multi
+        );
+        assert_eq!(
+            blocking(&|| pull_dir(&skopeo_bin, mirror, "team/dlist:v1", &["--all"], &out)),
+            pushed.dlist
+        );
+        assert_eq!(
+            blocking(&|| pull(
+                &skopeo_bin,
+                mirror,
+                &format!("big@{}", pushed.big),
+                &[],
+                &out
+            )),
+            pushed.big
+        );
+        assert_eq!(
+            blocking(&|| pull(
+                &skopeo_bin,
+                mirror,
+                "multi:v1",
+                &["--override-arch", "arm64"],
+                &out
+            )),
+            pushed.multi_arm64
+        );
+    };
+    round(&mirror);
+    let first_round = registry.blob_gets().await - before;
+    // big: 3 layers + config; multi: 2×(layer+config); dlist: 2×(layer+config).
+    assert_eq!(
+        first_round, 12,
+        "each blob fetched from the upstream exactly once"
+    );
+    // The 20 MiB layer is in the store, verified.
+    let stored: u64 = walk_sizes(&mirror.store().join("blobs"));
+    assert!(stored > 20 * 1024 * 1024, "store holds {stored} bytes");
+
+    // Second round: everything from the cache.
+    round(&mirror);
+    assert_eq!(
+        registry.blob_gets().await - before,
+        first_round,
+        "a second pull fetched blobs upstream"
+    );
+
+    // After a restart, still from the cache.
+    let dir = mirror.stop().await;
+    let mirror = TestMirror::start_in(dir, &mirror_config(&registry)).await;
+    round(&mirror);
+    assert_eq!(
+        registry.blob_gets().await - before,
+        first_round,
+        "a pull after restart fetched blobs upstream"
+    );
+
+    // Path prefix: /v2/registry.test/library/big/... goes to the upstream named registry.test.
+    assert_eq!(
+        blocking(&|| pull(
+            &skopeo_bin,
+            &mirror,
+            "registry.test/library/big:v1",
+            &[],
+            &out
+        )),
+        pushed.big
+    );
+    // containerd's ?ns=docker.io.
+    let r = mirror
+        .get("/v2/library/big/manifests/v1?ns=docker.io")
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["docker-content-digest"], pushed.big.as_str());
+    assert_eq!(r.headers()["oci-namespace"], "docker.io");
+    // Blobs are digest-global: the prefixed pull fetched manifests only.
+    assert_eq!(registry.blob_gets().await - before, first_round);
+}
+
+fn walk_sizes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                walk_sizes(&e.path())
+            } else {
+                e.metadata().unwrap().len()
+            }
+        })
+        .sum()
+}
