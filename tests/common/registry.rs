@@ -53,10 +53,9 @@ impl Registry {
     async fn wait_ready(&self) {
         let client = reqwest::Client::new();
         for _ in 0..400 {
-            if let Ok(r) = client.get(format!("{}/v2/", self.url())).send().await {
-                if r.status() == 200 {
-                    return;
-                }
+            let response = client.get(format!("{}/v2/", self.url())).send().await;
+            if response.is_ok_and(|r| r.status() == 200) {
+                return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
