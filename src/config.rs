@@ -59,6 +59,9 @@ pub struct ServerConfig {
     /// Address to listen on.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// Never contact any upstream: serve only what is cached.
+    #[serde(default)]
+    pub offline: bool,
 }
 
 /// `[storage]`.
@@ -99,6 +102,14 @@ pub struct UpstreamConfig {
     /// Connect timeout for requests to this upstream.
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// A blob fill that receives no bytes for this long fails (there is no total deadline:
+    /// big layers are slow).
+    #[serde(default = "default_fill_idle_timeout", with = "humantime_serde")]
+    pub fill_idle_timeout: Duration,
+    /// How long an upstream 404 for a manifest is remembered, so a typo in a CI job does not
+    /// hammer the upstream. `"0s"` turns it off.
+    #[serde(default = "default_negative_ttl", with = "humantime_serde")]
+    pub negative_ttl: Duration,
 }
 
 fn default_listen() -> SocketAddr {
@@ -116,11 +127,18 @@ fn default_tag_ttl() -> Duration {
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(10)
 }
+fn default_fill_idle_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_negative_ttl() -> Duration {
+    Duration::from_secs(30)
+}
 
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             listen: default_listen(),
+            offline: false,
         }
     }
 }
@@ -146,6 +164,8 @@ impl UpstreamConfig {
             password: None,
             password_env: None,
             connect_timeout: default_connect_timeout(),
+            fill_idle_timeout: default_fill_idle_timeout(),
+            negative_ttl: default_negative_ttl(),
         }
     }
 
@@ -249,6 +269,12 @@ impl Config {
             }
             if up.connect_timeout.is_zero() {
                 return Err(invalid(key("connect_timeout"), "must be greater than zero"));
+            }
+            if up.fill_idle_timeout.is_zero() {
+                return Err(invalid(
+                    key("fill_idle_timeout"),
+                    "must be greater than zero",
+                ));
             }
         }
         if self.storage.index_memory_mib == 0 {
@@ -356,5 +382,11 @@ mod tests {
         assert_eq!(c.storage.path, d.storage.path);
         assert_eq!(c.upstreams[0].url, d.upstreams[0].url);
         assert_eq!(c.upstreams[0].tag_ttl, d.upstreams[0].tag_ttl);
+        assert_eq!(
+            c.upstreams[0].fill_idle_timeout,
+            d.upstreams[0].fill_idle_timeout
+        );
+        assert_eq!(c.upstreams[0].negative_ttl, d.upstreams[0].negative_ttl);
+        assert_eq!(c.server.offline, d.server.offline);
     }
 }

@@ -19,7 +19,6 @@ pub mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -27,7 +26,7 @@ use tokio::task::JoinHandle;
 
 use config::Config;
 use metrics::Metrics;
-use proxy::{FillSettings, Fills, Mirror};
+use proxy::{Fills, Mirror};
 use store::Store;
 use upstream::Upstreams;
 
@@ -55,20 +54,9 @@ pub async fn build_mirror(config: &Config) -> Result<Arc<Mirror>, StartError> {
     let metrics = Arc::new(Metrics::new());
     let index_bytes = config.storage.index_memory_mib * 1024 * 1024;
     let store = Arc::new(Store::open(&config.storage.path, index_bytes).await?);
-    let upstreams = Upstreams::new(&config.upstreams, &metrics)?;
-    let fills = Fills::new(
-        Arc::clone(&store),
-        Arc::clone(&metrics),
-        FillSettings {
-            idle_timeout: Duration::from_secs(60),
-        },
-    );
-    Ok(Arc::new(Mirror {
-        store,
-        upstreams,
-        fills,
-        metrics,
-    }))
+    let upstreams = Upstreams::new(&config.upstreams, config.server.offline, &metrics)?;
+    let fills = Fills::new(Arc::clone(&store), Arc::clone(&metrics));
+    Ok(Arc::new(Mirror::new(store, upstreams, fills, metrics)))
 }
 
 /// A running server.

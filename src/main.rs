@@ -25,6 +25,9 @@ enum Command {
         /// Listen address; overrides `[server] listen`.
         #[arg(long)]
         listen: Option<SocketAddr>,
+        /// Never contact any upstream: serve only what is cached (`[server] offline = true`).
+        #[arg(long)]
+        offline: bool,
     },
     /// Check a config file and print the effective settings.
     CheckConfig {
@@ -38,7 +41,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
     match cli.command {
-        Command::Serve { config, listen } => {
+        Command::Serve {
+            config,
+            listen,
+            offline,
+        } => {
             let mut config = match load(config.as_deref()) {
                 Ok(config) => config,
                 Err(code) => return code,
@@ -46,6 +53,7 @@ fn main() -> ExitCode {
             if let Some(listen) = listen {
                 config.server.listen = listen;
             }
+            config.server.offline |= offline;
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,
                 Err(e) => {
@@ -101,6 +109,7 @@ async fn serve(config: Config) -> ExitCode {
         addr = %server.addr,
         storage = %config.storage.path.display(),
         upstreams = ?upstreams,
+        offline = config.server.offline,
         "regmirror listening"
     );
     shutdown_signal().await;

@@ -35,6 +35,11 @@ pub enum CacheResult {
     Miss,
     /// Joined a fetch another request had already started.
     Coalesced,
+    /// From the store because the upstream is unreachable, failing or rate-limiting (or the
+    /// mirror is offline), although the tag is older than its TTL.
+    Stale,
+    /// An upstream 404 remembered from a moment ago (negative cache).
+    Negative,
 }
 
 impl CacheResult {
@@ -45,6 +50,8 @@ impl CacheResult {
             CacheResult::Revalidated => "revalidated",
             CacheResult::Miss => "miss",
             CacheResult::Coalesced => "coalesced",
+            CacheResult::Stale => "stale",
+            CacheResult::Negative => "negative",
         }
     }
 }
@@ -121,7 +128,7 @@ impl Metrics {
         // compile time; panicking at start-up on such a programming error is intended.
         let cache_lookups = counter_vec(
             "regmirror_cache_lookups_total",
-            "Cache lookups by kind (manifest, blob), result (hit, revalidated, miss, coalesced) and upstream.",
+            "Cache lookups by kind (manifest, blob), result (hit, revalidated, miss, coalesced, stale, negative) and upstream.",
             &["kind", "result", "upstream"],
         );
         let served_bytes = counter_vec(

@@ -141,6 +141,10 @@ pub fn proxy_error(e: ProxyError, resource: Resource, upstream: &str) -> ApiErro
             ApiError::new(ErrorCode::RangeInvalid, e.to_string())
                 .with_header(header::CONTENT_RANGE, format!("bytes */{size}"))
         }
+        ProxyError::Internal(e) => {
+            tracing::error!(error = %e, "internal failure");
+            ApiError::new(ErrorCode::Unknown, "internal error")
+        }
         ProxyError::Store(e) => {
             tracing::error!(error = %e, "store failure");
             ApiError::new(ErrorCode::Unknown, "internal storage error")

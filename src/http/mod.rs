@@ -26,7 +26,9 @@ use crate::metrics::{CacheResult, Source};
 use crate::oci::ErrorCode;
 use crate::proxy::Mirror;
 
-/// Header naming how a lookup was answered: `hit`, `revalidated`, `miss` or `coalesced`.
+/// Header naming how a lookup was answered: `hit`, `revalidated`, `miss`, `coalesced` or
+/// `stale` (a cached tag served because the upstream could not be asked; a `Warning: 110`
+/// header comes with it).
 pub const CACHE_HEADER: &str = "x-regmirror-cache";
 
 /// A handler's response plus what the request log needs to know.
@@ -59,7 +61,7 @@ impl From<ApiError> for Answer {
 /// A parsed request, as handlers see it.
 pub struct Ctx<'a> {
     /// The mirror.
-    pub mirror: &'a Mirror,
+    pub mirror: &'a Arc<Mirror>,
     /// Whether this is a HEAD request.
     pub head: bool,
     /// Query parameters.
@@ -83,9 +85,14 @@ pub async fn handle(
         *response.body_mut() = body::empty();
     }
     if let Some(cache) = answer.cache {
-        response
-            .headers_mut()
-            .insert(CACHE_HEADER, HeaderValue::from_static(cache.as_str()));
+        let headers = response.headers_mut();
+        headers.insert(CACHE_HEADER, HeaderValue::from_static(cache.as_str()));
+        if cache == CacheResult::Stale {
+            headers.insert(
+                header::WARNING,
+                HeaderValue::from_static("110 regmirror \"Response is Stale\""),
+            );
+        }
     }
     let status = response.status().as_u16();
     mirror
@@ -105,7 +112,7 @@ pub async fn handle(
     Ok(response.map(|b| Logged::new(b, info, metrics)))
 }
 
-async fn dispatch(mirror: &Mirror, request: &Request<Incoming>) -> Answer {
+async fn dispatch(mirror: &Arc<Mirror>, request: &Request<Incoming>) -> Answer {
     let route = match routes::parse(request.uri().path()) {
         Ok(route) => route,
         Err(e) => return ApiError::from(e).into(),

@@ -21,6 +21,9 @@ use crate::oci::{Digest, RepoName};
 use crate::store::{Spool, Store, StoreError};
 use crate::upstream::{UpstreamClient, UpstreamError, error_chain};
 
+/// How many times a broken-off upstream body is resumed with a Range request.
+pub const MAX_RESUMES: u32 = 3;
+
 /// Bytes read from a spool or blob file per chunk sent to a client.
 pub const READ_CHUNK: usize = 256 * 1024;
 
@@ -230,29 +233,20 @@ pub enum Joined {
     Committed,
 }
 
-/// Settings of fills.
-#[derive(Debug, Clone)]
-pub struct FillSettings {
-    /// A fill with no bytes for this long fails.
-    pub idle_timeout: Duration,
-}
-
 /// The fills in flight, by digest (the store is digest-global, so repositories share them).
 pub struct Fills {
     inflight: Mutex<HashMap<Digest, Arc<Fill>>>,
     store: Arc<Store>,
     metrics: Arc<Metrics>,
-    settings: FillSettings,
 }
 
 impl Fills {
     /// An empty set of fills.
-    pub fn new(store: Arc<Store>, metrics: Arc<Metrics>, settings: FillSettings) -> Arc<Fills> {
+    pub fn new(store: Arc<Store>, metrics: Arc<Metrics>) -> Arc<Fills> {
         Arc::new(Fills {
             inflight: Mutex::new(HashMap::new()),
             store,
             metrics,
-            settings,
         })
     }
 
@@ -297,6 +291,7 @@ impl Fills {
         self.metrics.fills_in_flight.inc();
         let fills = Arc::clone(self);
         let job = FillJob {
+            metrics: Arc::clone(&self.metrics),
             upstream: Arc::clone(upstream),
             repo: repo.clone(),
             digest: digest.clone(),
@@ -336,6 +331,7 @@ enum ToWriter {
 
 /// One fill's task.
 struct FillJob {
+    metrics: Arc<Metrics>,
     upstream: Arc<UpstreamClient>,
     repo: RepoName,
     digest: Digest,
@@ -376,7 +372,7 @@ impl FillJob {
                 write_spool(spool, from_network, &tx, &store, &digest)
             })
         };
-        let streamed = self.stream_body(response, total, &to_writer, fills).await;
+        let streamed = self.stream_with_resume(response, total, &to_writer).await;
         if streamed.is_ok() {
             let _ = to_writer.send(ToWriter::Finish).await;
         }
@@ -388,19 +384,73 @@ impl FillJob {
         written
     }
 
+    /// Streams the body to the writer; a body that breaks off or stalls is resumed with a
+    /// `Range` request from where it stopped, at most [`MAX_RESUMES`] times, when the upstream
+    /// supports ranges.
+    async fn stream_with_resume(
+        &self,
+        mut response: reqwest::Response,
+        total: Option<u64>,
+        to_writer: &mpsc::Sender<ToWriter>,
+    ) -> Result<(), FillError> {
+        let mut received = 0u64;
+        let mut resumes = 0;
+        loop {
+            let error = match self
+                .stream_body(response, total, &mut received, to_writer)
+                .await
+            {
+                Ok(()) => return Ok(()),
+                Err(e @ (FillError::Truncated(_) | FillError::Stalled(_))) => e,
+                Err(e) => return Err(e),
+            };
+            if resumes >= MAX_RESUMES || total.is_none() {
+                return Err(error);
+            }
+            resumes += 1;
+            tracing::info!(digest = %self.digest, received, attempt = resumes, error = %error, "resuming blob fill");
+            response = match self.resume_from(received).await {
+                Some(response) => response,
+                None => return Err(error),
+            };
+        }
+    }
+
+    /// A `Range: bytes=<from>-` request; `None` unless the upstream answers 206 from `from`.
+    async fn resume_from(&self, from: u64) -> Option<reqwest::Response> {
+        let response = self
+            .upstream
+            .blob(Method::GET, &self.repo, &self.digest, Some(from))
+            .await
+            .ok()?;
+        let starts_at_from = response
+            .headers()
+            .get(reqwest::header::CONTENT_RANGE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("bytes "))
+            .and_then(|v| v.split('-').next())
+            .and_then(|v| v.parse::<u64>().ok())
+            == Some(from);
+        if response.status() == reqwest::StatusCode::PARTIAL_CONTENT && starts_at_from {
+            Some(response)
+        } else {
+            tracing::info!(digest = %self.digest, status = %response.status(), "upstream cannot resume with Range");
+            None
+        }
+    }
+
     async fn stream_body(
         &self,
         response: reqwest::Response,
         total: Option<u64>,
+        received: &mut u64,
         to_writer: &mpsc::Sender<ToWriter>,
-        fills: &Fills,
     ) -> Result<(), FillError> {
-        let idle = fills.settings.idle_timeout;
-        let bytes_metric = fills
+        let idle = self.upstream.config().fill_idle_timeout;
+        let bytes_metric = self
             .metrics
             .upstream_bytes
             .with_label_values(&[self.upstream.name()]);
-        let mut received = 0u64;
         let mut body = response.bytes_stream();
         loop {
             let next = tokio::time::timeout(idle, body.next())
@@ -409,9 +459,9 @@ impl FillJob {
             match next {
                 None => break,
                 Some(Ok(chunk)) => {
-                    received += chunk.len() as u64;
+                    *received += chunk.len() as u64;
                     bytes_metric.inc_by(chunk.len() as u64);
-                    if total.is_some_and(|t| received > t) {
+                    if total.is_some_and(|t| *received > t) {
                         return Err(FillError::Upstream(UpstreamError::Invalid(
                             "body longer than Content-Length".into(),
                         )));
@@ -422,13 +472,13 @@ impl FillJob {
                     }
                 }
                 Some(Err(e)) => {
-                    tracing::debug!(error = %error_chain(&e), received, "upstream body broke off");
-                    return Err(FillError::Truncated(received));
+                    tracing::debug!(error = %error_chain(&e), received = *received, "upstream body broke off");
+                    return Err(FillError::Truncated(*received));
                 }
             }
         }
-        if total.is_some_and(|t| received < t) {
-            return Err(FillError::Truncated(received));
+        if total.is_some_and(|t| *received < t) {
+            return Err(FillError::Truncated(*received));
         }
         Ok(())
     }

@@ -2,13 +2,14 @@
 //! with a HEAD after it, fetched with a GET only when missing or changed.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use reqwest::Method;
 
 use super::{Mirror, ProxyError};
 use crate::metrics::{CacheResult, Kind};
-use crate::oci::{Digest, Reference, Tag, media};
+use crate::oci::{Digest, Reference, RepoName, Tag, media};
 use crate::store::{StoredManifest, TagKey, TagRecord};
 use crate::upstream::{Resolved, UpstreamError};
 
@@ -16,7 +17,7 @@ use crate::upstream::{Resolved, UpstreamError};
 pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
 
 /// A manifest answer: what to put in the headers, and the body for a GET.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ManifestAnswer {
     /// The manifest's digest.
     pub digest: Digest,
@@ -42,21 +43,139 @@ impl ManifestAnswer {
     }
 }
 
+/// Identifies an upstream manifest lookup: coalescing key and negative-cache key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct FlightKey {
+    upstream: String,
+    repo: RepoName,
+    reference: String,
+    head: bool,
+}
+
+impl FlightKey {
+    fn new(route: &Resolved, reference: &Reference, head: bool) -> FlightKey {
+        FlightKey {
+            upstream: route.upstream.name().to_owned(),
+            repo: route.repo.clone(),
+            reference: reference.to_string(),
+            head,
+        }
+    }
+}
+
 impl Mirror {
     /// Answers a manifest GET (`head = false`) or HEAD.
     pub async fn manifest(
+        self: &Arc<Self>,
+        route: &Resolved,
+        reference: &Reference,
+        head: bool,
+    ) -> Result<ManifestAnswer, ProxyError> {
+        let upstream = route.upstream.name();
+        // Fast path: what the store answers alone, with no lock and no upstream.
+        if let Some(answer) = self.manifest_from_store(route, reference, head).await? {
+            self.metrics.lookup(Kind::Manifest, answer.cache, upstream);
+            return Ok(answer);
+        }
+        let negative_key = FlightKey::new(route, reference, false);
+        if let Some(until) = self.negative.get(&negative_key) {
+            if Instant::now() < until {
+                self.metrics
+                    .lookup(Kind::Manifest, CacheResult::Negative, upstream);
+                return Err(ProxyError::Upstream(UpstreamError::NotFound));
+            }
+            self.negative.invalidate(&negative_key);
+        }
+        let mirror = Arc::clone(self);
+        let (route_owned, reference_owned) = (route.clone(), reference.clone());
+        let (result, joined) = self
+            .manifest_flights
+            .run(FlightKey::new(route, reference, head), async move {
+                mirror
+                    .manifest_from_upstream(&route_owned, &reference_owned, head)
+                    .await
+            })
+            .await;
+        let mut answer = result
+            .unwrap_or_else(|| Err(ProxyError::Internal("manifest lookup task failed".into())))?;
+        if joined {
+            answer.cache = CacheResult::Coalesced;
+        }
+        self.metrics.lookup(Kind::Manifest, answer.cache, upstream);
+        Ok(answer)
+    }
+
+    /// A digest in the store, or a tag whose record is younger than the TTL.
+    async fn manifest_from_store(
+        &self,
+        route: &Resolved,
+        reference: &Reference,
+        head: bool,
+    ) -> Result<Option<ManifestAnswer>, ProxyError> {
+        let stored = match reference {
+            Reference::Digest(digest) => self.store.read_manifest(digest).await?,
+            Reference::Tag(tag) => match self.cached_tag(route, tag).await? {
+                Some((record, manifest)) if record.age() < route.upstream.config().tag_ttl => {
+                    Some(manifest)
+                }
+                _ => None,
+            },
+        };
+        Ok(stored.map(|m| ManifestAnswer::from_stored(&m, head, CacheResult::Hit)))
+    }
+
+    fn tag_key(route: &Resolved, tag: &Tag) -> TagKey {
+        TagKey {
+            upstream: route.upstream.name().to_owned(),
+            repo: route.repo.clone(),
+            tag: tag.clone(),
+        }
+    }
+
+    /// The tag record and its manifest, when both are in the store.
+    async fn cached_tag(
+        &self,
+        route: &Resolved,
+        tag: &Tag,
+    ) -> Result<Option<(TagRecord, Arc<StoredManifest>)>, ProxyError> {
+        let Some(record) = self.store.get_tag(&Self::tag_key(route, tag)).await? else {
+            return Ok(None);
+        };
+        let Some(digest) = record.digest() else {
+            return Ok(None);
+        };
+        Ok(self
+            .store
+            .read_manifest(&digest)
+            .await?
+            .map(|m| (record, m)))
+    }
+
+    /// The slow path, run once per key at a time; remembers upstream 404s.
+    async fn manifest_from_upstream(
         &self,
         route: &Resolved,
         reference: &Reference,
         head: bool,
     ) -> Result<ManifestAnswer, ProxyError> {
-        let answer = match reference {
-            Reference::Digest(digest) => self.manifest_by_digest(route, digest, head).await?,
-            Reference::Tag(tag) => self.manifest_by_tag(route, tag, head).await?,
+        // Another flight may have filled the store since the fast path looked.
+        if let Some(answer) = self.manifest_from_store(route, reference, head).await? {
+            return Ok(answer);
+        }
+        let result = match reference {
+            Reference::Digest(digest) => self.manifest_by_digest(route, digest, head).await,
+            Reference::Tag(tag) => self.manifest_by_tag(route, tag, head).await,
         };
-        self.metrics
-            .lookup(Kind::Manifest, answer.cache, route.upstream.name());
-        Ok(answer)
+        if let Err(ProxyError::Upstream(UpstreamError::NotFound)) = &result {
+            let ttl = route.upstream.config().negative_ttl;
+            if !ttl.is_zero() {
+                self.negative.insert(
+                    FlightKey::new(route, reference, false),
+                    Instant::now() + ttl,
+                );
+            }
+        }
+        result
     }
 
     async fn manifest_by_digest(
@@ -65,15 +184,16 @@ impl Mirror {
         digest: &Digest,
         head: bool,
     ) -> Result<ManifestAnswer, ProxyError> {
-        if let Some(m) = self.store.read_manifest(digest).await? {
-            return Ok(ManifestAnswer::from_stored(&m, head, CacheResult::Hit));
-        }
         let reference = Reference::Digest(digest.clone());
         if head {
             return self.head_upstream(route, &reference).await;
         }
         let fetched = self.fetch_manifest(route, &reference).await?;
         if &fetched.digest != digest {
+            self.metrics
+                .digest_mismatches
+                .with_label_values(&[route.upstream.name()])
+                .inc();
             return Err(ProxyError::ManifestDigestMismatch);
         }
         self.store.put_manifest(Arc::clone(&fetched)).await?;
@@ -90,50 +210,41 @@ impl Mirror {
         tag: &Tag,
         head: bool,
     ) -> Result<ManifestAnswer, ProxyError> {
-        let key = TagKey {
-            upstream: route.upstream.name().to_owned(),
-            repo: route.repo.clone(),
-            tag: tag.clone(),
-        };
-        let ttl = route.upstream.config().tag_ttl;
-        let cached = match self.store.get_tag(&key).await? {
-            Some(record) => match record.digest() {
-                Some(digest) => self
-                    .store
-                    .read_manifest(&digest)
-                    .await?
-                    .map(|m| (record, m)),
-                None => None,
-            },
-            None => None,
-        };
+        let key = Self::tag_key(route, tag);
         let reference = Reference::Tag(tag.clone());
+        let cached = self.cached_tag(route, tag).await?;
         if let Some((record, manifest)) = &cached {
-            if record.age() < ttl {
-                return Ok(ManifestAnswer::from_stored(
-                    manifest,
-                    head,
-                    CacheResult::Hit,
-                ));
-            }
             // Older than the TTL: a HEAD (free on Docker Hub) tells whether it moved.
-            let current = self.head_upstream(route, &reference).await?;
-            if current.digest == manifest.digest {
-                self.store.put_tag(&key, &record.refreshed()).await?;
-                return Ok(ManifestAnswer::from_stored(
-                    manifest,
-                    head,
-                    CacheResult::Revalidated,
-                ));
-            }
-            if head {
+            match self.head_upstream(route, &reference).await {
+                Ok(current) if current.digest == manifest.digest => {
+                    self.store.put_tag(&key, &record.refreshed()).await?;
+                    return Ok(ManifestAnswer::from_stored(
+                        manifest,
+                        head,
+                        CacheResult::Revalidated,
+                    ));
+                }
                 // The tag moved; a client HEAD never turns into an upstream GET.
-                return Ok(current);
+                Ok(current) if head => return Ok(current),
+                Ok(_) => {}
+                Err(ProxyError::Upstream(e)) if e.is_unavailable() => {
+                    return Ok(self.serve_stale(route, tag, manifest, head, &e));
+                }
+                Err(e) => return Err(e),
             }
         } else if head {
             return self.head_upstream(route, &reference).await;
         }
-        let fetched = self.fetch_manifest(route, &reference).await?;
+        let fetched = match self.fetch_manifest(route, &reference).await {
+            Ok(fetched) => fetched,
+            Err(ProxyError::Upstream(e)) if e.is_unavailable() => {
+                return match &cached {
+                    Some((_, manifest)) => Ok(self.serve_stale(route, tag, manifest, head, &e)),
+                    None => Err(ProxyError::Upstream(e)),
+                };
+            }
+            Err(e) => return Err(e),
+        };
         self.store.put_manifest(Arc::clone(&fetched)).await?;
         let record = TagRecord::new(
             &fetched.digest,
@@ -146,6 +257,27 @@ impl Mirror {
             head,
             CacheResult::Miss,
         ))
+    }
+
+    /// A cached tag served although it could not be revalidated.
+    fn serve_stale(
+        &self,
+        route: &Resolved,
+        tag: &Tag,
+        manifest: &StoredManifest,
+        head: bool,
+        why: &UpstreamError,
+    ) -> ManifestAnswer {
+        if !matches!(why, UpstreamError::Offline) {
+            tracing::warn!(
+                upstream = route.upstream.name(),
+                repo = %route.repo,
+                %tag,
+                error = %why,
+                "upstream unavailable; serving the cached tag stale"
+            );
+        }
+        ManifestAnswer::from_stored(manifest, head, CacheResult::Stale)
     }
 
     /// An upstream HEAD, turned into an answer without a body.

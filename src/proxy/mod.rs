@@ -7,6 +7,7 @@
 mod blobs;
 pub mod fill;
 mod manifests;
+pub mod singleflight;
 
 use std::sync::Arc;
 
@@ -15,11 +16,12 @@ use crate::store::{Store, StoreError};
 use crate::upstream::{RouteError, UpstreamError, Upstreams};
 
 pub use blobs::{BlobAnswer, BlobBody, ByteRange};
-pub use fill::{FillError, FillSettings, Fills};
+pub use fill::{FillError, Fills};
 pub use manifests::ManifestAnswer;
+pub use singleflight::Singleflight;
 
-/// Errors of the pull-through layer.
-#[derive(Debug, thiserror::Error)]
+/// Errors of the pull-through layer. Cloneable, so that coalesced requests share one.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ProxyError {
     /// The name routes to no upstream.
     #[error(transparent)]
@@ -29,7 +31,7 @@ pub enum ProxyError {
     Upstream(#[from] UpstreamError),
     /// The store failed.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(Arc<StoreError>),
     /// A blob fill failed before the response started.
     #[error(transparent)]
     Fill(#[from] FillError),
@@ -40,12 +42,21 @@ pub enum ProxyError {
     /// A manifest larger than we accept.
     #[error("upstream manifest is larger than {0} bytes")]
     ManifestTooLarge(usize),
+    /// A bug or a panicked task; logged.
+    #[error("internal error: {0}")]
+    Internal(String),
     /// The requested range is outside the blob.
     #[error("range not satisfiable for a blob of {size} bytes")]
     RangeNotSatisfiable {
         /// The blob's size.
         size: u64,
     },
+}
+
+impl From<StoreError> for ProxyError {
+    fn from(e: StoreError) -> ProxyError {
+        ProxyError::Store(Arc::new(e))
+    }
 }
 
 /// The mirror: store, upstreams, fills and metrics.
@@ -58,4 +69,27 @@ pub struct Mirror {
     pub fills: Arc<Fills>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// Manifest lookups that go upstream, one per (upstream, repository, reference) at a time.
+    pub manifest_flights: Singleflight<manifests::FlightKey, Result<ManifestAnswer, ProxyError>>,
+    /// Upstream 404s for manifests, each remembered until its instant.
+    pub negative: moka::sync::Cache<manifests::FlightKey, std::time::Instant>,
+}
+
+impl Mirror {
+    /// Assembles a mirror.
+    pub fn new(
+        store: Arc<Store>,
+        upstreams: Upstreams,
+        fills: Arc<Fills>,
+        metrics: Arc<Metrics>,
+    ) -> Mirror {
+        Mirror {
+            store,
+            upstreams,
+            fills,
+            metrics,
+            manifest_flights: Singleflight::default(),
+            negative: moka::sync::Cache::builder().max_capacity(100_000).build(),
+        }
+    }
 }

@@ -20,12 +20,15 @@ pub struct UpstreamClient {
     http: reqwest::Client,
     tokens: TokenCache,
     metrics: Arc<Metrics>,
+    offline: bool,
 }
 
 impl UpstreamClient {
     /// Creates the client for `config`.
+    /// With `offline`, every request fails with [`UpstreamError::Offline`] before any I/O.
     pub fn new(
         config: UpstreamConfig,
+        offline: bool,
         metrics: Arc<Metrics>,
     ) -> Result<UpstreamClient, UpstreamError> {
         let http = reqwest::Client::builder()
@@ -42,6 +45,7 @@ impl UpstreamClient {
             http,
             tokens: TokenCache::default(),
             metrics,
+            offline,
         })
     }
 
@@ -125,6 +129,9 @@ impl UpstreamClient {
         repo: &RepoName,
         headers: HeaderMap,
     ) -> Result<Response, UpstreamError> {
+        if self.offline {
+            return Err(UpstreamError::Offline);
+        }
         let scope = format!("repository:{repo}:pull");
         let mut response = self
             .send_once(method.clone(), url, &scope, headers.clone(), false)

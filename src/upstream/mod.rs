@@ -46,6 +46,9 @@ pub enum UpstreamError {
     /// Connect or read timeout.
     #[error("upstream timed out")]
     Timeout,
+    /// The mirror runs offline: no upstream is ever contacted.
+    #[error("the mirror is offline and does not contact upstreams")]
+    Offline,
     /// The upstream answered something we cannot use.
     #[error("invalid upstream response: {0}")]
     Invalid(String),
@@ -56,9 +59,10 @@ impl UpstreamError {
     /// that a cached copy should be served instead.
     pub fn is_unavailable(&self) -> bool {
         match self {
-            UpstreamError::Network(_) | UpstreamError::Timeout | UpstreamError::TooManyRequests => {
-                true
-            }
+            UpstreamError::Network(_)
+            | UpstreamError::Timeout
+            | UpstreamError::TooManyRequests
+            | UpstreamError::Offline => true,
             UpstreamError::Status(s) => *s >= 500,
             _ => false,
         }

@@ -10,7 +10,7 @@ use crate::metrics::Metrics;
 use crate::oci::RepoName;
 
 /// Why a name could not be routed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum RouteError {
     /// `?ns=` names no configured upstream.
     #[error("namespace {0:?} is not a configured upstream")]
@@ -39,11 +39,12 @@ impl Upstreams {
     /// Builds a client per configured upstream.
     pub fn new(
         configs: &[UpstreamConfig],
+        offline: bool,
         metrics: &Arc<Metrics>,
     ) -> Result<Upstreams, UpstreamError> {
         let clients = configs
             .iter()
-            .map(|c| UpstreamClient::new(c.clone(), Arc::clone(metrics)).map(Arc::new))
+            .map(|c| UpstreamClient::new(c.clone(), offline, Arc::clone(metrics)).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Upstreams {
             default: configs.iter().position(|c| c.default),
@@ -111,7 +112,7 @@ mod tests {
             "test",
         )
         .unwrap();
-        Upstreams::new(&config.upstreams, &Arc::new(Metrics::new())).unwrap()
+        Upstreams::new(&config.upstreams, false, &Arc::new(Metrics::new())).unwrap()
     }
 
     fn route(u: &Upstreams, ns: Option<&str>, name: &str) -> Result<(String, String), RouteError> {
