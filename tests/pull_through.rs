@@ -372,20 +372,6 @@ async fn wrong_bytes_abort_the_response_and_nothing_is_kept() {
 }
 
 #[tokio::test]
-async fn cut_off_body_aborts_the_response_and_nothing_is_kept() {
-    let fake = FakeUpstream::start(Auth::None).await;
-    let blob = random_bytes(1024 * 1024);
-    let digest = fake.put_blob(blob.clone());
-    fake.set_fault(&digest, Some(Fault::CutOffAt(1000)));
-    let mirror = TestMirror::start(&upstream_toml(&fake.url(), "1h")).await;
-
-    let r = mirror.get(&format!("/v2/app/blobs/{digest}")).await;
-    assert!(!client_saw_success(r).await);
-    assert!(!mirror.blob_path(&digest).exists());
-    assert!(tmp_is_empty(&mirror));
-}
-
-#[tokio::test]
 async fn wrong_manifest_bytes_are_refused() {
     let fake = FakeUpstream::start(Auth::None).await;
     let real = manifest_for(&sha256(b"l"), "real");

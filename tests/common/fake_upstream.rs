@@ -2,13 +2,13 @@
 //! bodies, Bearer and Basic auth, redirects. Records every request it receives.
 
 use std::collections::{HashMap, HashSet};
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use base64::Engine;
 use bytes::Bytes;
+use futures_util::StreamExt;
 use http_body_util::{BodyExt, Full, StreamBody, combinators::UnsyncBoxBody};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
@@ -19,11 +19,15 @@ use tokio::net::TcpListener;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type FakeBody = UnsyncBoxBody<Bytes, BoxError>;
 
-/// A body that sends `bytes` and then fails, as a connection cut mid-body does.
+/// A body that sends `bytes` and then fails, as a connection cut mid-body does. The failure
+/// comes a moment after the bytes, so that hyper has flushed them (and the headers) first.
 fn broken_body(bytes: Bytes) -> FakeBody {
-    let chunks: Vec<Result<hyper::body::Frame<Bytes>, BoxError>> =
-        vec![Ok(hyper::body::Frame::data(bytes)), Err("cut off".into())];
-    StreamBody::new(futures_util::stream::iter(chunks)).boxed_unsync()
+    let data = futures_util::stream::once(async move { Ok(hyper::body::Frame::data(bytes)) });
+    let cut = futures_util::stream::once(async {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        Err::<hyper::body::Frame<Bytes>, BoxError>("cut off".into())
+    });
+    StreamBody::new(data.chain(cut)).boxed_unsync()
 }
 
 /// One request the fake saw.
@@ -33,6 +37,7 @@ pub struct Seen {
     pub path: String,
     pub query: Option<String>,
     pub authorization: Option<String>,
+    pub range: Option<String>,
 }
 
 /// How the fake authenticates clients.
@@ -51,13 +56,19 @@ pub enum Auth {
     },
 }
 
-/// What the fake does wrong when serving a blob.
+/// What the fake does wrong (or slowly) when serving a blob.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
     /// Right length, wrong bytes.
     Corrupt,
-    /// Declares the full length, sends only this many bytes, then closes.
+    /// Declares the full length, sends only this many bytes, then closes; every time.
     CutOffAt(usize),
+    /// Like `CutOffAt`, for the first request only.
+    CutOnceAt(usize),
+    /// Sends this many bytes, then nothing more, for the first request only.
+    StallOnceAfter(usize),
+    /// Sends `chunk` bytes every `delay_ms`.
+    Paced { chunk: usize, delay_ms: u64 },
     /// Redirects to the CDN fake (see [`FakeUpstream::set_redirect`]).
     Redirect,
 }
@@ -70,12 +81,19 @@ struct State {
     seen: Vec<Seen>,
     issued_tokens: HashSet<String>,
     redirect_to: Option<String>,
+    /// Blobs whose body has been sent to the end (for "first byte before the last" checks).
+    finished_sending: HashSet<String>,
+    /// Answer every /v2/ request with this status (429 comes with ratelimit headers).
+    failure: Option<u16>,
+    /// Ignore Range headers (answer 200 with the whole blob).
+    no_ranges: bool,
 }
 
 /// The fake registry.
 pub struct FakeUpstream {
     pub addr: SocketAddr,
     state: Arc<Mutex<State>>,
+    down: Arc<std::sync::atomic::AtomicBool>,
     auth: Arc<Mutex<Auth>>,
     tokens: Arc<AtomicUsize>,
 }
@@ -93,18 +111,33 @@ impl FakeUpstream {
             state: Arc::default(),
             auth: Arc::new(Mutex::new(auth)),
             tokens: Arc::default(),
+            down: Arc::default(),
         };
         let (state, auth, tokens) = (fake.state.clone(), fake.auth.clone(), fake.tokens.clone());
+        let down = fake.down.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                if down.load(Ordering::SeqCst) {
+                    // Unreachable: the connection is dropped before any byte.
+                    drop(stream);
+                    continue;
+                }
                 let (state, auth, tokens) = (state.clone(), auth.clone(), tokens.clone());
+                let down = down.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req| {
                         let (state, auth, tokens) = (state.clone(), auth.clone(), tokens.clone());
-                        async move { Ok::<_, Infallible>(respond(req, addr, &state, &auth, &tokens)) }
+                        let down = down.load(Ordering::SeqCst);
+                        async move {
+                            if down {
+                                // Kept-alive connections die too: hyper closes on a service error.
+                                return Err("upstream down");
+                            }
+                            Ok(respond(req, addr, &state, &auth, &tokens))
+                        }
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), service)
@@ -164,6 +197,26 @@ impl FakeUpstream {
         self.state.lock().unwrap().redirect_to = Some(base.to_owned());
     }
 
+    /// Every later connection is dropped at once, as an unreachable upstream's would be.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
+
+    /// Answer every /v2/ request with `status` (or behave again, with `None`).
+    pub fn set_failure(&self, status: Option<u16>) {
+        self.state.lock().unwrap().failure = status;
+    }
+
+    /// Ignore Range requests (answer 200 with the whole blob).
+    pub fn set_no_ranges(&self, no_ranges: bool) {
+        self.state.lock().unwrap().no_ranges = no_ranges;
+    }
+
+    /// Whether the fake has sent the whole body of `digest` at least once.
+    pub fn finished_sending(&self, digest: &str) -> bool {
+        self.state.lock().unwrap().finished_sending.contains(digest)
+    }
+
     pub fn seen(&self) -> Vec<Seen> {
         self.state.lock().unwrap().seen.clone()
     }
@@ -188,7 +241,7 @@ impl FakeUpstream {
 fn respond(
     req: Request<Incoming>,
     addr: SocketAddr,
-    state: &Mutex<State>,
+    state: &Arc<Mutex<State>>,
     auth: &Mutex<Auth>,
     tokens: &AtomicUsize,
 ) -> Response<FakeBody> {
@@ -199,12 +252,45 @@ fn respond(
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    state.lock().unwrap().seen.push(Seen {
-        method: method.clone(),
-        path: path.clone(),
-        query: req.uri().query().map(str::to_owned),
-        authorization: authorization.clone(),
-    });
+    let range = req
+        .headers()
+        .get("range")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let first_time = {
+        let mut s = state.lock().unwrap();
+        let first = !s
+            .seen
+            .iter()
+            .any(|seen| seen.method == method && seen.path == path);
+        s.seen.push(Seen {
+            method: method.clone(),
+            path: path.clone(),
+            query: req.uri().query().map(str::to_owned),
+            authorization: authorization.clone(),
+            range: range.clone(),
+        });
+        first
+    };
+    let failure = state.lock().unwrap().failure;
+    if let Some(status) = failure.filter(|_| path.starts_with("/v2/")) {
+        let status = StatusCode::from_u16(status).unwrap();
+        let limited = status == StatusCode::TOO_MANY_REQUESTS;
+        let mut response = error(
+            status,
+            if limited {
+                "TOOMANYREQUESTS"
+            } else {
+                "UNAVAILABLE"
+            },
+        );
+        if limited {
+            let h = response.headers_mut();
+            h.insert("ratelimit-limit", "100;w=21600".parse().unwrap());
+            h.insert("ratelimit-remaining", "0;w=21600".parse().unwrap());
+        }
+        return response;
+    }
     let auth = auth.lock().unwrap().clone();
     if path == "/token" {
         return token(&auth, authorization.as_deref(), state, tokens);
@@ -242,41 +328,7 @@ fn respond(
         };
     }
     if let Some((_repo, digest)) = rest.rsplit_once("/blobs/") {
-        let s = state.lock().unwrap();
-        let Some(bytes) = s.blobs.get(digest).cloned() else {
-            return error(StatusCode::NOT_FOUND, "BLOB_UNKNOWN");
-        };
-        let len = bytes.len().to_string();
-        let headers = [
-            ("content-length", len.as_str()),
-            ("docker-content-digest", digest),
-        ];
-        if head {
-            return reply(StatusCode::OK, Bytes::new(), &headers);
-        }
-        return match s.faults.get(digest) {
-            None => reply(StatusCode::OK, bytes, &headers),
-            Some(Fault::Corrupt) => {
-                let mut wrong = bytes.to_vec();
-                wrong[0] ^= 0xff;
-                reply(StatusCode::OK, wrong, &headers)
-            }
-            Some(Fault::CutOffAt(n)) => {
-                // Declared length, then the body breaks off: hyper closes the connection.
-                let mut response = reply(StatusCode::OK, Bytes::new(), &headers);
-                *response.body_mut() = broken_body(bytes.slice(..*n));
-                response
-            }
-            Some(Fault::Redirect) => {
-                let base = s.redirect_to.clone().unwrap_or_default();
-                let location = format!("{base}/{digest}");
-                reply(
-                    StatusCode::TEMPORARY_REDIRECT,
-                    "",
-                    &[("location", location.as_str())],
-                )
-            }
-        };
+        return blob(state, digest, head, range.as_deref(), first_time);
     }
     if let Some(repo) = rest.strip_suffix("/tags/list") {
         let s = state.lock().unwrap();
@@ -295,6 +347,131 @@ fn respond(
         );
     }
     reply(StatusCode::NOT_FOUND, "", &[])
+}
+
+fn blob(
+    state: &Arc<Mutex<State>>,
+    digest: &str,
+    head: bool,
+    range: Option<&str>,
+    first_time: bool,
+) -> Response<FakeBody> {
+    let s = state.lock().unwrap();
+    let Some(bytes) = s.blobs.get(digest).cloned() else {
+        return error(StatusCode::NOT_FOUND, "BLOB_UNKNOWN");
+    };
+    let len = bytes.len().to_string();
+    let headers = [
+        ("content-length", len.as_str()),
+        ("docker-content-digest", digest),
+    ];
+    if head {
+        return reply(StatusCode::OK, Bytes::new(), &headers);
+    }
+    let from = range
+        .and_then(|r| r.strip_prefix("bytes="))
+        .and_then(|r| r.strip_suffix('-'))
+        .and_then(|r| r.parse::<usize>().ok())
+        .filter(|_| !s.no_ranges);
+    if let Some(from) = from {
+        let total = bytes.len();
+        let content_range = format!("bytes {from}-{}/{total}", total - 1);
+        let part_len = (total - from).to_string();
+        let part_headers = [
+            ("content-length", part_len.as_str()),
+            ("content-range", content_range.as_str()),
+        ];
+        return reply(
+            StatusCode::PARTIAL_CONTENT,
+            bytes.slice(from..),
+            &part_headers,
+        );
+    }
+    let fault = s.faults.get(digest).copied();
+    let redirect_to = s.redirect_to.clone().unwrap_or_default();
+    drop(s);
+    let finished = FinishFlag {
+        state: Arc::clone(state),
+        digest: digest.to_owned(),
+    };
+    let with_body = |body: FakeBody| {
+        let mut response = reply(StatusCode::OK, Bytes::new(), &headers);
+        *response.body_mut() = body;
+        response
+    };
+    // One-time faults only affect the first request for the blob.
+    let fault = match fault {
+        Some(Fault::CutOnceAt(_) | Fault::StallOnceAfter(_)) if !first_time => None,
+        other => other,
+    };
+    match fault {
+        None => {
+            finished.set();
+            reply(StatusCode::OK, bytes, &headers)
+        }
+        Some(Fault::Corrupt) => {
+            let mut wrong = bytes.to_vec();
+            wrong[0] ^= 0xff;
+            reply(StatusCode::OK, wrong, &headers)
+        }
+        // Declared length, then the body breaks off: hyper closes the connection.
+        Some(Fault::CutOffAt(n)) | Some(Fault::CutOnceAt(n)) => {
+            with_body(broken_body(bytes.slice(..n)))
+        }
+        Some(Fault::StallOnceAfter(n)) => {
+            let first = bytes.slice(..n);
+            let stream = futures_util::stream::once(async move {
+                Ok::<_, BoxError>(hyper::body::Frame::data(first))
+            })
+            .chain(futures_util::stream::pending());
+            with_body(StreamBody::new(stream).boxed_unsync())
+        }
+        Some(Fault::Paced { chunk, delay_ms }) => {
+            let delay = std::time::Duration::from_millis(delay_ms);
+            let stream = futures_util::stream::unfold(
+                (bytes, 0usize, Some(finished)),
+                move |(bytes, offset, flag)| async move {
+                    if offset >= bytes.len() {
+                        if let Some(flag) = flag {
+                            flag.set();
+                        }
+                        return None;
+                    }
+                    if offset > 0 {
+                        tokio::time::sleep(delay).await;
+                    }
+                    let end = (offset + chunk).min(bytes.len());
+                    let frame = hyper::body::Frame::data(bytes.slice(offset..end));
+                    Some((Ok::<_, BoxError>(frame), (bytes, end, flag)))
+                },
+            );
+            with_body(StreamBody::new(stream).boxed_unsync())
+        }
+        Some(Fault::Redirect) => {
+            let location = format!("{redirect_to}/{digest}");
+            reply(
+                StatusCode::TEMPORARY_REDIRECT,
+                "",
+                &[("location", location.as_str())],
+            )
+        }
+    }
+}
+
+/// Marks a blob as sent to the end.
+struct FinishFlag {
+    state: Arc<Mutex<State>>,
+    digest: String,
+}
+
+impl FinishFlag {
+    fn set(self) {
+        self.state
+            .lock()
+            .unwrap()
+            .finished_sending
+            .insert(self.digest);
+    }
 }
 
 fn check_auth(

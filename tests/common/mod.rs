@@ -27,8 +27,13 @@ impl TestMirror {
 
     /// Like [`TestMirror::start`], reusing an existing store directory (a "restart").
     pub async fn start_in(dir: TempDir, upstreams_toml: &str) -> TestMirror {
+        TestMirror::start_with(dir, "", upstreams_toml).await
+    }
+
+    /// Like [`TestMirror::start_in`], with extra `[server]` keys (e.g. `offline = true`).
+    pub async fn start_with(dir: TempDir, server_keys: &str, upstreams_toml: &str) -> TestMirror {
         let text = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\npath = \"{}\"\n{upstreams_toml}",
+            "[server]\nlisten = \"127.0.0.1:0\"\n{server_keys}\n[storage]\npath = \"{}\"\n{upstreams_toml}",
             dir.path().join("store").display()
         );
         let config = Config::parse(&text, "test").unwrap();
@@ -77,6 +82,26 @@ impl TestMirror {
     pub async fn stop(self) -> TempDir {
         self.server.stop().await;
         self.dir
+    }
+}
+
+/// `n` random bytes.
+pub fn random_bytes(n: usize) -> Vec<u8> {
+    let mut bytes = vec![0u8; n];
+    rand::fill(&mut bytes[..]);
+    bytes
+}
+
+/// Polls `condition` every 10 ms until it holds; panics after `secs` seconds. For events the
+/// test cannot be told about directly (a detached fill finishing).
+pub async fn eventually(secs: u64, what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !condition() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }
 
