@@ -105,6 +105,22 @@ pub async fn eventually(secs: u64, what: &str, mut condition: impl FnMut() -> bo
     }
 }
 
+/// Like [`eventually`], for an async condition.
+pub async fn eventually_async<F, Fut>(secs: u64, what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !condition().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// Whether end-to-end tests must run (CI) rather than skip when a tool is missing.
 pub fn e2e_required() -> bool {
     std::env::var("REGMIRROR_REQUIRE_E2E").is_ok_and(|v| v == "1")

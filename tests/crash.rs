@@ -1,0 +1,134 @@
+//! Crash safety with the real binary: `kill -9` in the middle of a fill, then a restart.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use common::fake_upstream::{Auth, FakeUpstream, Fault};
+use common::random_bytes;
+
+/// The regmirror binary as a child process, killed when dropped.
+struct Regmirror {
+    child: Child,
+    addr: std::net::SocketAddr,
+}
+
+impl Regmirror {
+    async fn start(config: &Path) -> Regmirror {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+        let child = Command::new(env!("CARGO_BIN_EXE_regmirror"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .args(["--listen", &addr.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let server = Regmirror { child, addr };
+        let client = reqwest::Client::new();
+        common::eventually_async(30, "regmirror to listen", || {
+            let url = format!("http://{addr}/v2/");
+            let client = client.clone();
+            async move {
+                client
+                    .get(url)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == 200)
+            }
+        })
+        .await;
+        server
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    fn kill9(&mut self) {
+        // Child::kill sends SIGKILL on Unix.
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Regmirror {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn count_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_fill_leaves_no_partial_blob_and_a_restart_refetches() {
+    let fake = FakeUpstream::start(Auth::None).await;
+    let blob = random_bytes(8 * 1024 * 1024);
+    let digest = fake.put_blob(blob.clone());
+    // Slow enough that the fill is surely running when the process dies.
+    fake.set_fault(
+        &digest,
+        Some(Fault::Paced {
+            chunk: 64 * 1024,
+            delay_ms: 20,
+        }),
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let config = dir.path().join("mirror.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[storage]\npath = \"{}\"\n[[upstream]]\nname = \"docker.io\"\nurl = \"{}\"\ndefault = true\n",
+            store.display(),
+            fake.url()
+        ),
+    )
+    .unwrap();
+    let hex = digest.strip_prefix("sha256:").unwrap();
+    let blob_path = store.join("blobs/sha256").join(&hex[..2]).join(hex);
+    let path = format!("/v2/app/blobs/{digest}");
+
+    let mut mirror = Regmirror::start(&config).await;
+    let mut response = reqwest::get(mirror.url(&path)).await.unwrap();
+    assert_eq!(response.status(), 200);
+    response.chunk().await.unwrap().unwrap();
+    assert_eq!(
+        count_files(&store.join("tmp")),
+        1,
+        "a spool file while filling"
+    );
+    mirror.kill9();
+    assert!(
+        response.bytes().await.is_err(),
+        "the client sees the failure"
+    );
+    assert!(!blob_path.exists(), "no partial blob in the store");
+
+    fake.set_fault(&digest, None);
+    let mirror = Regmirror::start(&config).await;
+    assert_eq!(
+        count_files(&store.join("tmp")),
+        0,
+        "leftover spool removed at start"
+    );
+    let response = reqwest::get(mirror.url(&path)).await.unwrap();
+    assert_eq!(response.headers()["x-regmirror-cache"], "miss");
+    assert_eq!(response.bytes().await.unwrap().as_ref(), blob.as_slice());
+    assert_eq!(
+        fake.count("GET", "/blobs/"),
+        2,
+        "fetched afresh after the restart"
+    );
+    assert_eq!(std::fs::read(&blob_path).unwrap(), blob);
+}
