@@ -52,14 +52,21 @@ async fn download(url: &str, clients: usize, expected_len: usize) -> Timing {
     timing
 }
 
-async fn cold_through_mirror(fake: &FakeUpstream, digest: &str, clients: usize, len: usize) -> Timing {
+async fn cold_through_mirror(
+    fake: &FakeUpstream,
+    digest: &str,
+    clients: usize,
+    len: usize,
+) -> Timing {
     let dir = tempfile::tempdir().unwrap();
     let text = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\npath = \"{}\"\n[[upstream]]\nname = \"docker.io\"\nurl = \"{}\"\ndefault = true\n",
         dir.path().display(),
         fake.url()
     );
-    let server = regmirror::start(&Config::parse(&text, "bench").unwrap()).await.unwrap();
+    let server = regmirror::start(&Config::parse(&text, "bench").unwrap())
+        .await
+        .unwrap();
     let url = format!("http://{}/v2/bench/blobs/{digest}", server.addr);
     let timing = download(&url, clients, len).await;
     let warm = download(&url, clients, len).await;
@@ -72,11 +79,17 @@ async fn cold_through_mirror(fake: &FakeUpstream, digest: &str, clients: usize, 
 }
 
 fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(async {
         let mb = env_usize("REGMIRROR_BENCH_MB", 200);
         let clients = env_usize("REGMIRROR_BENCH_CLIENTS", 16);
@@ -95,7 +108,12 @@ fn main() {
             let mirror = cold_through_mirror(&fake, &digest, n, len).await;
             let upstream_fetches = fake.count("GET", "/blobs/") - fetches_before;
             let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-            println!("{:<34} {:>9.1} ms {:>9.1} ms", format!("direct, {n} client(s)"), ms(direct.first_byte), ms(direct.total));
+            println!(
+                "{:<34} {:>9.1} ms {:>9.1} ms",
+                format!("direct, {n} client(s)"),
+                ms(direct.first_byte),
+                ms(direct.total)
+            );
             println!(
                 "{:<34} {:>9.1} ms {:>9.1} ms   upstream GETs: {upstream_fetches}",
                 format!("regmirror cold, {n} client(s)"),

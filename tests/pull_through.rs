@@ -166,9 +166,22 @@ async fn manifest_by_tag_is_served_from_cache_within_ttl() {
 
     assert_eq!(fake.count("GET", "/manifests/"), 1);
     assert_eq!(fake.count("HEAD", "/manifests/"), 0);
-    // Upstream requests carried every manifest type in Accept (checked by the fake's routing
-    // of library/alpine: one-word names become library/<name> for docker.io).
-    assert_eq!(fake.seen()[0].path, "/v2/library/alpine/manifests/3.20");
+    // One-word names become library/<name> for docker.io, and the upstream request asks for
+    // every manifest type, so the bytes kept are the upstream's own.
+    let request = &fake.seen()[0];
+    assert_eq!(request.path, "/v2/library/alpine/manifests/3.20");
+    let accept = request.accept.clone().unwrap_or_default();
+    for media_type in [
+        "application/vnd.oci.image.index.v1+json",
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+        "application/vnd.docker.distribution.manifest.v2+json",
+    ] {
+        assert!(
+            accept.contains(media_type),
+            "Accept lacks {media_type}: {accept}"
+        );
+    }
     let hits = mirror
         .metric("regmirror_cache_lookups_total{kind=\"manifest\",result=\"hit\",upstream=\"docker.io\"}")
         .await;
@@ -642,4 +655,41 @@ async fn metrics_are_exposed() {
             .await,
         1.0
     );
+}
+
+#[tokio::test]
+async fn containerd_resolve_by_head_then_get_by_digest_is_cached() {
+    let fake = FakeUpstream::start(Auth::None).await;
+    let manifest = manifest_for(&sha256(b"l"), "ctr");
+    let digest = fake.put_manifest("library/alpine", "3.20", manifest.clone(), OCI_MANIFEST);
+    let mirror = TestMirror::start(&upstream_toml(&fake.url(), "1h")).await;
+
+    // containerd: HEAD by tag to resolve, then GET by digest, every request with ?ns=.
+    let r = mirror
+        .head("/v2/library/alpine/manifests/3.20?ns=docker.io")
+        .await;
+    assert_eq!(r.headers()["docker-content-digest"], digest.as_str());
+    let r = mirror
+        .get(&format!(
+            "/v2/library/alpine/manifests/{digest}?ns=docker.io"
+        ))
+        .await;
+    assert_eq!(r.bytes().await.unwrap().as_ref(), manifest.as_slice());
+    assert_eq!(
+        fake.count("GET", "/manifests/3.20"),
+        0,
+        "a client HEAD never becomes a GET"
+    );
+
+    // The next pull resolves the tag from the cache without asking the upstream.
+    fake.clear_seen();
+    let r = mirror
+        .head("/v2/library/alpine/manifests/3.20?ns=docker.io")
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-regmirror-cache"], "hit");
+    assert_eq!(r.headers()["docker-content-digest"], digest.as_str());
+    let r = mirror.get("/v2/library/alpine/manifests/3.20").await;
+    assert_eq!(r.bytes().await.unwrap().as_ref(), manifest.as_slice());
+    assert!(fake.seen().is_empty());
 }

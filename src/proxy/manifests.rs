@@ -197,6 +197,7 @@ impl Mirror {
             return Err(ProxyError::ManifestDigestMismatch);
         }
         self.store.put_manifest(Arc::clone(&fetched)).await?;
+        self.record_pending_tag(route, &fetched).await?;
         Ok(ManifestAnswer::from_stored(
             &fetched,
             head,
@@ -225,7 +226,7 @@ impl Mirror {
                     ));
                 }
                 // The tag moved; a client HEAD never turns into an upstream GET.
-                Ok(current) if head => return Ok(current),
+                Ok(current) if head => return self.tag_seen_by_head(route, tag, current).await,
                 Ok(_) => {}
                 Err(ProxyError::Upstream(e)) if e.is_unavailable() => {
                     return Ok(self.serve_stale(route, tag, manifest, head, &e));
@@ -233,7 +234,8 @@ impl Mirror {
                 Err(e) => return Err(e),
             }
         } else if head {
-            return self.head_upstream(route, &reference).await;
+            let current = self.head_upstream(route, &reference).await?;
+            return self.tag_seen_by_head(route, tag, current).await;
         }
         let fetched = match self.fetch_manifest(route, &reference).await {
             Ok(fetched) => fetched,
@@ -257,6 +259,64 @@ impl Mirror {
             head,
             CacheResult::Miss,
         ))
+    }
+
+    /// A client HEAD of a tag learned its digest from the upstream. containerd resolves a tag
+    /// with a HEAD and then GETs the manifest by digest, so the tag itself is never fetched:
+    /// record the tag now if the manifest is already stored, else when the GET by digest
+    /// stores it. Later pulls then find the tag in the cache (and can be served stale).
+    async fn tag_seen_by_head(
+        &self,
+        route: &Resolved,
+        tag: &Tag,
+        current: ManifestAnswer,
+    ) -> Result<ManifestAnswer, ProxyError> {
+        match self.store.read_manifest(&current.digest).await? {
+            Some(stored) => {
+                let record = TagRecord::new(
+                    &stored.digest,
+                    &stored.media_type,
+                    stored.bytes.len() as u64,
+                );
+                self.store
+                    .put_tag(&Self::tag_key(route, tag), &record)
+                    .await?;
+            }
+            None => {
+                let key = (
+                    route.upstream.name().to_owned(),
+                    route.repo.clone(),
+                    current.digest.clone(),
+                );
+                self.pending_tags.insert(key, tag.clone());
+            }
+        }
+        Ok(current)
+    }
+
+    /// Records the tag a recent HEAD resolved to this manifest, if any (see
+    /// [`Mirror::tag_seen_by_head`]).
+    async fn record_pending_tag(
+        &self,
+        route: &Resolved,
+        manifest: &StoredManifest,
+    ) -> Result<(), ProxyError> {
+        let key = (
+            route.upstream.name().to_owned(),
+            route.repo.clone(),
+            manifest.digest.clone(),
+        );
+        if let Some(tag) = self.pending_tags.remove(&key) {
+            let record = TagRecord::new(
+                &manifest.digest,
+                &manifest.media_type,
+                manifest.bytes.len() as u64,
+            );
+            self.store
+                .put_tag(&Self::tag_key(route, &tag), &record)
+                .await?;
+        }
+        Ok(())
     }
 
     /// A cached tag served although it could not be revalidated.

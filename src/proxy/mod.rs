@@ -73,6 +73,9 @@ pub struct Mirror {
     pub manifest_flights: Singleflight<manifests::FlightKey, Result<ManifestAnswer, ProxyError>>,
     /// Upstream 404s for manifests, each remembered until its instant.
     pub negative: moka::sync::Cache<manifests::FlightKey, std::time::Instant>,
+    /// Tags a client HEAD resolved to a manifest not yet stored: (upstream, repo, digest) → tag.
+    pub pending_tags:
+        moka::sync::Cache<(String, crate::oci::RepoName, crate::oci::Digest), crate::oci::Tag>,
 }
 
 impl Mirror {
@@ -90,6 +93,10 @@ impl Mirror {
             metrics,
             manifest_flights: Singleflight::default(),
             negative: moka::sync::Cache::builder().max_capacity(100_000).build(),
+            pending_tags: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(std::time::Duration::from_secs(300))
+                .build(),
         }
     }
 }

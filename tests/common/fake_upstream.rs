@@ -38,6 +38,7 @@ pub struct Seen {
     pub query: Option<String>,
     pub authorization: Option<String>,
     pub range: Option<String>,
+    pub accept: Option<String>,
 }
 
 /// How the fake authenticates clients.
@@ -269,6 +270,11 @@ fn respond(
             query: req.uri().query().map(str::to_owned),
             authorization: authorization.clone(),
             range: range.clone(),
+            accept: req
+                .headers()
+                .get("accept")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
         });
         first
     };
