@@ -80,7 +80,7 @@ pub struct Metrics {
     registry: Registry,
     /// `regmirror_cache_lookups_total{kind,result,upstream}`.
     pub cache_lookups: IntCounterVec,
-    /// `regmirror_served_bytes_total{source}`.
+    /// `regmirror_served_bytes_total{source,upstream}`.
     pub served_bytes: IntCounterVec,
     /// `regmirror_upstream_requests_total{upstream,method,status}`.
     pub upstream_requests: IntCounterVec,
@@ -133,8 +133,8 @@ impl Metrics {
         );
         let served_bytes = counter_vec(
             "regmirror_served_bytes_total",
-            "Body bytes sent to clients, by source (cache, upstream).",
-            &["source"],
+            "Body bytes sent to clients, by source (cache, upstream) and the upstream the request routed to.",
+            &["source", "upstream"],
         );
         let upstream_requests = counter_vec(
             "regmirror_upstream_requests_total",

@@ -639,13 +639,13 @@ async fn metrics_are_exposed() {
     assert_eq!(mirror.metric(hit).await, 1.0);
     assert_eq!(
         mirror
-            .metric("regmirror_served_bytes_total{source=\"cache\"}")
+            .metric("regmirror_served_bytes_total{source=\"cache\",upstream=\"docker.io\"}")
             .await,
         4096.0
     );
     assert_eq!(
         mirror
-            .metric("regmirror_served_bytes_total{source=\"upstream\"}")
+            .metric("regmirror_served_bytes_total{source=\"upstream\",upstream=\"docker.io\"}")
             .await,
         4096.0
     );

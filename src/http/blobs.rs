@@ -79,5 +79,6 @@ pub async fn get(ctx: &Ctx<'_>, name: &RepoName, digest: &Digest) -> Answer {
         response,
         cache: Some(answer.cache),
         source,
+        upstream: Some(route.upstream.name().to_owned()),
     }
 }

@@ -67,6 +67,8 @@ pub struct LogInfo {
     pub cache: Option<&'static str>,
     /// Where the body bytes come from (for the served-bytes metric).
     pub source: Option<Source>,
+    /// The upstream the request was routed to.
+    pub upstream: Option<String>,
     /// When the request arrived.
     pub started: Instant,
 }
@@ -132,7 +134,7 @@ impl Drop for Logged {
         if let Some(source) = info.source {
             self.metrics
                 .served_bytes
-                .with_label_values(&[source.as_str()])
+                .with_label_values(&[source.as_str(), info.upstream.as_deref().unwrap_or("")])
                 .inc_by(self.bytes);
         }
         let complete = !self.failed && (self.ended || self.inner.is_end_stream());
@@ -143,6 +145,7 @@ impl Drop for Logged {
             bytes = self.bytes,
             duration_ms = info.started.elapsed().as_secs_f64() * 1000.0,
             cache = info.cache.unwrap_or("-"),
+            upstream = info.upstream.as_deref().unwrap_or("-"),
             complete,
             "request"
         );

@@ -47,5 +47,6 @@ pub async fn get(ctx: &Ctx<'_>, name: &RepoName, reference: &Reference) -> Answe
         response,
         cache: Some(answer.cache),
         source: Some(source),
+        upstream: Some(route.upstream.name().to_owned()),
     }
 }

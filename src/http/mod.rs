@@ -39,6 +39,8 @@ pub struct Answer {
     pub cache: Option<CacheResult>,
     /// Where body bytes come from.
     pub source: Option<Source>,
+    /// The upstream the request was routed to.
+    pub upstream: Option<String>,
 }
 
 impl Answer {
@@ -48,6 +50,7 @@ impl Answer {
             response,
             cache: None,
             source: None,
+            upstream: None,
         }
     }
 }
@@ -106,6 +109,7 @@ pub async fn handle(
         status,
         cache: answer.cache.map(CacheResult::as_str),
         source: answer.source,
+        upstream: answer.upstream,
         started,
     };
     let metrics = Arc::clone(&mirror.metrics);
