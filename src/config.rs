@@ -46,6 +46,9 @@ pub struct Config {
     /// `[storage]`.
     #[serde(default)]
     pub storage: StorageConfig,
+    /// `[auth]`: who may push (and pull).
+    #[serde(default)]
+    pub auth: AuthConfig,
     /// `[[upstream]]`: the registries the mirror may contact. When none is configured the mirror
     /// mirrors Docker Hub.
     #[serde(default, rename = "upstream")]
@@ -74,6 +77,84 @@ pub struct StorageConfig {
     /// Upper bound of the in-memory index (tag records, blob sizes, small manifests), in MiB.
     #[serde(default = "default_index_mib")]
     pub index_memory_mib: u64,
+    /// Whether DELETE of manifests, tags and blobs is allowed.
+    #[serde(default)]
+    pub delete: bool,
+    /// The largest blob a client may push.
+    #[serde(default = "default_max_upload")]
+    pub max_upload_size: ByteSize,
+    /// An upload session with no activity for this long is removed.
+    #[serde(default = "default_upload_ttl", with = "humantime_serde")]
+    pub upload_ttl: Duration,
+}
+
+/// `[auth]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// An htpasswd file with bcrypt entries (`htpasswd -B`). With it, pushes and deletes need
+    /// credentials.
+    #[serde(default)]
+    pub htpasswd: Option<PathBuf>,
+    /// Whether pulls work without credentials when `htpasswd` is set.
+    #[serde(default = "default_true")]
+    pub anonymous_pull: bool,
+}
+
+/// A size in bytes, written in the config as a number or with a unit: `"512MiB"`, `"50GiB"`,
+/// `"10GB"` (KiB, MiB, GiB, TiB are powers of 1024; KB, MB, GB, TB of 1000).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl std::str::FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<ByteSize, String> {
+        let s = s.trim();
+        let split = s
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(s.len());
+        let (number, unit) = (s[..split].trim(), s[split..].trim());
+        let number: f64 = number
+            .parse()
+            .map_err(|_| format!("{s:?} is not a size such as \"512MiB\" or \"50GiB\""))?;
+        let multiplier: u64 = match unit {
+            "" | "B" => 1,
+            "KiB" => 1 << 10,
+            "MiB" => 1 << 20,
+            "GiB" => 1 << 30,
+            "TiB" => 1 << 40,
+            "KB" | "kB" => 1_000,
+            "MB" => 1_000_000,
+            "GB" => 1_000_000_000,
+            "TB" => 1_000_000_000_000,
+            other => {
+                return Err(format!(
+                    "unknown size unit {other:?} in {s:?} (use B, KiB, MiB, GiB, TiB, KB, MB, GB or TB)"
+                ));
+            }
+        };
+        let bytes = number * multiplier as f64;
+        if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
+            return Err(format!("{s:?} is out of range"));
+        }
+        Ok(ByteSize(bytes as u64))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<ByteSize, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Number(n) => Ok(ByteSize(n)),
+            Raw::Text(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
 }
 
 /// One `[[upstream]]`.
@@ -121,6 +202,15 @@ fn default_storage_path() -> PathBuf {
 fn default_index_mib() -> u64 {
     64
 }
+fn default_max_upload() -> ByteSize {
+    ByteSize(20 << 30)
+}
+fn default_upload_ttl() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+fn default_true() -> bool {
+    true
+}
 fn default_tag_ttl() -> Duration {
     Duration::from_secs(600)
 }
@@ -143,11 +233,23 @@ impl Default for ServerConfig {
     }
 }
 
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            htpasswd: None,
+            anonymous_pull: true,
+        }
+    }
+}
+
 impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
             path: default_storage_path(),
             index_memory_mib: default_index_mib(),
+            delete: false,
+            max_upload_size: default_max_upload(),
+            upload_ttl: default_upload_ttl(),
         }
     }
 }
@@ -189,6 +291,7 @@ impl Default for Config {
         Config {
             server: ServerConfig::default(),
             storage: StorageConfig::default(),
+            auth: AuthConfig::default(),
             upstreams: vec![UpstreamConfig::docker_hub()],
         }
     }
@@ -374,6 +477,38 @@ mod tests {
     }
 
     #[test]
+    fn sizes() {
+        let ok = [
+            ("0", 0),
+            ("512", 512),
+            ("1KiB", 1024),
+            ("1.5MiB", 1_572_864),
+            ("50GiB", 50 << 30),
+            ("10GB", 10_000_000_000),
+            ("3 MB", 3_000_000),
+            ("2kB", 2000),
+        ];
+        for (text, bytes) in ok {
+            assert_eq!(text.parse::<ByteSize>(), Ok(ByteSize(bytes)), "{text}");
+        }
+        for bad in [
+            "",
+            "GiB",
+            "-1GiB",
+            "10 parsecs",
+            "1e999GiB",
+            "five MiB",
+            "10gib",
+        ] {
+            assert!(bad.parse::<ByteSize>().is_err(), "{bad:?}");
+        }
+        let e = err("[storage]\nmax_upload_size = \"lots\"\n");
+        assert!(e.contains("max_upload_size"), "{e}");
+        let c = Config::parse("[storage]\nmax_upload_size = 1024\n", "t").unwrap();
+        assert_eq!(c.storage.max_upload_size, ByteSize(1024));
+    }
+
+    #[test]
     fn documented_default_config_parses() {
         let text = include_str!("../mirror.toml");
         let c = Config::parse(text, "mirror.toml").unwrap();
@@ -388,5 +523,9 @@ mod tests {
         );
         assert_eq!(c.upstreams[0].negative_ttl, d.upstreams[0].negative_ttl);
         assert_eq!(c.server.offline, d.server.offline);
+        assert_eq!(c.storage.delete, d.storage.delete);
+        assert_eq!(c.storage.max_upload_size, d.storage.max_upload_size);
+        assert_eq!(c.storage.upload_ttl, d.storage.upload_ttl);
+        assert_eq!(c.auth.anonymous_pull, d.auth.anonymous_pull);
     }
 }

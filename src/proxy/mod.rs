@@ -1,11 +1,13 @@
-//! The pull-through logic: look in the store, and when content is missing (or a tag is older
-//! than its TTL) ask the upstream the name routes to, verify, keep, answer.
+//! The registry logic. Pull-through: look in the store, and when content is missing (or a tag
+//! is older than its TTL) ask the upstream the name routes to, verify, keep, answer. Local
+//! content: pushed manifests and tags, which win over the upstream's.
 //!
 //! This sits between the HTTP handlers (which only parse and render) and the store and upstream
 //! client (which know nothing of each other).
 
 mod blobs;
 pub mod fill;
+pub mod local;
 mod manifests;
 pub mod singleflight;
 

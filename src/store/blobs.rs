@@ -67,7 +67,7 @@ impl Store {
         self.root.join("blobs/sha256").join(&hex[..2]).join(hex)
     }
 
-    fn meta_path(&self, digest: &Digest) -> PathBuf {
+    pub(super) fn meta_path(&self, digest: &Digest) -> PathBuf {
         let hex = digest.hex();
         self.root
             .join("meta/sha256")

@@ -5,12 +5,17 @@
 //! ```text
 //! blobs/sha256/ab/<64 hex>          layers, configs and manifests, only ever complete and verified
 //! meta/sha256/ab/<64 hex>.json      media type of a manifest blob
-//! tags/<upstream>/<repo>/_tags/<tag>.json   tag records
+//! tags/<upstream>/<repo>/_tags/<tag>.json   tag records (`_local` for pushed tags)
+//! pins/sha256/ab/<64 hex>           marks pushed content, never evicted
+//! referrers/sha256/ab/<subject>/<referrer>.json   referrers API index
+//! uploads/<uuid>/{repo,data}        push sessions
 //! tmp/                              spools and temp files; emptied at start
 //! ```
 
 mod blobs;
+mod local;
 mod tags;
+mod uploads;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -22,7 +27,9 @@ use moka::sync::Cache;
 use crate::oci::Digest;
 
 pub use blobs::Spool;
+pub use local::{LOCAL, Referrer};
 pub use tags::{TagKey, TagRecord};
+pub use uploads::{UploadError, UploadId};
 
 /// Errors of the store layer.
 #[derive(Debug, thiserror::Error)]
@@ -90,7 +97,14 @@ impl Store {
     /// Opens (creating if needed) the store at `root`, removing temp files a previous run left.
     /// `index_bytes` bounds the memory the index may use.
     pub async fn open(root: &Path, index_bytes: u64) -> Result<Store> {
-        for dir in ["blobs/sha256", "meta/sha256", "tags", "tmp"] {
+        for dir in [
+            "blobs/sha256",
+            "meta/sha256",
+            "tags",
+            "tmp",
+            "uploads",
+            "pins/sha256",
+        ] {
             let path = root.join(dir);
             tokio::fs::create_dir_all(&path)
                 .await
@@ -148,7 +162,7 @@ impl Store {
     }
 
     /// Writes `bytes` to `path` atomically: temp file, fsync, rename.
-    async fn write_atomic(&self, path: &Path, bytes: &[u8]) -> Result<()> {
+    pub(crate) async fn write_atomic(&self, path: &Path, bytes: &[u8]) -> Result<()> {
         if let Some(parent) = path.parent() {
             tokio::fs::create_dir_all(parent)
                 .await

@@ -70,7 +70,7 @@ fn now_ms() -> u64 {
 }
 
 impl Store {
-    fn tag_path(&self, key: &TagKey) -> PathBuf {
+    pub(super) fn tag_path(&self, key: &TagKey) -> PathBuf {
         // Valid repository components and tags never start with '_' or '.', so `_tags` cannot
         // collide with a repository component and no part can climb out of the root.
         self.root

@@ -1,0 +1,187 @@
+//! Content pushed to the mirror: manifests checked and stored exactly as sent, local tags that
+//! win over upstream ones, deletes, and tag listings that merge both.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::{Mirror, ProxyError};
+use crate::oci::manifest::{Manifest, ManifestError};
+use crate::oci::{Digest, Reference, RepoName, Tag};
+use crate::store::{LOCAL, Referrer, Store, StoredManifest, TagRecord};
+
+/// Why a manifest push was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    /// Not a manifest we accept.
+    #[error(transparent)]
+    Invalid(#[from] ManifestError),
+    /// A blob or child manifest it references is not in the store.
+    #[error("manifest references {0}, which is not in the registry")]
+    BlobUnknown(Digest),
+    /// Pushed by digest, but the bytes hash to another.
+    #[error("manifest digest is {actual}, not {expected}")]
+    DigestMismatch {
+        /// From the URL.
+        expected: Digest,
+        /// Of the bytes.
+        actual: Digest,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] ProxyError),
+}
+
+/// A stored push.
+#[derive(Debug)]
+pub struct Pushed {
+    /// The manifest's digest.
+    pub digest: Digest,
+    /// Its `subject`, if any (answered in `OCI-Subject`).
+    pub subject: Option<Digest>,
+}
+
+impl Mirror {
+    /// A pushed tag of `name`, if there is one.
+    pub async fn local_manifest(
+        &self,
+        name: &RepoName,
+        tag: &Tag,
+    ) -> Result<Option<Arc<StoredManifest>>, ProxyError> {
+        let Some(record) = self.store.get_tag(&Store::local_tag_key(name, tag)).await? else {
+            return Ok(None);
+        };
+        let Some(digest) = record.digest() else {
+            return Ok(None);
+        };
+        Ok(self.store.read_manifest(&digest).await?)
+    }
+
+    /// Stores a pushed manifest after checking it: a known media type, every referenced blob
+    /// and child present, the digest right when pushed by digest. The bytes are kept exactly.
+    pub async fn push_manifest(
+        &self,
+        name: &RepoName,
+        reference: &Reference,
+        content_type: Option<&str>,
+        bytes: Bytes,
+    ) -> Result<Pushed, PushError> {
+        let manifest = Manifest::parse(content_type, &bytes)?;
+        let digest = Digest::of_bytes(&bytes);
+        if let Reference::Digest(expected) = reference
+            && expected != &digest
+        {
+            return Err(PushError::DigestMismatch {
+                expected: expected.clone(),
+                actual: digest,
+            });
+        }
+        for needed in manifest.blobs.iter().chain(&manifest.children) {
+            if self
+                .store
+                .blob_size(needed)
+                .await
+                .map_err(ProxyError::from)?
+                .is_none()
+            {
+                return Err(PushError::BlobUnknown(needed.clone()));
+            }
+        }
+        let size = bytes.len() as u64;
+        let stored = Arc::new(StoredManifest {
+            digest: digest.clone(),
+            bytes,
+            media_type: manifest.media_type.clone(),
+        });
+        self.store
+            .put_manifest(stored)
+            .await
+            .map_err(ProxyError::from)?;
+        self.store.pin(&digest).await.map_err(ProxyError::from)?;
+        if let Reference::Tag(tag) = reference {
+            let record = TagRecord::new(&digest, &manifest.media_type, size);
+            self.store
+                .put_tag(&Store::local_tag_key(name, tag), &record)
+                .await
+                .map_err(ProxyError::from)?;
+        }
+        if let Some(subject) = &manifest.subject {
+            let referrer = Referrer {
+                media_type: manifest.media_type.clone(),
+                digest: digest.to_string(),
+                size,
+                artifact_type: manifest.artifact_type.clone(),
+                annotations: manifest.annotations.clone(),
+            };
+            self.store
+                .add_referrer(subject, &referrer)
+                .await
+                .map_err(ProxyError::from)?;
+        }
+        tracing::info!(repo = %name, %reference, %digest, "manifest pushed");
+        Ok(Pushed {
+            digest,
+            subject: manifest.subject,
+        })
+    }
+
+    /// Deletes a pushed tag, or a manifest by digest (with the local tags of `name` pointing
+    /// to it). Whether anything was there.
+    pub async fn delete_manifest(
+        &self,
+        name: &RepoName,
+        reference: &Reference,
+    ) -> Result<bool, ProxyError> {
+        match reference {
+            Reference::Tag(tag) => Ok(self
+                .store
+                .delete_tag(&Store::local_tag_key(name, tag))
+                .await?),
+            Reference::Digest(digest) => {
+                for key in self.store.tags_pointing_to(LOCAL, name, digest).await? {
+                    self.store.delete_tag(&key).await?;
+                }
+                Ok(self.store.delete_blob(digest).await?)
+            }
+        }
+    }
+
+    /// The tags of `name`: pushed ones merged with the upstream's (when the name routes to a
+    /// reachable upstream), sorted and deduplicated. `None` when neither knows the repository.
+    pub async fn list_tags(
+        &self,
+        name: &RepoName,
+        ns: Option<&str>,
+    ) -> Result<Option<Vec<String>>, ProxyError> {
+        let mut tags = self.store.list_tags(LOCAL, name).await?;
+        let upstream_tags = match self.upstreams.resolve(ns, name) {
+            Ok(route) => match route.upstream.tags_list(&route.repo, None, None).await {
+                Ok(response) => match response.json::<TagList>().await {
+                    Ok(list) => Some(list.tags.unwrap_or_default()),
+                    Err(e) => {
+                        tracing::warn!(upstream = route.upstream.name(), error = %e, "invalid upstream tag list");
+                        None
+                    }
+                },
+                Err(e) if tags.is_empty() => return Err(ProxyError::Upstream(e)),
+                Err(_) => None,
+            },
+            Err(e) if tags.is_empty() => return Err(ProxyError::Route(e)),
+            Err(_) => None,
+        };
+        if tags.is_empty() && upstream_tags.is_none() {
+            return Ok(None);
+        }
+        tags.extend(upstream_tags.unwrap_or_default());
+        tags.sort();
+        tags.dedup();
+        Ok(Some(tags))
+    }
+}
+
+/// The tag list document.
+#[derive(serde::Deserialize)]
+struct TagList {
+    #[serde(default)]
+    tags: Option<Vec<String>>,
+}

@@ -1,0 +1,247 @@
+//! Content pushed to the mirror: pins (never evicted), local tags, referrers, deletes, and the
+//! catalog of repositories the store holds.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::{Result, Store, StoreError, TagKey, io_err, read_optional};
+use crate::oci::{Digest, RepoName, Tag};
+
+/// The pseudo-upstream under which pushed tags are recorded. Upstream names are host names
+/// (no `_`), so it cannot collide with one.
+pub const LOCAL: &str = "_local";
+
+/// A referrer: a manifest whose `subject` is another manifest.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Referrer {
+    /// Its media type.
+    #[serde(rename = "mediaType")]
+    pub media_type: String,
+    /// Its digest.
+    pub digest: String,
+    /// Its size.
+    pub size: u64,
+    /// Its artifact type.
+    #[serde(rename = "artifactType", skip_serializing_if = "Option::is_none")]
+    pub artifact_type: Option<String>,
+    /// Its annotations.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl Store {
+    fn pin_path(&self, digest: &Digest) -> PathBuf {
+        let hex = digest.hex();
+        self.root.join("pins/sha256").join(&hex[..2]).join(hex)
+    }
+
+    /// Marks a blob as pushed content: eviction never removes it.
+    pub async fn pin(&self, digest: &Digest) -> Result<()> {
+        let path = self.pin_path(digest);
+        if let Some(parent) = path.parent() {
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(io_err(parent))?;
+        }
+        tokio::fs::write(&path, b"").await.map_err(io_err(&path))
+    }
+
+    /// Whether a blob is pinned.
+    pub async fn is_pinned(&self, digest: &Digest) -> bool {
+        tokio::fs::metadata(self.pin_path(digest)).await.is_ok()
+    }
+
+    /// Records a blob's size in the index.
+    pub fn note_blob_size(&self, digest: &Digest, size: u64) {
+        self.blob_sizes.insert(digest.clone(), size);
+    }
+
+    /// Removes a blob (and its pin and metadata). Readers that already opened it keep reading
+    /// it: on Unix the bytes go when the last handle closes.
+    pub async fn delete_blob(&self, digest: &Digest) -> Result<bool> {
+        self.blob_sizes.invalidate(digest);
+        self.manifests.invalidate(digest);
+        let existed = remove_optional(&self.blob_path(digest)).await?;
+        remove_optional(&self.pin_path(digest)).await?;
+        remove_optional(&self.meta_path(digest)).await?;
+        Ok(existed)
+    }
+
+    /// The local key of a pushed tag.
+    pub fn local_tag_key(repo: &RepoName, tag: &Tag) -> TagKey {
+        TagKey {
+            upstream: LOCAL.to_owned(),
+            repo: repo.clone(),
+            tag: tag.clone(),
+        }
+    }
+
+    /// Removes a tag record; whether it existed.
+    pub async fn delete_tag(&self, key: &TagKey) -> Result<bool> {
+        self.tags.invalidate(key);
+        remove_optional(&self.tag_path(key)).await
+    }
+
+    /// The tags recorded for `repo` under `upstream`, sorted.
+    pub async fn list_tags(&self, upstream: &str, repo: &RepoName) -> Result<Vec<String>> {
+        let dir = self
+            .root
+            .join("tags")
+            .join(upstream)
+            .join(repo.as_str())
+            .join("_tags");
+        let mut entries = match tokio::fs::read_dir(&dir).await {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => return Err(StoreError::Io { path: dir, source }),
+        };
+        let mut tags = Vec::new();
+        while let Some(entry) = entries.next_entry().await.map_err(io_err(&dir))? {
+            if let Some(tag) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.strip_suffix(".json"))
+            {
+                tags.push(tag.to_owned());
+            }
+        }
+        tags.sort();
+        Ok(tags)
+    }
+
+    /// The tags under `upstream` pointing at `digest`, as keys.
+    pub async fn tags_pointing_to(
+        &self,
+        upstream: &str,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Vec<TagKey>> {
+        let mut keys = Vec::new();
+        for tag in self.list_tags(upstream, repo).await? {
+            let Ok(tag) = tag.parse::<Tag>() else {
+                continue;
+            };
+            let key = TagKey {
+                upstream: upstream.to_owned(),
+                repo: repo.clone(),
+                tag,
+            };
+            if let Some(record) = self.get_tag(&key).await?
+                && record.digest().as_ref() == Some(digest)
+            {
+                keys.push(key);
+            }
+        }
+        Ok(keys)
+    }
+
+    fn referrers_dir(&self, subject: &Digest) -> PathBuf {
+        let hex = subject.hex();
+        self.root.join("referrers/sha256").join(&hex[..2]).join(hex)
+    }
+
+    /// Records that `referrer` refers to `subject`.
+    pub async fn add_referrer(&self, subject: &Digest, referrer: &Referrer) -> Result<()> {
+        let Ok(digest) = referrer.digest.parse::<Digest>() else {
+            return Ok(());
+        };
+        let path = self
+            .referrers_dir(subject)
+            .join(format!("{}.json", digest.hex()));
+        let bytes = serde_json::to_vec(referrer).map_err(|e| StoreError::Corrupt {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        self.write_atomic(&path, &bytes).await
+    }
+
+    /// The referrers of `subject` whose manifests are still stored.
+    pub async fn referrers(&self, subject: &Digest) -> Result<Vec<Referrer>> {
+        let dir = self.referrers_dir(subject);
+        let mut entries = match tokio::fs::read_dir(&dir).await {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => return Err(StoreError::Io { path: dir, source }),
+        };
+        let mut out = Vec::new();
+        while let Some(entry) = entries.next_entry().await.map_err(io_err(&dir))? {
+            let Some(bytes) = read_optional(&entry.path()).await? else {
+                continue;
+            };
+            let Ok(referrer) = serde_json::from_slice::<Referrer>(&bytes) else {
+                continue;
+            };
+            let alive = match referrer.digest.parse::<Digest>() {
+                Ok(d) => self.blob_size(&d).await?.is_some(),
+                Err(_) => false,
+            };
+            if alive {
+                out.push(referrer);
+            }
+        }
+        out.sort_by(|a, b| a.digest.cmp(&b.digest));
+        Ok(out)
+    }
+
+    /// Every repository with at least one tag record, as clients name them: pushed ones as
+    /// pushed, cached ones as `<upstream>/<repo>` (or `<repo>` for `default_upstream`).
+    pub async fn catalog(&self, default_upstream: Option<&str>) -> Result<Vec<String>> {
+        let root = self.root.join("tags");
+        let mut repos = Vec::new();
+        let mut upstreams = tokio::fs::read_dir(&root).await.map_err(io_err(&root))?;
+        while let Some(upstream) = upstreams.next_entry().await.map_err(io_err(&root))? {
+            let name = upstream.file_name().to_string_lossy().into_owned();
+            let prefix = if name == LOCAL || Some(name.as_str()) == default_upstream {
+                String::new()
+            } else {
+                format!("{name}/")
+            };
+            let path = upstream.path();
+            let found = tokio::task::spawn_blocking(move || {
+                let mut found = Vec::new();
+                collect_repos(&path, &path, &mut found);
+                found
+            })
+            .await
+            .unwrap_or_default();
+            repos.extend(found.into_iter().map(|r| format!("{prefix}{r}")));
+        }
+        repos.sort();
+        repos.dedup();
+        Ok(repos)
+    }
+}
+
+/// Finds directories holding a non-empty `_tags` below `dir`, as paths relative to `base`.
+fn collect_repos(base: &Path, dir: &Path, out: &mut Vec<String>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if !path.is_dir() {
+            continue;
+        }
+        if entry.file_name() == "_tags" {
+            let non_empty = std::fs::read_dir(&path).is_ok_and(|mut d| d.next().is_some());
+            if non_empty && let Ok(rel) = dir.strip_prefix(base) {
+                out.push(rel.to_string_lossy().into_owned());
+            }
+        } else {
+            collect_repos(base, &path, out);
+        }
+    }
+}
+
+async fn remove_optional(path: &Path) -> Result<bool> {
+    match tokio::fs::remove_file(path).await {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(source) => Err(StoreError::Io {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
