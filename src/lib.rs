@@ -39,6 +39,9 @@ pub enum StartError {
     /// An upstream client could not be built.
     #[error(transparent)]
     Upstream(#[from] upstream::UpstreamError),
+    /// The htpasswd file is unusable.
+    #[error(transparent)]
+    Htpasswd(#[from] http::auth::HtpasswdError),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -87,6 +90,19 @@ impl Server {
 /// Binds `config.server.listen` and serves in a background task.
 pub async fn start(config: &Config) -> Result<Server, StartError> {
     let mirror = build_mirror(config).await?;
+    let htpasswd = config
+        .auth
+        .htpasswd
+        .as_deref()
+        .map(http::auth::Htpasswd::load)
+        .transpose()?;
+    let app = Arc::new(http::App {
+        mirror: Arc::clone(&mirror),
+        htpasswd,
+        anonymous_pull: config.auth.anonymous_pull,
+        delete_enabled: config.storage.delete,
+        max_upload: config.storage.max_upload_size.0,
+    });
     let addr = config.server.listen;
     let listener = TcpListener::bind(addr)
         .await
@@ -95,13 +111,38 @@ pub async fn start(config: &Config) -> Result<Server, StartError> {
         .local_addr()
         .map_err(|source| StartError::Bind { addr, source })?;
     let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(http::serve(listener, Arc::clone(&mirror), async move {
-        let _ = rx.await;
-    }));
+    let sweeper = tokio::spawn(expire_uploads(
+        Arc::clone(&mirror),
+        config.storage.upload_ttl,
+    ));
+    let task = tokio::spawn(async move {
+        http::serve(listener, app, async move {
+            let _ = rx.await;
+        })
+        .await;
+        sweeper.abort();
+    });
     Ok(Server {
         addr,
         mirror,
         shutdown: Some(tx),
         task,
     })
+}
+
+/// Removes upload sessions idle for longer than `ttl`, checking a few times per TTL.
+async fn expire_uploads(mirror: Arc<Mirror>, ttl: std::time::Duration) {
+    let period = (ttl / 4).clamp(
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(600),
+    );
+    let mut ticker = tokio::time::interval(period);
+    loop {
+        ticker.tick().await;
+        match mirror.store.expire_uploads(ttl).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, "expired idle upload sessions"),
+            Err(e) => tracing::warn!(error = %e, "cannot expire upload sessions"),
+        }
+    }
 }

@@ -7,7 +7,7 @@ use super::errors::{ApiError, Resource, proxy_error};
 use super::{Answer, Ctx, echo_namespace};
 use crate::metrics::{CacheResult, Source};
 use crate::oci::{Digest, ErrorCode, RepoName};
-use crate::proxy::{BlobBody, ByteRange, ProxyError};
+use crate::proxy::{BlobBody, ByteRange};
 
 /// Answers a blob request.
 pub async fn get(ctx: &Ctx<'_>, name: &RepoName, digest: &Digest) -> Answer {
@@ -25,13 +25,11 @@ pub async fn get(ctx: &Ctx<'_>, name: &RepoName, digest: &Digest) -> Answer {
         },
         Some(Err(_)) => return ApiError::new(ErrorCode::RangeInvalid, "malformed Range").into(),
     };
-    let route = match ctx.mirror.upstreams.resolve(ctx.query.ns.as_deref(), name) {
-        Ok(route) => route,
-        Err(e) => return proxy_error(ProxyError::Route(e), Resource::Blob, "").into(),
-    };
-    let answer = match ctx.mirror.blob(&route, digest, ctx.head, range).await {
+    let ns = ctx.query.ns.as_deref();
+    let upstream = ctx.upstream_label(name);
+    let answer = match ctx.mirror.blob(name, ns, digest, ctx.head, range).await {
         Ok(answer) => answer,
-        Err(e) => return proxy_error(e, Resource::Blob, route.upstream.name()).into(),
+        Err(e) => return proxy_error(e, Resource::Blob, &upstream).into(),
     };
     let (body, source) = match answer.body {
         BlobBody::Empty => (empty(), None),
@@ -79,6 +77,22 @@ pub async fn get(ctx: &Ctx<'_>, name: &RepoName, digest: &Digest) -> Answer {
         response,
         cache: Some(answer.cache),
         source,
-        upstream: Some(route.upstream.name().to_owned()),
+        upstream: Some(upstream),
+    }
+}
+
+/// `DELETE /v2/<name>/blobs/<digest>`.
+pub async fn delete(ctx: &Ctx<'_>, digest: &Digest) -> Answer {
+    if !ctx.app.delete_enabled {
+        return ApiError::new(
+            ErrorCode::Unsupported,
+            "deletes are disabled ([storage] delete = false)",
+        )
+        .into();
+    }
+    match ctx.mirror.store.delete_blob(digest).await {
+        Ok(true) => super::manifests::accepted(),
+        Ok(false) => ApiError::new(ErrorCode::BlobUnknown, format!("{digest} not found")).into(),
+        Err(e) => proxy_error(e.into(), Resource::Blob, crate::store::LOCAL).into(),
     }
 }

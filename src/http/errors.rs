@@ -17,6 +17,8 @@ pub struct ApiError {
     pub message: String,
     /// Extra headers (`WWW-Authenticate`, `Content-Range`).
     pub headers: Vec<(header::HeaderName, String)>,
+    /// The status, when not the one the spec pairs with the code.
+    pub status: Option<http::StatusCode>,
 }
 
 impl ApiError {
@@ -26,7 +28,20 @@ impl ApiError {
             code,
             message: message.into(),
             headers: Vec::new(),
+            status: None,
         }
+    }
+
+    /// Overrides the status (e.g. 416 for an out-of-order chunk).
+    pub fn with_status(mut self, status: http::StatusCode) -> ApiError {
+        self.status = Some(status);
+        self
+    }
+
+    /// The 401 that asks for Basic credentials.
+    pub fn unauthorized(message: &str) -> ApiError {
+        ApiError::new(ErrorCode::Unauthorized, message)
+            .with_header(header::WWW_AUTHENTICATE, "Basic realm=\"regmirror\"".into())
     }
 
     fn with_header(mut self, name: header::HeaderName, value: String) -> ApiError {
@@ -43,7 +58,7 @@ impl ApiError {
         } else {
             full(body)
         });
-        *response.status_mut() = self.code.status();
+        *response.status_mut() = self.status.unwrap_or_else(|| self.code.status());
         let headers = response.headers_mut();
         headers.insert(
             header::CONTENT_TYPE,
@@ -149,5 +164,37 @@ pub fn proxy_error(e: ProxyError, resource: Resource, upstream: &str) -> ApiErro
             tracing::error!(error = %e, "store failure");
             ApiError::new(ErrorCode::Unknown, "internal storage error")
         }
+    }
+}
+
+/// Maps an upload failure.
+pub fn upload_error(e: crate::store::UploadError) -> ApiError {
+    use crate::store::UploadError;
+    match e {
+        UploadError::Unknown => ApiError::new(ErrorCode::BlobUploadUnknown, e.to_string()),
+        UploadError::OutOfOrder { .. } => {
+            ApiError::new(ErrorCode::BlobUploadInvalid, e.to_string())
+                .with_status(http::StatusCode::RANGE_NOT_SATISFIABLE)
+        }
+        UploadError::TooLarge { .. } => ApiError::new(ErrorCode::TooLarge, e.to_string()),
+        UploadError::Body(_) => ApiError::new(ErrorCode::BlobUploadInvalid, e.to_string()),
+        UploadError::DigestMismatch { .. } => {
+            ApiError::new(ErrorCode::DigestInvalid, e.to_string())
+        }
+        UploadError::Store(e) => {
+            tracing::error!(error = %e, "store failure during upload");
+            ApiError::new(ErrorCode::Unknown, "internal storage error")
+        }
+    }
+}
+
+/// Maps a manifest push failure.
+pub fn push_error(e: crate::proxy::local::PushError) -> ApiError {
+    use crate::proxy::local::PushError;
+    match e {
+        PushError::Invalid(_) => ApiError::new(ErrorCode::ManifestInvalid, e.to_string()),
+        PushError::BlobUnknown(_) => ApiError::new(ErrorCode::ManifestBlobUnknown, e.to_string()),
+        PushError::DigestMismatch { .. } => ApiError::new(ErrorCode::DigestInvalid, e.to_string()),
+        PushError::Store(e) => proxy_error(e, Resource::Manifest, crate::store::LOCAL),
     }
 }

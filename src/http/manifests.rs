@@ -3,21 +3,18 @@
 use http::{HeaderValue, Response, header};
 
 use super::body::{empty, full};
-use super::errors::{Resource, proxy_error};
+use super::errors::{ApiError, Resource, proxy_error, push_error};
 use super::{Answer, Ctx, echo_namespace};
 use crate::metrics::Source;
-use crate::oci::{Reference, RepoName};
-use crate::proxy::ProxyError;
+use crate::oci::{ErrorCode, Reference, RepoName};
 
 /// Answers a manifest request.
 pub async fn get(ctx: &Ctx<'_>, name: &RepoName, reference: &Reference) -> Answer {
-    let route = match ctx.mirror.upstreams.resolve(ctx.query.ns.as_deref(), name) {
-        Ok(route) => route,
-        Err(e) => return proxy_error(ProxyError::Route(e), Resource::Manifest, "").into(),
-    };
-    let answer = match ctx.mirror.manifest(&route, reference, ctx.head).await {
+    let ns = ctx.query.ns.as_deref();
+    let upstream = ctx.upstream_label(name);
+    let answer = match ctx.mirror.manifest(name, ns, reference, ctx.head).await {
         Ok(answer) => answer,
-        Err(e) => return proxy_error(e, Resource::Manifest, route.upstream.name()).into(),
+        Err(e) => return proxy_error(e, Resource::Manifest, &upstream).into(),
     };
     let mut response = Response::new(match &answer.body {
         Some(bytes) => full(bytes.clone()),
@@ -47,6 +44,102 @@ pub async fn get(ctx: &Ctx<'_>, name: &RepoName, reference: &Reference) -> Answe
         response,
         cache: Some(answer.cache),
         source: Some(source),
-        upstream: Some(route.upstream.name().to_owned()),
+        upstream: Some(upstream),
     }
+}
+
+/// The largest manifest accepted on push.
+pub const MAX_PUSHED_MANIFEST: usize = 4 * 1024 * 1024;
+
+/// `PUT /v2/<name>/manifests/<reference>`.
+pub async fn put(
+    ctx: &Ctx<'_>,
+    name: &RepoName,
+    reference: &Reference,
+    body: hyper::body::Incoming,
+) -> Answer {
+    use http_body_util::BodyExt;
+    let too_large = || {
+        ApiError::new(
+            ErrorCode::ManifestInvalid,
+            format!("manifest larger than {MAX_PUSHED_MANIFEST} bytes"),
+        )
+        .with_status(http::StatusCode::PAYLOAD_TOO_LARGE)
+    };
+    let declared = ctx
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > MAX_PUSHED_MANIFEST) {
+        return too_large().into();
+    }
+    let bytes = match http_body_util::Limited::new(body, MAX_PUSHED_MANIFEST)
+        .collect()
+        .await
+    {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => return too_large().into(),
+        Err(e) => {
+            return ApiError::new(ErrorCode::ManifestInvalid, format!("reading body: {e}")).into();
+        }
+    };
+    let content_type = ctx
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let pushed = match ctx
+        .mirror
+        .push_manifest(name, reference, content_type, bytes)
+        .await
+    {
+        Ok(pushed) => pushed,
+        Err(e) => return push_error(e).into(),
+    };
+    let mut response = Response::new(empty());
+    *response.status_mut() = http::StatusCode::CREATED;
+    let headers = response.headers_mut();
+    let digest = pushed.digest.to_string();
+    let mut set = |key: &'static str, value: String| {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(key, value);
+        }
+    };
+    set("location", format!("/v2/{name}/manifests/{digest}"));
+    set("docker-content-digest", digest);
+    if let Some(subject) = pushed.subject {
+        set("oci-subject", subject.to_string());
+    }
+    response
+        .headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+    Answer::plain(response)
+}
+
+/// `DELETE /v2/<name>/manifests/<reference>`.
+pub async fn delete(ctx: &Ctx<'_>, name: &RepoName, reference: &Reference) -> Answer {
+    if !ctx.app.delete_enabled {
+        return ApiError::new(
+            ErrorCode::Unsupported,
+            "deletes are disabled ([storage] delete = false)",
+        )
+        .into();
+    }
+    match ctx.mirror.delete_manifest(name, reference).await {
+        Ok(true) => accepted(),
+        Ok(false) => {
+            ApiError::new(ErrorCode::ManifestUnknown, format!("{reference} not found")).into()
+        }
+        Err(e) => proxy_error(e, Resource::Manifest, crate::store::LOCAL).into(),
+    }
+}
+
+/// `202 Accepted` with no body.
+pub fn accepted() -> Answer {
+    let mut response = Response::new(empty());
+    *response.status_mut() = http::StatusCode::ACCEPTED;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+    Answer::plain(response)
 }

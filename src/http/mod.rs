@@ -1,12 +1,17 @@
 //! The HTTP server: a hyper service that parses each request into a [`routes::Route`], hands it
 //! to a thin handler, and maps errors to OCI error JSON.
 
+pub mod auth;
 mod blobs;
 pub mod body;
+mod catalog;
 pub mod errors;
 mod manifests;
+mod paging;
+mod referrers;
 pub mod routes;
 mod tags;
+mod uploads;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -61,8 +66,24 @@ impl From<ApiError> for Answer {
     }
 }
 
+/// The HTTP layer's state: the mirror and the policies that belong to the API surface.
+pub struct App {
+    /// The registry logic.
+    pub mirror: Arc<Mirror>,
+    /// Who may push (and pull, unless `anonymous_pull`).
+    pub htpasswd: Option<auth::Htpasswd>,
+    /// Whether pulls work without credentials when `htpasswd` is set.
+    pub anonymous_pull: bool,
+    /// Whether DELETE is allowed.
+    pub delete_enabled: bool,
+    /// The largest blob a client may push.
+    pub max_upload: u64,
+}
+
 /// A parsed request, as handlers see it.
 pub struct Ctx<'a> {
+    /// The HTTP layer's state.
+    pub app: &'a App,
     /// The mirror.
     pub mirror: &'a Arc<Mirror>,
     /// Whether this is a HEAD request.
@@ -73,15 +94,28 @@ pub struct Ctx<'a> {
     pub headers: &'a http::HeaderMap,
 }
 
+impl Ctx<'_> {
+    /// The name of the upstream `name` routes to, for logs and metrics.
+    pub fn upstream_label(&self, name: &crate::oci::RepoName) -> String {
+        self.mirror
+            .upstreams
+            .resolve(self.query.ns.as_deref(), name)
+            .map_or_else(
+                |_| crate::store::LOCAL.to_owned(),
+                |r| r.upstream.name().to_owned(),
+            )
+    }
+}
+
 /// Answers one request.
 pub async fn handle(
-    mirror: Arc<Mirror>,
+    app: Arc<App>,
     request: Request<Incoming>,
 ) -> Result<Response<Logged>, Infallible> {
     let started = Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
-    let answer = dispatch(&mirror, &request).await;
+    let answer = dispatch(&app, request).await;
     let mut response = answer.response;
     if method == Method::HEAD {
         // Keep the headers (Content-Length included), drop any body.
@@ -98,7 +132,7 @@ pub async fn handle(
         }
     }
     let status = response.status().as_u16();
-    mirror
+    app.mirror
         .metrics
         .http_requests
         .with_label_values(&[method.as_str(), &status.to_string()])
@@ -112,43 +146,100 @@ pub async fn handle(
         upstream: answer.upstream,
         started,
     };
-    let metrics = Arc::clone(&mirror.metrics);
+    let metrics = Arc::clone(&app.mirror.metrics);
     Ok(response.map(|b| Logged::new(b, info, metrics)))
 }
 
-async fn dispatch(mirror: &Arc<Mirror>, request: &Request<Incoming>) -> Answer {
-    let route = match routes::parse(request.uri().path()) {
+/// Whether the request may proceed: with an htpasswd file, writes always need valid
+/// credentials, reads only without `anonymous_pull`; credentials sent are always checked.
+fn authorize(
+    app: &App,
+    route: &Route,
+    method: &Method,
+    headers: &http::HeaderMap,
+) -> Result<(), ApiError> {
+    let Some(htpasswd) = &app.htpasswd else {
+        return Ok(());
+    };
+    if matches!(route, Route::Metrics | Route::Health) {
+        return Ok(());
+    }
+    let sent = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let read = *method == Method::GET || *method == Method::HEAD;
+    let required = !read || !app.anonymous_pull;
+    if (required || sent.is_some()) && htpasswd.check(sent).is_none() {
+        let message = if sent.is_some() {
+            "invalid credentials"
+        } else {
+            "authentication required"
+        };
+        return Err(ApiError::unauthorized(message));
+    }
+    Ok(())
+}
+
+async fn dispatch(app: &App, request: Request<Incoming>) -> Answer {
+    let (parts, body) = request.into_parts();
+    let route = match routes::parse(parts.uri.path()) {
         Ok(route) => route,
         Err(e) => return ApiError::from(e).into(),
     };
-    let method = request.method();
-    let head = method == Method::HEAD;
-    if method != Method::GET && !head {
-        return ApiError::new(
-            ErrorCode::Unsupported,
-            format!("{method} is not supported here: this mirror serves pulls"),
-        )
-        .into();
+    let method = parts.method.clone();
+    if let Err(e) = authorize(app, &route, &method, &parts.headers) {
+        return e.into();
     }
     let ctx = Ctx {
-        mirror,
-        head,
-        query: Query::parse(request.uri().query()),
-        headers: request.headers(),
+        app,
+        mirror: &app.mirror,
+        head: method == Method::HEAD,
+        query: Query::parse(parts.uri.query()),
+        headers: &parts.headers,
     };
-    match route {
-        Route::Base => Answer::plain(base_response()),
-        Route::Health => Answer::plain(text_response("ok\n", "text/plain")),
-        Route::Metrics => Answer::plain(text_response(
-            mirror.metrics.render(),
+    let read = method == Method::GET || method == Method::HEAD;
+    match (route, method) {
+        (Route::Base, _) if read => Answer::plain(base_response()),
+        (Route::Health, _) if read => Answer::plain(text_response("ok\n", "text/plain")),
+        (Route::Metrics, _) if read => Answer::plain(text_response(
+            app.mirror.metrics.render(),
             "text/plain; version=0.0.4",
         )),
-        Route::Manifest { name, reference } => manifests::get(&ctx, &name, &reference).await,
-        Route::Blob { name, digest } => blobs::get(&ctx, &name, &digest).await,
-        Route::TagsList { name } => tags::list(&ctx, &name).await,
-        Route::Upload { .. } | Route::Catalog => {
-            ApiError::new(ErrorCode::Unsupported, "not supported by this mirror yet").into()
+        (Route::Manifest { name, reference }, _) if read => {
+            manifests::get(&ctx, &name, &reference).await
         }
+        (Route::Manifest { name, reference }, Method::PUT) => {
+            manifests::put(&ctx, &name, &reference, body).await
+        }
+        (Route::Manifest { name, reference }, Method::DELETE) => {
+            manifests::delete(&ctx, &name, &reference).await
+        }
+        (Route::Blob { name, digest }, _) if read => blobs::get(&ctx, &name, &digest).await,
+        (Route::Blob { digest, .. }, Method::DELETE) => blobs::delete(&ctx, &digest).await,
+        (
+            Route::Upload {
+                name,
+                session: None,
+            },
+            Method::POST,
+        ) => uploads::start(&ctx, &name, body).await,
+        (
+            Route::Upload {
+                name,
+                session: Some(id),
+            },
+            m,
+        ) => uploads::session(&ctx, &name, &id, m, body).await,
+        (Route::TagsList { name }, _) if read => tags::list(&ctx, &name).await,
+        (Route::Catalog, _) if read => catalog::list(&ctx).await,
+        (Route::Referrers { name, digest }, _) if read => {
+            referrers::list(&ctx, &name, &digest).await
+        }
+        (_, method) => ApiError::new(
+            ErrorCode::Unsupported,
+            format!("{method} is not supported on this path"),
+        )
+        .into(),
     }
 }
 
@@ -188,7 +279,7 @@ pub fn echo_namespace(ctx: &Ctx<'_>, response: &mut Response<Body>) {
 }
 
 /// Accepts connections until `shutdown` resolves, serving each with HTTP/1.1 or HTTP/2.
-pub async fn serve(listener: TcpListener, mirror: Arc<Mirror>, shutdown: impl Future<Output = ()>) {
+pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -205,9 +296,9 @@ pub async fn serve(listener: TcpListener, mirror: Arc<Mirror>, shutdown: impl Fu
             }
         };
         let _ = stream.set_nodelay(true);
-        let mirror = Arc::clone(&mirror);
+        let app = Arc::clone(&app);
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| handle(Arc::clone(&mirror), req));
+            let service = hyper::service::service_fn(move |req| handle(Arc::clone(&app), req));
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             if let Err(e) = builder
                 .serve_connection(TokioIo::new(stream), service)

@@ -21,10 +21,19 @@ pub enum Route {
         /// The blob.
         digest: Digest,
     },
-    /// `/v2/<name>/blobs/uploads/...`: pushes.
+    /// `/v2/<name>/blobs/uploads/` (new session) or `/v2/<name>/blobs/uploads/<id>`.
     Upload {
         /// Repository as the client named it.
         name: RepoName,
+        /// The session id as written in the URL (checked by the handler).
+        session: Option<String>,
+    },
+    /// `/v2/<name>/referrers/<digest>`.
+    Referrers {
+        /// Repository as the client named it.
+        name: RepoName,
+        /// The subject.
+        digest: Digest,
     },
     /// `/v2/<name>/tags/list`.
     TagsList {
@@ -71,9 +80,24 @@ pub fn parse(path: &str) -> Result<Route, RouteError> {
             name: name.parse()?,
         });
     }
-    if let Some((name, _)) = split_last(rest, "/blobs/uploads") {
+    if let Some((name, session)) = split_last(rest, "/blobs/uploads") {
+        let session = match session.strip_prefix('/').unwrap_or(session) {
+            "" => None,
+            id if id.contains('/') => return Err(RouteError::NotFound),
+            id => Some(id.to_owned()),
+        };
         return Ok(Route::Upload {
             name: name.parse()?,
+            session,
+        });
+    }
+    if let Some((name, digest)) = split_last(rest, "/referrers/") {
+        if digest.is_empty() || digest.contains('/') {
+            return Err(RouteError::NotFound);
+        }
+        return Ok(Route::Referrers {
+            name: name.parse()?,
+            digest: digest.parse()?,
         });
     }
     if let Some((name, reference)) = split_last(rest, "/manifests/") {
@@ -112,6 +136,14 @@ pub struct Query {
     pub n: Option<String>,
     /// Last item of the previous page.
     pub last: Option<String>,
+    /// `digest=` of an upload.
+    pub digest: Option<String>,
+    /// `mount=` of a cross-repository mount.
+    pub mount: Option<String>,
+    /// `from=` of a cross-repository mount.
+    pub from: Option<String>,
+    /// `artifactType=` filter of the referrers API.
+    pub artifact_type: Option<String>,
 }
 
 impl Query {
@@ -123,6 +155,10 @@ impl Query {
                 "ns" => &mut q.ns,
                 "n" => &mut q.n,
                 "last" => &mut q.last,
+                "digest" => &mut q.digest,
+                "mount" => &mut q.mount,
+                "from" => &mut q.from,
+                "artifactType" => &mut q.artifact_type,
                 _ => continue,
             };
             *slot = Some(value.into_owned());
@@ -163,7 +199,15 @@ mod tests {
         ));
         assert!(matches!(
             parse("/v2/a/blobs/uploads/"),
-            Ok(Route::Upload { .. })
+            Ok(Route::Upload { session: None, .. })
+        ));
+        assert!(matches!(
+            parse("/v2/a/blobs/uploads/0b9e1d2c-1234-4c8e-9f00-aabbccddeeff"),
+            Ok(Route::Upload { session: Some(ref s), .. }) if s == "0b9e1d2c-1234-4c8e-9f00-aabbccddeeff"
+        ));
+        assert!(matches!(
+            parse(&format!("/v2/a/b/referrers/{D}")),
+            Ok(Route::Referrers { ref name, .. }) if name.as_str() == "a/b"
         ));
         assert!(matches!(
             parse("/v2/x/manifests/y/manifests/latest"),

@@ -34,6 +34,8 @@ pub enum ErrorCode {
     Unsupported,
     /// Too many requests (rate limited).
     TooManyRequests,
+    /// A body larger than allowed (413; reported as `SIZE_INVALID`).
+    TooLarge,
     /// Invalid `n` for a paginated listing.
     PaginationNumberInvalid,
     /// Requested range not satisfiable (not a spec code; used with 416).
@@ -65,6 +67,7 @@ impl ErrorCode {
             ErrorCode::TooManyRequests => "TOOMANYREQUESTS",
             ErrorCode::RangeInvalid => "RANGE_INVALID",
             ErrorCode::PaginationNumberInvalid => "PAGINATION_NUMBER_INVALID",
+            ErrorCode::TooLarge => "SIZE_INVALID",
             ErrorCode::Unavailable => "UNAVAILABLE",
             ErrorCode::Unknown => "UNKNOWN",
         }
@@ -89,6 +92,7 @@ impl ErrorCode {
             ErrorCode::Unsupported => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::RangeInvalid => StatusCode::RANGE_NOT_SATISFIABLE,
+            ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Unknown => StatusCode::INTERNAL_SERVER_ERROR,
         }

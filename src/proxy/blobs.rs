@@ -8,7 +8,8 @@ use reqwest::Method;
 use super::fill::{Fill, Joined};
 use super::{Mirror, ProxyError};
 use crate::metrics::{CacheResult, Kind};
-use crate::oci::Digest;
+use crate::oci::{Digest, RepoName};
+use crate::store::LOCAL;
 use crate::upstream::Resolved;
 
 /// A `Range` header that is not a valid byte range.
@@ -103,30 +104,37 @@ pub struct BlobAnswer {
 }
 
 impl Mirror {
-    /// Answers a blob GET (`head = false`) or HEAD, optionally for a byte range.
+    /// Answers a blob GET (`head = false`) or HEAD, optionally for a byte range: from the
+    /// store (which is digest-global), else from a fill from the upstream `name` routes to.
     pub async fn blob(
         &self,
-        route: &Resolved,
+        name: &RepoName,
+        ns: Option<&str>,
         digest: &Digest,
         head: bool,
         range: Option<ByteRange>,
     ) -> Result<BlobAnswer, ProxyError> {
-        let answer = self.blob_inner(route, digest, head, range).await?;
-        self.metrics
-            .lookup(Kind::Blob, answer.cache, route.upstream.name());
+        let route = self.upstreams.resolve(ns, name);
+        let label = route
+            .as_ref()
+            .map_or_else(|_| LOCAL.to_owned(), |r| r.upstream.name().to_owned());
+        if let Some(answer) = self.blob_from_store(digest, head, range).await? {
+            self.metrics.lookup(Kind::Blob, answer.cache, &label);
+            return Ok(answer);
+        }
+        let route = route?;
+        let answer = self.blob_from_upstream(&route, digest, head, range).await?;
+        self.metrics.lookup(Kind::Blob, answer.cache, &label);
         Ok(answer)
     }
 
-    async fn blob_inner(
+    async fn blob_from_upstream(
         &self,
         route: &Resolved,
         digest: &Digest,
         head: bool,
         range: Option<ByteRange>,
     ) -> Result<BlobAnswer, ProxyError> {
-        if let Some(answer) = self.blob_from_store(digest, head, range).await? {
-            return Ok(answer);
-        }
         if head {
             return self.blob_head_upstream(route, digest, range).await;
         }

@@ -9,6 +9,7 @@ use super::{Mirror, ProxyError};
 use crate::oci::manifest::{Manifest, ManifestError};
 use crate::oci::{Digest, Reference, RepoName, Tag};
 use crate::store::{LOCAL, Referrer, Store, StoredManifest, TagRecord};
+use crate::upstream::UpstreamError;
 
 /// Why a manifest push was refused.
 #[derive(Debug, thiserror::Error)]
@@ -146,36 +147,60 @@ impl Mirror {
         }
     }
 
-    /// The tags of `name`: pushed ones merged with the upstream's (when the name routes to a
-    /// reachable upstream), sorted and deduplicated. `None` when neither knows the repository.
+    /// A page of the tags of `name` (`n` at most, after `last`): pushed ones merged with the
+    /// upstream's when the name routes to a reachable upstream, sorted and deduplicated, and
+    /// whether more follow. With no pushed tags, `n` and `last` are passed on to the upstream.
+    /// `None` when neither knows the repository.
     pub async fn list_tags(
         &self,
         name: &RepoName,
         ns: Option<&str>,
-    ) -> Result<Option<Vec<String>>, ProxyError> {
-        let mut tags = self.store.list_tags(LOCAL, name).await?;
-        let upstream_tags = match self.upstreams.resolve(ns, name) {
-            Ok(route) => match route.upstream.tags_list(&route.repo, None, None).await {
-                Ok(response) => match response.json::<TagList>().await {
-                    Ok(list) => Some(list.tags.unwrap_or_default()),
-                    Err(e) => {
-                        tracing::warn!(upstream = route.upstream.name(), error = %e, "invalid upstream tag list");
-                        None
-                    }
-                },
-                Err(e) if tags.is_empty() => return Err(ProxyError::Upstream(e)),
-                Err(_) => None,
-            },
-            Err(e) if tags.is_empty() => return Err(ProxyError::Route(e)),
+        n: Option<usize>,
+        last: Option<&str>,
+    ) -> Result<Option<(Vec<String>, bool)>, ProxyError> {
+        let local = self.store.list_tags(LOCAL, name).await?;
+        let route = match self.upstreams.resolve(ns, name) {
+            Ok(route) => Some(route),
+            Err(e) if local.is_empty() => return Err(ProxyError::Route(e)),
             Err(_) => None,
         };
-        if tags.is_empty() && upstream_tags.is_none() {
-            return Ok(None);
+        if local.is_empty()
+            && let Some(route) = &route
+        {
+            let n_up = n.and_then(|n| u32::try_from(n).ok());
+            let response = route.upstream.tags_list(&route.repo, n_up, last).await?;
+            let more = response.headers().contains_key(reqwest::header::LINK);
+            let list: TagList = response
+                .json()
+                .await
+                .map_err(|e| UpstreamError::Invalid(format!("tag list: {e}")))?;
+            return Ok(Some((list.tags.unwrap_or_default(), more)));
         }
-        tags.extend(upstream_tags.unwrap_or_default());
+        let mut tags = local;
+        if let Some(route) = &route {
+            match route.upstream.tags_list(&route.repo, None, None).await {
+                Ok(response) => match response.json::<TagList>().await {
+                    Ok(list) => tags.extend(list.tags.unwrap_or_default()),
+                    Err(e) => {
+                        tracing::warn!(upstream = route.upstream.name(), error = %e, "invalid upstream tag list")
+                    }
+                },
+                // The pushed tags still answer.
+                Err(e) => {
+                    tracing::debug!(upstream = route.upstream.name(), error = %e, "upstream tag list unavailable")
+                }
+            }
+        }
         tags.sort();
         tags.dedup();
-        Ok(Some(tags))
+        if let Some(last) = last {
+            tags.retain(|t| t.as_str() > last);
+        }
+        let more = n.is_some_and(|n| tags.len() > n);
+        if let Some(n) = n {
+            tags.truncate(n);
+        }
+        Ok(Some((tags, more)))
     }
 }
 

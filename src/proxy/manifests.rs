@@ -10,7 +10,7 @@ use reqwest::Method;
 use super::{Mirror, ProxyError};
 use crate::metrics::{CacheResult, Kind};
 use crate::oci::{Digest, Reference, RepoName, Tag, media};
-use crate::store::{StoredManifest, TagKey, TagRecord};
+use crate::store::{LOCAL, StoredManifest, TagKey, TagRecord};
 use crate::upstream::{Resolved, UpstreamError};
 
 /// The largest manifest accepted from an upstream.
@@ -64,8 +64,38 @@ impl FlightKey {
 }
 
 impl Mirror {
-    /// Answers a manifest GET (`head = false`) or HEAD.
+    /// Answers a manifest GET (`head = false`) or HEAD of `name` as the client named it (with
+    /// containerd's `ns`): pushed tags first, then the store, then the upstream it routes to.
     pub async fn manifest(
+        self: &Arc<Self>,
+        name: &RepoName,
+        ns: Option<&str>,
+        reference: &Reference,
+        head: bool,
+    ) -> Result<ManifestAnswer, ProxyError> {
+        if let Reference::Tag(tag) = reference
+            && let Some(local) = self.local_manifest(name, tag).await?
+        {
+            self.metrics.lookup(Kind::Manifest, CacheResult::Hit, LOCAL);
+            return Ok(ManifestAnswer::from_stored(&local, head, CacheResult::Hit));
+        }
+        let route = match self.upstreams.resolve(ns, name) {
+            Ok(route) => route,
+            Err(e) => {
+                // Unroutable names can still be pulled by digest when the store has it.
+                if let Reference::Digest(digest) = reference
+                    && let Some(m) = self.store.read_manifest(digest).await?
+                {
+                    self.metrics.lookup(Kind::Manifest, CacheResult::Hit, LOCAL);
+                    return Ok(ManifestAnswer::from_stored(&m, head, CacheResult::Hit));
+                }
+                return Err(e.into());
+            }
+        };
+        self.routed_manifest(&route, reference, head).await
+    }
+
+    async fn routed_manifest(
         self: &Arc<Self>,
         route: &Resolved,
         reference: &Reference,

@@ -57,6 +57,13 @@ impl Upstreams {
         self.clients.iter().find(|c| c.name() == name)
     }
 
+    /// The default upstream's name.
+    pub fn default_name(&self) -> Option<&str> {
+        self.default
+            .and_then(|i| self.clients.get(i))
+            .map(|c| c.name())
+    }
+
     /// Every upstream.
     pub fn all(&self) -> &[Arc<UpstreamClient>] {
         &self.clients

@@ -1,0 +1,248 @@
+//! Pushes of blobs: `POST /v2/<name>/blobs/uploads/` (monolithic with `?digest=`, a session, or
+//! a cross-repository mount), then `PATCH` chunks, `PUT ?digest=` to finish, `GET` for the
+//! status and `DELETE` to cancel. Bodies stream to disk.
+
+use futures_util::TryStreamExt;
+use http::{HeaderValue, Method, Response, StatusCode, header};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use super::body::empty;
+use super::errors::{ApiError, upload_error};
+use super::{Answer, Ctx};
+use crate::oci::{Digest, ErrorCode, RepoName};
+use crate::store::{UploadError, UploadId};
+
+/// The request body as a stream of bytes.
+fn body_stream(
+    body: Incoming,
+) -> impl futures_util::Stream<Item = Result<bytes::Bytes, hyper::Error>> + Unpin {
+    body.into_data_stream().map_err(|e| e)
+}
+
+/// Refuses a body whose declared length is over the limit before reading any of it.
+fn check_declared_length(ctx: &Ctx<'_>) -> Result<(), ApiError> {
+    let declared = ctx
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(len) if len > ctx.app.max_upload => Err(ApiError::new(
+            ErrorCode::TooLarge,
+            format!(
+                "body of {len} bytes exceeds max_upload_size ({} bytes)",
+                ctx.app.max_upload
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn digest_param(ctx: &Ctx<'_>) -> Result<Option<Digest>, ApiError> {
+    ctx.query
+        .digest
+        .as_deref()
+        .map(|d| d.parse::<Digest>())
+        .transpose()
+        .map_err(|e| ApiError::new(ErrorCode::DigestInvalid, e.to_string()))
+}
+
+/// `201 Created` for a blob now in the store.
+fn created(name: &RepoName, digest: &Digest) -> Answer {
+    let mut response = Response::new(empty());
+    *response.status_mut() = StatusCode::CREATED;
+    let headers = response.headers_mut();
+    for (key, value) in [
+        (header::LOCATION, format!("/v2/{name}/blobs/{digest}")),
+        (
+            header::HeaderName::from_static("docker-content-digest"),
+            digest.to_string(),
+        ),
+    ] {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(key, value);
+        }
+    }
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+    Answer::plain(response)
+}
+
+/// `202`/`204` describing a session: where to send the next chunk and what is there.
+fn session_status(name: &RepoName, id: &UploadId, len: u64, status: StatusCode) -> Answer {
+    let mut response = Response::new(empty());
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    // An empty session is reported as "0-0", as Distribution does and clients expect.
+    let range = format!("0-{}", len.saturating_sub(1));
+    for (key, value) in [
+        (
+            header::LOCATION,
+            format!("/v2/{name}/blobs/uploads/{}", id.as_str()),
+        ),
+        (header::RANGE, range),
+        (
+            header::HeaderName::from_static("docker-upload-uuid"),
+            id.as_str().to_owned(),
+        ),
+    ] {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(key, value);
+        }
+    }
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+    Answer::plain(response)
+}
+
+/// `POST /v2/<name>/blobs/uploads/`.
+pub async fn start(ctx: &Ctx<'_>, name: &RepoName, body: Incoming) -> Answer {
+    let store = &ctx.mirror.store;
+    // Cross-repository mount: the store is digest-global, so any blob it has can be mounted.
+    if let Some(mount) = ctx
+        .query
+        .mount
+        .as_deref()
+        .and_then(|m| m.parse::<Digest>().ok())
+    {
+        match store.blob_size(&mount).await {
+            Ok(Some(_)) => {
+                if let Err(e) = store.pin(&mount).await {
+                    return upload_error(UploadError::Store(e)).into();
+                }
+                return created(name, &mount);
+            }
+            Ok(None) => {} // Fall back to a session, as the spec says.
+            Err(e) => return upload_error(UploadError::Store(e)).into(),
+        }
+    }
+    let digest = match digest_param(ctx) {
+        Ok(d) => d,
+        Err(e) => return e.into(),
+    };
+    if let Err(e) = check_declared_length(ctx) {
+        return e.into();
+    }
+    let id = match store.create_upload(name).await {
+        Ok(id) => id,
+        Err(e) => return upload_error(UploadError::Store(e)).into(),
+    };
+    let Some(digest) = digest else {
+        return session_status(name, &id, 0, StatusCode::ACCEPTED);
+    };
+    // Monolithic: the whole blob in this request.
+    let result = async {
+        store
+            .append_upload(name, &id, None, body_stream(body), ctx.app.max_upload)
+            .await?;
+        store.complete_upload(name, &id, &digest).await
+    }
+    .await;
+    match result {
+        Ok(_) => created(name, &digest),
+        Err(e) => {
+            let _ = store.cancel_upload(name, &id).await;
+            upload_error(e).into()
+        }
+    }
+}
+
+/// Parses `Content-Range: <start>-<end>` (with or without a `bytes ` prefix).
+fn chunk_start(ctx: &Ctx<'_>) -> Result<Option<u64>, ApiError> {
+    let Some(value) = ctx.headers.get(header::CONTENT_RANGE) else {
+        return Ok(None);
+    };
+    let invalid = || {
+        ApiError::new(ErrorCode::BlobUploadInvalid, "malformed Content-Range")
+            .with_status(StatusCode::RANGE_NOT_SATISFIABLE)
+    };
+    let text = value.to_str().map_err(|_| invalid())?;
+    let text = text.trim().strip_prefix("bytes ").unwrap_or(text.trim());
+    let (start, end) = text.split_once('-').ok_or_else(invalid)?;
+    let start: u64 = start.trim().parse().map_err(|_| invalid())?;
+    let end: u64 = end
+        .trim()
+        .split('/')
+        .next()
+        .unwrap_or("")
+        .parse()
+        .map_err(|_| invalid())?;
+    if end < start {
+        return Err(invalid());
+    }
+    Ok(Some(start))
+}
+
+/// Requests on an existing session.
+pub async fn session(
+    ctx: &Ctx<'_>,
+    name: &RepoName,
+    id: &str,
+    method: Method,
+    body: Incoming,
+) -> Answer {
+    let Some(id) = UploadId::parse(id) else {
+        return ApiError::new(ErrorCode::BlobUploadUnknown, "no such upload session").into();
+    };
+    let store = &ctx.mirror.store;
+    match method {
+        Method::GET | Method::HEAD => match store.upload_len(name, &id).await {
+            Ok(len) => session_status(name, &id, len, StatusCode::NO_CONTENT),
+            Err(e) => upload_error(e).into(),
+        },
+        Method::PATCH => {
+            let start = match chunk_start(ctx).and_then(|s| check_declared_length(ctx).map(|()| s))
+            {
+                Ok(start) => start,
+                Err(e) => return e.into(),
+            };
+            match store
+                .append_upload(name, &id, start, body_stream(body), ctx.app.max_upload)
+                .await
+            {
+                Ok(len) => session_status(name, &id, len, StatusCode::ACCEPTED),
+                Err(e) => upload_error(e).into(),
+            }
+        }
+        Method::PUT => {
+            let digest = match digest_param(ctx) {
+                Ok(Some(d)) => d,
+                Ok(None) => {
+                    return ApiError::new(ErrorCode::DigestInvalid, "digest parameter missing")
+                        .into();
+                }
+                Err(e) => return e.into(),
+            };
+            if let Err(e) = check_declared_length(ctx) {
+                return e.into();
+            }
+            let start = match chunk_start(ctx) {
+                Ok(start) => start,
+                Err(e) => return e.into(),
+            };
+            let result = async {
+                store
+                    .append_upload(name, &id, start, body_stream(body), ctx.app.max_upload)
+                    .await?;
+                store.complete_upload(name, &id, &digest).await
+            }
+            .await;
+            match result {
+                Ok(_) => created(name, &digest),
+                Err(e) => upload_error(e).into(),
+            }
+        }
+        Method::DELETE => match store.cancel_upload(name, &id).await {
+            Ok(()) => {
+                let mut response = Response::new(empty());
+                *response.status_mut() = StatusCode::NO_CONTENT;
+                Answer::plain(response)
+            }
+            Err(e) => upload_error(e).into(),
+        },
+        other => ApiError::new(
+            ErrorCode::Unsupported,
+            format!("{other} on an upload session"),
+        )
+        .into(),
+    }
+}
