@@ -90,16 +90,16 @@ impl Server {
 /// Binds `config.server.listen` and serves in a background task.
 pub async fn start(config: &Config) -> Result<Server, StartError> {
     let mirror = build_mirror(config).await?;
-    let htpasswd = config
-        .auth
-        .htpasswd
-        .as_deref()
-        .map(http::auth::Htpasswd::load)
-        .transpose()?;
+    let auth = match &config.auth.htpasswd {
+        Some(path) => Some(http::auth::Authenticator::new(
+            http::auth::Htpasswd::load(path)?,
+            config.auth.anonymous_pull,
+        )),
+        None => None,
+    };
     let app = Arc::new(http::App {
         mirror: Arc::clone(&mirror),
-        htpasswd,
-        anonymous_pull: config.auth.anonymous_pull,
+        auth,
         delete_enabled: config.storage.delete,
         max_upload: config.storage.max_upload_size.0,
     });

@@ -230,3 +230,92 @@ fn walk_sizes(dir: &Path) -> u64 {
         })
         .sum()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skopeo_pushes_into_regmirror_and_pulls_back_offline() {
+    let test = "skopeo_pushes_into_regmirror_and_pulls_back_offline";
+    let Some(skopeo_bin) = common::require_tool("skopeo", test) else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let mut layout = Layout::new(&work.path().join("src"));
+    let amd64 = layout.add_image("amd64", &[512 * 1024, 4096], false);
+    let arm64 = layout.add_image("arm64", &[256 * 1024], false);
+    let index = layout.add_index(&[("amd64", &amd64), ("arm64", &arm64)], false);
+    layout.tag("app", &index);
+    let src = format!("oci:{}:app", layout.dir.display());
+
+    // The upstream is unreachable throughout: pushed content needs none.
+    let upstream =
+        common::fake_upstream::FakeUpstream::start(common::fake_upstream::Auth::None).await;
+    upstream.set_down(true);
+    let htpasswd = work.path().join("htpasswd");
+    std::fs::write(
+        &htpasswd,
+        format!("ci:{}\n", bcrypt::hash("pushme", 4).unwrap()),
+    )
+    .unwrap();
+    let config = format!(
+        "[auth]\nhtpasswd = \"{}\"\n[[upstream]]\nname = \"docker.io\"\nurl = \"{}\"\ndefault = true\n",
+        htpasswd.display(),
+        upstream.url()
+    );
+    let mirror = TestMirror::start(&config).await;
+    let dest = format!("docker://{}/team/app:v1", mirror.server.addr);
+
+    // Without credentials the push is refused.
+    let refused = tokio::task::block_in_place(|| {
+        std::process::Command::new(&skopeo_bin)
+            .args([
+                "--insecure-policy",
+                "copy",
+                "--all",
+                "--dest-tls-verify=false",
+                &src,
+                &dest,
+            ])
+            .output()
+            .unwrap()
+    });
+    assert!(
+        !refused.status.success(),
+        "push without credentials succeeded"
+    );
+    // With them it lands, digests preserved.
+    tokio::task::block_in_place(|| {
+        skopeo(
+            &skopeo_bin,
+            &[
+                "copy",
+                "--all",
+                "--preserve-digests",
+                "--dest-tls-verify=false",
+                "--dest-creds",
+                "ci:pushme",
+                &src,
+                &dest,
+            ],
+        )
+    });
+    let out = work.path().join("out");
+    let pulled =
+        tokio::task::block_in_place(|| pull(&skopeo_bin, &mirror, "team/app:v1", &["--all"], &out));
+    assert_eq!(pulled, index.digest);
+    let pulled = tokio::task::block_in_place(|| {
+        pull(
+            &skopeo_bin,
+            &mirror,
+            "team/app:v1",
+            &["--override-arch", "arm64"],
+            &out,
+        )
+    });
+    assert_eq!(pulled, arm64.digest);
+
+    // And after a restart in offline mode.
+    let dir = mirror.stop().await;
+    let mirror = TestMirror::start_with(dir, "offline = true", &config).await;
+    let pulled =
+        tokio::task::block_in_place(|| pull(&skopeo_bin, &mirror, "team/app:v1", &["--all"], &out));
+    assert_eq!(pulled, index.digest);
+}

@@ -38,13 +38,8 @@ impl ApiError {
         self
     }
 
-    /// The 401 that asks for Basic credentials.
-    pub fn unauthorized(message: &str) -> ApiError {
-        ApiError::new(ErrorCode::Unauthorized, message)
-            .with_header(header::WWW_AUTHENTICATE, "Basic realm=\"regmirror\"".into())
-    }
-
-    fn with_header(mut self, name: header::HeaderName, value: String) -> ApiError {
+    /// Adds a header to the response.
+    pub fn with_header(mut self, name: header::HeaderName, value: String) -> ApiError {
         self.headers.push((name, value));
         self
     }

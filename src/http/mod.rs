@@ -70,10 +70,8 @@ impl From<ApiError> for Answer {
 pub struct App {
     /// The registry logic.
     pub mirror: Arc<Mirror>,
-    /// Who may push (and pull, unless `anonymous_pull`).
-    pub htpasswd: Option<auth::Htpasswd>,
-    /// Whether pulls work without credentials when `htpasswd` is set.
-    pub anonymous_pull: bool,
+    /// Who may push (and pull), when an htpasswd file is configured.
+    pub auth: Option<auth::Authenticator>,
     /// Whether DELETE is allowed.
     pub delete_enabled: bool,
     /// The largest blob a client may push.
@@ -150,34 +148,64 @@ pub async fn handle(
     Ok(response.map(|b| Logged::new(b, info, metrics)))
 }
 
-/// Whether the request may proceed: with an htpasswd file, writes always need valid
-/// credentials, reads only without `anonymous_pull`; credentials sent are always checked.
+/// Applies the authentication policy (when an htpasswd file is configured).
 fn authorize(
     app: &App,
     route: &Route,
     method: &Method,
     headers: &http::HeaderMap,
 ) -> Result<(), ApiError> {
-    let Some(htpasswd) = &app.htpasswd else {
+    let Some(auth) = &app.auth else {
         return Ok(());
     };
-    if matches!(route, Route::Metrics | Route::Health) {
+    if matches!(route, Route::Metrics | Route::Health | Route::Token) {
         return Ok(());
     }
     let sent = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
     let read = *method == Method::GET || *method == Method::HEAD;
-    let required = !read || !app.anonymous_pull;
-    if (required || sent.is_some()) && htpasswd.check(sent).is_none() {
-        let message = if sent.is_some() {
-            "invalid credentials"
-        } else {
-            "authentication required"
-        };
-        return Err(ApiError::unauthorized(message));
+    match auth.authorize(sent, read, matches!(route, Route::Base)) {
+        Ok(_) => Ok(()),
+        Err(refusal) => Err(challenge(headers, refusal)),
     }
-    Ok(())
+}
+
+/// A 401 pointing the client at our token endpoint.
+fn challenge(headers: &http::HeaderMap, refusal: auth::Refusal) -> ApiError {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("localhost");
+    let message = match refusal {
+        auth::Refusal::Invalid => "invalid credentials",
+        auth::Refusal::Required => "authentication required",
+    };
+    ApiError::new(ErrorCode::Unauthorized, message).with_header(
+        header::WWW_AUTHENTICATE,
+        format!("Bearer realm=\"http://{host}/token\",service=\"regmirror\""),
+    )
+}
+
+/// `GET /token`: a Bearer token for the Basic credentials sent, or an anonymous one.
+fn token(app: &App, headers: &http::HeaderMap) -> Answer {
+    let Some(auth) = &app.auth else {
+        return ApiError::new(ErrorCode::Unsupported, "authentication is not configured").into();
+    };
+    let sent = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    match auth.issue_token(sent) {
+        Ok(token) => {
+            let body = serde_json::json!({
+                "token": token,
+                "access_token": token,
+                "expires_in": auth::TOKEN_LIFETIME.as_secs(),
+            });
+            Answer::plain(text_response(body.to_string(), "application/json"))
+        }
+        Err(refusal) => challenge(headers, refusal).into(),
+    }
 }
 
 async fn dispatch(app: &App, request: Request<Incoming>) -> Answer {
@@ -200,6 +228,7 @@ async fn dispatch(app: &App, request: Request<Incoming>) -> Answer {
     let read = method == Method::GET || method == Method::HEAD;
     match (route, method) {
         (Route::Base, _) if read => Answer::plain(base_response()),
+        (Route::Token, _) if read => token(app, &parts.headers),
         (Route::Health, _) if read => Answer::plain(text_response("ok\n", "text/plain")),
         (Route::Metrics, _) if read => Answer::plain(text_response(
             app.mirror.metrics.render(),

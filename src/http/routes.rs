@@ -46,6 +46,8 @@ pub enum Route {
     Metrics,
     /// `/healthz`: liveness.
     Health,
+    /// `/token`: Bearer tokens for clients (when auth is configured).
+    Token,
 }
 
 /// Why a path is not a route.
@@ -71,6 +73,7 @@ pub fn parse(path: &str) -> Result<Route, RouteError> {
         "/v2" | "/v2/" => return Ok(Route::Base),
         "/metrics" => return Ok(Route::Metrics),
         "/healthz" => return Ok(Route::Health),
+        "/token" => return Ok(Route::Token),
         "/v2/_catalog" => return Ok(Route::Catalog),
         _ => {}
     }

@@ -10,7 +10,7 @@ use super::{Mirror, ProxyError};
 use crate::metrics::{CacheResult, Kind};
 use crate::oci::{Digest, RepoName};
 use crate::store::LOCAL;
-use crate::upstream::Resolved;
+use crate::upstream::{Resolved, UpstreamError};
 
 /// A `Range` header that is not a valid byte range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -145,9 +145,10 @@ impl Mirror {
             Joined::Leader(fill) => (fill, CacheResult::Miss),
             Joined::Follower(fill) => (fill, CacheResult::Coalesced),
             Joined::Committed => {
-                return self.blob_from_store(digest, head, range).await?.ok_or(
-                    ProxyError::Upstream(crate::upstream::UpstreamError::NotFound),
-                );
+                return self
+                    .blob_from_store(digest, head, range)
+                    .await?
+                    .ok_or(ProxyError::Upstream(UpstreamError::NotFound));
             }
         };
         let size = fill.wait_started().await?;
@@ -205,7 +206,7 @@ impl Mirror {
     }
 
     /// A HEAD for a blob we do not have: a running fill knows the size, else ask the upstream
-    /// with a HEAD (never a GET).
+    /// with a HEAD (never a GET). Unknown unless the upstream says it has it.
     async fn blob_head_upstream(
         &self,
         route: &Resolved,
@@ -214,11 +215,21 @@ impl Mirror {
     ) -> Result<BlobAnswer, ProxyError> {
         let size = match self.fills.running(digest) {
             Some(fill) => fill.wait_started().await?,
-            None => route
+            None => match route
                 .upstream
                 .blob(Method::HEAD, &route.repo, digest, None)
                 .await
-                .map(|r| crate::upstream::declared_length(r.headers()))?,
+            {
+                Ok(response) => crate::upstream::declared_length(response.headers()),
+                // A HEAD is an existence check, and push clients (skopeo, docker push) make
+                // one for every blob before uploading it: anything but a yes from the upstream
+                // (Docker Hub answers 401 for repositories that do not exist; the upstream may
+                // be down) means "not here", so the push proceeds.
+                Err(e) => {
+                    tracing::debug!(%digest, upstream = route.upstream.name(), error = %e, "blob HEAD upstream failed; answering unknown");
+                    return Err(ProxyError::Upstream(UpstreamError::NotFound));
+                }
+            },
         };
         let span = match (range, size) {
             (Some(r), Some(size)) => Some(

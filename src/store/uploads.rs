@@ -229,12 +229,18 @@ impl Store {
         let now = SystemTime::now();
         let mut removed = 0;
         while let Some(entry) = entries.next_entry().await.map_err(io_err(&root))? {
+            // The data file's mtime is the last activity; a session being created may not
+            // have one yet, so fall back to the directory's.
             let data = entry.path().join("data");
-            let idle = tokio::fs::metadata(&data)
-                .await
-                .and_then(|m| m.modified())
+            let modified = match tokio::fs::metadata(&data).await {
+                Ok(meta) => meta.modified(),
+                Err(_) => tokio::fs::metadata(entry.path())
+                    .await
+                    .and_then(|m| m.modified()),
+            };
+            let idle = modified
                 .map(|t| now.duration_since(t).unwrap_or_default())
-                .unwrap_or(Duration::MAX);
+                .unwrap_or_default();
             if idle > ttl {
                 let _ = tokio::fs::remove_dir_all(entry.path()).await;
                 removed += 1;

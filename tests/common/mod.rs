@@ -32,8 +32,23 @@ impl TestMirror {
 
     /// Like [`TestMirror::start_in`], with extra `[server]` keys (e.g. `offline = true`).
     pub async fn start_with(dir: TempDir, server_keys: &str, upstreams_toml: &str) -> TestMirror {
+        TestMirror::start_config(dir, server_keys, "", upstreams_toml).await
+    }
+
+    /// Like [`TestMirror::start_in`], with extra `[storage]` keys (e.g. `delete = true`).
+    pub async fn start_storage(dir: TempDir, storage_keys: &str, rest: &str) -> TestMirror {
+        TestMirror::start_config(dir, "", storage_keys, rest).await
+    }
+
+    /// A mirror with extra `[server]` and `[storage]` keys and further tables.
+    pub async fn start_config(
+        dir: TempDir,
+        server_keys: &str,
+        storage_keys: &str,
+        rest: &str,
+    ) -> TestMirror {
         let text = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n{server_keys}\n[storage]\npath = \"{}\"\n{upstreams_toml}",
+            "[server]\nlisten = \"127.0.0.1:0\"\n{server_keys}\n[storage]\npath = \"{}\"\n{storage_keys}\n{rest}",
             dir.path().join("store").display()
         );
         let config = Config::parse(&text, "test").unwrap();

@@ -1,0 +1,679 @@
+//! Issue 4: the push API and local content, from the distribution spec's conformance
+//! categories (pull, push, content discovery, content management), plus htpasswd auth.
+
+mod common;
+
+use common::TestMirror;
+use common::fake_upstream::{Auth, FakeUpstream, sha256};
+use common::random_bytes;
+
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+
+async fn mirror_with(fake: &FakeUpstream, storage: &str, auth: &str) -> TestMirror {
+    let toml = format!(
+        "{auth}\n[[upstream]]\nname = \"docker.io\"\nurl = \"{}\"\ndefault = true\n",
+        fake.url()
+    );
+    // [storage] keys go through start_with's own [storage] table: append them there.
+    TestMirror::start_storage(tempfile::tempdir().unwrap(), storage, &toml).await
+}
+
+async fn code(response: reqwest::Response) -> (u16, String) {
+    let status = response.status().as_u16();
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    (
+        status,
+        body["errors"][0]["code"].as_str().unwrap_or("").to_owned(),
+    )
+}
+
+/// Monolithic upload; returns the digest.
+async fn push_blob(m: &TestMirror, repo: &str, bytes: &[u8]) -> String {
+    let digest = sha256(bytes);
+    let r = m
+        .client
+        .post(m.url(&format!("/v2/{repo}/blobs/uploads/?digest={digest}")))
+        .body(bytes.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    digest
+}
+
+fn image_manifest(
+    config: &str,
+    config_len: usize,
+    layers: &[(&str, usize)],
+    subject: Option<(&str, usize)>,
+) -> Vec<u8> {
+    let mut m = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": CONFIG, "digest": config, "size": config_len},
+        "layers": layers.iter().map(|(d, s)| serde_json::json!({
+            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": d, "size": s
+        })).collect::<Vec<_>>(),
+    });
+    if let Some((d, s)) = subject {
+        m["subject"] = serde_json::json!({"mediaType": OCI_MANIFEST, "digest": d, "size": s});
+        m["artifactType"] = serde_json::json!("application/vnd.example.sbom");
+    }
+    m.to_string().into_bytes()
+}
+
+async fn put_manifest(
+    m: &TestMirror,
+    repo: &str,
+    reference: &str,
+    bytes: &[u8],
+) -> reqwest::Response {
+    m.client
+        .put(m.url(&format!("/v2/{repo}/manifests/{reference}")))
+        .header("content-type", OCI_MANIFEST)
+        .body(bytes.to_vec())
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Pushes a config, a layer and a manifest tagged `tag`; returns the manifest digest and bytes.
+async fn push_image(m: &TestMirror, repo: &str, tag: &str) -> (String, Vec<u8>) {
+    let config = br#"{"architecture":"amd64","os":"linux"}"#.to_vec();
+    let layer = random_bytes(5000);
+    let config_digest = push_blob(m, repo, &config).await;
+    let layer_digest = push_blob(m, repo, &layer).await;
+    let manifest = image_manifest(
+        &config_digest,
+        config.len(),
+        &[(&layer_digest, layer.len())],
+        None,
+    );
+    let r = put_manifest(m, repo, tag, &manifest).await;
+    assert_eq!(r.status(), 201);
+    let digest = sha256(&manifest);
+    assert_eq!(r.headers()["docker-content-digest"], digest.as_str());
+    assert_eq!(
+        r.headers()["location"],
+        format!("/v2/{repo}/manifests/{digest}").as_str()
+    );
+    (digest, manifest)
+}
+
+#[tokio::test]
+async fn push_then_pull_without_the_upstream() {
+    let fake = FakeUpstream::start(Auth::None).await;
+    let m = mirror_with(&fake, "", "").await;
+    let (digest, manifest) = push_image(&m, "team/app", "v1").await;
+    fake.set_down(true);
+
+    let r = m.get("/v2/team/app/manifests/v1").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["docker-content-digest"], digest.as_str());
+    assert_eq!(r.headers()["content-type"], OCI_MANIFEST);
+    assert_eq!(
+        r.bytes().await.unwrap().as_ref(),
+        manifest.as_slice(),
+        "bytes exactly as pushed"
+    );
+    let r = m.get(&format!("/v2/team/app/manifests/{digest}")).await;
+    assert_eq!(r.status(), 200);
+    let parsed: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
+    let layer = parsed["layers"][0]["digest"].as_str().unwrap();
+    let r = m.get(&format!("/v2/team/app/blobs/{layer}")).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(sha256(&r.bytes().await.unwrap()), layer);
+}
+
+#[tokio::test]
+async fn pushed_tags_win_over_the_upstream() {
+    let fake = FakeUpstream::start(Auth::None).await;
+    let upstream_manifest = image_manifest(&sha256(b"c"), 1, &[], None);
+    fake.put_manifest("library/app", "v1", upstream_manifest, OCI_MANIFEST);
+    let m = mirror_with(&fake, "", "").await;
+    let (digest, _) = push_image(&m, "app", "v1").await;
+    let r = m.get("/v2/app/manifests/v1").await;
+    assert_eq!(r.headers()["docker-content-digest"], digest.as_str());
+    assert_eq!(
+        fake.count("GET", "/manifests/"),
+        0,
+        "local tags never go upstream"
+    );
+}
+
+#[tokio::test]
+async fn chunked_upload_status_out_of_order_and_cancel() {
+    let fake = FakeUpstream::start(Auth::None).await;
+    let m = mirror_with(&fake, "", "").await;
+    let blob = random_bytes(300_000);
+    let digest = sha256(&blob);
+
+    let r = m
+        .client
+        .post(m.url("/v2/team/app/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let location = r.headers()["location"].to_str().unwrap().to_owned();
+    assert!(r.headers().contains_key("docker-upload-uuid"));
+
+    let patch = |range: &str, bytes: &[u8]| {
+        m.client
+            .patch(m.url(&location))
+            .header("content-range", range)
+            .header("content-type", "application/octet-stream")
+            .body(bytes.to_vec())
+            .send()
+    };
+    let r = patch("0-99999", &blob[..100_000]).await.unwrap();
+    assert_eq!(r.status(), 202, "{location}: {}", r.text().await.unwrap());
+    assert_eq!(r.headers()["range"], "0-99999");
+    // Out of order: starts past the end.
+    let r = patch("200000-299999", &blob[200_000..]).await.unwrap();
+    assert_eq!(r.status(), 416);
+    let r = patch("100000-199999", &blob[100_000..200_000])
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let status = m.client.get(m.url(&location)).send().await.unwrap();
+    assert_eq!(status.status(), 204);
+    assert_eq!(status.headers()["range"], "0-199999");
+
+    // Final chunk with the PUT; a wrong digest first: refused, nothing kept.
+    let wrong = sha256(b"wrong");
+    let r = m
+        .client
+        .put(m.url(&format!("{location}?digest={wrong}")))
+        .body(blob[200_000..].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(code(r).await, (400, "DIGEST_INVALID".to_owned()));
+    assert!(!m.blob_path(&wrong).exists());
+    assert!(!m.blob_path(&digest).exists());
+    // The failed completion ended the session.
+    let r = m.client.get(m.url(&location)).send().await.unwrap();
+    assert_eq!(code(r).await, (404, "BLOB_UPLOAD_UNKNOWN".to_owned()));
+
+    // Again, right this time, in two chunks and a PUT.
+    let r = m
+        .client
+        .post(m.url("/v2/team/app/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
+    let location = r.headers()["location"].to_str().unwrap().to_owned();
+    m.client
+        .patch(m.url(&location))
+        .body(blob[..150_000].to_vec())
+        .send()
+        .await
+        .unwrap();
+    let r = m
+        .client
+        .put(m.url(&format!("{location}?digest={digest}")))
+        .body(blob[150_000..].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.headers()["docker-content-digest"], digest.as_str());
+    assert_eq!(std::fs::read(m.blob_path(&digest)).unwrap(), blob);
+
+    // Cancel.
+    let r = m
+        .client
+        .post(m.url("/v2/team/app/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
+    let location = r.headers()["location"].to_str().unwrap().to_owned();
+    let r = m.client.delete(m.url(&location)).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    let r = m.client.get(m.url(&location)).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    // Garbage ids are unknown sessions, not paths.
+    let r = m
+        .client
+        .get(m.url("/v2/team/app/blobs/uploads/..%2f..%2fetc"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(
+        std::fs::read_dir(m.store().join("uploads"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
+
+#[tokio::test]
+async fn mount_and_limits() {
+    let fake = FakeUpstream::start(Auth::None).await;
+    let m = mirror_with(&fake, "max_upload_size = \"64KiB\"", "").await;
+    let blob = random_bytes(1000);
+    let digest = push_blob(&m, "a/one", &blob).await;
+
+    let r = m
+        .client
+        .post(m.url(&format!(
+            "/v2/b/two/blobs/uploads/?mount={digest}&from=a/one"
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(
+        r.headers()["location"],
+        format!("/v2/b/two/blobs/{digest}").as_str()
+    );
+    // Mount of an unknown blob falls back to a session.
+    let unknown = sha256(b"unknown");
+    let r = m
+        .client
+        .post(m.url(&format!(
+            "/v2/b/two/blobs/uploads/?mount={unknown}&from=a/one"
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+
+    // Too large: refused, nothing kept.
+    let big = random_bytes(100 * 1024);
+    let big_digest = sha256(&big);
+    let r = m
+        .client
+        .post(m.url(&format!("/v2/a/one/blobs/uploads/?digest={big_digest}")))
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(code(r).await, (413, "SIZE_INVALID".to_owned()));
+    assert!(!m.blob_path(&big_digest).exists());
+
+    // A wrong monolithic digest.
+    let r = m
+        .client
+        .post(m.url(&format!("/v2/a/one/blobs/uploads/?digest={unknown}")))
+        .body(b"not that".to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(code(r).await, (400, "DIGEST_INVALID".to_owned()));
+    assert!(!m.blob_path(&unknown).exists());
+    let r = m
+        .client
+        .post(m.url("/v2/a/one/blobs/uploads/?digest=sha256:nothex"))
+        .body(b"x".to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(code(r).await, (400, "DIGEST_INVALID".to_owned()));
+}
+
+#[tokio::test]
+async fn manifest_push_is_checked() {
+    let fake = FakeUpstream::start(Auth::None).await;
+    let m = mirror_with(&fake, "", "").await;
+    let config = push_blob(&m, "r", b"{}").await;
+    let missing = sha256(b"missing layer");
+
+    let refs = image_manifest(&config, 2, &[(&missing, 13)], None);
+    let r = put_manifest(&m, "r", "v1", &refs).await;
+    assert_eq!(code(r).await, (400, "MANIFEST_BLOB_UNKNOWN".to_owned()));
+    let r = put_manifest(&m, "r", "v1", b"{not json").await;
+    assert_eq!(code(r).await, (400, "MANIFEST_INVALID".to_owned()));
+    let r = m
+        .client
+        .put(m.url("/v2/r/manifests/v1"))
+        .header("content-type", "text/plain")
+        .body(image_manifest(&config, 2, &[], None))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(code(r).await, (400, "MANIFEST_INVALID".to_owned()));
+    let good = image_manifest(&config, 2, &[], None);
+    let r = put_manifest(&m, "r", &sha256(b"other"), &good).await;
+    assert_eq!(code(r).await, (400, "DIGEST_INVALID".to_owned()));
+    let huge = vec![b' '; 5 * 1024 * 1024];
+    let r = put_manifest(&m, "r", "v1", &huge).await;
+    assert_eq!(code(r).await.0, 413);
+    let r = put_manifest(&m, "Bad/Name", "v1", &good).await;
+    assert_eq!(code(r).await, (400, "NAME_INVALID".to_owned()));
+    // None of those left a tag or a manifest.
+    assert_eq!(m.get("/v2/r/manifests/v1").await.status(), 404);
+    assert!(!m.blob_path(&sha256(&refs)).exists());
+
+    // By digest, then an index referencing it.
+    let digest = sha256(&good);
+    let r = put_manifest(&m, "r", &digest, &good).await;
+    assert_eq!(r.status(), 201);
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{"mediaType": OCI_MANIFEST, "digest": digest, "size": good.len()}],
+    })
+    .to_string();
+    let r = m
+        .client
+        .put(m.url("/v2/r/manifests/multi"))
+        .header("content-type", "application/vnd.oci.image.index.v1+json")
+        .body(index.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let r = m.get("/v2/r/manifests/multi").await;
+    assert_eq!(
+        r.headers()["content-type"],
+        "application/vnd.oci.image.index.v1+json"
+    );
+    assert_eq!(r.text().await.unwrap(), index);
+}
+
+#[tokio::test]
+async fn tag_listing_catalog_and_referrers() {
+    let fake = FakeUpstream::start(Auth::None).await;
+    let m = mirror_with(&fake, "", "").await;
+    for tag in ["c", "a", "b", "d"] {
+        push_image(&m, "team/app", tag).await;
+    }
+    push_image(&m, "team/other", "v1").await;
+
+    let r = m.get("/v2/team/app/tags/list?n=2").await;
+    let link = r.headers()["link"].to_str().unwrap().to_owned();
+    assert_eq!(link, "</v2/team/app/tags/list?n=2&last=b>; rel=\"next\"");
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["tags"], serde_json::json!(["a", "b"]));
+    let r = m.get("/v2/team/app/tags/list?n=2&last=b").await;
+    assert!(r.headers().get("link").is_none());
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["tags"], serde_json::json!(["c", "d"]));
+
+    let r = m.get("/v2/_catalog").await;
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        body["repositories"],
+        serde_json::json!(["team/app", "team/other"])
+    );
+    let r = m.get("/v2/_catalog?n=1").await;
+    assert!(
+        r.headers()["link"]
+            .to_str()
+            .unwrap()
+            .contains("last=team%2Fapp")
+    );
+
+    // Referrers: two artifacts refer to one image, one of them with another type.
+    let (subject, subject_bytes) = push_image(&m, "team/app", "signed").await;
+    let config = push_blob(&m, "team/app", b"{}").await;
+    let sbom = image_manifest(&config, 2, &[], Some((&subject, subject_bytes.len())));
+    let r = put_manifest(&m, "team/app", &sha256(&sbom), &sbom).await;
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.headers()["oci-subject"], subject.as_str());
+    let mut sig: serde_json::Value = serde_json::from_slice(&sbom).unwrap();
+    sig["artifactType"] = serde_json::json!("application/vnd.example.signature");
+    let sig = sig.to_string().into_bytes();
+    put_manifest(&m, "team/app", &sha256(&sig), &sig).await;
+
+    let r = m.get(&format!("/v2/team/app/referrers/{subject}")).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["content-type"],
+        "application/vnd.oci.image.index.v1+json"
+    );
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["manifests"].as_array().unwrap().len(), 2);
+    let r = m
+        .get(&format!(
+            "/v2/team/app/referrers/{subject}?artifactType=application/vnd.example.sbom"
+        ))
+        .await;
+    assert_eq!(r.headers()["oci-filters-applied"], "artifactType");
+    let body: serde_json::Value = r.json().await.unwrap();
+    let manifests = body["manifests"].as_array().unwrap();
+    assert_eq!(manifests.len(), 1);
+    assert_eq!(manifests[0]["digest"], sha256(&sbom).as_str());
+    assert_eq!(manifests[0]["artifactType"], "application/vnd.example.sbom");
+    let r = m
+        .get(&format!("/v2/team/app/referrers/{}", sha256(b"none")))
+        .await;
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["manifests"], serde_json::json!([]));
+}
+
+#[tokio::test]
+async fn deletes_only_when_enabled() {
+    let fake = FakeUpstream::start(Auth::None).await;
+    let m = mirror_with(&fake, "", "").await;
+    let (digest, _) = push_image(&m, "r", "v1").await;
+    let r = m
+        .client
+        .delete(m.url("/v2/r/manifests/v1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(code(r).await, (405, "UNSUPPORTED".to_owned()));
+    assert_eq!(m.get("/v2/r/manifests/v1").await.status(), 200);
+
+    let m = mirror_with(&fake, "delete = true", "").await;
+    let (digest2, manifest) = push_image(&m, "r", "v1").await;
+    assert_ne!(digest, digest2, "a new random layer, a new image");
+    let layer =
+        serde_json::from_slice::<serde_json::Value>(&manifest).unwrap()["layers"][0]["digest"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    m.client
+        .put(m.url("/v2/r/manifests/v2"))
+        .header("content-type", OCI_MANIFEST)
+        .body(manifest.clone())
+        .send()
+        .await
+        .unwrap();
+
+    // Tag.
+    let r = m
+        .client
+        .delete(m.url("/v2/r/manifests/v2"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    assert_eq!(m.get("/v2/r/manifests/v2").await.status(), 404);
+    assert_eq!(m.get("/v2/r/manifests/v1").await.status(), 200);
+    // Manifest by digest: its tags go with it.
+    let r = m
+        .client
+        .delete(m.url(&format!("/v2/r/manifests/{digest2}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    assert_eq!(
+        m.get(&format!("/v2/r/manifests/{digest2}")).await.status(),
+        404
+    );
+    assert_eq!(m.get("/v2/r/manifests/v1").await.status(), 404);
+    let r = m
+        .client
+        .delete(m.url(&format!("/v2/r/manifests/{digest2}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(code(r).await, (404, "MANIFEST_UNKNOWN".to_owned()));
+    // Blob.
+    let r = m
+        .client
+        .delete(m.url(&format!("/v2/r/blobs/{layer}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let r = m.get(&format!("/v2/r/blobs/{layer}")).await;
+    assert_eq!(code(r).await.0, 404);
+}
+
+#[tokio::test]
+async fn htpasswd_guards_pushes_and_optionally_pulls() {
+    let fake = FakeUpstream::start(Auth::None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let htpasswd = dir.path().join("htpasswd");
+    std::fs::write(
+        &htpasswd,
+        format!("ci:{}\n", bcrypt::hash("pushme", 4).unwrap()),
+    )
+    .unwrap();
+    let auth = format!("[auth]\nhtpasswd = \"{}\"\n", htpasswd.display());
+    let m = mirror_with(&fake, "", &auth).await;
+
+    let blob = b"content".to_vec();
+    let digest = sha256(&blob);
+    let url = m.url(&format!("/v2/r/blobs/uploads/?digest={digest}"));
+    let r = m.client.post(&url).body(blob.clone()).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let challenge = r.headers()["www-authenticate"].to_str().unwrap().to_owned();
+    assert!(
+        challenge.starts_with("Bearer realm=\"http://127.0.0.1:"),
+        "{challenge}"
+    );
+    assert!(
+        challenge.ends_with("/token\",service=\"regmirror\""),
+        "{challenge}"
+    );
+    assert_eq!(code(r).await.1, "UNAUTHORIZED");
+    let r = m
+        .client
+        .post(&url)
+        .basic_auth("ci", Some("wrong"))
+        .body(blob.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(!m.blob_path(&digest).exists());
+    // Basic credentials on the request itself.
+    let r = m
+        .client
+        .post(&url)
+        .basic_auth("ci", Some("pushme"))
+        .body(blob.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+
+    // The token flow, as docker and skopeo use it: ping, token with credentials, push.
+    let ping = m.get("/v2/").await;
+    assert_eq!(
+        ping.status(),
+        401,
+        "a ping without credentials is challenged"
+    );
+    let token = |user: Option<(&str, &str)>| {
+        let mut req = m
+            .client
+            .get(m.url("/token?service=regmirror&scope=repository:r:pull,push"));
+        if let Some((u, p)) = user {
+            req = req.basic_auth(u, Some(p));
+        }
+        async move { req.send().await.unwrap() }
+    };
+    let t: serde_json::Value = token(Some(("ci", "pushme"))).await.json().await.unwrap();
+    let pusher = t["token"].as_str().unwrap().to_owned();
+    assert_eq!(
+        token(Some(("ci", "bad"))).await.status(),
+        401,
+        "docker login with a wrong password fails"
+    );
+    let other = b"other".to_vec();
+    let other_digest = sha256(&other);
+    let r = m
+        .client
+        .post(m.url(&format!("/v2/r/blobs/uploads/?digest={other_digest}")))
+        .bearer_auth(&pusher)
+        .body(other)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    // Anonymous: a token that pulls but does not push; plain anonymous pulls work too.
+    let t: serde_json::Value = token(None).await.json().await.unwrap();
+    let anonymous = t["token"].as_str().unwrap().to_owned();
+    let r = m
+        .client
+        .get(m.url("/v2/"))
+        .bearer_auth(&anonymous)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = m
+        .client
+        .post(&url)
+        .bearer_auth(&anonymous)
+        .body(blob.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(m.get(&format!("/v2/r/blobs/{digest}")).await.status(), 200);
+    let r = m
+        .client
+        .get(m.url(&format!("/v2/r/blobs/{digest}")))
+        .bearer_auth("forged")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    let closed = format!("{auth}anonymous_pull = false\n");
+    let m = mirror_with(&fake, "", &closed).await;
+    assert_eq!(m.get(&format!("/v2/r/blobs/{digest}")).await.status(), 401);
+    let r = m.client.get(m.url("/token")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = m
+        .client
+        .get(m.url("/v2/"))
+        .basic_auth("ci", Some("pushme"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        m.get("/metrics").await.status(),
+        200,
+        "metrics stay open for scrapers"
+    );
+}
+
+#[tokio::test]
+async fn idle_upload_sessions_expire() {
+    let fake = FakeUpstream::start(Auth::None).await;
+    let m = mirror_with(&fake, "upload_ttl = \"1s\"", "").await;
+    let r = m
+        .client
+        .post(m.url("/v2/r/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
+    let location = r.headers()["location"].to_str().unwrap().to_owned();
+    m.client
+        .patch(m.url(&location))
+        .body(vec![1u8; 100])
+        .send()
+        .await
+        .unwrap();
+    let uploads = m.store().join("uploads");
+    assert_eq!(std::fs::read_dir(&uploads).unwrap().count(), 1);
+    common::eventually(20, "the idle session to expire", || {
+        std::fs::read_dir(&uploads).unwrap().count() == 0
+    })
+    .await;
+    let r = m.client.get(m.url(&location)).send().await.unwrap();
+    assert_eq!(code(r).await, (404, "BLOB_UPLOAD_UNKNOWN".to_owned()));
+}
