@@ -677,3 +677,27 @@ async fn idle_upload_sessions_expire() {
     let r = m.client.get(m.url(&location)).send().await.unwrap();
     assert_eq!(code(r).await, (404, "BLOB_UPLOAD_UNKNOWN".to_owned()));
 }
+
+#[tokio::test]
+async fn a_pushed_repository_answers_to_every_spelling_of_its_name() {
+    let fake = FakeUpstream::start(Auth::None).await;
+    let m = mirror_with(&fake, "", "").await;
+    let (digest, _) = push_image(&m, "alpine", "3.20").await;
+    for path in [
+        "/v2/alpine/manifests/3.20",
+        "/v2/library/alpine/manifests/3.20",
+        "/v2/library/alpine/manifests/3.20?ns=docker.io",
+        "/v2/docker.io/library/alpine/manifests/3.20",
+    ] {
+        let r = m.get(path).await;
+        assert_eq!(r.status(), 200, "{path}");
+        assert_eq!(
+            r.headers()["docker-content-digest"],
+            digest.as_str(),
+            "{path}"
+        );
+    }
+    assert_eq!(fake.count("GET", "/manifests/"), 0);
+    let body: serde_json::Value = m.get("/v2/_catalog").await.json().await.unwrap();
+    assert_eq!(body["repositories"], serde_json::json!(["library/alpine"]));
+}

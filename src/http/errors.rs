@@ -109,6 +109,12 @@ impl From<RouteError> for ApiError {
 /// Maps an upstream failure for `resource`.
 pub fn upstream_error(e: &UpstreamError, resource: Resource, upstream: &str) -> ApiError {
     match e {
+        // Offline, the mirror is the whole registry: what it does not have is unknown (and
+        // clients such as dockerd fall back on a 404 as on any error).
+        UpstreamError::Offline => ApiError::new(
+            resource.unknown(),
+            "not in the cache, and the mirror is offline",
+        ),
         UpstreamError::NotFound => ApiError::new(resource.unknown(), format!("not found on upstream {upstream}")),
         UpstreamError::Unauthorized => ApiError::new(
             ErrorCode::Unauthorized,

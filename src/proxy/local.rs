@@ -43,12 +43,26 @@ pub struct Pushed {
 }
 
 impl Mirror {
+    /// The name pushed content of `name` is recorded under: the canonical
+    /// `<upstream>/<repository>` when the name routes to an upstream, so that `alpine`,
+    /// `library/alpine?ns=docker.io` and `docker.io/library/alpine` are one repository, as they
+    /// are for pulls; the name as given otherwise.
+    pub fn local_name(&self, ns: Option<&str>, name: &RepoName) -> RepoName {
+        self.upstreams
+            .resolve(ns, name)
+            .ok()
+            .and_then(|r| format!("{}/{}", r.upstream.name(), r.repo).parse().ok())
+            .unwrap_or_else(|| name.clone())
+    }
+
     /// A pushed tag of `name`, if there is one.
     pub async fn local_manifest(
         &self,
+        ns: Option<&str>,
         name: &RepoName,
         tag: &Tag,
     ) -> Result<Option<Arc<StoredManifest>>, ProxyError> {
+        let name = &self.local_name(ns, name);
         let Some(record) = self.store.get_tag(&Store::local_tag_key(name, tag)).await? else {
             return Ok(None);
         };
@@ -67,6 +81,7 @@ impl Mirror {
         content_type: Option<&str>,
         bytes: Bytes,
     ) -> Result<Pushed, PushError> {
+        let name = &self.local_name(None, name);
         let manifest = Manifest::parse(content_type, &bytes)?;
         let digest = Digest::of_bytes(&bytes);
         if let Reference::Digest(expected) = reference
@@ -133,6 +148,7 @@ impl Mirror {
         name: &RepoName,
         reference: &Reference,
     ) -> Result<bool, ProxyError> {
+        let name = &self.local_name(None, name);
         match reference {
             Reference::Tag(tag) => Ok(self
                 .store
@@ -158,7 +174,10 @@ impl Mirror {
         n: Option<usize>,
         last: Option<&str>,
     ) -> Result<Option<(Vec<String>, bool)>, ProxyError> {
-        let local = self.store.list_tags(LOCAL, name).await?;
+        let local = self
+            .store
+            .list_tags(LOCAL, &self.local_name(ns, name))
+            .await?;
         let route = match self.upstreams.resolve(ns, name) {
             Ok(route) => Some(route),
             Err(e) if local.is_empty() => return Err(ProxyError::Route(e)),

@@ -74,7 +74,7 @@ impl Mirror {
         head: bool,
     ) -> Result<ManifestAnswer, ProxyError> {
         if let Reference::Tag(tag) = reference
-            && let Some(local) = self.local_manifest(name, tag).await?
+            && let Some(local) = self.local_manifest(ns, name, tag).await?
         {
             self.metrics.lookup(Kind::Manifest, CacheResult::Hit, LOCAL);
             return Ok(ManifestAnswer::from_stored(&local, head, CacheResult::Hit));

@@ -198,6 +198,12 @@ impl Store {
             } else {
                 format!("{name}/")
             };
+            // Pushed repositories are recorded as `<upstream>/<repo>`: show the default
+            // upstream's without its prefix, as clients name them.
+            let strip = match (name == LOCAL, default_upstream) {
+                (true, Some(default)) => Some(format!("{default}/")),
+                _ => None,
+            };
             let path = upstream.path();
             let found = tokio::task::spawn_blocking(move || {
                 let mut found = Vec::new();
@@ -206,7 +212,13 @@ impl Store {
             })
             .await
             .unwrap_or_default();
-            repos.extend(found.into_iter().map(|r| format!("{prefix}{r}")));
+            repos.extend(found.into_iter().map(|r| {
+                let r = match &strip {
+                    Some(s) => r.strip_prefix(s.as_str()).map(str::to_owned).unwrap_or(r),
+                    None => r,
+                };
+                format!("{prefix}{r}")
+            }));
         }
         repos.sort();
         repos.dedup();
