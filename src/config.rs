@@ -86,6 +86,19 @@ pub struct StorageConfig {
     /// An upload session with no activity for this long is removed.
     #[serde(default = "default_upload_ttl", with = "humantime_serde")]
     pub upload_ttl: Duration,
+    /// Size cap of the store; cached content is evicted (least recently accessed first) when
+    /// a fill pushes the store over it. `None`: no cap.
+    #[serde(default)]
+    pub max_size: Option<ByteSize>,
+    /// Eviction frees space down to this fraction of `max_size`.
+    #[serde(default = "default_low_water")]
+    pub low_water: f64,
+    /// How often the online GC runs.
+    #[serde(default = "default_gc_interval", with = "humantime_serde")]
+    pub gc_interval: Duration,
+    /// GC spares anything written more recently than this (pushes and fills in progress).
+    #[serde(default = "default_gc_grace", with = "humantime_serde")]
+    pub gc_grace: Duration,
 }
 
 /// `[auth]`.
@@ -208,6 +221,15 @@ fn default_max_upload() -> ByteSize {
 fn default_upload_ttl() -> Duration {
     Duration::from_secs(24 * 3600)
 }
+fn default_low_water() -> f64 {
+    0.9
+}
+fn default_gc_interval() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_gc_grace() -> Duration {
+    Duration::from_secs(3600)
+}
 fn default_true() -> bool {
     true
 }
@@ -250,6 +272,10 @@ impl Default for StorageConfig {
             delete: false,
             max_upload_size: default_max_upload(),
             upload_ttl: default_upload_ttl(),
+            max_size: None,
+            low_water: default_low_water(),
+            gc_interval: default_gc_interval(),
+            gc_grace: default_gc_grace(),
         }
     }
 }
@@ -380,6 +406,24 @@ impl Config {
                 ));
             }
         }
+        if !(self.storage.low_water > 0.0 && self.storage.low_water <= 1.0) {
+            return Err(invalid(
+                "storage.low_water".into(),
+                "must be a fraction of max_size above 0 and at most 1 (e.g. 0.9)",
+            ));
+        }
+        if self.storage.max_size.is_some_and(|m| m.0 == 0) {
+            return Err(invalid(
+                "storage.max_size".into(),
+                "must be greater than zero",
+            ));
+        }
+        if self.storage.gc_interval.is_zero() {
+            return Err(invalid(
+                "storage.gc_interval".into(),
+                "must be greater than zero",
+            ));
+        }
         if self.storage.index_memory_mib == 0 {
             return Err(invalid(
                 "storage.index_memory_mib".into(),
@@ -506,6 +550,22 @@ mod tests {
         assert!(e.contains("max_upload_size"), "{e}");
         let c = Config::parse("[storage]\nmax_upload_size = 1024\n", "t").unwrap();
         assert_eq!(c.storage.max_upload_size, ByteSize(1024));
+        let c = Config::parse("[storage]\nmax_size = \"50GiB\"\nlow_water = 0.8\n", "t").unwrap();
+        assert_eq!(c.storage.max_size, Some(ByteSize(50 << 30)));
+        for bad in [
+            "max_size = \"50 GiBs\"",
+            "max_size = \"-5GB\"",
+            "max_size = 0",
+            "max_size = \"\"",
+            "low_water = 1.5",
+            "low_water = 0",
+        ] {
+            let e = err(&format!("[storage]\n{bad}\n"));
+            assert!(
+                e.contains("max_size") || e.contains("low_water"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@
 
 pub mod config;
 pub mod http;
+pub mod maintenance;
 pub mod metrics;
 pub mod oci;
 pub mod proxy;
@@ -111,16 +112,15 @@ pub async fn start(config: &Config) -> Result<Server, StartError> {
         .local_addr()
         .map_err(|source| StartError::Bind { addr, source })?;
     let (tx, rx) = oneshot::channel::<()>();
-    let sweeper = tokio::spawn(expire_uploads(
-        Arc::clone(&mirror),
-        config.storage.upload_ttl,
-    ));
+    let background = maintenance::spawn(&mirror, &config.storage);
     let task = tokio::spawn(async move {
         http::serve(listener, app, async move {
             let _ = rx.await;
         })
         .await;
-        sweeper.abort();
+        for task in background {
+            task.abort();
+        }
     });
     Ok(Server {
         addr,
@@ -128,21 +128,4 @@ pub async fn start(config: &Config) -> Result<Server, StartError> {
         shutdown: Some(tx),
         task,
     })
-}
-
-/// Removes upload sessions idle for longer than `ttl`, checking a few times per TTL.
-async fn expire_uploads(mirror: Arc<Mirror>, ttl: std::time::Duration) {
-    let period = (ttl / 4).clamp(
-        std::time::Duration::from_secs(1),
-        std::time::Duration::from_secs(600),
-    );
-    let mut ticker = tokio::time::interval(period);
-    loop {
-        ticker.tick().await;
-        match mirror.store.expire_uploads(ttl).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(removed = n, "expired idle upload sessions"),
-            Err(e) => tracing::warn!(error = %e, "cannot expire upload sessions"),
-        }
-    }
 }

@@ -98,6 +98,16 @@ pub struct Metrics {
     pub fills_aborted: IntCounterVec,
     /// `regmirror_http_requests_total{method,status}`.
     pub http_requests: IntCounterVec,
+    /// `regmirror_store_bytes`.
+    pub store_bytes: IntGauge,
+    /// `regmirror_store_blobs`.
+    pub store_blobs: IntGauge,
+    /// `regmirror_evicted_blobs_total`.
+    pub evicted_blobs: IntCounter,
+    /// `regmirror_evicted_bytes_total`.
+    pub evicted_bytes: IntCounter,
+    /// `regmirror_gc_removed_blobs_total`.
+    pub gc_removed_blobs: IntCounter,
     /// `regmirror_upstream_ratelimit_limit{upstream}`.
     pub ratelimit_limit: IntGaugeVec,
     /// `regmirror_upstream_ratelimit_remaining{upstream}`.
@@ -201,8 +211,44 @@ impl Metrics {
         registry
             .register(Box::new(fill_followers.clone()))
             .unwrap_or_else(|e| panic!("counter: {e}"));
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).unwrap_or_else(|e| panic!("gauge {name}: {e}"));
+            registry
+                .register(Box::new(g.clone()))
+                .unwrap_or_else(|e| panic!("gauge {name}: {e}"));
+            g
+        };
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).unwrap_or_else(|e| panic!("counter {name}: {e}"));
+            registry
+                .register(Box::new(c.clone()))
+                .unwrap_or_else(|e| panic!("counter {name}: {e}"));
+            c
+        };
+        let store_bytes = gauge("regmirror_store_bytes", "Bytes of blobs in the store.");
+        let store_blobs = gauge(
+            "regmirror_store_blobs",
+            "Blobs (layers, configs, manifests) in the store.",
+        );
+        let evicted_blobs = counter(
+            "regmirror_evicted_blobs_total",
+            "Cached blobs evicted to stay under max_size.",
+        );
+        let evicted_bytes = counter(
+            "regmirror_evicted_bytes_total",
+            "Bytes evicted to stay under max_size.",
+        );
+        let gc_removed_blobs = counter(
+            "regmirror_gc_removed_blobs_total",
+            "Unreachable blobs removed by GC.",
+        );
         Metrics {
             registry,
+            store_bytes,
+            store_blobs,
+            evicted_blobs,
+            evicted_bytes,
+            gc_removed_blobs,
             cache_lookups,
             served_bytes,
             upstream_requests,

@@ -33,7 +33,12 @@ pub async fn get(ctx: &Ctx<'_>, name: &RepoName, digest: &Digest) -> Answer {
     };
     let (body, source) = match answer.body {
         BlobBody::Empty => (empty(), None),
-        BlobBody::File { file, start, end } => (file_range(file, start, end), Some(Source::Cache)),
+        BlobBody::File {
+            file,
+            start,
+            end,
+            guard,
+        } => (file_range(file, start, end, guard), Some(Source::Cache)),
         BlobBody::Fill { fill, start, end } => {
             (streamed(fill.read(start, end)), Some(Source::Upstream))
         }

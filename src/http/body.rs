@@ -15,6 +15,7 @@ use hyper::body::{Body as HttpBody, Frame, SizeHint};
 
 use crate::metrics::{Metrics, Source};
 use crate::proxy::fill::{READ_CHUNK, read_at};
+use crate::store::ReadGuard;
 
 /// The error type of response bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -41,17 +42,20 @@ pub fn streamed(stream: impl Stream<Item = io::Result<Bytes>> + Send + 'static) 
 }
 
 /// `[start, end)` of a file, read in chunks on the blocking pool.
-pub fn file_range(file: Arc<std::fs::File>, start: u64, end: u64) -> Body {
-    let chunks =
-        futures_util::stream::try_unfold((file, start), move |(file, offset)| async move {
+/// `guard` marks the blob as being read until the body is done or dropped.
+pub fn file_range(file: Arc<std::fs::File>, start: u64, end: u64, guard: ReadGuard) -> Body {
+    let chunks = futures_util::stream::try_unfold(
+        (file, start, guard),
+        move |(file, offset, guard)| async move {
             if offset >= end {
                 return Ok(None);
             }
             let len = (end - offset).min(READ_CHUNK as u64) as usize;
             let bytes = read_at(Arc::clone(&file), offset, len).await?;
             let next = offset + bytes.len() as u64;
-            Ok(Some((bytes, (file, next))))
-        });
+            Ok(Some((bytes, (file, next, guard))))
+        },
+    );
     streamed(chunks)
 }
 

@@ -230,10 +230,7 @@ async fn dispatch(app: &App, request: Request<Incoming>) -> Answer {
         (Route::Base, _) if read => Answer::plain(base_response()),
         (Route::Token, _) if read => token(app, &parts.headers),
         (Route::Health, _) if read => Answer::plain(text_response("ok\n", "text/plain")),
-        (Route::Metrics, _) if read => Answer::plain(text_response(
-            app.mirror.metrics.render(),
-            "text/plain; version=0.0.4",
-        )),
+        (Route::Metrics, _) if read => Answer::plain(metrics_response(&app.mirror)),
         (Route::Manifest { name, reference }, _) if read => {
             manifests::get(&ctx, &name, &reference).await
         }
@@ -270,6 +267,15 @@ async fn dispatch(app: &App, request: Request<Incoming>) -> Answer {
         )
         .into(),
     }
+}
+
+/// `GET /metrics`, with the store gauges read at scrape time.
+fn metrics_response(mirror: &Mirror) -> Response<Body> {
+    let (bytes, blobs) = mirror.store.usage();
+    let m = &mirror.metrics;
+    m.store_bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    m.store_blobs.set(i64::try_from(blobs).unwrap_or(i64::MAX));
+    text_response(m.render(), "text/plain; version=0.0.4")
 }
 
 /// `GET /v2/`: 200 with the API version header, so clients know this is a registry.

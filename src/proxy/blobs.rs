@@ -73,6 +73,8 @@ pub enum BlobBody {
     Empty,
     /// `[start, end)` of a committed blob file.
     File {
+        /// Keeps eviction and GC away while the body is sent.
+        guard: crate::store::ReadGuard,
         /// The open file.
         file: Arc<std::fs::File>,
         /// First byte.
@@ -192,6 +194,7 @@ impl Mirror {
             BlobBody::Empty
         } else {
             BlobBody::File {
+                guard: self.store.reading(digest),
                 file: Arc::new(file),
                 start,
                 end,

@@ -109,11 +109,12 @@ impl Mirror {
             bytes,
             media_type: manifest.media_type.clone(),
         });
+        // Pinned before it appears, so eviction never sees it unpinned.
+        self.store.pin(&digest).await.map_err(ProxyError::from)?;
         self.store
             .put_manifest(stored)
             .await
             .map_err(ProxyError::from)?;
-        self.store.pin(&digest).await.map_err(ProxyError::from)?;
         if let Reference::Tag(tag) = reference {
             let record = TagRecord::new(&digest, &manifest.media_type, size);
             self.store

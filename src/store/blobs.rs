@@ -107,6 +107,7 @@ impl Store {
         match opened {
             Ok((file, len)) => {
                 self.blob_sizes.insert(digest.clone(), len);
+                self.touch(digest);
                 Ok(Some((file, len)))
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -153,15 +154,20 @@ impl Store {
         if let Some(parent) = target.parent() {
             std::fs::create_dir_all(parent).map_err(io_err(parent))?;
         }
+        let existed = target.exists();
         std::fs::rename(&spool.path, &target).map_err(io_err(&target))?;
         spool.committed = true;
         self.blob_sizes.insert(digest.clone(), spool.written);
+        if !existed {
+            self.added_blob(digest, spool.written);
+        }
         Ok(spool.written)
     }
 
     /// Reads a manifest by digest (from the index, else from disk).
     pub async fn read_manifest(&self, digest: &Digest) -> Result<Option<Arc<StoredManifest>>> {
         if let Some(m) = self.manifests.get(digest) {
+            self.touch(digest);
             return Ok(Some(m));
         }
         let Some(bytes) = read_optional(&self.blob_path(digest)).await? else {
@@ -178,6 +184,7 @@ impl Store {
             bytes: Bytes::from(bytes),
             media_type,
         });
+        self.touch(digest);
         self.index_manifest(&manifest).await;
         Ok(Some(manifest))
     }
@@ -198,6 +205,9 @@ impl Store {
             path: self.meta_path(&manifest.digest),
             message: e.to_string(),
         })?;
+        let existed = tokio::fs::metadata(self.blob_path(&manifest.digest))
+            .await
+            .is_ok();
         // Metadata first: a blob present on disk always has its media type beside it.
         self.write_atomic(&self.meta_path(&manifest.digest), &meta)
             .await?;
@@ -205,6 +215,9 @@ impl Store {
             .await?;
         self.blob_sizes
             .insert(manifest.digest.clone(), manifest.bytes.len() as u64);
+        if !existed {
+            self.added_blob(&manifest.digest, manifest.bytes.len() as u64);
+        }
         self.index_manifest(&manifest).await;
         Ok(())
     }

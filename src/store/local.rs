@@ -63,7 +63,13 @@ impl Store {
     pub async fn delete_blob(&self, digest: &Digest) -> Result<bool> {
         self.blob_sizes.invalidate(digest);
         self.manifests.invalidate(digest);
+        let size = tokio::fs::metadata(self.blob_path(digest))
+            .await
+            .map(|m| m.len());
         let existed = remove_optional(&self.blob_path(digest)).await?;
+        if existed {
+            self.removed_blob(digest, size.unwrap_or(0));
+        }
         remove_optional(&self.pin_path(digest)).await?;
         remove_optional(&self.meta_path(digest)).await?;
         Ok(existed)

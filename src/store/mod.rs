@@ -13,9 +13,11 @@
 //! ```
 
 mod blobs;
+mod gc;
 mod local;
 mod tags;
 mod uploads;
+mod usage;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -27,9 +29,11 @@ use moka::sync::Cache;
 use crate::oci::Digest;
 
 pub use blobs::Spool;
+pub use gc::{EvictionReport, GcReport};
 pub use local::{LOCAL, Referrer};
 pub use tags::{TagKey, TagRecord};
 pub use uploads::{UploadError, UploadId};
+pub use usage::{BlobEntry, ReadGuard};
 
 /// Errors of the store layer.
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +89,9 @@ pub struct StoredManifest {
 /// The store. Cheap to share behind an `Arc`.
 pub struct Store {
     root: PathBuf,
+    usage: usage::Usage,
+    /// Notified whenever a blob is added, so eviction runs promptly.
+    grew: tokio::sync::Notify,
     tags: Cache<TagKey, TagRecord>,
     blob_sizes: Cache<Digest, u64>,
     manifests: Cache<Digest, Arc<StoredManifest>>,
@@ -94,9 +101,17 @@ pub struct Store {
 const MAX_INDEXED_MANIFEST: usize = 256 * 1024;
 
 impl Store {
-    /// Opens (creating if needed) the store at `root`, removing temp files a previous run left.
-    /// `index_bytes` bounds the memory the index may use.
+    /// Opens (creating if needed) the store at `root` for a server, removing temp files a
+    /// previous run left. `index_bytes` bounds the memory the index may use.
     pub async fn open(root: &Path, index_bytes: u64) -> Result<Store> {
+        let store = Store::open_shared(root, index_bytes).await?;
+        store.clean_tmp().await?;
+        Ok(store)
+    }
+
+    /// Opens the store without touching `tmp/`, for maintenance commands that may run beside a
+    /// server (`gc`, `import`, `export`).
+    pub async fn open_shared(root: &Path, index_bytes: u64) -> Result<Store> {
         for dir in [
             "blobs/sha256",
             "meta/sha256",
@@ -112,6 +127,8 @@ impl Store {
         }
         let store = Store {
             root: root.to_owned(),
+            usage: usage::Usage::default(),
+            grew: tokio::sync::Notify::new(),
             tags: Cache::builder().max_capacity(index_bytes / 4 / 256).build(),
             blob_sizes: Cache::builder().max_capacity(index_bytes / 4 / 128).build(),
             manifests: Cache::builder()
@@ -121,8 +138,13 @@ impl Store {
                 .max_capacity(index_bytes / 2)
                 .build(),
         };
-        store.clean_tmp().await?;
+        store.load_usage().await?;
         Ok(store)
+    }
+
+    /// Waits until a blob is added.
+    pub async fn grown(&self) {
+        self.grew.notified().await;
     }
 
     /// The root directory.

@@ -197,11 +197,16 @@ impl Store {
         }
         let f = tokio::fs::File::open(file).await.map_err(io_err(file))?;
         f.sync_all().await.map_err(io_err(file))?;
+        let existed = tokio::fs::metadata(&target).await.is_ok();
+        // Pinned before it appears, so eviction never sees it unpinned.
+        self.pin(digest).await?;
         tokio::fs::rename(file, &target)
             .await
             .map_err(io_err(&target))?;
-        self.pin(digest).await?;
         self.note_blob_size(digest, size);
+        if !existed {
+            self.added_blob(digest, size);
+        }
         Ok(())
     }
 
@@ -220,6 +225,11 @@ impl Store {
 
     /// Removes sessions idle for longer than `ttl`; returns how many.
     pub async fn expire_uploads(&self, ttl: Duration) -> Result<usize> {
+        self.expire_uploads_dry(ttl, false).await
+    }
+
+    /// Like [`Store::expire_uploads`]; with `dry_run`, only counts.
+    pub(super) async fn expire_uploads_dry(&self, ttl: Duration, dry_run: bool) -> Result<usize> {
         let root = self.root.join("uploads");
         let mut entries = match tokio::fs::read_dir(&root).await {
             Ok(entries) => entries,
@@ -242,7 +252,9 @@ impl Store {
                 .map(|t| now.duration_since(t).unwrap_or_default())
                 .unwrap_or_default();
             if idle > ttl {
-                let _ = tokio::fs::remove_dir_all(entry.path()).await;
+                if !dry_run {
+                    let _ = tokio::fs::remove_dir_all(entry.path()).await;
+                }
                 removed += 1;
             }
         }

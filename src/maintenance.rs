@@ -1,0 +1,112 @@
+//! Background work that keeps a long-running mirror healthy: eviction under the size cap
+//! (prompt, on every growth), periodic GC, expiry of idle uploads, and saving access times.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+
+use crate::config::StorageConfig;
+use crate::proxy::Mirror;
+
+/// Starts every background task; abort the handles to stop them.
+pub fn spawn(mirror: &Arc<Mirror>, storage: &StorageConfig) -> Vec<JoinHandle<()>> {
+    let mut tasks = vec![
+        tokio::spawn(expire_uploads(Arc::clone(mirror), storage.upload_ttl)),
+        tokio::spawn(save_access(Arc::clone(mirror))),
+        tokio::spawn(periodic_gc(Arc::clone(mirror), storage.clone())),
+    ];
+    if let Some(max) = storage.max_size {
+        let target = (max.0 as f64 * storage.low_water) as u64;
+        tasks.push(tokio::spawn(evict_on_growth(
+            Arc::clone(mirror),
+            max.0,
+            target,
+        )));
+    }
+    tasks
+}
+
+/// Runs an eviction whenever a new blob takes the store over `max`.
+async fn evict_on_growth(mirror: Arc<Mirror>, max: u64, target: u64) {
+    loop {
+        if mirror.store.usage().0 > max {
+            evict_now(&mirror, target).await;
+        }
+        mirror.store.grown().await;
+    }
+}
+
+/// One eviction down to `target` bytes, with metrics and a log line.
+pub async fn evict_now(mirror: &Mirror, target: u64) {
+    let fills = Arc::clone(&mirror.fills);
+    match mirror
+        .store
+        .evict(target, |d| fills.running(d).is_some())
+        .await
+    {
+        Ok(report) if report.blobs > 0 => {
+            mirror.metrics.evicted_blobs.inc_by(report.blobs);
+            mirror.metrics.evicted_bytes.inc_by(report.bytes);
+            let (bytes, blobs) = mirror.store.usage();
+            tracing::info!(
+                evicted_blobs = report.blobs,
+                evicted_bytes = report.bytes,
+                dropped_tags = report.tags,
+                store_bytes = bytes,
+                store_blobs = blobs,
+                "evicted least recently used content"
+            );
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "eviction failed"),
+    }
+}
+
+async fn periodic_gc(mirror: Arc<Mirror>, storage: StorageConfig) {
+    let mut ticker = tokio::time::interval(storage.gc_interval);
+    ticker.tick().await; // Not at start: a restart should not race the first pulls.
+    loop {
+        ticker.tick().await;
+        let fills = Arc::clone(&mirror.fills);
+        match mirror
+            .store
+            .gc(storage.gc_grace, storage.upload_ttl, false, |d| {
+                fills.running(d).is_some()
+            })
+            .await
+        {
+            Ok(report) => {
+                mirror.metrics.gc_removed_blobs.inc_by(report.blobs);
+                tracing::info!(%report, "gc done");
+            }
+            Err(e) => tracing::warn!(error = %e, "gc failed"),
+        }
+    }
+}
+
+/// Removes upload sessions idle for longer than `ttl`, checking a few times per TTL.
+async fn expire_uploads(mirror: Arc<Mirror>, ttl: Duration) {
+    let period = (ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(600));
+    let mut ticker = tokio::time::interval(period);
+    loop {
+        ticker.tick().await;
+        match mirror.store.expire_uploads(ttl).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, "expired idle upload sessions"),
+            Err(e) => tracing::warn!(error = %e, "cannot expire upload sessions"),
+        }
+    }
+}
+
+/// Saves access times once a minute (only when they changed): cheap, and a restart keeps the
+/// eviction order roughly right.
+async fn save_access(mirror: Arc<Mirror>) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        ticker.tick().await;
+        if let Err(e) = mirror.store.save_access().await {
+            tracing::warn!(error = %e, "cannot save access times");
+        }
+    }
+}

@@ -1,0 +1,236 @@
+//! Freeing space: eviction of the least recently accessed cached content when the store is
+//! over its size cap, and garbage collection of what nothing reaches any more.
+//!
+//! Neither ever removes pinned (pushed) content, a blob being read, or a blob the caller says
+//! is in use (a fill in flight); GC also spares anything younger than its grace period.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::Duration;
+
+use super::usage::now_secs;
+use super::{Result, Store, TagRecord};
+use crate::oci::Digest;
+use crate::oci::manifest::Manifest;
+
+/// What an eviction removed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct EvictionReport {
+    /// Blobs removed.
+    pub blobs: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Tag records dropped because their manifest went.
+    pub tags: u64,
+}
+
+/// What a GC removed (or, dry, would remove).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct GcReport {
+    /// Unreachable blobs.
+    pub blobs: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Tag records whose manifest is gone.
+    pub tags: u64,
+    /// Expired upload sessions.
+    pub uploads: u64,
+    /// Leftover temp and spool files.
+    pub temp_files: u64,
+}
+
+impl std::fmt::Display for GcReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} unreachable blobs ({} bytes), {} dangling tag records, {} expired upload sessions, {} leftover temp files",
+            self.blobs, self.bytes, self.tags, self.uploads, self.temp_files
+        )
+    }
+}
+
+impl Store {
+    /// The digests of pinned (pushed) blobs.
+    async fn pinned(&self) -> HashSet<Digest> {
+        let root = self.root.join("pins/sha256");
+        tokio::task::spawn_blocking(move || {
+            let mut out = HashSet::new();
+            for prefix in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+                for entry in std::fs::read_dir(prefix.path())
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                {
+                    if let Some(name) = entry.file_name().to_str()
+                        && let Ok(d) = format!("sha256:{name}").parse()
+                    {
+                        out.insert(d);
+                    }
+                }
+            }
+            out
+        })
+        .await
+        .unwrap_or_default()
+    }
+
+    /// Removes the least recently accessed cached blobs until the store holds at most
+    /// `target` bytes. Skips pinned blobs, blobs being read, and those `in_use` says are.
+    pub async fn evict(
+        &self,
+        target: u64,
+        in_use: impl Fn(&Digest) -> bool,
+    ) -> Result<EvictionReport> {
+        let mut report = EvictionReport::default();
+        if self.usage().0 <= target {
+            return Ok(report);
+        }
+        let pinned = self.pinned().await;
+        let mut candidates: Vec<_> = self
+            .list_blobs()
+            .await?
+            .into_iter()
+            .filter(|b| !pinned.contains(&b.digest))
+            .map(|b| (self.last_access(&b.digest).unwrap_or(b.written), b))
+            .collect();
+        candidates.sort_by_key(|(accessed, _)| *accessed);
+        for (_, blob) in candidates {
+            if self.usage().0 <= target {
+                break;
+            }
+            if in_use(&blob.digest) || self.is_being_read(&blob.digest) {
+                continue;
+            }
+            if self.delete_blob(&blob.digest).await? {
+                report.blobs += 1;
+                report.bytes += blob.size;
+            }
+        }
+        if report.blobs > 0 {
+            report.tags = self.drop_dangling_tags(false).await?;
+        }
+        Ok(report)
+    }
+
+    /// Removes tag records whose manifest is no longer stored; returns how many.
+    pub async fn drop_dangling_tags(&self, dry_run: bool) -> Result<u64> {
+        let files = {
+            let root = self.root.join("tags");
+            tokio::task::spawn_blocking(move || {
+                let mut files = Vec::new();
+                collect_files(&root, &mut files);
+                files
+            })
+            .await
+            .unwrap_or_default()
+        };
+        let mut dropped = 0;
+        for file in files {
+            let Ok(bytes) = tokio::fs::read(&file).await else {
+                continue;
+            };
+            let Ok(record) = serde_json::from_slice::<TagRecord>(&bytes) else {
+                continue;
+            };
+            let present = match record.digest() {
+                Some(d) => tokio::fs::metadata(self.blob_path(&d)).await.is_ok(),
+                None => false,
+            };
+            if !present {
+                dropped += 1;
+                if !dry_run {
+                    let _ = tokio::fs::remove_file(&file).await;
+                }
+            }
+        }
+        if dropped > 0 && !dry_run {
+            self.tags.invalidate_all();
+        }
+        Ok(dropped)
+    }
+
+    /// Removes blobs that no stored manifest references (manifests themselves are roots, as are
+    /// the tags pointing at them), dangling tag records, upload sessions idle for `upload_ttl`,
+    /// and temp files, sparing anything written within `grace`. With `dry_run`, only counts.
+    pub async fn gc(
+        &self,
+        grace: Duration,
+        upload_ttl: Duration,
+        dry_run: bool,
+        in_use: impl Fn(&Digest) -> bool,
+    ) -> Result<GcReport> {
+        let mut report = GcReport::default();
+        let blobs = self.list_blobs().await?;
+        let mut manifests = HashSet::new();
+        let mut referenced = HashSet::new();
+        for blob in &blobs {
+            if tokio::fs::metadata(self.meta_path(&blob.digest))
+                .await
+                .is_err()
+            {
+                continue;
+            }
+            manifests.insert(blob.digest.clone());
+            if let Some(m) = self.read_manifest(&blob.digest).await?
+                && let Ok(parsed) = Manifest::parse(Some(&m.media_type), &m.bytes)
+            {
+                referenced.extend(parsed.blobs);
+                referenced.extend(parsed.children);
+            }
+        }
+        let cutoff = now_secs().saturating_sub(grace.as_secs());
+        for blob in blobs {
+            let reachable = manifests.contains(&blob.digest) || referenced.contains(&blob.digest);
+            let young = blob.written > cutoff;
+            if reachable || young || in_use(&blob.digest) || self.is_being_read(&blob.digest) {
+                continue;
+            }
+            report.blobs += 1;
+            report.bytes += blob.size;
+            if !dry_run {
+                self.delete_blob(&blob.digest).await?;
+            }
+        }
+        report.tags = self.drop_dangling_tags(dry_run).await?;
+        report.uploads = self.expire_uploads_dry(upload_ttl, dry_run).await? as u64;
+        report.temp_files = self.remove_old_temp_files(grace, dry_run).await?;
+        Ok(report)
+    }
+
+    /// Removes files in `tmp/` not written for `age` (a live fill writes continuously).
+    async fn remove_old_temp_files(&self, age: Duration, dry_run: bool) -> Result<u64> {
+        let dir = self.tmp_dir();
+        let cutoff = now_secs().saturating_sub(age.as_secs());
+        let mut removed = 0;
+        let Ok(mut entries) = tokio::fs::read_dir(&dir).await else {
+            return Ok(0);
+        };
+        while let Ok(Some(entry)) = entries.next_entry().await {
+            let written = entry
+                .metadata()
+                .await
+                .ok()
+                .and_then(|m| m.modified().ok())
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_secs());
+            if written <= cutoff {
+                removed += 1;
+                if !dry_run {
+                    let _ = tokio::fs::remove_file(entry.path()).await;
+                }
+            }
+        }
+        Ok(removed)
+    }
+}
+
+fn collect_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            collect_files(&path, out);
+        } else {
+            out.push(path);
+        }
+    }
+}
