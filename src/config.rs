@@ -46,6 +46,9 @@ pub struct Config {
     /// `[storage]`.
     #[serde(default)]
     pub storage: StorageConfig,
+    /// `[log]`.
+    #[serde(default)]
+    pub log: LogConfig,
     /// `[auth]`: who may push (and pull).
     #[serde(default)]
     pub auth: AuthConfig,
@@ -65,6 +68,35 @@ pub struct ServerConfig {
     /// Never contact any upstream: serve only what is cached.
     #[serde(default)]
     pub offline: bool,
+    /// On SIGTERM/SIGINT, how long responses and downloads in flight may take to finish.
+    #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    /// PEM certificate chain; with `tls_key`, the mirror serves HTTPS.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `tls_cert`.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` (default) or `json` (one JSON object per line).
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// JSON lines.
+    Json,
 }
 
 /// `[storage]`.
@@ -209,6 +241,9 @@ pub struct UpstreamConfig {
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 5000))
 }
+fn default_shutdown_timeout() -> Duration {
+    Duration::from_secs(30)
+}
 fn default_storage_path() -> PathBuf {
     PathBuf::from("./data")
 }
@@ -251,6 +286,9 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: default_listen(),
             offline: false,
+            shutdown_timeout: default_shutdown_timeout(),
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -318,6 +356,7 @@ impl Default for Config {
             server: ServerConfig::default(),
             storage: StorageConfig::default(),
             auth: AuthConfig::default(),
+            log: LogConfig::default(),
             upstreams: vec![UpstreamConfig::docker_hub()],
         }
     }
@@ -405,6 +444,12 @@ impl Config {
                     "must be greater than zero",
                 ));
             }
+        }
+        if self.server.tls_cert.is_some() != self.server.tls_key.is_some() {
+            return Err(invalid(
+                "server.tls_cert".into(),
+                "tls_cert and tls_key go together: set both or neither",
+            ));
         }
         if !(self.storage.low_water > 0.0 && self.storage.low_water <= 1.0) {
             return Err(invalid(

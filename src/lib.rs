@@ -11,6 +11,7 @@
 
 pub mod config;
 pub mod http;
+pub mod images;
 pub mod maintenance;
 pub mod metrics;
 pub mod oci;
@@ -40,6 +41,9 @@ pub enum StartError {
     /// An upstream client could not be built.
     #[error(transparent)]
     Upstream(#[from] upstream::UpstreamError),
+    /// The TLS certificate or key is unusable.
+    #[error(transparent)]
+    Tls(#[from] http::server::TlsError),
     /// The htpasswd file is unusable.
     #[error(transparent)]
     Htpasswd(#[from] http::auth::HtpasswdError),
@@ -53,11 +57,27 @@ pub enum StartError {
     },
 }
 
-/// Builds the mirror (store, upstream clients, fills, metrics) from a config.
+/// Builds the mirror (store, upstream clients, fills, metrics) for a server, which owns the
+/// store's temp files.
 pub async fn build_mirror(config: &Config) -> Result<Arc<Mirror>, StartError> {
+    open_mirror(config, true).await
+}
+
+/// Builds the mirror for a command (`gc`, `export`, `import`, `prefetch`) that may run beside
+/// a server: it leaves the server's temp files alone.
+pub async fn build_mirror_for_command(config: &Config) -> Result<Arc<Mirror>, StartError> {
+    open_mirror(config, false).await
+}
+
+async fn open_mirror(config: &Config, owns_tmp: bool) -> Result<Arc<Mirror>, StartError> {
     let metrics = Arc::new(Metrics::new());
     let index_bytes = config.storage.index_memory_mib * 1024 * 1024;
-    let store = Arc::new(Store::open(&config.storage.path, index_bytes).await?);
+    let store = if owns_tmp {
+        Store::open(&config.storage.path, index_bytes).await?
+    } else {
+        Store::open_shared(&config.storage.path, index_bytes).await?
+    };
+    let store = Arc::new(store);
     let upstreams = Upstreams::new(&config.upstreams, config.server.offline, &metrics)?;
     let fills = Fills::new(Arc::clone(&store), Arc::clone(&metrics));
     Ok(Arc::new(Mirror::new(store, upstreams, fills, metrics)))
@@ -74,7 +94,8 @@ pub struct Server {
 }
 
 impl Server {
-    /// Stops accepting connections and waits for the accept loop to end.
+    /// Stops accepting connections and shuts down gracefully: waits for responses and fills in
+    /// flight (up to `shutdown_timeout`), then removes temp files.
     pub async fn stop(mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
@@ -113,11 +134,16 @@ pub async fn start(config: &Config) -> Result<Server, StartError> {
         .map_err(|source| StartError::Bind { addr, source })?;
     let (tx, rx) = oneshot::channel::<()>();
     let background = maintenance::spawn(&mirror, &config.storage);
+    let tls = match (&config.server.tls_cert, &config.server.tls_key) {
+        (Some(cert), Some(key)) => Some(http::server::tls_acceptor(cert, key)?),
+        _ => None,
+    };
+    let shutdown_timeout = config.server.shutdown_timeout;
     let task = tokio::spawn(async move {
-        http::serve(listener, app, async move {
+        let shutdown = async move {
             let _ = rx.await;
-        })
-        .await;
+        };
+        http::server::serve(listener, app, tls, shutdown, shutdown_timeout).await;
         for task in background {
             task.abort();
         }

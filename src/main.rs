@@ -1,11 +1,15 @@
 //! The `regmirror` command.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use regmirror::config::Config;
+use regmirror::config::{Config, LogFormat};
+use regmirror::images::{self, Platform};
+use regmirror::oci::image_ref::ImageRef;
 
 /// A pull-through caching mirror for container registries.
 #[derive(Parser)]
@@ -29,6 +33,51 @@ enum Command {
         #[arg(long)]
         offline: bool,
     },
+    /// Remove blobs no stored manifest references, dangling tags, expired uploads and leftover
+    /// temp files (sparing anything younger than gc_grace). Safe beside a running server.
+    Gc {
+        /// Config file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Only report what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Write an OCI image-layout tar of images (all platforms), from the cache or fetched
+    /// through it, to carry into an air-gapped site.
+    Export {
+        /// Config file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The tar to write.
+        #[arg(short = 'o', long = "output")]
+        output: PathBuf,
+        /// Images: `[host/]repo[:tag|@digest]`.
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Load an OCI image-layout tar (every blob verified) as pushed content.
+    Import {
+        /// Config file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The tar to read.
+        bundle: PathBuf,
+    },
+    /// Warm the cache with images.
+    Prefetch {
+        /// Config file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Only this platform of multi-platform images (`linux/amd64`); default: all.
+        #[arg(long)]
+        platform: Option<String>,
+        /// A file with one image per line (`#` comments allowed).
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Images: `[host/]repo[:tag|@digest]`.
+        images: Vec<String>,
+    },
     /// Check a config file and print the effective settings.
     CheckConfig {
         /// Config file.
@@ -39,41 +88,60 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    let config_path = match &cli.command {
+        Command::Serve { config, .. }
+        | Command::Gc { config, .. }
+        | Command::Export { config, .. }
+        | Command::Import { config, .. }
+        | Command::Prefetch { config, .. } => config.clone(),
+        Command::CheckConfig { config } => Some(config.clone()),
+    };
+    let mut config = match load(config_path.as_deref()) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    init_logging(config.log.format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("regmirror: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     match cli.command {
         Command::Serve {
-            config,
-            listen,
-            offline,
+            listen, offline, ..
         } => {
-            let mut config = match load(config.as_deref()) {
-                Ok(config) => config,
-                Err(code) => return code,
-            };
             if let Some(listen) = listen {
                 config.server.listen = listen;
             }
             config.server.offline |= offline;
-            let runtime = match tokio::runtime::Runtime::new() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("regmirror: cannot start the async runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
             runtime.block_on(serve(config))
         }
-        Command::CheckConfig { config } => match load(Some(&config)) {
-            Ok(config) => {
-                println!("{config:#?}");
-                ExitCode::SUCCESS
-            }
-            Err(code) => code,
-        },
+        Command::Gc { dry_run, .. } => runtime.block_on(gc(config, dry_run)),
+        Command::Export { output, images, .. } => {
+            runtime.block_on(export(config, &images, &output))
+        }
+        Command::Import { bundle, .. } => runtime.block_on(import(config, &bundle)),
+        Command::Prefetch {
+            platform,
+            file,
+            images,
+            ..
+        } => runtime.block_on(prefetch(
+            config,
+            platform.as_deref(),
+            file.as_deref(),
+            images,
+        )),
+        Command::CheckConfig { .. } => {
+            println!("{config:#?}");
+            ExitCode::SUCCESS
+        }
     }
 }
 
-fn load(path: Option<&std::path::Path>) -> Result<Config, ExitCode> {
+fn load(path: Option<&Path>) -> Result<Config, ExitCode> {
     let loaded = match path {
         Some(path) => Config::load(path),
         None => Ok(Config::default()),
@@ -84,14 +152,23 @@ fn load(path: Option<&std::path::Path>) -> Result<Config, ExitCode> {
     })
 }
 
+fn fail(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("regmirror: {message}");
+    ExitCode::FAILURE
+}
+
+fn parse_images(images: &[String]) -> Result<Vec<ImageRef>, ExitCode> {
+    images
+        .iter()
+        .map(|i| i.parse::<ImageRef>())
+        .collect::<Result<_, _>>()
+        .map_err(fail)
+}
+
 async fn serve(config: Config) -> ExitCode {
     let server = match regmirror::start(&config).await {
         Ok(server) => server,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot start");
-            eprintln!("regmirror: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(e) => return fail(e),
     };
     let upstreams: Vec<String> = config
         .upstreams
@@ -107,6 +184,7 @@ async fn serve(config: Config) -> ExitCode {
         .collect();
     tracing::info!(
         addr = %server.addr,
+        tls = config.server.tls_cert.is_some(),
         storage = %config.storage.path.display(),
         upstreams = ?upstreams,
         offline = config.server.offline,
@@ -115,39 +193,221 @@ async fn serve(config: Config) -> ExitCode {
     shutdown_signal().await;
     tracing::info!("shutting down");
     server.stop().await;
+    tracing::info!("stopped");
     ExitCode::SUCCESS
+}
+
+async fn gc(config: Config, dry_run: bool) -> ExitCode {
+    let mirror = match regmirror::build_mirror_for_command(&config).await {
+        Ok(m) => m,
+        Err(e) => return fail(e),
+    };
+    let storage = &config.storage;
+    match mirror
+        .store
+        .gc(storage.gc_grace, storage.upload_ttl, dry_run, |_| false)
+        .await
+    {
+        Ok(report) => {
+            let verb = if dry_run { "would remove" } else { "removed" };
+            println!("{verb}: {report}");
+            let (bytes, blobs) = mirror.store.usage();
+            println!("store now: {blobs} blobs, {bytes} bytes");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
+}
+
+async fn export(config: Config, images: &[String], output: &Path) -> ExitCode {
+    let images = match parse_images(images) {
+        Ok(i) => i,
+        Err(code) => return code,
+    };
+    let mirror = match regmirror::build_mirror_for_command(&config).await {
+        Ok(m) => m,
+        Err(e) => return fail(e),
+    };
+    match images::export(&mirror, &images, output).await {
+        Ok(blobs) => {
+            println!(
+                "wrote {} ({} images, {blobs} blobs)",
+                output.display(),
+                images.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
+}
+
+async fn import(config: Config, bundle: &Path) -> ExitCode {
+    let mirror = match regmirror::build_mirror_for_command(&config).await {
+        Ok(m) => m,
+        Err(e) => return fail(e),
+    };
+    match images::import(&mirror, bundle).await {
+        Ok(imported) => {
+            println!("imported {} blobs (digests verified)", imported.blobs);
+            for image in &imported.images {
+                println!("  {image}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
+}
+
+async fn prefetch(
+    config: Config,
+    platform: Option<&str>,
+    file: Option<&Path>,
+    mut images: Vec<String>,
+) -> ExitCode {
+    if let Some(file) = file {
+        match std::fs::read_to_string(file) {
+            Ok(text) => images.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(str::to_owned),
+            ),
+            Err(e) => return fail(format!("{}: {e}", file.display())),
+        }
+    }
+    if images.is_empty() {
+        return fail("no images given (IMAGE... or --file)");
+    }
+    let platform = match platform.map(str::parse::<Platform>).transpose() {
+        Ok(p) => p,
+        Err(e) => return fail(e),
+    };
+    let images = match parse_images(&images) {
+        Ok(i) => i,
+        Err(code) => return code,
+    };
+    let mirror = match regmirror::build_mirror_for_command(&config).await {
+        Ok(m) => m,
+        Err(e) => return fail(e),
+    };
+    let progress = Arc::new(LayerProgress::new());
+    let (mut layers, mut fetched_bytes, mut cached_bytes, mut failed) = (0, 0u64, 0u64, 0);
+    for image in &images {
+        let report = {
+            let progress = Arc::clone(&progress);
+            images::walk(&mirror, image, platform.as_ref(), &move |d, seen, total| {
+                progress.update(d, seen, total)
+            })
+            .await
+        };
+        match report {
+            Ok(walked) => {
+                progress.finish_all();
+                for blob in &walked.blobs {
+                    layers += 1;
+                    if blob.fetched {
+                        fetched_bytes += blob.size;
+                    } else {
+                        cached_bytes += blob.size;
+                    }
+                }
+                println!(
+                    "{image}: {} manifests, {} blobs",
+                    walked.manifests.len(),
+                    walked.blobs.len()
+                );
+            }
+            Err(e) => {
+                failed += 1;
+                eprintln!("regmirror: {e}");
+            }
+        }
+    }
+    println!(
+        "prefetched {} images ({failed} failed): {layers} blobs, {fetched_bytes} bytes fetched, {cached_bytes} bytes already cached",
+        images.len() - failed
+    );
+    if failed > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// Progress of blob downloads: a bar per blob on a terminal, a line per finished blob otherwise.
+struct LayerProgress {
+    multi: Option<indicatif::MultiProgress>,
+    bars: std::sync::Mutex<std::collections::HashMap<String, indicatif::ProgressBar>>,
+}
+
+impl LayerProgress {
+    fn new() -> LayerProgress {
+        LayerProgress {
+            multi: std::io::stderr()
+                .is_terminal()
+                .then(indicatif::MultiProgress::new),
+            bars: Default::default(),
+        }
+    }
+
+    fn update(&self, digest: &regmirror::oci::Digest, seen: u64, total: Option<u64>) {
+        let key = digest.to_string();
+        let mut bars = self.bars.lock().unwrap_or_else(|p| p.into_inner());
+        match &self.multi {
+            Some(multi) => {
+                let bar = bars.entry(key.clone()).or_insert_with(|| {
+                    let bar = multi.add(indicatif::ProgressBar::new(total.unwrap_or(0)));
+                    if let Ok(style) = indicatif::ProgressStyle::with_template(
+                        "{msg:20} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec}",
+                    ) {
+                        bar.set_style(style.progress_chars("=> "));
+                    }
+                    bar.set_message(key[7..19].to_owned());
+                    bar
+                });
+                bar.set_position(seen);
+            }
+            None => {
+                if total == Some(seen) && !bars.contains_key(&key) {
+                    bars.insert(key.clone(), indicatif::ProgressBar::hidden());
+                    eprintln!("{key}: {seen} bytes");
+                }
+            }
+        }
+    }
+
+    fn finish_all(&self) {
+        for bar in self.bars.lock().unwrap_or_else(|p| p.into_inner()).values() {
+            bar.finish();
+        }
+    }
 }
 
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = ctrl_c.await;
+            return;
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
     }
 }
 
-fn init_logging() {
+fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("REGMIRROR_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
 }

@@ -10,18 +10,16 @@ mod manifests;
 mod paging;
 mod referrers;
 pub mod routes;
+pub mod server;
 mod tags;
 mod uploads;
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpListener;
 
 use body::{Body, LogInfo, Logged, full};
 use errors::ApiError;
@@ -158,7 +156,10 @@ fn authorize(
     let Some(auth) = &app.auth else {
         return Ok(());
     };
-    if matches!(route, Route::Metrics | Route::Health | Route::Token) {
+    if matches!(
+        route,
+        Route::Metrics | Route::Health | Route::Ready | Route::Token
+    ) {
         return Ok(());
     }
     let sent = headers
@@ -230,6 +231,7 @@ async fn dispatch(app: &App, request: Request<Incoming>) -> Answer {
         (Route::Base, _) if read => Answer::plain(base_response()),
         (Route::Token, _) if read => token(app, &parts.headers),
         (Route::Health, _) if read => Answer::plain(text_response("ok\n", "text/plain")),
+        (Route::Ready, _) if read => ready(app).await,
         (Route::Metrics, _) if read => Answer::plain(metrics_response(&app.mirror)),
         (Route::Manifest { name, reference }, _) if read => {
             manifests::get(&ctx, &name, &reference).await
@@ -266,6 +268,18 @@ async fn dispatch(app: &App, request: Request<Incoming>) -> Answer {
             format!("{method} is not supported on this path"),
         )
         .into(),
+    }
+}
+
+/// `GET /readyz`: 200 when the store is writable, else 503.
+async fn ready(app: &App) -> Answer {
+    match app.mirror.store.check_writable().await {
+        Ok(()) => Answer::plain(text_response("ready\n", "text/plain")),
+        Err(e) => {
+            let mut response = text_response(format!("store not writable: {e}\n"), "text/plain");
+            *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            Answer::plain(response)
+        }
     }
 }
 
@@ -310,37 +324,5 @@ pub fn echo_namespace(ctx: &Ctx<'_>, response: &mut Response<Body>) {
         .and_then(|ns| HeaderValue::from_str(ns).ok())
     {
         response.headers_mut().insert("oci-namespace", value);
-    }
-}
-
-/// Accepts connections until `shutdown` resolves, serving each with HTTP/1.1 or HTTP/2.
-pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
-    tokio::pin!(shutdown);
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            () = &mut shutdown => break,
-        };
-        let (stream, peer) = match accepted {
-            Ok(conn) => conn,
-            Err(e) => {
-                // Usually EMFILE: back off briefly instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let app = Arc::clone(&app);
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| handle(Arc::clone(&app), req));
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            if let Err(e) = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-        });
     }
 }

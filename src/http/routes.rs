@@ -46,6 +46,8 @@ pub enum Route {
     Metrics,
     /// `/healthz`: liveness.
     Health,
+    /// `/readyz`: readiness (the store is writable).
+    Ready,
     /// `/token`: Bearer tokens for clients (when auth is configured).
     Token,
 }
@@ -73,6 +75,7 @@ pub fn parse(path: &str) -> Result<Route, RouteError> {
         "/v2" | "/v2/" => return Ok(Route::Base),
         "/metrics" => return Ok(Route::Metrics),
         "/healthz" => return Ok(Route::Health),
+        "/readyz" => return Ok(Route::Ready),
         "/token" => return Ok(Route::Token),
         "/v2/_catalog" => return Ok(Route::Catalog),
         _ => {}

@@ -3,6 +3,7 @@
 
 pub mod digest;
 pub mod error;
+pub mod image_ref;
 pub mod manifest;
 pub mod media;
 pub mod name;

@@ -236,6 +236,8 @@ pub enum Joined {
 /// The fills in flight, by digest (the store is digest-global, so repositories share them).
 pub struct Fills {
     inflight: Mutex<HashMap<Digest, Arc<Fill>>>,
+    /// Notified whenever a fill ends.
+    ended: tokio::sync::Notify,
     store: Arc<Store>,
     metrics: Arc<Metrics>,
 }
@@ -245,9 +247,21 @@ impl Fills {
     pub fn new(store: Arc<Store>, metrics: Arc<Metrics>) -> Arc<Fills> {
         Arc::new(Fills {
             inflight: Mutex::new(HashMap::new()),
+            ended: tokio::sync::Notify::new(),
             store,
             metrics,
         })
+    }
+
+    /// Waits until no fill is running.
+    pub async fn wait_idle(&self) {
+        loop {
+            let ended = self.ended.notified();
+            if self.lock().is_empty() {
+                return;
+            }
+            ended.await;
+        }
     }
 
     /// The fill for `digest` if one is running.
@@ -318,6 +332,7 @@ impl Fills {
             }
             fills.lock().remove(&digest);
             fills.metrics.fills_in_flight.dec();
+            fills.ended.notify_waiters();
         });
         Ok(Joined::Leader(fill))
     }

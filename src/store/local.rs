@@ -37,6 +37,11 @@ impl Store {
         self.root.join("pins/sha256").join(&hex[..2]).join(hex)
     }
 
+    /// Where the pin of a blob lives (for blocking callers that pin as they write).
+    pub fn pin_path_for(&self, digest: &Digest) -> PathBuf {
+        self.pin_path(digest)
+    }
+
     /// Marks a blob as pushed content: eviction never removes it.
     pub async fn pin(&self, digest: &Digest) -> Result<()> {
         let path = self.pin_path(digest);

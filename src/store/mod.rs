@@ -157,6 +157,12 @@ impl Store {
         self.root.join("tmp")
     }
 
+    /// Removes every file in `tmp/` (at start: what a run that died mid-write left; at
+    /// shutdown: spools of downloads that could not finish).
+    pub async fn remove_temp_files(&self) -> Result<()> {
+        self.clean_tmp().await
+    }
+
     /// Removes every leftover temp file: anything in `tmp/` at start is from a run that died
     /// mid-write and was never renamed into place.
     async fn clean_tmp(&self) -> Result<()> {
@@ -172,6 +178,14 @@ impl Store {
             tracing::info!(removed, "removed leftover temp files from an earlier run");
         }
         Ok(())
+    }
+
+    /// Writes, syncs and removes a small file in `tmp/`: whether the store can take writes.
+    pub async fn check_writable(&self) -> Result<()> {
+        let path = self.temp_path("ready");
+        let result = self.write_atomic(&path, b"ok").await;
+        let _ = tokio::fs::remove_file(&path).await;
+        result
     }
 
     /// A path for a new temp file.
