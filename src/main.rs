@@ -205,7 +205,15 @@ async fn gc(config: Config, dry_run: bool) -> ExitCode {
     let storage = &config.storage;
     match mirror
         .store
-        .gc(storage.gc_grace, storage.upload_ttl, dry_run, |_| false)
+        // A server beside this command may be filling: its spools are young, and gc_grace
+        // spares young files.
+        .gc(
+            storage.gc_grace,
+            storage.upload_ttl,
+            dry_run,
+            |_| false,
+            |_| false,
+        )
         .await
     {
         Ok(report) => {

@@ -8,6 +8,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::StorageConfig;
 use crate::proxy::Mirror;
+use crate::store::{GcReport, StoreError};
 
 /// Starts every background task; abort the handles to stop them.
 pub fn spawn(mirror: &Arc<Mirror>, storage: &StorageConfig) -> Vec<JoinHandle<()>> {
@@ -68,21 +69,28 @@ async fn periodic_gc(mirror: Arc<Mirror>, storage: StorageConfig) {
     ticker.tick().await; // Not at start: a restart should not race the first pulls.
     loop {
         ticker.tick().await;
-        let fills = Arc::clone(&mirror.fills);
-        match mirror
-            .store
-            .gc(storage.gc_grace, storage.upload_ttl, false, |d| {
-                fills.running(d).is_some()
-            })
-            .await
-        {
-            Ok(report) => {
-                mirror.metrics.gc_removed_blobs.inc_by(report.blobs);
-                tracing::info!(%report, "gc done");
-            }
+        match gc_now(&mirror, &storage).await {
+            Ok(report) => tracing::info!(%report, "gc done"),
             Err(e) => tracing::warn!(error = %e, "gc failed"),
         }
     }
+}
+
+/// One online GC: spares blobs being filled or read and the spools of running fills.
+pub async fn gc_now(mirror: &Mirror, storage: &StorageConfig) -> Result<GcReport, StoreError> {
+    let fills = Arc::clone(&mirror.fills);
+    let report = mirror
+        .store
+        .gc(
+            storage.gc_grace,
+            storage.upload_ttl,
+            false,
+            |d| fills.running(d).is_some(),
+            |p| fills.is_spool(p),
+        )
+        .await?;
+    mirror.metrics.gc_removed_blobs.inc_by(report.blobs);
+    Ok(report)
 }
 
 /// Removes upload sessions idle for longer than `ttl`, checking a few times per TTL.

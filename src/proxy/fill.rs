@@ -107,6 +107,8 @@ impl Progress {
 pub struct Fill {
     /// The blob being fetched.
     pub digest: Digest,
+    /// Its spool file.
+    pub spool_path: std::path::PathBuf,
     file: Arc<std::fs::File>,
     progress: watch::Receiver<Progress>,
 }
@@ -253,6 +255,11 @@ impl Fills {
         })
     }
 
+    /// Whether `path` is the spool of a running fill.
+    pub fn is_spool(&self, path: &std::path::Path) -> bool {
+        self.lock().values().any(|f| f.spool_path == path)
+    }
+
     /// Waits until no fill is running.
     pub async fn wait_idle(&self) {
         loop {
@@ -297,6 +304,7 @@ impl Fills {
         });
         let fill = Arc::new(Fill {
             digest: digest.clone(),
+            spool_path: spool.path().to_owned(),
             file: spool.reader(),
             progress: rx,
         });

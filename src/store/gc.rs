@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::time::Duration;
 
-use super::usage::now_secs;
+use super::usage::now_ms;
 use super::{Result, Store, TagRecord};
 use crate::oci::Digest;
 use crate::oci::manifest::Manifest;
@@ -158,6 +158,7 @@ impl Store {
         upload_ttl: Duration,
         dry_run: bool,
         in_use: impl Fn(&Digest) -> bool,
+        temp_in_use: impl Fn(&Path) -> bool,
     ) -> Result<GcReport> {
         let mut report = GcReport::default();
         let blobs = self.list_blobs().await?;
@@ -178,7 +179,7 @@ impl Store {
                 referenced.extend(parsed.children);
             }
         }
-        let cutoff = now_secs().saturating_sub(grace.as_secs());
+        let cutoff = now_ms().saturating_sub(grace.as_millis() as u64);
         for blob in blobs {
             let reachable = manifests.contains(&blob.digest) || referenced.contains(&blob.digest);
             let young = blob.written > cutoff;
@@ -193,14 +194,22 @@ impl Store {
         }
         report.tags = self.drop_dangling_tags(dry_run).await?;
         report.uploads = self.expire_uploads_dry(upload_ttl, dry_run).await? as u64;
-        report.temp_files = self.remove_old_temp_files(grace, dry_run).await?;
+        report.temp_files = self
+            .remove_old_temp_files(grace, dry_run, temp_in_use)
+            .await?;
         Ok(report)
     }
 
-    /// Removes files in `tmp/` not written for `age` (a live fill writes continuously).
-    async fn remove_old_temp_files(&self, age: Duration, dry_run: bool) -> Result<u64> {
+    /// Removes files in `tmp/` not written for `age`, except those `in_use` names (the spools
+    /// of fills in flight).
+    async fn remove_old_temp_files(
+        &self,
+        age: Duration,
+        dry_run: bool,
+        in_use: impl Fn(&Path) -> bool,
+    ) -> Result<u64> {
         let dir = self.tmp_dir();
-        let cutoff = now_secs().saturating_sub(age.as_secs());
+        let cutoff = now_ms().saturating_sub(age.as_millis() as u64);
         let mut removed = 0;
         let Ok(mut entries) = tokio::fs::read_dir(&dir).await else {
             return Ok(0);
@@ -212,8 +221,8 @@ impl Store {
                 .ok()
                 .and_then(|m| m.modified().ok())
                 .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map_or(0, |d| d.as_secs());
-            if written <= cutoff {
+                .map_or(0, |d| d.as_millis() as u64);
+            if written <= cutoff && !in_use(&entry.path()) {
                 removed += 1;
                 if !dry_run {
                     let _ = tokio::fs::remove_file(entry.path()).await;

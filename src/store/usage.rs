@@ -28,15 +28,15 @@ pub struct BlobEntry {
     pub digest: Digest,
     /// Its size.
     pub size: u64,
-    /// When it was last written (committed), in seconds since the epoch.
+    /// When it was last written (committed), in milliseconds since the epoch.
     pub written: u64,
 }
 
-/// Seconds since the Unix epoch.
-pub fn now_secs() -> u64 {
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
+        .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
 
@@ -105,7 +105,7 @@ impl Store {
 
     /// Notes an access to a blob (memory only).
     pub fn touch(&self, digest: &Digest) {
-        self.usage.lock_access().insert(digest.clone(), now_secs());
+        self.usage.lock_access().insert(digest.clone(), now_ms());
         self.usage.dirty.store(true, Ordering::Relaxed);
     }
 
@@ -200,7 +200,7 @@ fn list_blobs_in(root: &Path) -> std::io::Result<Vec<BlobEntry>> {
                 .modified()
                 .ok()
                 .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-                .map_or(0, |d| d.as_secs());
+                .map_or(0, |d| d.as_millis() as u64);
             out.push(BlobEntry {
                 digest,
                 size: meta.len(),
