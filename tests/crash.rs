@@ -132,3 +132,56 @@ async fn kill_9_mid_fill_leaves_no_partial_blob_and_a_restart_refetches() {
     );
     assert_eq!(std::fs::read(&blob_path).unwrap(), blob);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_fill_finishes_the_download_and_leaves_no_temp_files() {
+    let fake = FakeUpstream::start(Auth::None).await;
+    let blob = random_bytes(4 * 1024 * 1024);
+    let digest = fake.put_blob(blob.clone());
+    fake.set_fault(
+        &digest,
+        Some(Fault::Paced {
+            chunk: 128 * 1024,
+            delay_ms: 20,
+        }),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let config = dir.path().join("mirror.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nshutdown_timeout = \"60s\"\n[storage]\npath = \"{}\"\n[[upstream]]\nname = \"docker.io\"\nurl = \"{}\"\ndefault = true\n",
+            store.display(),
+            fake.url()
+        ),
+    )
+    .unwrap();
+    let mut mirror = Regmirror::start(&config).await;
+    let mut response = reqwest::get(mirror.url(&format!("/v2/app/blobs/{digest}")))
+        .await
+        .unwrap();
+    let mut body = response.chunk().await.unwrap().unwrap().to_vec();
+    assert!(!fake.finished_sending(&digest), "the fill is still running");
+
+    let pid = mirror.child.id().to_string();
+    let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(status.success());
+    // New connections are refused once the listener is closed.
+    let addr = mirror.addr;
+    common::eventually_async(10, "the listener to close", || async move {
+        tokio::net::TcpStream::connect(addr).await.is_err()
+    })
+    .await;
+    // The response in flight completes.
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        body.extend_from_slice(&chunk);
+    }
+    assert_eq!(body, blob);
+    let exit = tokio::task::block_in_place(|| mirror.child.wait().unwrap());
+    assert!(exit.success(), "exit status {exit:?}");
+    assert_eq!(count_files(&store.join("tmp")), 0, "temp files left behind");
+    let hex = digest.strip_prefix("sha256:").unwrap();
+    let kept = std::fs::read(store.join("blobs/sha256").join(&hex[..2]).join(hex)).unwrap();
+    assert_eq!(kept, blob, "the blob is whole");
+}

@@ -319,3 +319,196 @@ async fn skopeo_pushes_into_regmirror_and_pulls_back_offline() {
         tokio::task::block_in_place(|| pull(&skopeo_bin, &mirror, "team/app:v1", &["--all"], &out));
     assert_eq!(pulled, index.digest);
 }
+
+/// Runs the regmirror binary with `args`, panicking with its output on failure.
+fn regmirror(args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_regmirror"))
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "regmirror {args:?} failed:\n{text}");
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_carry_import_and_serve_offline() {
+    let test = "export_carry_import_and_serve_offline";
+    let Some(skopeo_bin) = common::require_tool("skopeo", test) else {
+        return;
+    };
+    use common::fake_upstream::{Auth, FakeUpstream};
+    let work = tempfile::tempdir().unwrap();
+    let mut layout = Layout::new(&work.path().join("src"));
+    let amd64 = layout.add_image("amd64", &[300 * 1024, 2048], false);
+    let arm64 = layout.add_image("arm64", &[200 * 1024], false);
+    let multi = layout.add_index(&[("amd64", &amd64), ("arm64", &arm64)], false);
+    let single = layout.add_image("amd64", &[100 * 1024], false);
+    let upstream = FakeUpstream::start(Auth::None).await;
+    upstream.put_layout_image(
+        &layout.dir,
+        "library/multi",
+        "v1",
+        &multi.digest,
+        &multi.media_type,
+    );
+    upstream.put_layout_image(
+        &layout.dir,
+        "team/single",
+        "v2",
+        &single.digest,
+        &single.media_type,
+    );
+
+    // Site A: connected. Export two images (one multi-arch), fetched through the mirror.
+    let site_a = work.path().join("a");
+    let config_a = work.path().join("a.toml");
+    std::fs::write(
+        &config_a,
+        format!(
+            "[storage]\npath = \"{}\"\n[[upstream]]\nname = \"docker.io\"\nurl = \"{}\"\ndefault = true\n",
+            site_a.display(),
+            upstream.url()
+        ),
+    )
+    .unwrap();
+    let bundle = work.path().join("bundle.tar");
+    let bundle_s = bundle.display().to_string();
+    let config_a_s = config_a.display().to_string();
+    let out = tokio::task::block_in_place(|| {
+        regmirror(&[
+            "export",
+            "--config",
+            &config_a_s,
+            "-o",
+            &bundle_s,
+            "multi:v1",
+            "docker.io/team/single:v2",
+        ])
+    });
+    assert!(out.contains("2 images"), "{out}");
+    // skopeo reads the bundle.
+    let inspected = tokio::task::block_in_place(|| {
+        skopeo(
+            &skopeo_bin,
+            &[
+                "inspect",
+                "--raw",
+                &format!("oci-archive:{bundle_s}:docker.io/library/multi:v1"),
+            ],
+        )
+    });
+    assert_eq!(
+        common::fake_upstream::sha256(inspected.trim_end().as_bytes()),
+        multi.digest
+    );
+
+    // Site B: air-gapped, empty. Import, then serve offline.
+    let site_b = work.path().join("b");
+    let config_b = work.path().join("b.toml");
+    std::fs::write(
+        &config_b,
+        format!(
+            "[server]\noffline = true\n[storage]\npath = \"{}\"\n",
+            site_b.display()
+        ),
+    )
+    .unwrap();
+    let config_b_s = config_b.display().to_string();
+    let out =
+        tokio::task::block_in_place(|| regmirror(&["import", "--config", &config_b_s, &bundle_s]));
+    assert!(out.contains("digests verified"), "{out}");
+    upstream.set_down(true);
+    let store_b = tempfile::tempdir().unwrap();
+    std::fs::rename(&site_b, store_b.path().join("store")).unwrap();
+    let mirror = TestMirror::start_with(store_b, "offline = true", "").await;
+    let out_dir = work.path().join("out");
+    let pulled = tokio::task::block_in_place(|| {
+        pull(&skopeo_bin, &mirror, "multi:v1", &["--all"], &out_dir)
+    });
+    assert_eq!(pulled, multi.digest);
+    let pulled = tokio::task::block_in_place(|| {
+        pull(
+            &skopeo_bin,
+            &mirror,
+            "multi:v1",
+            &["--override-arch", "arm64"],
+            &out_dir,
+        )
+    });
+    assert_eq!(pulled, arm64.digest);
+    let pulled =
+        tokio::task::block_in_place(|| pull(&skopeo_bin, &mirror, "team/single:v2", &[], &out_dir));
+    assert_eq!(pulled, single.digest);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skopeo_over_tls_with_a_test_certificate() {
+    let test = "skopeo_over_tls_with_a_test_certificate";
+    let Some(skopeo_bin) = common::require_tool("skopeo", test) else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+            .unwrap();
+    let certs = work.path().join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    // skopeo trusts the CA certificates (*.crt) in --*-cert-dir; a self-signed one is its own CA.
+    std::fs::write(certs.join("ca.crt"), cert.cert.pem()).unwrap();
+    std::fs::write(work.path().join("tls.crt"), cert.cert.pem()).unwrap();
+    std::fs::write(
+        work.path().join("tls.key"),
+        cert.signing_key.serialize_pem(),
+    )
+    .unwrap();
+    let server = format!(
+        "tls_cert = \"{}\"\ntls_key = \"{}\"",
+        work.path().join("tls.crt").display(),
+        work.path().join("tls.key").display()
+    );
+    let mirror = TestMirror::start_with(tempfile::tempdir().unwrap(), &server, "").await;
+
+    let mut layout = Layout::new(&work.path().join("src"));
+    let image = layout.add_image("amd64", &[64 * 1024], false);
+    layout.tag("app", &image);
+    let src = format!("oci:{}:app", layout.dir.display());
+    let dest = format!("docker://{}/team/app:v1", mirror.server.addr);
+    let certs_s = certs.display().to_string();
+    tokio::task::block_in_place(|| {
+        skopeo(
+            &skopeo_bin,
+            &[
+                "copy",
+                "--preserve-digests",
+                "--dest-cert-dir",
+                &certs_s,
+                &src,
+                &dest,
+            ],
+        )
+    });
+    let out = work.path().join("out");
+    let out_ref = format!("oci:{}:pulled", out.display());
+    tokio::task::block_in_place(|| {
+        skopeo(
+            &skopeo_bin,
+            &[
+                "copy",
+                "--preserve-digests",
+                "--src-cert-dir",
+                &certs_s,
+                &dest,
+                &out_ref,
+            ],
+        )
+    });
+    assert_eq!(layout_ref(&out, "pulled"), image.digest);
+    // Plain HTTP on the TLS port is refused.
+    let plain = reqwest::get(mirror.url("/v2/")).await;
+    assert!(plain.is_err() || plain.is_ok_and(|r| r.status() != 200));
+}

@@ -575,3 +575,37 @@ fn reply(
     }
     response
 }
+
+impl FakeUpstream {
+    /// Serves an image written in an OCI layout: every blob, the root manifest under `tag`
+    /// (and its digest), and each child manifest of an index under its digest.
+    pub fn put_layout_image(
+        &self,
+        layout: &std::path::Path,
+        repo: &str,
+        tag: &str,
+        root: &str,
+        root_type: &str,
+    ) {
+        for entry in std::fs::read_dir(layout.join("blobs/sha256")).unwrap() {
+            let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+            self.put_blob(bytes);
+        }
+        let read = |digest: &str| {
+            std::fs::read(
+                layout
+                    .join("blobs/sha256")
+                    .join(digest.strip_prefix("sha256:").unwrap()),
+            )
+            .unwrap()
+        };
+        let root_bytes = read(root);
+        self.put_manifest(repo, tag, root_bytes.clone(), root_type);
+        let doc: serde_json::Value = serde_json::from_slice(&root_bytes).unwrap();
+        for child in doc["manifests"].as_array().cloned().unwrap_or_default() {
+            let digest = child["digest"].as_str().unwrap();
+            let media_type = child["mediaType"].as_str().unwrap();
+            self.put_manifest(repo, digest, read(digest), media_type);
+        }
+    }
+}
