@@ -512,3 +512,88 @@ async fn skopeo_over_tls_with_a_test_certificate() {
     let plain = reqwest::get(mirror.url("/v2/")).await;
     assert!(plain.is_err() || plain.is_ok_and(|r| r.status() != 200));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetch_warms_the_cache_for_one_platform() {
+    use common::fake_upstream::{Auth, FakeUpstream};
+    let work = tempfile::tempdir().unwrap();
+    let mut layout = Layout::new(&work.path().join("src"));
+    let amd64 = layout.add_image("amd64", &[300 * 1024], false);
+    let arm64 = layout.add_image("arm64", &[200 * 1024], false);
+    let multi = layout.add_index(&[("amd64", &amd64), ("arm64", &arm64)], false);
+    let upstream = FakeUpstream::start(Auth::None).await;
+    upstream.put_layout_image(
+        &layout.dir,
+        "library/multi",
+        "v1",
+        &multi.digest,
+        &multi.media_type,
+    );
+    let store = work.path().join("store");
+    let config = work.path().join("m.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[storage]\npath = \"{}\"\n[[upstream]]\nname = \"docker.io\"\nurl = \"{}\"\ndefault = true\n",
+            store.display(),
+            upstream.url()
+        ),
+    )
+    .unwrap();
+    let list = work.path().join("images.txt");
+    std::fs::write(&list, "# images for the rollout\nmulti:v1\n").unwrap();
+    let config_s = config.display().to_string();
+    let list_s = list.display().to_string();
+    let run = || {
+        regmirror(&[
+            "prefetch",
+            "--config",
+            &config_s,
+            "--platform",
+            "linux/arm64",
+            "--file",
+            &list_s,
+        ])
+    };
+    let first = tokio::task::block_in_place(run);
+    let arm_manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(layout.dir.join("blobs/sha256").join(&arm64.digest[7..])).unwrap(),
+    )
+    .unwrap();
+    let arm_layer = arm_manifest["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let amd_manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(layout.dir.join("blobs/sha256").join(&amd64.digest[7..])).unwrap(),
+    )
+    .unwrap();
+    let amd_layer = amd_manifest["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let in_store = |d: &str| {
+        store
+            .join("blobs/sha256")
+            .join(&d[7..9])
+            .join(&d[7..])
+            .exists()
+    };
+    assert!(in_store(&arm_layer), "arm64 layer not cached:\n{first}");
+    assert!(
+        !in_store(&amd_layer),
+        "amd64 layer fetched despite --platform"
+    );
+    assert!(
+        first.contains("prefetched 1 images (0 failed): 2 blobs"),
+        "{first}"
+    );
+    assert!(
+        first.contains("bytes already cached") && !first.contains(" 0 bytes fetched"),
+        "{first}"
+    );
+    // Not a terminal: plain lines, one per fetched blob.
+    assert!(first.contains(&format!("{arm_layer}: ")), "{first}");
+    let second = tokio::task::block_in_place(run);
+    assert!(second.contains(" 0 bytes fetched"), "{second}");
+}
