@@ -92,7 +92,9 @@ pub struct Store {
     usage: usage::Usage,
     /// Notified whenever a blob is added, so eviction runs promptly.
     grew: tokio::sync::Notify,
-    tags: Cache<TagKey, TagRecord>,
+    /// Tag records, and tags known to be absent. Entries expire after a minute so that changes
+    /// made by another process (`regmirror import` beside a server) are seen.
+    tags: Cache<TagKey, Option<TagRecord>>,
     blob_sizes: Cache<Digest, u64>,
     manifests: Cache<Digest, Arc<StoredManifest>>,
 }
@@ -129,7 +131,10 @@ impl Store {
             root: root.to_owned(),
             usage: usage::Usage::default(),
             grew: tokio::sync::Notify::new(),
-            tags: Cache::builder().max_capacity(index_bytes / 4 / 256).build(),
+            tags: Cache::builder()
+                .max_capacity(index_bytes / 4 / 256)
+                .time_to_live(std::time::Duration::from_secs(60))
+                .build(),
             blob_sizes: Cache::builder().max_capacity(index_bytes / 4 / 128).build(),
             manifests: Cache::builder()
                 .weigher(|_, m: &Arc<StoredManifest>| {

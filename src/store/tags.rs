@@ -84,10 +84,12 @@ impl Store {
     /// The record of a tag, if the store has one.
     pub async fn get_tag(&self, key: &TagKey) -> Result<Option<TagRecord>> {
         if let Some(record) = self.tags.get(key) {
-            return Ok(Some(record));
+            return Ok(record);
         }
         let path = self.tag_path(key);
         let Some(bytes) = read_optional(&path).await? else {
+            // Remembered too: every pull looks for a pushed tag first, and most find none.
+            self.tags.insert(key.clone(), None);
             return Ok(None);
         };
         let record: TagRecord =
@@ -95,7 +97,7 @@ impl Store {
                 path: path.clone(),
                 message: e.to_string(),
             })?;
-        self.tags.insert(key.clone(), record.clone());
+        self.tags.insert(key.clone(), Some(record.clone()));
         Ok(Some(record))
     }
 
@@ -107,7 +109,7 @@ impl Store {
             message: e.to_string(),
         })?;
         self.write_atomic(&path, &bytes).await?;
-        self.tags.insert(key.clone(), record.clone());
+        self.tags.insert(key.clone(), Some(record.clone()));
         Ok(())
     }
 }
