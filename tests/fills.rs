@@ -203,11 +203,15 @@ async fn a_cut_off_body_without_range_support_aborts_and_keeps_nothing() {
     let ok = r.status() == 200 && r.bytes().await.is_ok();
     assert!(!ok, "the client must see a failure");
     assert!(!mirror.blob_path(&digest).exists());
-    eventually(10, "the spool to be removed", || tmp_files(&mirror) == 0).await;
-    let aborted = mirror
-        .metric("regmirror_fills_aborted_total{reason=\"truncated\",upstream=\"docker.io\"}")
-        .await;
-    assert_eq!(aborted, 1.0);
+    // Counted once the fill has ended, after its spool went.
+    common::eventually_async(10, "the aborted fill to be counted", || async {
+        mirror
+            .metric("regmirror_fills_aborted_total{reason=\"truncated\",upstream=\"docker.io\"}")
+            .await
+            == 1.0
+    })
+    .await;
+    assert_eq!(tmp_files(&mirror), 0);
 }
 
 #[tokio::test]
@@ -222,12 +226,14 @@ async fn wrong_bytes_abort_a_response_already_streaming() {
     let ok = r.status() == 200 && r.bytes().await.is_ok();
     assert!(!ok);
     assert!(!mirror.blob_path(&digest).exists());
-    assert_eq!(
+    // Counted once the fill has ended, which may be just after the client saw it fail.
+    common::eventually_async(10, "the mismatch to be counted", || async {
         mirror
             .metric("regmirror_digest_mismatches_total{upstream=\"docker.io\"}")
-            .await,
-        1.0
-    );
+            .await
+            == 1.0
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -79,7 +79,10 @@ async fn eviction_removes_the_least_recently_read_and_keeps_pushed_content() {
         m.metric("regmirror_evicted_blobs_total").await == 2.0
     })
     .await;
-    assert!(!m.blob_path(&db).exists(), "B, the least recently read, was kept");
+    assert!(
+        !m.blob_path(&db).exists(),
+        "B, the least recently read, was kept"
+    );
 
     for (what, digest) in [
         ("A (read recently)", &da),

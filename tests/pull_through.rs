@@ -368,12 +368,14 @@ async fn wrong_bytes_abort_the_response_and_nothing_is_kept() {
         "the client must see a failure"
     );
     assert!(!mirror.blob_path(&digest).exists());
-    assert_eq!(
+    // Counted once the fill has ended, which may be just after the client saw it fail.
+    common::eventually_async(10, "the mismatch to be counted", || async {
         mirror
             .metric("regmirror_digest_mismatches_total{upstream=\"docker.io\"}")
-            .await,
-        1.0
-    );
+            .await
+            == 1.0
+    })
+    .await;
 
     // The upstream heals: the next request fetches again and succeeds.
     fake.set_fault(&digest, None);

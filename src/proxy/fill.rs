@@ -289,8 +289,16 @@ impl Fills {
     ) -> Result<Joined, StoreError> {
         let mut inflight = self.lock();
         if let Some(fill) = inflight.get(digest) {
-            self.metrics.fill_followers.inc();
-            return Ok(Joined::Follower(Arc::clone(fill)));
+            // A fill that just ended is still in the map for a moment: a retry right after a
+            // failure must start afresh, not be handed the old failure.
+            match fill.progress.borrow().phase {
+                Phase::Failed(_) => {}
+                Phase::Done => return Ok(Joined::Committed),
+                _ => {
+                    self.metrics.fill_followers.inc();
+                    return Ok(Joined::Follower(Arc::clone(fill)));
+                }
+            }
         }
         // A fill that just finished has committed before leaving the map.
         if self.store.blob_path(digest).exists() {
@@ -312,6 +320,7 @@ impl Fills {
         drop(inflight);
         self.metrics.fills_in_flight.inc();
         let fills = Arc::clone(self);
+        let this = Arc::clone(&fill);
         let job = FillJob {
             metrics: Arc::clone(&self.metrics),
             upstream: Arc::clone(upstream),
@@ -338,7 +347,13 @@ impl Fills {
                         .inc();
                 }
             }
-            fills.lock().remove(&digest);
+            {
+                // Only this fill's entry: a retry may already have replaced it.
+                let mut inflight = fills.lock();
+                if inflight.get(&digest).is_some_and(|f| Arc::ptr_eq(f, &this)) {
+                    inflight.remove(&digest);
+                }
+            }
             fills.metrics.fills_in_flight.dec();
             fills.ended.notify_waiters();
         });
