@@ -86,15 +86,7 @@ async fn kill_9_mid_fill_leaves_no_partial_blob_and_a_restart_refetches() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
     let config = dir.path().join("mirror.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[storage]\npath = \"{}\"\n[[upstream]]\nname = \"docker.io\"\nurl = \"{}\"\ndefault = true\n",
-            store.display(),
-            fake.url()
-        ),
-    )
-    .unwrap();
+    common::write_config(&config, &store, &fake.url(), "");
     let hex = digest.strip_prefix("sha256:").unwrap();
     let blob_path = store.join("blobs/sha256").join(&hex[..2]).join(hex);
     let path = format!("/v2/app/blobs/{digest}");
@@ -148,15 +140,7 @@ async fn sigterm_mid_fill_finishes_the_download_and_leaves_no_temp_files() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
     let config = dir.path().join("mirror.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nshutdown_timeout = \"60s\"\n[storage]\npath = \"{}\"\n[[upstream]]\nname = \"docker.io\"\nurl = \"{}\"\ndefault = true\n",
-            store.display(),
-            fake.url()
-        ),
-    )
-    .unwrap();
+    common::write_config(&config, &store, &fake.url(), "shutdown_timeout = \"60s\"");
     let mut mirror = Regmirror::start(&config).await;
     let mut response = reqwest::get(mirror.url(&format!("/v2/app/blobs/{digest}")))
         .await

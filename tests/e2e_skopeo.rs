@@ -367,15 +367,7 @@ async fn export_carry_import_and_serve_offline() {
     // Site A: connected. Export two images (one multi-arch), fetched through the mirror.
     let site_a = work.path().join("a");
     let config_a = work.path().join("a.toml");
-    std::fs::write(
-        &config_a,
-        format!(
-            "[storage]\npath = \"{}\"\n[[upstream]]\nname = \"docker.io\"\nurl = \"{}\"\ndefault = true\n",
-            site_a.display(),
-            upstream.url()
-        ),
-    )
-    .unwrap();
+    common::write_config(&config_a, &site_a, &upstream.url(), "");
     let bundle = work.path().join("bundle.tar");
     let bundle_s = bundle.display().to_string();
     let config_a_s = config_a.display().to_string();
@@ -531,15 +523,7 @@ async fn prefetch_warms_the_cache_for_one_platform() {
     );
     let store = work.path().join("store");
     let config = work.path().join("m.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[storage]\npath = \"{}\"\n[[upstream]]\nname = \"docker.io\"\nurl = \"{}\"\ndefault = true\n",
-            store.display(),
-            upstream.url()
-        ),
-    )
-    .unwrap();
+    common::write_config(&config, &store, &upstream.url(), "");
     let list = work.path().join("images.txt");
     std::fs::write(&list, "# images for the rollout\nmulti:v1\n").unwrap();
     let config_s = config.display().to_string();

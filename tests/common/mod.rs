@@ -100,6 +100,21 @@ impl TestMirror {
     }
 }
 
+/// Writes a config file for the real binary: the store at `store`, `upstream_url` as the
+/// default `docker.io` upstream, plus `server_keys` in `[server]`.
+pub fn write_config(
+    path: &std::path::Path,
+    store: &std::path::Path,
+    upstream_url: &str,
+    server_keys: &str,
+) {
+    let text = format!(
+        "[server]\n{server_keys}\n[storage]\npath = \"{}\"\n[[upstream]]\nname = \"docker.io\"\nurl = \"{upstream_url}\"\ndefault = true\n",
+        store.display()
+    );
+    std::fs::write(path, text).unwrap();
+}
+
 /// `n` random bytes.
 pub fn random_bytes(n: usize) -> Vec<u8> {
     let mut bytes = vec![0u8; n];
