@@ -122,6 +122,8 @@ async fn kill_9_mid_fill_leaves_no_partial_blob_and_a_restart_refetches() {
         2,
         "fetched afresh after the restart"
     );
+    // The last byte goes out once the digest is verified; the rename into the store follows.
+    common::eventually(30, "the fill to commit", || blob_path.exists()).await;
     assert_eq!(std::fs::read(&blob_path).unwrap(), blob);
 }
 

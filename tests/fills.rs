@@ -93,6 +93,7 @@ async fn sixteen_concurrent_cold_gets_cost_one_upstream_fetch() {
     assert_eq!(fake.count("GET", "/blobs/"), 1, "exactly one upstream GET");
     let followers = mirror.metric("regmirror_fill_followers_total").await;
     assert!(followers >= 1.0, "followers joined the fill: {followers}");
+    mirror.fills_settled().await;
     assert!(mirror.blob_path(&digest).exists());
 }
 
@@ -187,6 +188,7 @@ async fn a_cut_off_body_is_resumed_with_range() {
         .collect();
     assert_eq!(gets.len(), 2);
     assert_eq!(gets[1].range.as_deref(), Some("bytes=300000-"));
+    mirror.fills_settled().await;
     assert!(mirror.blob_path(&digest).exists());
 }
 

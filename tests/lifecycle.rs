@@ -17,7 +17,10 @@ fn upstream(fake: &FakeUpstream) -> String {
 async fn pull(m: &TestMirror, digest: &str) -> Vec<u8> {
     let r = m.get(&format!("/v2/app/blobs/{digest}")).await;
     assert_eq!(r.status(), 200);
-    r.bytes().await.unwrap().to_vec()
+    let body = r.bytes().await.unwrap().to_vec();
+    // A miss is committed (and counted against max_size) just after its last byte is sent.
+    m.fills_settled().await;
+    body
 }
 
 async fn push(m: &TestMirror, bytes: &[u8]) -> String {

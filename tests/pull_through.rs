@@ -290,6 +290,7 @@ async fn blobs_are_verified_kept_and_served_with_ranges() {
         blob.len().to_string().as_str()
     );
     assert_eq!(r.bytes().await.unwrap().as_ref(), blob.as_slice());
+    mirror.fills_settled().await;
     assert_eq!(std::fs::read(mirror.blob_path(&digest)).unwrap(), blob);
 
     let r = mirror.get(&path).await;
@@ -382,6 +383,7 @@ async fn wrong_bytes_abort_the_response_and_nothing_is_kept() {
     let r = mirror.get(&path).await;
     assert_eq!(r.bytes().await.unwrap().as_ref(), blob.as_slice());
     assert_eq!(fake.count("GET", "/blobs/"), 2);
+    mirror.fills_settled().await;
     assert!(mirror.blob_path(&digest).exists());
     assert!(tmp_is_empty(&mirror));
 }

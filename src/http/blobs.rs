@@ -40,7 +40,12 @@ pub async fn get(ctx: &Ctx<'_>, name: &RepoName, digest: &Digest) -> Answer {
             guard,
         } => (file_range(file, start, end, guard), Some(Source::Cache)),
         BlobBody::Fill { fill, start, end } => {
-            (streamed(fill.read(start, end)), Some(Source::Upstream))
+            // A hit on a fill means its bytes were all in and verified: no upstream wait.
+            let source = match answer.cache {
+                CacheResult::Hit => Source::Cache,
+                _ => Source::Upstream,
+            };
+            (streamed(fill.read(start, end)), Some(source))
         }
     };
     let mut response = Response::new(body);

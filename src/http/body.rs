@@ -14,7 +14,6 @@ use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 
 use crate::metrics::{Metrics, Source};
-use crate::proxy::fill::{READ_CHUNK, read_at};
 use crate::store::ReadGuard;
 
 /// The error type of response bodies.
@@ -41,22 +40,103 @@ pub fn streamed(stream: impl Stream<Item = io::Result<Bytes>> + Send + 'static) 
     StreamBody::new(stream.map_ok(Frame::data).map_err(BoxError::from)).boxed_unsync()
 }
 
-/// `[start, end)` of a file, read in chunks on the blocking pool.
-/// `guard` marks the blob as being read until the body is done or dropped.
-pub fn file_range(file: Arc<std::fs::File>, start: u64, end: u64, guard: ReadGuard) -> Body {
+/// Bytes per read of a committed blob sent to a client: large enough that a read costs little
+/// next to its copy, small enough that a connection holds little.
+const FILE_CHUNK: usize = 1024 * 1024;
+
+/// `[start, end)` of a file, read one chunk ahead: the next chunk is read while the current
+/// one is being sent. `guard` marks the blob as being read until the body is done or dropped.
+pub fn file_range(file: std::fs::File, start: u64, end: u64, guard: ReadGuard) -> Body {
+    let chunk_at = move |offset: u64| (end - offset).min(FILE_CHUNK as u64) as usize;
+    let first = (start < end).then(|| read_chunk(file, start, chunk_at(start)));
     let chunks = futures_util::stream::try_unfold(
-        (file, start, guard),
-        move |(file, offset, guard)| async move {
-            if offset >= end {
+        (first, start, guard),
+        move |(pending, offset, guard)| async move {
+            let Some(pending) = pending else {
                 return Ok(None);
-            }
-            let len = (end - offset).min(READ_CHUNK as u64) as usize;
-            let bytes = read_at(Arc::clone(&file), offset, len).await?;
+            };
+            let (file, bytes) = pending.await.map_err(io::Error::other)??;
             let next = offset + bytes.len() as u64;
-            Ok(Some((bytes, (file, next, guard))))
+            let ahead = (next < end).then(|| read_chunk(file, next, chunk_at(next)));
+            Ok(Some((bytes, (ahead, next, guard))))
         },
     );
     streamed(chunks)
+}
+
+/// Starts reading up to `len` bytes at `offset` of a file this body owns. What the page cache
+/// holds (a hot blob: the usual case) is read right here on the runtime, with no trip to the
+/// blocking pool and no handoff between threads; only a read that would wait for the disk
+/// goes to the blocking pool, so a slow disk never stalls the runtime.
+fn read_chunk(
+    file: std::fs::File,
+    offset: u64,
+    len: usize,
+) -> tokio::task::JoinHandle<io::Result<(std::fs::File, Bytes)>> {
+    tokio::task::spawn(async move {
+        match read_cached(&file, offset, len)? {
+            Some(bytes) => Ok((file, bytes)),
+            None => read_from_disk(file, offset, len).await,
+        }
+    })
+}
+
+/// Reads what the page cache holds of `len` bytes at `offset` without waiting for the disk
+/// (`preadv2` with `RWF_NOWAIT`); `None` when it holds none of them or the kernel cannot say,
+/// and the caller reads the usual way.
+#[cfg(target_os = "linux")]
+fn read_cached(file: &std::fs::File, offset: u64, len: usize) -> io::Result<Option<Bytes>> {
+    use rustix::io::{Errno, ReadWriteFlags, preadv2};
+    let mut buf = vec![0u8; len];
+    let read = preadv2(
+        file,
+        &mut [io::IoSliceMut::new(&mut buf)],
+        offset,
+        ReadWriteFlags::NOWAIT,
+    );
+    match read {
+        Ok(0) => Ok(None),
+        Ok(n) => {
+            buf.truncate(n);
+            Ok(Some(Bytes::from(buf)))
+        }
+        // Not cached (AGAIN), or the flag or the call itself not available here: an old
+        // kernel, a filesystem without it, a sandbox or seccomp profile that refuses it.
+        Err(Errno::AGAIN | Errno::OPNOTSUPP | Errno::INVAL | Errno::NOSYS | Errno::PERM) => {
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Elsewhere every read goes to the blocking pool.
+#[cfg(not(target_os = "linux"))]
+fn read_cached(_: &std::fs::File, _: u64, _: usize) -> io::Result<Option<Bytes>> {
+    Ok(None)
+}
+
+/// Reads `len` bytes at `offset` on the blocking pool, into a buffer that is never zeroed first
+/// (`read_to_end` fills spare capacity).
+async fn read_from_disk(
+    file: std::fs::File,
+    offset: u64,
+    len: usize,
+) -> io::Result<(std::fs::File, Bytes)> {
+    tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut buf = Vec::with_capacity(len);
+        (&file).seek(SeekFrom::Start(offset))?;
+        (&file).take(len as u64).read_to_end(&mut buf)?;
+        if buf.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "blob file shorter than its size",
+            ));
+        }
+        Ok((file, Bytes::from(buf)))
+    })
+    .await
+    .map_err(io::Error::other)?
 }
 
 /// What the request log line says about a request, filled in by the handler.
@@ -75,12 +155,16 @@ pub struct LogInfo {
     pub upstream: Option<String>,
     /// When the request arrived.
     pub started: Instant,
+    /// The response's declared `Content-Length`.
+    pub length: Option<u64>,
 }
 
 /// Wraps a body, counts its bytes, and logs one line when it is finished or dropped.
 pub struct Logged {
     inner: Body,
     info: LogInfo,
+    /// The declared length: hyper stops polling a body once that many bytes are out.
+    expected: Option<u64>,
     bytes: u64,
     failed: bool,
     ended: bool,
@@ -91,6 +175,7 @@ impl Logged {
     /// Wraps `inner`.
     pub fn new(inner: Body, info: LogInfo, metrics: Arc<Metrics>) -> Logged {
         Logged {
+            expected: info.length.or(inner.size_hint().exact()),
             inner,
             info,
             bytes: 0,
@@ -141,7 +226,8 @@ impl Drop for Logged {
                 .with_label_values(&[source.as_str(), info.upstream.as_deref().unwrap_or("")])
                 .inc_by(self.bytes);
         }
-        let complete = !self.failed && (self.ended || self.inner.is_end_stream());
+        let complete = !self.failed
+            && (self.ended || self.inner.is_end_stream() || self.expected == Some(self.bytes));
         tracing::info!(
             method = %info.method,
             path = %info.path,
@@ -153,5 +239,42 @@ impl Drop for Logged {
             complete,
             "request"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file_with(bytes: &[u8]) -> std::fs::File {
+        use std::io::{Seek, Write};
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(bytes).unwrap();
+        file.rewind().unwrap();
+        file
+    }
+
+    #[tokio::test]
+    async fn both_read_paths_return_the_same_bytes() {
+        let data: Vec<u8> = (0..=255u8).cycle().take(10_000).collect();
+        let cached = read_cached(&file_with(&data), 100, 500).unwrap();
+        if let Some(bytes) = cached {
+            // Freshly written, so in the page cache: the fast path answers, perhaps short.
+            assert!(!bytes.is_empty());
+            assert_eq!(bytes.as_ref(), &data[100..100 + bytes.len()]);
+        }
+        let (_, bytes) = read_from_disk(file_with(&data), 100, 500).await.unwrap();
+        assert_eq!(bytes.as_ref(), &data[100..600]);
+        let (_, tail) = read_from_disk(file_with(&data), 9_990, 500).await.unwrap();
+        assert_eq!(tail.as_ref(), &data[9_990..]);
+    }
+
+    #[tokio::test]
+    async fn reading_past_the_end_is_an_error_not_an_empty_chunk() {
+        let file = file_with(b"short");
+        assert!(read_cached(&file, 10, 5).unwrap().is_none());
+        assert!(read_from_disk(file, 10, 5).await.is_err());
+        let result = read_chunk(file_with(b"short"), 10, 5).await.unwrap();
+        assert!(result.is_err());
     }
 }

@@ -133,7 +133,13 @@ pub async fn handle(
         .http_requests
         .with_label_values(&[method.as_str(), &status.to_string()])
         .inc();
+    let length = response
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
     let info = LogInfo {
+        length,
         method: method.to_string(),
         path,
         status,

@@ -75,8 +75,8 @@ pub enum BlobBody {
     File {
         /// Keeps eviction and GC away while the body is sent.
         guard: crate::store::ReadGuard,
-        /// The open file.
-        file: Arc<std::fs::File>,
+        /// The open file, this answer's own.
+        file: std::fs::File,
         /// First byte.
         start: u64,
         /// One past the last byte.
@@ -146,6 +146,7 @@ impl Mirror {
         {
             Joined::Leader(fill) => (fill, CacheResult::Miss),
             Joined::Follower(fill) => (fill, CacheResult::Coalesced),
+            Joined::Verified(fill) => (fill, CacheResult::Hit),
             Joined::Committed => {
                 return self
                     .blob_from_store(digest, head, range)
@@ -195,7 +196,7 @@ impl Mirror {
         } else {
             BlobBody::File {
                 guard: self.store.reading(digest),
-                file: Arc::new(file),
+                file,
                 start,
                 end,
             }

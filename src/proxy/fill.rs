@@ -3,9 +3,16 @@
 //!
 //! The fill runs in its own task, detached from the requests that asked for it: a client that
 //! hangs up does not cancel it. Readers never see the blob's final byte before the digest has
-//! been verified, so a wrong or short body can always be turned into an aborted response.
+//! been verified, so a wrong or short body can always be turned into an aborted response. The
+//! byte is released as soon as the hash matches; making the blob durable (fsync, rename) comes
+//! after, off the client's critical path.
+//!
+//! The newest few MiB of a fill are also kept in memory ([`Tail`]), so readers at the live edge
+//! (every client keeping up with the upstream, the usual case) are handed the upstream's own
+//! buffers as they arrive, while the disk writer appends and hashes them on its own thread: no
+//! file read, no copy, no trip to the blocking pool, no wait for the disk.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex};
@@ -24,8 +31,15 @@ use crate::upstream::{UpstreamClient, UpstreamError, error_chain};
 /// How many times a broken-off upstream body is resumed with a Range request.
 pub const MAX_RESUMES: u32 = 3;
 
-/// Bytes read from a spool or blob file per chunk sent to a client.
-pub const READ_CHUNK: usize = 256 * 1024;
+/// Bytes read from a spool per chunk sent to a reader that fell behind the tail.
+const READ_CHUNK: usize = 256 * 1024;
+
+/// How many of a fill's newest bytes are kept in memory for readers at the live edge.
+const TAIL_BYTES: usize = 4 * 1024 * 1024;
+
+/// How many bytes the disk writer takes from the network before publishing how much is on
+/// disk: one update per batch, not per (often 16 KiB) network chunk.
+const WRITE_BATCH: usize = 512 * 1024;
 
 /// Why a fill failed. Cloned to every reader.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -83,23 +97,85 @@ pub enum Phase {
 pub struct Progress {
     /// The blob's size, when the upstream declared it.
     pub total: Option<u64>,
+    /// Bytes received from the upstream so far: the newest of them are in the tail, perhaps
+    /// not yet on disk.
+    pub received: u64,
     /// Bytes written to the spool so far.
     pub written: u64,
+    /// All bytes are in and hash to the digest. Readers may finish even if keeping the blob
+    /// fails afterwards: what they were sent is complete and correct.
+    pub verified: bool,
     /// Where the fill is.
     pub phase: Phase,
 }
 
 impl Progress {
-    /// How far a reader may read: everything written, except that the blob's last byte is
-    /// held back until the digest is verified.
+    /// How far a reader may read from the spool file: everything written, except that the
+    /// blob's last byte is held back until the digest is verified.
     fn readable(&self) -> u64 {
-        match self.phase {
-            Phase::Done => self.written,
-            _ => match self.total {
-                Some(total) => self.written.min(total.saturating_sub(1)),
-                None => self.written.saturating_sub(1),
-            },
+        self.hold_back(self.written)
+    }
+
+    /// How far a reader may read from the tail: everything received, with the same hold-back.
+    fn readable_in_memory(&self) -> u64 {
+        self.hold_back(self.received)
+    }
+
+    fn hold_back(&self, have: u64) -> u64 {
+        if self.verified {
+            return have;
         }
+        match self.total {
+            Some(total) => have.min(total.saturating_sub(1)),
+            None => have.saturating_sub(1),
+        }
+    }
+}
+
+/// A fill's newest bytes, as the upstream's own buffers, contiguous and in order.
+#[derive(Default)]
+struct Tail {
+    inner: Mutex<TailChunks>,
+}
+
+#[derive(Default)]
+struct TailChunks {
+    /// `(offset in the blob, bytes)`.
+    chunks: VecDeque<(u64, Bytes)>,
+    held: usize,
+}
+
+impl Tail {
+    fn lock(&self) -> std::sync::MutexGuard<'_, TailChunks> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds the chunk at `offset` (just after the previous one), dropping the oldest chunks
+    /// beyond [`TAIL_BYTES`].
+    fn push(&self, offset: u64, chunk: Bytes) {
+        let mut tail = self.lock();
+        tail.held += chunk.len();
+        tail.chunks.push_back((offset, chunk));
+        while tail.held > TAIL_BYTES && tail.chunks.len() > 1 {
+            if let Some((_, old)) = tail.chunks.pop_front() {
+                tail.held -= old.len();
+            }
+        }
+    }
+
+    /// The bytes from `offset` up to `limit` (at most one chunk's worth), if still held.
+    fn get(&self, offset: u64, limit: u64) -> Option<Bytes> {
+        let tail = self.lock();
+        let i = tail
+            .chunks
+            .partition_point(|(start, c)| start + c.len() as u64 <= offset);
+        let (start, chunk) = tail.chunks.get(i)?;
+        if *start > offset {
+            return None;
+        }
+        let from = (offset - start) as usize;
+        let to = (limit.saturating_sub(*start) as usize).min(chunk.len());
+        (from < to).then(|| chunk.slice(from..to))
     }
 }
 
@@ -110,6 +186,7 @@ pub struct Fill {
     /// Its spool file.
     pub spool_path: std::path::PathBuf,
     file: Arc<std::fs::File>,
+    tail: Arc<Tail>,
     progress: watch::Receiver<Progress>,
 }
 
@@ -158,32 +235,29 @@ impl Fill {
                 }
                 loop {
                     let progress = rx.borrow_and_update().clone();
-                    if let Phase::Failed(e) = &progress.phase {
+                    let end = end.or(progress.total);
+                    let at_end = match end {
+                        Some(end) => offset >= end,
+                        None => progress.verified && offset >= progress.written,
+                    };
+                    if at_end {
+                        return None;
+                    }
+                    if let (Phase::Failed(e), false) = (&progress.phase, progress.verified) {
                         let err = io::Error::other(e.to_string());
                         return Some((Err(err), (fill, rx, offset, true)));
                     }
-                    let end = end.or(progress.total);
-                    if end.is_some_and(|end| offset >= end)
-                        || (end.is_none()
-                            && matches!(progress.phase, Phase::Done)
-                            && offset >= progress.written)
-                    {
-                        return None;
+                    match fill.next_chunk(&progress, offset, end).await {
+                        Some(Ok(bytes)) => {
+                            let next = offset + bytes.len() as u64;
+                            return Some((Ok(bytes), (fill, rx, next, false)));
+                        }
+                        Some(Err(e)) => return Some((Err(e), (fill, rx, offset, true))),
+                        None => {}
                     }
-                    let limit = end.map_or(progress.readable(), |e| e.min(progress.readable()));
-                    if offset < limit {
-                        let len = (limit - offset).min(READ_CHUNK as u64) as usize;
-                        let chunk = read_at(Arc::clone(&fill.file), offset, len).await;
-                        return match chunk {
-                            Ok(bytes) => {
-                                let next = offset + bytes.len() as u64;
-                                Some((Ok(bytes), (fill, rx, next, false)))
-                            }
-                            Err(e) => Some((Err(e), (fill, rx, offset, true))),
-                        };
-                    }
-                    if matches!(progress.phase, Phase::Done) {
-                        // Done, yet short of the declared end: the upstream lied about the size.
+                    if progress.verified {
+                        // Complete, yet short of the declared end: the upstream lied about
+                        // the size.
                         let err = io::Error::new(
                             io::ErrorKind::UnexpectedEof,
                             "blob shorter than declared",
@@ -198,10 +272,34 @@ impl Fill {
             },
         )
     }
+
+    /// The next bytes at `offset` that `progress` lets a reader have, up to `end`: the live
+    /// edge from the tail as soon as it arrives, what the tail no longer holds from the spool
+    /// once written. `None` when there is nothing new yet.
+    async fn next_chunk(
+        &self,
+        progress: &Progress,
+        offset: u64,
+        end: Option<u64>,
+    ) -> Option<io::Result<Bytes>> {
+        let clamp = |limit: u64| end.map_or(limit, |e| e.min(limit));
+        let in_memory = clamp(progress.readable_in_memory());
+        if offset < in_memory
+            && let Some(bytes) = self.tail.get(offset, in_memory)
+        {
+            return Some(Ok(bytes));
+        }
+        let on_disk = clamp(progress.readable());
+        if offset < on_disk {
+            let len = (on_disk - offset).min(READ_CHUNK as u64) as usize;
+            return Some(read_at(Arc::clone(&self.file), offset, len).await);
+        }
+        None
+    }
 }
 
 /// Reads `len` bytes at `offset` on the blocking pool.
-pub async fn read_at(file: Arc<std::fs::File>, offset: u64, len: usize) -> io::Result<Bytes> {
+async fn read_at(file: Arc<std::fs::File>, offset: u64, len: usize) -> io::Result<Bytes> {
     tokio::task::spawn_blocking(move || {
         let mut buf = vec![0u8; len];
         let mut filled = 0;
@@ -231,6 +329,9 @@ pub enum Joined {
     Leader(Arc<Fill>),
     /// A fill was already running; this request reads from it.
     Follower(Arc<Fill>),
+    /// A fill has all its bytes, verified, and is being made durable: this request reads
+    /// them from its spool without waiting, as from the store.
+    Verified(Arc<Fill>),
     /// The blob was committed meanwhile; read it from the store.
     Committed,
 }
@@ -291,9 +392,11 @@ impl Fills {
         if let Some(fill) = inflight.get(digest) {
             // A fill that just ended is still in the map for a moment: a retry right after a
             // failure must start afresh, not be handed the old failure.
-            match fill.progress.borrow().phase {
+            let progress = fill.progress.borrow();
+            match progress.phase {
                 Phase::Failed(_) => {}
                 Phase::Done => return Ok(Joined::Committed),
+                _ if progress.verified => return Ok(Joined::Verified(Arc::clone(fill))),
                 _ => {
                     self.metrics.fill_followers.inc();
                     return Ok(Joined::Follower(Arc::clone(fill)));
@@ -307,13 +410,17 @@ impl Fills {
         let spool = self.store.create_spool(digest)?;
         let (tx, rx) = watch::channel(Progress {
             total: None,
+            received: 0,
             written: 0,
+            verified: false,
             phase: Phase::Connecting,
         });
+        let tail = Arc::new(Tail::default());
         let fill = Arc::new(Fill {
             digest: digest.clone(),
             spool_path: spool.path().to_owned(),
             file: spool.reader(),
+            tail: Arc::clone(&tail),
             progress: rx,
         });
         inflight.insert(digest.clone(), Arc::clone(&fill));
@@ -326,6 +433,7 @@ impl Fills {
             upstream: Arc::clone(upstream),
             repo: repo.clone(),
             digest: digest.clone(),
+            tail,
             tx,
         };
         tokio::spawn(async move {
@@ -373,6 +481,7 @@ struct FillJob {
     upstream: Arc<UpstreamClient>,
     repo: RepoName,
     digest: Digest,
+    tail: Arc<Tail>,
     tx: watch::Sender<Progress>,
 }
 
@@ -497,6 +606,7 @@ impl FillJob {
             match next {
                 None => break,
                 Some(Ok(chunk)) => {
+                    let offset = *received;
                     *received += chunk.len() as u64;
                     bytes_metric.inc_by(chunk.len() as u64);
                     if total.is_some_and(|t| *received > t) {
@@ -504,6 +614,11 @@ impl FillJob {
                             "body longer than Content-Length".into(),
                         )));
                     }
+                    // Readers at the live edge take it from memory now; the disk writer
+                    // catches up on its own thread.
+                    self.tail.push(offset, chunk.clone());
+                    let now = *received;
+                    self.tx.send_modify(|p| p.received = now);
                     if to_writer.send(ToWriter::Data(chunk)).await.is_err() {
                         // The writer stopped: it will report why.
                         return Ok(());
@@ -522,7 +637,8 @@ impl FillJob {
     }
 }
 
-/// The disk side of a fill: appends, hashes, publishes progress, and commits on `Finish`.
+/// The disk side of a fill: appends, hashes, publishes how much is on disk, and on `Finish`
+/// verifies, releases the last byte to readers, then commits.
 fn write_spool(
     mut spool: Spool,
     mut from_network: mpsc::Receiver<ToWriter>,
@@ -530,25 +646,106 @@ fn write_spool(
     store: &Store,
     digest: &Digest,
 ) -> Result<u64, FillError> {
-    while let Some(message) = from_network.blocking_recv() {
-        match message {
-            ToWriter::Data(chunk) => {
-                spool
-                    .append(&chunk)
-                    .map_err(|e| FillError::Store(format!("writing spool: {e}")))?;
-                let written = spool.written();
-                tx.send_modify(|p| p.written = written);
-            }
-            ToWriter::Finish => {
-                return store.commit_spool(spool, digest).map_err(|e| match e {
-                    StoreError::DigestMismatch { expected, actual } => {
-                        FillError::DigestMismatch { expected, actual }
+    let store_error = |e: StoreError| match e {
+        StoreError::DigestMismatch { expected, actual } => {
+            FillError::DigestMismatch { expected, actual }
+        }
+        other => FillError::Store(other.to_string()),
+    };
+    while let Some(first) = from_network.blocking_recv() {
+        let mut next = Some(first);
+        let mut batched = 0;
+        let mut finished = false;
+        while let Some(message) = next.take() {
+            match message {
+                ToWriter::Data(chunk) => {
+                    spool
+                        .append(&chunk)
+                        .map_err(|e| FillError::Store(format!("writing spool: {e}")))?;
+                    batched += chunk.len();
+                    if batched < WRITE_BATCH {
+                        next = from_network.try_recv().ok();
                     }
-                    other => FillError::Store(other.to_string()),
-                });
+                }
+                ToWriter::Finish => finished = true,
             }
+        }
+        let written = spool.written();
+        tx.send_modify(|p| p.written = written);
+        if finished {
+            let verified = spool.verify(digest).map_err(store_error)?;
+            tx.send_modify(|p| p.verified = true);
+            return store.commit_verified(verified).map_err(store_error);
         }
     }
     // The network side gave up; dropping the spool deletes it.
     Err(FillError::Store("fill abandoned".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(byte: u8, len: usize) -> Bytes {
+        Bytes::from(vec![byte; len])
+    }
+
+    #[test]
+    fn tail_hands_out_slices_of_held_chunks_up_to_the_limit() {
+        let tail = Tail::default();
+        tail.push(0, chunk(1, 10));
+        tail.push(10, chunk(2, 10));
+        assert_eq!(tail.get(0, 20).unwrap(), chunk(1, 10));
+        assert_eq!(tail.get(5, 20).unwrap(), chunk(1, 5));
+        assert_eq!(tail.get(12, 15).unwrap(), chunk(2, 3));
+        assert!(tail.get(20, 30).is_none(), "not written yet");
+        assert!(tail.get(12, 12).is_none(), "nothing below the limit");
+    }
+
+    #[test]
+    fn tail_forgets_the_oldest_chunks_beyond_its_budget() {
+        let tail = Tail::default();
+        let size = TAIL_BYTES / 4;
+        for i in 0..8u64 {
+            tail.push(i * size as u64, chunk(i as u8, size));
+        }
+        assert!(
+            tail.get(0, u64::MAX).is_none(),
+            "the oldest went to disk only"
+        );
+        let newest = 7 * size as u64;
+        assert_eq!(tail.get(newest, u64::MAX).unwrap(), chunk(7, size));
+        assert!(tail.lock().held <= TAIL_BYTES);
+    }
+
+    #[test]
+    fn the_last_byte_waits_for_verification() {
+        let mut progress = Progress {
+            total: Some(100),
+            received: 100,
+            written: 100,
+            verified: false,
+            phase: Phase::Streaming,
+        };
+        assert_eq!(progress.readable(), 99);
+        progress.verified = true;
+        assert_eq!(progress.readable(), 100);
+        let unknown = Progress {
+            total: None,
+            received: 50,
+            written: 50,
+            verified: false,
+            phase: Phase::Streaming,
+        };
+        assert_eq!(unknown.readable(), 49);
+        let ahead_of_disk = Progress {
+            total: Some(100),
+            received: 100,
+            written: 40,
+            verified: false,
+            phase: Phase::Streaming,
+        };
+        assert_eq!(ahead_of_disk.readable(), 40);
+        assert_eq!(ahead_of_disk.readable_in_memory(), 99);
+    }
 }

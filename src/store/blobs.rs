@@ -49,6 +49,29 @@ impl Spool {
     pub fn path(&self) -> &std::path::Path {
         &self.path
     }
+
+    /// Checks that the bytes written hash to `digest`. On a mismatch the spool is dropped
+    /// (and its file deleted); only a [`VerifiedSpool`] can be committed.
+    pub fn verify(mut self, digest: &Digest) -> Result<VerifiedSpool> {
+        let actual = Digest::from_hasher(std::mem::take(&mut self.hasher));
+        if &actual != digest {
+            return Err(StoreError::DigestMismatch {
+                expected: digest.clone(),
+                actual,
+            });
+        }
+        Ok(VerifiedSpool {
+            spool: self,
+            digest: digest.clone(),
+        })
+    }
+}
+
+/// A spool whose bytes are known to hash to its digest: complete and correct, though not yet
+/// durable or in place. Dropping it deletes the file, as for a [`Spool`].
+pub struct VerifiedSpool {
+    spool: Spool,
+    digest: Digest,
 }
 
 impl Drop for Spool {
@@ -141,16 +164,15 @@ impl Store {
 
     /// Verifies a finished spool against `digest` and, if it matches, syncs it and renames it
     /// into place. On a mismatch the spool is deleted and nothing is kept. Blocking I/O.
-    pub fn commit_spool(&self, mut spool: Spool, digest: &Digest) -> Result<u64> {
-        let actual = Digest::from_hasher(std::mem::take(&mut spool.hasher));
-        if &actual != digest {
-            return Err(StoreError::DigestMismatch {
-                expected: digest.clone(),
-                actual,
-            });
-        }
+    pub fn commit_spool(&self, spool: Spool, digest: &Digest) -> Result<u64> {
+        self.commit_verified(spool.verify(digest)?)
+    }
+
+    /// Syncs a verified spool and renames it into place. Blocking I/O.
+    pub fn commit_verified(&self, verified: VerifiedSpool) -> Result<u64> {
+        let VerifiedSpool { mut spool, digest } = verified;
         spool.file.sync_all().map_err(io_err(&spool.path))?;
-        let target = self.blob_path(digest);
+        let target = self.blob_path(&digest);
         if let Some(parent) = target.parent() {
             std::fs::create_dir_all(parent).map_err(io_err(parent))?;
         }
@@ -159,7 +181,7 @@ impl Store {
         spool.committed = true;
         self.blob_sizes.insert(digest.clone(), spool.written);
         if !existed {
-            self.added_blob(digest, spool.written);
+            self.added_blob(&digest, spool.written);
         }
         Ok(spool.written)
     }

@@ -28,7 +28,7 @@ use moka::sync::Cache;
 
 use crate::oci::Digest;
 
-pub use blobs::Spool;
+pub use blobs::{Spool, VerifiedSpool};
 pub use gc::{EvictionReport, GcReport};
 pub use local::{LOCAL, Referrer};
 pub use tags::{TagKey, TagRecord};
@@ -204,26 +204,35 @@ impl Store {
 
     /// Writes `bytes` to `path` atomically: temp file, fsync, rename.
     pub(crate) async fn write_atomic(&self, path: &Path, bytes: &[u8]) -> Result<()> {
-        if let Some(parent) = path.parent() {
-            tokio::fs::create_dir_all(parent)
-                .await
-                .map_err(io_err(parent))?;
-        }
+        // One trip to the blocking pool for the whole sequence, not one per call: a cold
+        // manifest writes three files on the client's path.
         let tmp = self.temp_path("write");
-        let result = async {
-            let mut file = tokio::fs::File::create(&tmp).await.map_err(io_err(&tmp))?;
-            tokio::io::AsyncWriteExt::write_all(&mut file, bytes)
-                .await
-                .map_err(io_err(&tmp))?;
-            file.sync_all().await.map_err(io_err(&tmp))?;
-            tokio::fs::rename(&tmp, path).await.map_err(io_err(path))
-        }
-        .await;
-        if result.is_err() {
-            let _ = tokio::fs::remove_file(&tmp).await;
-        }
-        result
+        let (target, bytes) = (path.to_owned(), bytes.to_vec());
+        tokio::task::spawn_blocking(move || write_atomic_blocking(&tmp, &target, &bytes))
+            .await
+            .map_err(|e| StoreError::Io {
+                path: path.to_owned(),
+                source: io::Error::other(e),
+            })?
     }
+}
+
+/// Writes `bytes` to `tmp`, syncs it and renames it to `path`; removes `tmp` on failure.
+fn write_atomic_blocking(tmp: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+    }
+    let result = (|| {
+        let mut file = std::fs::File::create(tmp).map_err(io_err(tmp))?;
+        file.write_all(bytes).map_err(io_err(tmp))?;
+        file.sync_all().map_err(io_err(tmp))?;
+        std::fs::rename(tmp, path).map_err(io_err(path))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(tmp);
+    }
+    result
 }
 
 /// Reads a file, mapping "not found" to `None`.

@@ -74,6 +74,12 @@ impl TestMirror {
         self.store().join("blobs/sha256").join(&hex[..2]).join(hex)
     }
 
+    /// Waits until every blob fill has ended, committed or not. A client gets a blob's last
+    /// byte once it is verified, a moment before the blob is synced and renamed into place.
+    pub async fn fills_settled(&self) {
+        self.server.mirror.fills.wait_idle().await;
+    }
+
     pub async fn get(&self, path: &str) -> reqwest::Response {
         self.client.get(self.url(path)).send().await.unwrap()
     }
