@@ -41,72 +41,82 @@ pub fn streamed(stream: impl Stream<Item = io::Result<Bytes>> + Send + 'static) 
 }
 
 /// Bytes per read of a committed blob sent to a client: large enough that a read costs little
-/// next to its copy, small enough that a connection holds little.
-const FILE_CHUNK: usize = 1024 * 1024;
+/// next to its copy, small enough to still be in the CPU's cache when hyper copies it to the
+/// socket (measured: 256 KiB beat 1 MiB by a tenth at one connection, 128 KiB gained nothing).
+const FILE_CHUNK: usize = 256 * 1024;
 
-/// `[start, end)` of a file, read one chunk ahead: the next chunk is read while the current
-/// one is being sent. `guard` marks the blob as being read until the body is done or dropped.
+/// `[start, end)` of a file. `guard` marks the blob as being read until the body is done or
+/// dropped.
+///
+/// What the page cache holds (a hot blob: the usual case) is read right where hyper asks for
+/// the next chunk, so it is still in the CPU's cache when hyper copies it to the socket, with
+/// no trip to another thread. Only a read that would wait for the disk goes to the blocking
+/// pool, so a slow disk never stalls the runtime.
 pub fn file_range(file: std::fs::File, start: u64, end: u64, guard: ReadGuard) -> Body {
-    let chunk_at = move |offset: u64| (end - offset).min(FILE_CHUNK as u64) as usize;
-    let first = (start < end).then(|| read_chunk(file, start, chunk_at(start)));
     let chunks = futures_util::stream::try_unfold(
-        (first, start, guard),
-        move |(pending, offset, guard)| async move {
-            let Some(pending) = pending else {
+        (file, start, guard),
+        move |(file, offset, guard)| async move {
+            if offset >= end {
                 return Ok(None);
-            };
-            let (file, bytes) = pending.await.map_err(io::Error::other)??;
+            }
+            let len = (end - offset).min(FILE_CHUNK as u64) as usize;
+            let (file, bytes) = read_at(file, offset, len).await?;
             let next = offset + bytes.len() as u64;
-            let ahead = (next < end).then(|| read_chunk(file, next, chunk_at(next)));
-            Ok(Some((bytes, (ahead, next, guard))))
+            Ok(Some((bytes, (file, next, guard))))
         },
     );
     streamed(chunks)
 }
 
-/// Starts reading up to `len` bytes at `offset` of a file this body owns. What the page cache
-/// holds (a hot blob: the usual case) is read right here on the runtime, with no trip to the
-/// blocking pool and no handoff between threads; only a read that would wait for the disk
-/// goes to the blocking pool, so a slow disk never stalls the runtime.
-fn read_chunk(
+/// Reads up to `len` bytes at `offset`: from the page cache on this thread if it holds them,
+/// else on the blocking pool. Never returns an empty chunk.
+async fn read_at(
     file: std::fs::File,
     offset: u64,
     len: usize,
-) -> tokio::task::JoinHandle<io::Result<(std::fs::File, Bytes)>> {
-    tokio::task::spawn(async move {
-        match read_cached(&file, offset, len)? {
-            Some(bytes) => Ok((file, bytes)),
-            None => read_from_disk(file, offset, len).await,
-        }
-    })
+) -> io::Result<(std::fs::File, Bytes)> {
+    match read_cached(&file, offset, len)? {
+        Some(bytes) => Ok((file, bytes)),
+        None => read_from_disk(file, offset, len).await,
+    }
 }
 
 /// Reads what the page cache holds of `len` bytes at `offset` without waiting for the disk
 /// (`preadv2` with `RWF_NOWAIT`); `None` when it holds none of them or the kernel cannot say,
 /// and the caller reads the usual way.
+///
+/// The buffer is not zeroed first: at memory speed, zeroing 1 MiB costs a tenth of sending it.
 #[cfg(target_os = "linux")]
 fn read_cached(file: &std::fs::File, offset: u64, len: usize) -> io::Result<Option<Bytes>> {
-    use rustix::io::{Errno, ReadWriteFlags, preadv2};
-    let mut buf = vec![0u8; len];
-    let read = preadv2(
-        file,
-        &mut [io::IoSliceMut::new(&mut buf)],
-        offset,
-        ReadWriteFlags::NOWAIT,
-    );
-    match read {
-        Ok(0) => Ok(None),
-        Ok(n) => {
-            buf.truncate(n);
-            Ok(Some(Bytes::from(buf)))
-        }
-        // Not cached (AGAIN), or the flag or the call itself not available here: an old
+    use std::os::fd::AsRawFd;
+    let Ok(offset) = libc::off_t::try_from(offset) else {
+        return Ok(None);
+    };
+    let mut buf: Vec<u8> = Vec::with_capacity(len);
+    let iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: len,
+    };
+    // SAFETY: `iov` describes `len` bytes of `buf`'s spare capacity, which lives across the
+    // call; the kernel writes at most that many bytes into it.
+    let read = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, offset, libc::RWF_NOWAIT) };
+    let Ok(read) = usize::try_from(read) else {
+        let error = io::Error::last_os_error();
+        // Not cached (EAGAIN), or the flag or the call itself not available here: an old
         // kernel, a filesystem without it, a sandbox or seccomp profile that refuses it.
-        Err(Errno::AGAIN | Errno::OPNOTSUPP | Errno::INVAL | Errno::NOSYS | Errno::PERM) => {
-            Ok(None)
-        }
-        Err(e) => Err(e.into()),
+        return match error.raw_os_error() {
+            Some(libc::EAGAIN | libc::EOPNOTSUPP | libc::EINVAL | libc::ENOSYS | libc::EPERM) => {
+                Ok(None)
+            }
+            _ => Err(error),
+        };
+    };
+    if read == 0 {
+        return Ok(None);
     }
+    // SAFETY: the kernel initialized the first `read` bytes, and `read <= len`.
+    unsafe { buf.set_len(read) };
+    Ok(Some(Bytes::from(buf)))
 }
 
 /// Elsewhere every read goes to the blocking pool.
@@ -274,7 +284,6 @@ mod tests {
         let file = file_with(b"short");
         assert!(read_cached(&file, 10, 5).unwrap().is_none());
         assert!(read_from_disk(file, 10, 5).await.is_err());
-        let result = read_chunk(file_with(b"short"), 10, 5).await.unwrap();
-        assert!(result.is_err());
+        assert!(read_at(file_with(b"short"), 10, 5).await.is_err());
     }
 }
