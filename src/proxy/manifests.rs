@@ -277,13 +277,17 @@ impl Mirror {
             }
             Err(e) => return Err(e),
         };
-        self.store.put_manifest(Arc::clone(&fetched)).await?;
         let record = TagRecord::new(
             &fetched.digest,
             &fetched.media_type,
             fetched.bytes.len() as u64,
         );
-        self.store.put_tag(&key, &record).await?;
+        // Both writes end in an fsync: overlap them. A tag record whose manifest is missing
+        // (a crash between the two) reads as no cached tag, so the order does not matter.
+        tokio::try_join!(
+            self.store.put_manifest(Arc::clone(&fetched)),
+            self.store.put_tag(&key, &record)
+        )?;
         Ok(ManifestAnswer::from_stored(
             &fetched,
             head,
