@@ -422,8 +422,9 @@ const ROUNDS: usize = 3;
 /// How many times each warm blob sample downloads the 200 MiB blob.
 const BLOB_REPEATS: usize = 4;
 
-/// How many images the cold pull is measured on.
-const COLD_ROUNDS: usize = 5;
+/// How many images the cold pull is measured on: the paced link makes single pulls vary by
+/// ±10%, so the median needs more than a handful.
+const COLD_ROUNDS: usize = 9;
 
 /// Whether a section was asked for: `cargo bench --bench compare -- cold manifests` runs only
 /// those (cold, concurrent, manifests, blobs); no names runs them all.
@@ -456,7 +457,7 @@ async fn main() {
     println!("building and seeding images...");
     let mut layout = Layout::new(&w.join("layout"));
     let big = layout.add_image("amd64", &[200 * MIB], false);
-    // Cold pulls can be measured once per image and server: three images, median reported.
+    // Cold pulls can be measured once per image and server: COLD_ROUNDS images, median reported.
     let multi_layers = [20 * MIB, 10 * MIB, 5 * MIB, MIB, 100 * 1024];
     let multis: Vec<Descriptor> = (0..COLD_ROUNDS)
         .map(|_| layout.add_image("amd64", &multi_layers, false))
@@ -476,6 +477,8 @@ async fn main() {
         static_tree(&static_root, &layout.dir, repo, m);
     }
     let upstream_log = w.join("upstream/access.log");
+    // Seeding leaves over a gigabyte of dirty pages: write them back now, not during the runs.
+    std::process::Command::new("sync").status().unwrap();
 
     let rm = regmirror(&w.join("regmirror"), &upstream.url).await;
     let dist = distribution(&w.join("proxy"), "distribution", Some(&upstream.url)).await;
