@@ -1,69 +1,14 @@
-//! Crash safety with the real binary: `kill -9` in the middle of a fill, then a restart.
+//! Crash safety with the real binary: `kill -9` in the middle of a fill, then a restart; SIGTERM
+//! in the middle of one.
 
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
+use common::binary::Regmirror;
 use common::fake_upstream::{Auth, FakeUpstream, Fault};
 use common::random_bytes;
-
-/// The regmirror binary as a child process, killed when dropped.
-struct Regmirror {
-    child: Child,
-    addr: std::net::SocketAddr,
-}
-
-impl Regmirror {
-    async fn start(config: &Path) -> Regmirror {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
-        let child = Command::new(env!("CARGO_BIN_EXE_regmirror"))
-            .args(["serve", "--config"])
-            .arg(config)
-            .args(["--listen", &addr.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let server = Regmirror { child, addr };
-        let client = reqwest::Client::new();
-        common::eventually_async(30, "regmirror to listen", || {
-            let url = format!("http://{addr}/v2/");
-            let client = client.clone();
-            async move {
-                client
-                    .get(url)
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status() == 200)
-            }
-        })
-        .await;
-        server
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    fn kill9(&mut self) {
-        // Child::kill sends SIGKILL on Unix.
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Regmirror {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn count_files(dir: &Path) -> usize {
     std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)

@@ -29,7 +29,10 @@ pub async fn get(ctx: &Ctx<'_>, name: &RepoName, digest: &Digest) -> Answer {
     let upstream = ctx.upstream_label(name);
     let answer = match ctx.mirror.blob(name, ns, digest, ctx.head, range).await {
         Ok(answer) => answer,
-        Err(e) => return proxy_error(e, Resource::Blob, &upstream).into(),
+        Err(e) => {
+            let error = proxy_error(e, Resource::Blob, &upstream);
+            return Answer::failed(error, upstream);
+        }
     };
     let (body, source) = match answer.body {
         BlobBody::Empty => (empty(), None),

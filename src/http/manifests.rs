@@ -14,7 +14,10 @@ pub async fn get(ctx: &Ctx<'_>, name: &RepoName, reference: &Reference) -> Answe
     let upstream = ctx.upstream_label(name);
     let answer = match ctx.mirror.manifest(name, ns, reference, ctx.head).await {
         Ok(answer) => answer,
-        Err(e) => return proxy_error(e, Resource::Manifest, &upstream).into(),
+        Err(e) => {
+            let error = proxy_error(e, Resource::Manifest, &upstream);
+            return Answer::failed(error, upstream);
+        }
     };
     let mut response = Response::new(match &answer.body {
         Some(bytes) => full(bytes.clone()),

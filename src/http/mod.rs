@@ -58,6 +58,16 @@ impl Answer {
     }
 }
 
+impl Answer {
+    /// An error answer for a request routed to `upstream`, which its log line names.
+    pub fn failed(e: ApiError, upstream: String) -> Answer {
+        Answer {
+            upstream: Some(upstream),
+            ..Answer::from(e)
+        }
+    }
+}
+
 impl From<ApiError> for Answer {
     fn from(e: ApiError) -> Answer {
         Answer::plain(e.into_response(false))

@@ -25,7 +25,10 @@ pub async fn list(ctx: &Ctx<'_>, name: &RepoName) -> Answer {
             )
             .into();
         }
-        Err(e) => return proxy_error(e, Resource::Repository, &upstream).into(),
+        Err(e) => {
+            let error = proxy_error(e, Resource::Repository, &upstream);
+            return Answer::failed(error, upstream);
+        }
     };
     let body = serde_json::json!({"name": name.as_str(), "tags": tags});
     let mut next = format!("/v2/{name}/tags/list?");

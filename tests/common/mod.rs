@@ -1,6 +1,7 @@
 //! Shared helpers for the integration tests.
 #![allow(dead_code)]
 
+pub mod binary;
 pub mod fake_upstream;
 pub mod images;
 pub mod registry;

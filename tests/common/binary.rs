@@ -1,0 +1,78 @@
+//! The real `regmirror` binary as a child process, for what only a whole process shows:
+//! signals, `kill -9`, its log output.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+/// A running `regmirror serve`, killed when dropped.
+pub struct Regmirror {
+    /// The process.
+    pub child: Child,
+    /// Where it listens.
+    pub addr: std::net::SocketAddr,
+}
+
+impl Regmirror {
+    /// Starts `regmirror serve --config <config>` on a free port, output discarded, and waits
+    /// until it answers.
+    pub async fn start(config: &Path) -> Regmirror {
+        Self::spawn(config, Stdio::null()).await
+    }
+
+    /// Like [`Regmirror::start`], with its log (stderr) written to `log`.
+    pub async fn start_logging_to(config: &Path, log: &Path) -> Regmirror {
+        let file = std::fs::File::create(log).unwrap();
+        Self::spawn(config, Stdio::from(file)).await
+    }
+
+    async fn spawn(config: &Path, stderr: Stdio) -> Regmirror {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+        let child = Command::new(env!("CARGO_BIN_EXE_regmirror"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .args(["--listen", &addr.to_string()])
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        let server = Regmirror { child, addr };
+        let client = reqwest::Client::new();
+        super::eventually_async(30, "regmirror to listen", || {
+            let url = format!("http://{addr}/v2/");
+            let client = client.clone();
+            async move {
+                client
+                    .get(url)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == 200)
+            }
+        })
+        .await;
+        server
+    }
+
+    /// `http://<addr><path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Sends SIGKILL and reaps the process.
+    pub fn kill9(&mut self) {
+        // Child::kill sends SIGKILL on Unix.
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Regmirror {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
