@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use url::Url;
 
 /// Everything wrong with a configuration, each naming the key at fault.
@@ -26,6 +26,9 @@ pub enum ConfigError {
         /// The parser's message, which names the key and line.
         message: String,
     },
+    /// The effective configuration could not be written out as TOML.
+    #[error("cannot write the effective config as TOML: {0}")]
+    Render(String),
     /// Values that parse but do not make sense together.
     #[error("invalid config: {key}: {message}")]
     Invalid {
@@ -37,7 +40,7 @@ pub enum ConfigError {
 }
 
 /// The whole configuration.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// `[server]`.
@@ -59,7 +62,7 @@ pub struct Config {
 }
 
 /// `[server]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     /// Address to listen on.
@@ -72,15 +75,15 @@ pub struct ServerConfig {
     #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
     pub shutdown_timeout: Duration,
     /// PEM certificate chain; with `tls_key`, the mirror serves HTTPS.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_cert: Option<PathBuf>,
     /// PEM private key for `tls_cert`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_key: Option<PathBuf>,
 }
 
 /// `[log]`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
     /// `text` (default) or `json` (one JSON object per line).
@@ -89,7 +92,7 @@ pub struct LogConfig {
 }
 
 /// How log lines are written.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable lines.
@@ -100,7 +103,7 @@ pub enum LogFormat {
 }
 
 /// `[storage]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
     /// Root directory of the cache.
@@ -120,7 +123,7 @@ pub struct StorageConfig {
     pub upload_ttl: Duration,
     /// Size cap of the store; cached content is evicted (least recently accessed first) when
     /// a fill pushes the store over it. `None`: no cap.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_size: Option<ByteSize>,
     /// Eviction frees space down to this fraction of `max_size`.
     #[serde(default = "default_low_water")]
@@ -134,12 +137,12 @@ pub struct StorageConfig {
 }
 
 /// `[auth]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     /// An htpasswd file with bcrypt entries (`htpasswd -B`). With it, pushes and deletes need
     /// credentials.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub htpasswd: Option<PathBuf>,
     /// Whether pulls work without credentials when `htpasswd` is set.
     #[serde(default = "default_true")]
@@ -202,8 +205,35 @@ impl<'de> Deserialize<'de> for ByteSize {
     }
 }
 
+impl Serialize for ByteSize {
+    /// In the largest binary unit that holds it exactly (`"20GiB"`), else in bytes.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let units = [
+            ("TiB", 1u64 << 40),
+            ("GiB", 1 << 30),
+            ("MiB", 1 << 20),
+            ("KiB", 1 << 10),
+        ];
+        match units
+            .iter()
+            .find(|(_, size)| self.0 != 0 && self.0.is_multiple_of(*size))
+        {
+            Some((unit, size)) => s.serialize_str(&format!("{}{unit}", self.0 / size)),
+            None => s.serialize_u64(self.0),
+        }
+    }
+}
+
+/// What a password is written out as: a config printed by `check-config` lands in terminals
+/// and CI logs.
+const HIDDEN: &str = "<hidden>";
+
+fn hidden<S: serde::Serializer>(_: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(HIDDEN)
+}
+
 /// One `[[upstream]]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     /// Matched against `?ns=` and the first component of a repository name.
@@ -217,13 +247,18 @@ pub struct UpstreamConfig {
     #[serde(default = "default_tag_ttl", with = "humantime_serde")]
     pub tag_ttl: Duration,
     /// Username for the upstream (Basic, or for Bearer token requests).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
-    /// Password for the upstream. Prefer `password_env`.
-    #[serde(default)]
+    /// Password for the upstream. Prefer `password_env`. Never written back out (see
+    /// [`Config::to_toml`]).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "hidden"
+    )]
     pub password: Option<String>,
     /// Name of an environment variable holding the password.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_env: Option<String>,
     /// Connect timeout for requests to this upstream.
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
@@ -385,6 +420,12 @@ impl Config {
         Ok(config)
     }
 
+    /// The effective configuration (defaults filled in) as TOML that [`Config::parse`] reads
+    /// back, with passwords written as `"<hidden>"`.
+    pub fn to_toml(&self) -> Result<String, ConfigError> {
+        toml::to_string(self).map_err(|e| ConfigError::Render(e.to_string()))
+    }
+
     /// Checks what serde cannot: one default, unique names, usable URLs, credentials in pairs.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key: String, message: &str| ConfigError::Invalid {
@@ -500,6 +541,55 @@ mod tests {
 
     fn err(text: &str) -> String {
         Config::parse(text, "test.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn the_effective_config_reads_back_as_the_same_settings() {
+        let text = r#"
+            [server]
+            listen = "127.0.0.1:6000"
+            tls_cert = "/etc/c.pem"
+            tls_key = "/etc/k.pem"
+            [storage]
+            path = "/var/cache/regmirror"
+            max_size = "50GiB"
+            max_upload_size = 1000
+            upload_ttl = "36h"
+            [log]
+            format = "json"
+            [[upstream]]
+            name = "docker.io"
+            url = "https://registry-1.docker.io"
+            default = true
+            [[upstream]]
+            name = "ghcr.io"
+            url = "https://ghcr.io"
+            tag_ttl = "90s"
+            username = "bot"
+            password_env = "GHCR_TOKEN"
+        "#;
+        let config = Config::parse(text, "test.toml").unwrap();
+        let written = config.to_toml().unwrap();
+        let read_back = Config::parse(&written, "written").unwrap();
+        assert_eq!(format!("{read_back:?}"), format!("{config:?}"), "{written}");
+        assert!(written.contains(r#"max_size = "50GiB""#), "{written}");
+        assert!(written.contains("max_upload_size = 1000\n"), "{written}");
+    }
+
+    #[test]
+    fn the_effective_config_never_shows_a_password() {
+        let text = r#"
+            [[upstream]]
+            name = "docker.io"
+            url = "https://registry-1.docker.io"
+            default = true
+            username = "bob"
+            password = "hunter2"
+        "#;
+        let written = Config::parse(text, "test.toml").unwrap().to_toml().unwrap();
+        assert!(!written.contains("hunter2"), "{written}");
+        assert!(written.contains(r#"password = "<hidden>""#), "{written}");
+        assert!(written.contains(r#"username = "bob""#), "{written}");
     }
 
     #[test]

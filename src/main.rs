@@ -78,7 +78,7 @@ enum Command {
         /// Images: `[host/]repo[:tag|@digest]`.
         images: Vec<String>,
     },
-    /// Check a config file and print the effective settings.
+    /// Check a config file and print the effective settings as TOML (passwords hidden).
     CheckConfig {
         /// Config file.
         #[arg(long, short)]
@@ -134,10 +134,16 @@ fn main() -> ExitCode {
             file.as_deref(),
             images,
         )),
-        Command::CheckConfig { .. } => {
-            println!("{config:#?}");
-            ExitCode::SUCCESS
-        }
+        Command::CheckConfig { config: path } => match config.to_toml() {
+            Ok(text) => {
+                println!(
+                    "# {} is valid. The effective settings, defaults filled in, passwords hidden:\n\n{text}",
+                    path.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
     }
 }
 
