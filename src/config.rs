@@ -224,6 +224,23 @@ impl Serialize for ByteSize {
     }
 }
 
+impl std::fmt::Debug for UpstreamConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamConfig")
+            .field("name", &self.name)
+            .field("url", &self.url.as_str())
+            .field("default", &self.default)
+            .field("tag_ttl", &self.tag_ttl)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| HIDDEN))
+            .field("password_env", &self.password_env)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("fill_idle_timeout", &self.fill_idle_timeout)
+            .field("negative_ttl", &self.negative_ttl)
+            .finish()
+    }
+}
+
 /// What a password is written out as: a config printed by `check-config` lands in terminals
 /// and CI logs.
 const HIDDEN: &str = "<hidden>";
@@ -232,8 +249,8 @@ fn hidden<S: serde::Serializer>(_: &Option<String>, s: S) -> Result<S::Ok, S::Er
     s.serialize_str(HIDDEN)
 }
 
-/// One `[[upstream]]`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+/// One `[[upstream]]`. Its `Debug` hides the password, like [`Config::to_toml`].
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     /// Matched against `?ns=` and the first component of a repository name.
@@ -590,6 +607,8 @@ mod tests {
         assert!(!written.contains("hunter2"), "{written}");
         assert!(written.contains(r#"password = "<hidden>""#), "{written}");
         assert!(written.contains(r#"username = "bob""#), "{written}");
+        let debug = format!("{:?}", Config::parse(text, "test.toml").unwrap());
+        assert!(!debug.contains("hunter2"), "{debug}");
     }
 
     #[test]
