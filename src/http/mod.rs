@@ -56,9 +56,7 @@ impl Answer {
             upstream: None,
         }
     }
-}
 
-impl Answer {
     /// An error answer for a request routed to `upstream`, which its log line names.
     pub fn failed(e: ApiError, upstream: String) -> Answer {
         Answer {

@@ -14,7 +14,6 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,14 +24,11 @@ use tokio::sync::{mpsc, watch};
 
 use crate::metrics::Metrics;
 use crate::oci::{Digest, RepoName};
-use crate::store::{Spool, Store, StoreError};
+use crate::store::{Spool, Store, StoreError, reads};
 use crate::upstream::{UpstreamClient, UpstreamError, error_chain};
 
 /// How many times a broken-off upstream body is resumed with a Range request.
 pub const MAX_RESUMES: u32 = 3;
-
-/// Bytes read from a spool per chunk sent to a reader that fell behind the tail.
-const READ_CHUNK: usize = 256 * 1024;
 
 /// How many of a fill's newest bytes are kept in memory for readers at the live edge.
 const TAIL_BYTES: usize = 4 * 1024 * 1024;
@@ -291,36 +287,11 @@ impl Fill {
         }
         let on_disk = clamp(progress.readable());
         if offset < on_disk {
-            let len = (on_disk - offset).min(READ_CHUNK as u64) as usize;
-            return Some(read_at(Arc::clone(&self.file), offset, len).await);
+            let len = (on_disk - offset).min(reads::READ_CHUNK as u64) as usize;
+            return Some(reads::read_chunk(&self.file, offset, len).await);
         }
         None
     }
-}
-
-/// Reads `len` bytes at `offset` on the blocking pool.
-async fn read_at(file: Arc<std::fs::File>, offset: u64, len: usize) -> io::Result<Bytes> {
-    tokio::task::spawn_blocking(move || {
-        let mut buf = vec![0u8; len];
-        let mut filled = 0;
-        while filled < len {
-            let n = file.read_at(&mut buf[filled..], offset + filled as u64)?;
-            if n == 0 {
-                break;
-            }
-            filled += n;
-        }
-        if filled == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "read past end of file",
-            ));
-        }
-        buf.truncate(filled);
-        Ok(Bytes::from(buf))
-    })
-    .await
-    .map_err(io::Error::other)?
 }
 
 /// What [`Fills::start_or_join`] found.

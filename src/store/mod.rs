@@ -15,6 +15,7 @@
 mod blobs;
 mod gc;
 mod local;
+pub mod reads;
 mod tags;
 mod uploads;
 mod usage;
