@@ -80,6 +80,93 @@ pub struct ServerConfig {
     /// PEM private key for `tls_cert`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_key: Option<PathBuf>,
+    /// The URL clients reach the mirror at, when a TLS-terminating proxy sits in front of it
+    /// (`https://registry.example`): the auth challenge's token realm is built from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_url: Option<Url>,
+    /// Addresses (`10.0.0.5`) or networks (`10.0.0.0/8`) of proxies whose `X-Forwarded-For`,
+    /// `X-Forwarded-Proto` and `X-Forwarded-Host` headers are believed. Nobody else's are.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_proxies: Vec<IpNet>,
+    /// A client must send a request's whole header within this long once it started sending it.
+    #[serde(default = "default_header_read_timeout", with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// A connection with no request in flight and nothing received for this long is closed.
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// A TLS handshake must finish within this long.
+    #[serde(default = "default_tls_handshake_timeout", with = "humantime_serde")]
+    pub tls_handshake_timeout: Duration,
+    /// The most client connections served at once; further ones wait in the listen backlog.
+    /// Unset: sized from the open-file limit (raised to its hard limit at start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
+}
+
+/// An IP network in CIDR notation (`10.0.0.0/8`, `::1/128`), or a single address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    /// The network's address.
+    pub addr: std::net::IpAddr,
+    /// The prefix length.
+    pub prefix: u8,
+}
+
+impl IpNet {
+    /// Whether `ip` is inside the network (IPv4-mapped IPv6 addresses count as IPv4).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        let (net, ip, bits) = match (self.addr, ip) {
+            (IpAddr::V4(n), IpAddr::V4(i)) => (u32::from(n) as u128, u32::from(i) as u128, 32),
+            (IpAddr::V6(n), IpAddr::V6(i)) => (u128::from(n), u128::from(i), 128),
+            _ => return false,
+        };
+        let shift = bits - u32::from(self.prefix);
+        shift >= bits || (net >> shift) == (ip >> shift)
+    }
+}
+
+impl std::str::FromStr for IpNet {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<IpNet, String> {
+        let bad = || format!("{s:?} is not an address or network such as \"10.0.0.0/8\"");
+        let (addr, prefix) = match s.trim().split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s.trim(), None),
+        };
+        let addr: std::net::IpAddr = addr.parse().map_err(|_| bad())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(bad)?,
+            None => max,
+        };
+        Ok(IpNet { addr, prefix })
+    }
+}
+
+impl std::fmt::Display for IpNet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl<'de> Deserialize<'de> for IpNet {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<IpNet, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for IpNet {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
 }
 
 /// `[log]`.
@@ -121,6 +208,12 @@ pub struct StorageConfig {
     /// An upload session with no activity for this long is removed.
     #[serde(default = "default_upload_ttl", with = "humantime_serde")]
     pub upload_ttl: Duration,
+    /// The most bytes all unfinished uploads together may hold (they count in `max_size` too).
+    #[serde(default = "default_max_uploads_size")]
+    pub max_uploads_size: ByteSize,
+    /// The most upload sessions one client (a user, or an anonymous address) may have open.
+    #[serde(default = "default_max_upload_sessions")]
+    pub max_upload_sessions_per_client: usize,
     /// Size cap of the store; cached content is evicted (least recently accessed first) when
     /// a fill pushes the store over it. `None`: no cap.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -147,6 +240,51 @@ pub struct AuthConfig {
     /// Whether pulls work without credentials when `htpasswd` is set.
     #[serde(default = "default_true")]
     pub anonymous_pull: bool,
+    /// Whether clients without credentials may push, mount and delete. Off by default: with it,
+    /// anyone who reaches the mirror can replace what everybody pulls.
+    #[serde(default)]
+    pub anonymous_push: bool,
+    /// `[[auth.access]]`: who may push and delete where. With none, every htpasswd user may
+    /// push and delete everywhere.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub access: Vec<AccessRule>,
+}
+
+/// One `[[auth.access]]` rule: `users` may do `actions` on `repositories`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessRule {
+    /// htpasswd users (`"*"`: every user).
+    pub users: Vec<String>,
+    /// Glob patterns of repository names (`"team/*"`; `*` matches any run of characters,
+    /// `/` included), matched against the name as the client sends it and as it routes
+    /// upstream (`library/alpine`, `docker.io/library/alpine`).
+    pub repositories: Vec<String>,
+    /// Any of `"push"`, `"delete"` (every authenticated user may pull).
+    pub actions: Vec<Action>,
+}
+
+/// What a client may do to a repository.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Read manifests, blobs and tags.
+    Pull,
+    /// Upload blobs, mount them, put manifests.
+    Push,
+    /// Delete manifests, tags and blobs.
+    Delete,
+}
+
+impl Action {
+    /// The name used in token scopes (`repository:team/app:pull,push`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Pull => "pull",
+            Action::Push => "push",
+            Action::Delete => "delete",
+        }
+    }
 }
 
 /// A size in bytes, written in the config as a number or with a unit: `"512MiB"`, `"50GiB"`,
@@ -235,6 +373,9 @@ impl std::fmt::Debug for UpstreamConfig {
             .field("password", &self.password.as_ref().map(|_| HIDDEN))
             .field("password_env", &self.password_env)
             .field("connect_timeout", &self.connect_timeout)
+            .field("response_timeout", &self.response_timeout)
+            .field("body_timeout", &self.body_timeout)
+            .field("ca_file", &self.ca_file)
             .field("fill_idle_timeout", &self.fill_idle_timeout)
             .field("negative_ttl", &self.negative_ttl)
             .finish()
@@ -280,6 +421,16 @@ pub struct UpstreamConfig {
     /// Connect timeout for requests to this upstream.
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// How long the upstream (and its token endpoint) may take to send response headers.
+    #[serde(default = "default_response_timeout", with = "humantime_serde")]
+    pub response_timeout: Duration,
+    /// How long a whole manifest, tag list or token body may take to arrive.
+    #[serde(default = "default_body_timeout", with = "humantime_serde")]
+    pub body_timeout: Duration,
+    /// A PEM bundle of CA certificates to trust for this upstream (a private CA), besides the
+    /// system's trust store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
     /// A blob fill that receives no bytes for this long fails (there is no total deadline:
     /// big layers are slow).
     #[serde(default = "default_fill_idle_timeout", with = "humantime_serde")]
@@ -306,7 +457,28 @@ fn default_max_upload() -> ByteSize {
     ByteSize(20 << 30)
 }
 fn default_upload_ttl() -> Duration {
-    Duration::from_secs(24 * 3600)
+    Duration::from_secs(3600)
+}
+fn default_max_uploads_size() -> ByteSize {
+    ByteSize(20 << 30)
+}
+fn default_max_upload_sessions() -> usize {
+    64
+}
+fn default_header_read_timeout() -> Duration {
+    Duration::from_secs(20)
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(90)
+}
+fn default_tls_handshake_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_response_timeout() -> Duration {
+    Duration::from_secs(15)
+}
+fn default_body_timeout() -> Duration {
+    Duration::from_secs(60)
 }
 fn default_low_water() -> f64 {
     0.9
@@ -341,6 +513,12 @@ impl Default for ServerConfig {
             shutdown_timeout: default_shutdown_timeout(),
             tls_cert: None,
             tls_key: None,
+            public_url: None,
+            trusted_proxies: Vec::new(),
+            header_read_timeout: default_header_read_timeout(),
+            idle_timeout: default_idle_timeout(),
+            tls_handshake_timeout: default_tls_handshake_timeout(),
+            max_connections: None,
         }
     }
 }
@@ -350,6 +528,8 @@ impl Default for AuthConfig {
         AuthConfig {
             htpasswd: None,
             anonymous_pull: true,
+            anonymous_push: false,
+            access: Vec::new(),
         }
     }
 }
@@ -362,6 +542,8 @@ impl Default for StorageConfig {
             delete: false,
             max_upload_size: default_max_upload(),
             upload_ttl: default_upload_ttl(),
+            max_uploads_size: default_max_uploads_size(),
+            max_upload_sessions_per_client: default_max_upload_sessions(),
             max_size: None,
             low_water: default_low_water(),
             gc_interval: default_gc_interval(),
@@ -382,6 +564,9 @@ impl UpstreamConfig {
             password: None,
             password_env: None,
             connect_timeout: default_connect_timeout(),
+            response_timeout: default_response_timeout(),
+            body_timeout: default_body_timeout(),
+            ca_file: None,
             fill_idle_timeout: default_fill_idle_timeout(),
             negative_ttl: default_negative_ttl(),
         }
@@ -496,6 +681,14 @@ impl Config {
             if up.connect_timeout.is_zero() {
                 return Err(invalid(key("connect_timeout"), "must be greater than zero"));
             }
+            if up.response_timeout.is_zero() || up.body_timeout.is_zero() {
+                let field = if up.response_timeout.is_zero() {
+                    "response_timeout"
+                } else {
+                    "body_timeout"
+                };
+                return Err(invalid(key(field), "must be greater than zero"));
+            }
             if up.fill_idle_timeout.is_zero() {
                 return Err(invalid(
                     key("fill_idle_timeout"),
@@ -507,6 +700,55 @@ impl Config {
             return Err(invalid(
                 "server.tls_cert".into(),
                 "tls_cert and tls_key go together: set both or neither",
+            ));
+        }
+        if let Some(url) = &self.server.public_url
+            && (!matches!(url.scheme(), "http" | "https") || url.host_str().is_none())
+        {
+            return Err(invalid(
+                "server.public_url".into(),
+                "must be an http:// or https:// URL with a host, such as \"https://registry.example\"",
+            ));
+        }
+        for (key, value) in [
+            (
+                "server.header_read_timeout",
+                self.server.header_read_timeout,
+            ),
+            ("server.idle_timeout", self.server.idle_timeout),
+            (
+                "server.tls_handshake_timeout",
+                self.server.tls_handshake_timeout,
+            ),
+        ] {
+            if value.is_zero() {
+                return Err(invalid(key.into(), "must be greater than zero"));
+            }
+        }
+        if self.server.max_connections == Some(0) {
+            return Err(invalid(
+                "server.max_connections".into(),
+                "must be at least 1",
+            ));
+        }
+        if self.storage.max_upload_sessions_per_client == 0 {
+            return Err(invalid(
+                "storage.max_upload_sessions_per_client".into(),
+                "must be at least 1",
+            ));
+        }
+        for (i, rule) in self.auth.access.iter().enumerate() {
+            if rule.users.is_empty() || rule.repositories.is_empty() || rule.actions.is_empty() {
+                return Err(invalid(
+                    format!("auth.access[{i}]"),
+                    "needs users, repositories and actions, each non-empty",
+                ));
+            }
+        }
+        if !self.auth.access.is_empty() && self.auth.htpasswd.is_none() {
+            return Err(invalid(
+                "auth.access".into(),
+                "access rules name htpasswd users: set auth.htpasswd too",
             ));
         }
         if !(self.storage.low_water > 0.0 && self.storage.low_water <= 1.0) {

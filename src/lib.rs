@@ -79,7 +79,11 @@ async fn open_mirror(config: &Config, owns_tmp: bool) -> Result<Arc<Mirror>, Sta
     };
     let store = Arc::new(store);
     let upstreams = Upstreams::new(&config.upstreams, config.server.offline, &metrics)?;
-    let fills = Fills::new(Arc::clone(&store), Arc::clone(&metrics));
+    let fills = Fills::new(
+        Arc::clone(&store),
+        Arc::clone(&metrics),
+        config.storage.max_upload_size.0,
+    );
     Ok(Arc::new(Mirror::new(store, upstreams, fills, metrics)))
 }
 

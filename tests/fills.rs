@@ -154,13 +154,53 @@ async fn a_range_on_a_blob_being_filled_is_served_from_the_spool() {
         r.headers()["content-range"],
         format!("bytes 100-199/{}", blob.len()).as_str()
     );
-    assert_eq!(r.bytes().await.unwrap().as_ref(), &blob[100..200]);
     assert!(
         !fake.finished_sending(&digest),
-        "answered before the fill completed"
+        "the 206 started before the fill completed"
     );
+    // Its last byte waits until the whole blob is verified: a range is never completed with
+    // bytes that might still turn out wrong.
+    assert_eq!(r.bytes().await.unwrap().as_ref(), &blob[100..200]);
+    let received = mirror
+        .metric("regmirror_upstream_fetched_bytes_total{upstream=\"docker.io\"}")
+        .await;
+    assert_eq!(received, blob.len() as f64, "the whole blob was in first");
     leader.bytes().await.unwrap();
     assert_eq!(fake.count("GET", "/blobs/"), 1);
+}
+
+#[tokio::test]
+async fn a_range_joining_a_fill_of_wrong_bytes_is_never_completed() {
+    let fake = FakeUpstream::start(Auth::None).await;
+    let blob = random_bytes(2 * 1024 * 1024);
+    let digest = fake.put_blob(blob.clone());
+    fake.set_fault(
+        &digest,
+        Some(Fault::PacedCorrupt {
+            chunk: 256 * 1024,
+            delay_ms: 20,
+        }),
+    );
+    let mirror = TestMirror::start(&upstream_toml(&fake.url(), "")).await;
+    let path = format!("/v2/app/blobs/{digest}");
+    let mut leader = mirror.get(&path).await;
+    leader.chunk().await.unwrap().unwrap();
+    let r = mirror
+        .client
+        .get(mirror.url(&path))
+        .header("range", "bytes=0-99")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(r.headers()["x-regmirror-cache"], "coalesced");
+    assert!(
+        r.bytes().await.is_err(),
+        "a range of a blob that failed verification must be aborted"
+    );
+    assert!(leader.bytes().await.is_err());
+    mirror.fills_settled().await;
+    assert!(!mirror.blob_path(&digest).exists());
 }
 
 #[tokio::test]

@@ -73,3 +73,72 @@ async fn each_request_logs_one_json_line_with_its_upstream_cache_result_and_size
     assert_eq!(failed["status"], 503);
     assert_eq!(failed["upstream"], "docker.io", "{failed}");
 }
+
+/// A request whose client gives up while the upstream hangs still gets its line (status 499,
+/// `cancelled`), and so does one that the upstream's response timeout ends. A method no
+/// registry knows does not become a metric label of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_and_timed_out_requests_are_logged() {
+    let fake = FakeUpstream::start(Auth::None).await;
+    fake.set_hang(true);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("mirror.toml");
+    common::write_config(&config, &dir.path().join("store"), &fake.url(), "");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("response_timeout = \"2s\"\n[log]\nformat = \"json\"\n");
+    std::fs::write(&config, text).unwrap();
+    let log = dir.path().join("regmirror.log");
+    let mirror = Regmirror::start_logging_to(&config, &log).await;
+
+    let impatient = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let gave_up = impatient
+        .get(mirror.url("/v2/app/manifests/cancelled"))
+        .send()
+        .await;
+    assert!(gave_up.is_err(), "the client timed out");
+    let r = reqwest::get(mirror.url("/v2/app/manifests/timed-out"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let weird = reqwest::Client::new()
+        .request(
+            reqwest::Method::from_bytes(b"BREW").unwrap(),
+            mirror.url("/v2/"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(weird.status(), 405);
+
+    common::eventually(10, "the request lines", || {
+        let lines = request_lines(&log);
+        ["/v2/app/manifests/cancelled", "/v2/app/manifests/timed-out"]
+            .iter()
+            .all(|p| lines.iter().any(|l| l["path"] == *p))
+    })
+    .await;
+    let lines = request_lines(&log);
+    let cancelled = lines
+        .iter()
+        .find(|l| l["path"] == "/v2/app/manifests/cancelled")
+        .unwrap();
+    assert_eq!(cancelled["status"], 499, "{cancelled}");
+    assert_eq!(cancelled["cancelled"], true, "{cancelled}");
+    let timed_out = lines
+        .iter()
+        .find(|l| l["path"] == "/v2/app/manifests/timed-out")
+        .unwrap();
+    assert_eq!(timed_out["status"], 503, "{timed_out}");
+
+    let metrics = reqwest::get(mirror.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!metrics.contains("BREW"), "client-chosen label");
+    assert!(metrics.contains("method=\"other\""));
+}

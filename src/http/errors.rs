@@ -150,9 +150,7 @@ pub fn proxy_error(e: ProxyError, resource: Resource, upstream: &str) -> ApiErro
             upstream_error(&e, resource, upstream)
         }
         ProxyError::Fill(e) => ApiError::new(ErrorCode::Unavailable, e.to_string()),
-        ProxyError::ManifestDigestMismatch | ProxyError::ManifestTooLarge(_) => {
-            ApiError::new(ErrorCode::Unavailable, e.to_string())
-        }
+        ProxyError::ManifestDigestMismatch => ApiError::new(ErrorCode::Unavailable, e.to_string()),
         ProxyError::RangeNotSatisfiable { size } => {
             ApiError::new(ErrorCode::RangeInvalid, e.to_string())
                 .with_header(header::CONTENT_RANGE, format!("bytes */{size}"))

@@ -119,7 +119,16 @@ pub async fn handle(
     let started = Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
+    // A client that hangs up before its answer is ready drops this future: the guard still
+    // writes its log line.
+    let mut unanswered = Unanswered {
+        method: method.clone(),
+        path: path.clone(),
+        started,
+        armed: true,
+    };
     let answer = dispatch(&app, request).await;
+    unanswered.armed = false;
     let mut response = answer.response;
     if method == Method::HEAD {
         // Keep the headers (Content-Length included), drop any body.
@@ -139,7 +148,7 @@ pub async fn handle(
     app.mirror
         .metrics
         .http_requests
-        .with_label_values(&[method.as_str(), &status.to_string()])
+        .with_label_values(&[method_label(&method), &status.to_string()])
         .inc();
     let length = response
         .headers()
@@ -158,6 +167,45 @@ pub async fn handle(
     };
     let metrics = Arc::clone(&app.mirror.metrics);
     Ok(response.map(|b| Logged::new(b, info, metrics)))
+}
+
+/// A request whose handler has not answered yet; logged as cancelled if dropped so.
+struct Unanswered {
+    method: Method,
+    path: String,
+    started: Instant,
+    armed: bool,
+}
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if self.armed {
+            tracing::info!(
+                method = %self.method,
+                path = %self.path,
+                status = 499,
+                bytes = 0,
+                duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
+                complete = false,
+                cancelled = true,
+                "request"
+            );
+        }
+    }
+}
+
+/// The method as a metric label: one of a closed set, so a client cannot create series.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
 }
 
 /// Applies the authentication policy (when an htpasswd file is configured).

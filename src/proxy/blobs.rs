@@ -3,8 +3,6 @@
 
 use std::sync::Arc;
 
-use reqwest::Method;
-
 use super::fill::{Fill, Joined};
 use super::{Mirror, ProxyError};
 use crate::metrics::{CacheResult, Kind};
@@ -219,12 +217,8 @@ impl Mirror {
     ) -> Result<BlobAnswer, ProxyError> {
         let size = match self.fills.running(digest) {
             Some(fill) => fill.wait_started().await?,
-            None => match route
-                .upstream
-                .blob(Method::HEAD, &route.repo, digest, None)
-                .await
-            {
-                Ok(response) => crate::upstream::declared_length(response.headers()),
+            None => match route.upstream.head_blob(&route.repo, digest).await {
+                Ok(size) => size,
                 // A HEAD is an existence check, and push clients (skopeo, docker push) make
                 // one for every blob before uploading it: anything but a yes from the upstream
                 // (Docker Hub answers 401 for repositories that do not exist; the upstream may

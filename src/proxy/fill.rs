@@ -19,13 +19,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use reqwest::Method;
 use tokio::sync::{mpsc, watch};
 
 use crate::metrics::Metrics;
 use crate::oci::{Digest, RepoName};
 use crate::store::{Spool, Store, StoreError, reads};
-use crate::upstream::{UpstreamClient, UpstreamError, error_chain};
+use crate::upstream::{BlobBody, UpstreamClient, UpstreamError};
 
 /// How many times a broken-off upstream body is resumed with a Range request.
 pub const MAX_RESUMES: u32 = 3;
@@ -57,9 +56,15 @@ pub enum FillError {
         /// Digest of what arrived.
         actual: Digest,
     },
+    /// The body grew past the largest blob we accept (`max_upload_size`).
+    #[error("upstream body larger than {0} bytes")]
+    TooLarge(u64),
     /// Writing the spool or committing it failed.
     #[error("store error: {0}")]
-    Store(String),
+    Store(Arc<StoreError>),
+    /// The fill's task ended without saying why (it panicked).
+    #[error("the download task failed unexpectedly")]
+    Aborted,
 }
 
 impl FillError {
@@ -70,7 +75,9 @@ impl FillError {
             FillError::Truncated(_) => "truncated",
             FillError::Stalled(_) => "stalled",
             FillError::DigestMismatch { .. } => "digest_mismatch",
+            FillError::TooLarge(_) => "too_large",
             FillError::Store(_) => "store",
+            FillError::Aborted => "aborted",
         }
     }
 }
@@ -194,7 +201,7 @@ impl Fill {
         let progress = rx
             .wait_for(|p| !matches!(p.phase, Phase::Connecting))
             .await
-            .map_err(|_| FillError::Store("fill task ended unexpectedly".into()))?;
+            .map_err(|_| FillError::Aborted)?;
         match &progress.phase {
             Phase::Failed(e) => Err(e.clone()),
             _ => Ok(progress.total),
@@ -207,7 +214,7 @@ impl Fill {
         let progress = rx
             .wait_for(|p| matches!(p.phase, Phase::Done | Phase::Failed(_)))
             .await
-            .map_err(|_| FillError::Store("fill task ended unexpectedly".into()))?;
+            .map_err(|_| FillError::Aborted)?;
         match &progress.phase {
             Phase::Failed(e) => Err(e.clone()),
             _ => Ok(progress.written),
@@ -278,7 +285,13 @@ impl Fill {
         offset: u64,
         end: Option<u64>,
     ) -> Option<io::Result<Bytes>> {
-        let clamp = |limit: u64| end.map_or(limit, |e| e.min(limit));
+        // A range that ends before the blob does still holds back its own last byte until
+        // the whole blob is verified: no response completes with bytes that may be wrong.
+        let clamp = |limit: u64| match end {
+            Some(e) if !progress.verified && limit >= e => e.saturating_sub(1),
+            Some(e) => e.min(limit),
+            None => limit,
+        };
         let in_memory = clamp(progress.readable_in_memory());
         if offset < in_memory
             && let Some(bytes) = self.tail.get(offset, in_memory)
@@ -314,16 +327,46 @@ pub struct Fills {
     ended: tokio::sync::Notify,
     store: Arc<Store>,
     metrics: Arc<Metrics>,
+    max_blob: u64,
+}
+
+/// A fill's place in [`Fills`], given up when its task ends, however it ends: an error, a
+/// panic or a runtime shutdown never leaves a dead fill for later requests to join.
+struct FillEntry {
+    fills: Arc<Fills>,
+    fill: Arc<Fill>,
+}
+
+impl Drop for FillEntry {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            tracing::error!(digest = %self.fill.digest, "blob fill task panicked; nothing kept");
+        }
+        {
+            // Only this fill's entry: a retry may already have replaced it.
+            let mut inflight = self.fills.lock();
+            if inflight
+                .get(&self.fill.digest)
+                .is_some_and(|f| Arc::ptr_eq(f, &self.fill))
+            {
+                inflight.remove(&self.fill.digest);
+            }
+        }
+        self.fills.metrics.fills_in_flight.dec();
+        self.fills.ended.notify_waiters();
+    }
 }
 
 impl Fills {
     /// An empty set of fills.
-    pub fn new(store: Arc<Store>, metrics: Arc<Metrics>) -> Arc<Fills> {
+    /// An empty set of fills; a blob body may be at most `max_blob` bytes.
+    pub fn new(store: Arc<Store>, metrics: Arc<Metrics>, max_blob: u64) -> Arc<Fills> {
         Arc::new(Fills {
             inflight: Mutex::new(HashMap::new()),
             ended: tokio::sync::Notify::new(),
             store,
             metrics,
+            max_blob,
         })
     }
 
@@ -397,9 +440,8 @@ impl Fills {
         inflight.insert(digest.clone(), Arc::clone(&fill));
         drop(inflight);
         self.metrics.fills_in_flight.inc();
-        let fills = Arc::clone(self);
-        let this = Arc::clone(&fill);
         let job = FillJob {
+            max_size: self.max_blob,
             metrics: Arc::clone(&self.metrics),
             upstream: Arc::clone(upstream),
             repo: repo.clone(),
@@ -407,9 +449,14 @@ impl Fills {
             tail,
             tx,
         };
+        let entry = FillEntry {
+            fills: Arc::clone(self),
+            fill: Arc::clone(&fill),
+        };
         tokio::spawn(async move {
-            let digest = job.digest.clone();
+            let fills = Arc::clone(&entry.fills);
             let upstream_name = job.upstream.name().to_owned();
+            let digest = job.digest.clone();
             let result = job.run(spool, &fills).await;
             if let Err(e) = &result {
                 tracing::warn!(%digest, upstream = %upstream_name, error = %e, "blob fill failed; nothing kept");
@@ -426,15 +473,7 @@ impl Fills {
                         .inc();
                 }
             }
-            {
-                // Only this fill's entry: a retry may already have replaced it.
-                let mut inflight = fills.lock();
-                if inflight.get(&digest).is_some_and(|f| Arc::ptr_eq(f, &this)) {
-                    inflight.remove(&digest);
-                }
-            }
-            fills.metrics.fills_in_flight.dec();
-            fills.ended.notify_waiters();
+            drop(entry);
         });
         Ok(Joined::Leader(fill))
     }
@@ -448,6 +487,8 @@ enum ToWriter {
 
 /// One fill's task.
 struct FillJob {
+    /// The most bytes a body may have.
+    max_size: u64,
     metrics: Arc<Metrics>,
     upstream: Arc<UpstreamClient>,
     repo: RepoName,
@@ -472,9 +513,12 @@ impl FillJob {
     async fn fetch(&self, spool: Spool, fills: &Fills) -> Result<u64, FillError> {
         let response = self
             .upstream
-            .blob(Method::GET, &self.repo, &self.digest, None)
+            .get_blob(&self.repo, &self.digest, None)
             .await?;
-        let total = response.content_length();
+        let total = response.length;
+        if total.is_some_and(|t| t > self.max_size) {
+            return Err(FillError::TooLarge(self.max_size));
+        }
         self.tx.send_modify(|p| {
             p.total = total;
             p.phase = Phase::Streaming;
@@ -495,11 +539,10 @@ impl FillJob {
             let _ = to_writer.send(ToWriter::Finish).await;
         }
         drop(to_writer);
-        let written = writer
-            .await
-            .map_err(|e| FillError::Store(format!("writer task: {e}")))?;
+        let written = writer.await;
+        // The network's error first: the writer only knows that the network side gave up.
         streamed?;
-        written
+        written.map_err(|_| FillError::Aborted)?
     }
 
     /// Streams the body to the writer; a body that breaks off or stalls is resumed with a
@@ -507,7 +550,7 @@ impl FillJob {
     /// supports ranges.
     async fn stream_with_resume(
         &self,
-        mut response: reqwest::Response,
+        mut response: BlobBody,
         total: Option<u64>,
         to_writer: &mpsc::Sender<ToWriter>,
     ) -> Result<(), FillError> {
@@ -534,32 +577,25 @@ impl FillJob {
         }
     }
 
-    /// A `Range: bytes=<from>-` request; `None` unless the upstream answers 206 from `from`.
-    async fn resume_from(&self, from: u64) -> Option<reqwest::Response> {
+    /// A `Range: bytes=<from>-` request; `None` unless the upstream answers with the bytes
+    /// from `from` on.
+    async fn resume_from(&self, from: u64) -> Option<BlobBody> {
         let response = self
             .upstream
-            .blob(Method::GET, &self.repo, &self.digest, Some(from))
+            .get_blob(&self.repo, &self.digest, Some(from))
             .await
             .ok()?;
-        let starts_at_from = response
-            .headers()
-            .get(reqwest::header::CONTENT_RANGE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("bytes "))
-            .and_then(|v| v.split('-').next())
-            .and_then(|v| v.parse::<u64>().ok())
-            == Some(from);
-        if response.status() == reqwest::StatusCode::PARTIAL_CONTENT && starts_at_from {
+        if response.range_start == Some(from) {
             Some(response)
         } else {
-            tracing::info!(digest = %self.digest, status = %response.status(), "upstream cannot resume with Range");
+            tracing::info!(digest = %self.digest, "upstream cannot resume with Range");
             None
         }
     }
 
     async fn stream_body(
         &self,
-        response: reqwest::Response,
+        response: BlobBody,
         total: Option<u64>,
         received: &mut u64,
         to_writer: &mpsc::Sender<ToWriter>,
@@ -569,7 +605,7 @@ impl FillJob {
             .metrics
             .upstream_bytes
             .with_label_values(&[self.upstream.name()]);
-        let mut body = response.bytes_stream();
+        let mut body = Box::pin(response.into_stream());
         loop {
             let next = tokio::time::timeout(idle, body.next())
                 .await
@@ -585,6 +621,11 @@ impl FillJob {
                             "body longer than Content-Length".into(),
                         )));
                     }
+                    // Without a declared length, a body may not grow past what we would
+                    // accept from a client: an endless body is not spooled forever.
+                    if *received > self.max_size {
+                        return Err(FillError::TooLarge(self.max_size));
+                    }
                     // Readers at the live edge take it from memory now; the disk writer
                     // catches up on its own thread.
                     self.tail.push(offset, chunk.clone());
@@ -596,7 +637,7 @@ impl FillJob {
                     }
                 }
                 Some(Err(e)) => {
-                    tracing::debug!(error = %error_chain(&e), received = *received, "upstream body broke off");
+                    tracing::debug!(error = %e, received = *received, "upstream body broke off");
                     return Err(FillError::Truncated(*received));
                 }
             }
@@ -621,7 +662,7 @@ fn write_spool(
         StoreError::DigestMismatch { expected, actual } => {
             FillError::DigestMismatch { expected, actual }
         }
-        other => FillError::Store(other.to_string()),
+        other => FillError::Store(Arc::new(other)),
     };
     while let Some(first) = from_network.blocking_recv() {
         let mut next = Some(first);
@@ -630,9 +671,12 @@ fn write_spool(
         while let Some(message) = next.take() {
             match message {
                 ToWriter::Data(chunk) => {
-                    spool
-                        .append(&chunk)
-                        .map_err(|e| FillError::Store(format!("writing spool: {e}")))?;
+                    spool.append(&chunk).map_err(|source| {
+                        FillError::Store(Arc::new(StoreError::Io {
+                            path: spool.path().to_owned(),
+                            source,
+                        }))
+                    })?;
                     batched += chunk.len();
                     if batched < WRITE_BATCH {
                         next = from_network.try_recv().ok();
@@ -649,8 +693,8 @@ fn write_spool(
             return store.commit_verified(verified).map_err(store_error);
         }
     }
-    // The network side gave up; dropping the spool deletes it.
-    Err(FillError::Store("fill abandoned".into()))
+    // The network side gave up (and reports why); dropping the spool deletes it.
+    Err(FillError::Aborted)
 }
 
 #[cfg(test)]

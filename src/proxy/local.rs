@@ -9,7 +9,6 @@ use super::{Mirror, ProxyError};
 use crate::oci::manifest::{Manifest, ManifestError};
 use crate::oci::{Digest, Reference, RepoName, Tag};
 use crate::store::{LOCAL, Referrer, Store, StoredManifest, TagRecord};
-use crate::upstream::UpstreamError;
 
 /// Why a manifest push was refused.
 #[derive(Debug, thiserror::Error)]
@@ -188,23 +187,13 @@ impl Mirror {
             && let Some(route) = &route
         {
             let n_up = n.and_then(|n| u32::try_from(n).ok());
-            let response = route.upstream.tags_list(&route.repo, n_up, last).await?;
-            let more = response.headers().contains_key(reqwest::header::LINK);
-            let list: TagList = response
-                .json()
-                .await
-                .map_err(|e| UpstreamError::Invalid(format!("tag list: {e}")))?;
-            return Ok(Some((list.tags.unwrap_or_default(), more)));
+            let page = route.upstream.tags_list(&route.repo, n_up, last).await?;
+            return Ok(Some((page.tags, page.more)));
         }
         let mut tags = local;
         if let Some(route) = &route {
             match route.upstream.tags_list(&route.repo, None, None).await {
-                Ok(response) => match response.json::<TagList>().await {
-                    Ok(list) => tags.extend(list.tags.unwrap_or_default()),
-                    Err(e) => {
-                        tracing::warn!(upstream = route.upstream.name(), error = %e, "invalid upstream tag list")
-                    }
-                },
+                Ok(page) => tags.extend(page.tags),
                 // The pushed tags still answer.
                 Err(e) => {
                     tracing::debug!(upstream = route.upstream.name(), error = %e, "upstream tag list unavailable")
@@ -222,11 +211,4 @@ impl Mirror {
         }
         Ok(Some((tags, more)))
     }
-}
-
-/// The tag list document.
-#[derive(serde::Deserialize)]
-struct TagList {
-    #[serde(default)]
-    tags: Option<Vec<String>>,
 }

@@ -5,16 +5,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use reqwest::Method;
 
 use super::{Mirror, ProxyError};
 use crate::metrics::{CacheResult, Kind};
 use crate::oci::{Digest, Reference, RepoName, Tag, media};
 use crate::store::{LOCAL, StoredManifest, TagKey, TagRecord};
 use crate::upstream::{Resolved, UpstreamError};
-
-/// The largest manifest accepted from an upstream.
-pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
 
 /// A manifest answer: what to put in the headers, and the body for a GET.
 #[derive(Debug, Clone)]
@@ -380,15 +376,9 @@ impl Mirror {
         route: &Resolved,
         reference: &Reference,
     ) -> Result<ManifestAnswer, ProxyError> {
-        let response = route
-            .upstream
-            .manifest(Method::HEAD, &route.repo, reference)
-            .await?;
-        let headers = response.headers();
-        let digest = headers
-            .get("docker-content-digest")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<Digest>().ok())
+        let head = route.upstream.head_manifest(&route.repo, reference).await?;
+        let digest = head
+            .digest
             .or_else(|| match reference {
                 Reference::Digest(d) => Some(d.clone()),
                 Reference::Tag(_) => None,
@@ -396,71 +386,37 @@ impl Mirror {
             .ok_or_else(|| {
                 UpstreamError::Invalid("manifest HEAD without a Docker-Content-Digest".into())
             })?;
-        let media_type = headers
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(|v| media::manifest_media_type(Some(v), b""))
-            .unwrap_or_else(|| media::OCI_MANIFEST.to_owned());
         Ok(ManifestAnswer {
             digest,
-            media_type,
-            size: crate::upstream::declared_length(response.headers()).unwrap_or(0),
+            media_type: head
+                .media_type
+                .unwrap_or_else(|| media::OCI_MANIFEST.to_owned()),
+            size: head.size.unwrap_or(0),
             body: None,
             cache: CacheResult::Miss,
         })
     }
 
-    /// An upstream GET of a manifest: reads at most [`MAX_MANIFEST_BYTES`], computes the digest
-    /// of the exact bytes, and checks it against the upstream's `Docker-Content-Digest`.
+    /// An upstream GET of a manifest: the digest of the exact bytes, checked against the
+    /// upstream's `Docker-Content-Digest`.
     async fn fetch_manifest(
         &self,
         route: &Resolved,
         reference: &Reference,
     ) -> Result<Arc<StoredManifest>, ProxyError> {
-        let mut response = route
-            .upstream
-            .manifest(Method::GET, &route.repo, reference)
-            .await?;
-        if response
-            .content_length()
-            .is_some_and(|len| len > MAX_MANIFEST_BYTES as u64)
-        {
-            return Err(ProxyError::ManifestTooLarge(MAX_MANIFEST_BYTES));
-        }
-        let declared_digest = response
-            .headers()
-            .get("docker-content-digest")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<Digest>().ok());
-        let content_type = response
-            .headers()
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let mut body = Vec::new();
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|e| UpstreamError::Network(crate::upstream::error_chain(&e)))?
-        {
-            if body.len() + chunk.len() > MAX_MANIFEST_BYTES {
-                return Err(ProxyError::ManifestTooLarge(MAX_MANIFEST_BYTES));
-            }
-            body.extend_from_slice(&chunk);
-        }
-        let digest = Digest::of_bytes(&body);
-        if declared_digest.is_some_and(|d| d != digest) {
+        let fetched = route.upstream.get_manifest(&route.repo, reference).await?;
+        let digest = Digest::of_bytes(&fetched.bytes);
+        if fetched.declared_digest.is_some_and(|d| d != digest) {
             self.metrics
                 .digest_mismatches
                 .with_label_values(&[route.upstream.name()])
                 .inc();
             return Err(ProxyError::ManifestDigestMismatch);
         }
-        let media_type = media::manifest_media_type(content_type.as_deref(), &body);
         Ok(Arc::new(StoredManifest {
             digest,
-            bytes: Bytes::from(body),
-            media_type,
+            bytes: fetched.bytes,
+            media_type: fetched.media_type,
         }))
     }
 }

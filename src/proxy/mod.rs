@@ -41,9 +41,6 @@ pub enum ProxyError {
     /// asked for.
     #[error("upstream manifest does not match its digest")]
     ManifestDigestMismatch,
-    /// A manifest larger than we accept.
-    #[error("upstream manifest is larger than {0} bytes")]
-    ManifestTooLarge(usize),
     /// A bug or a panicked task; logged.
     #[error("internal error: {0}")]
     Internal(String),

@@ -12,9 +12,28 @@ use futures_util::future::{BoxFuture, Shared};
 
 type Call<V> = Shared<BoxFuture<'static, Option<V>>>;
 
+type Table<K, V> = Arc<Mutex<HashMap<K, Call<V>>>>;
+
 /// The calls in flight.
 pub struct Singleflight<K, V> {
-    calls: Arc<Mutex<HashMap<K, Call<V>>>>,
+    calls: Table<K, V>,
+}
+
+/// Removes a call's key from the table when dropped.
+struct Leave<K: Hash + Eq, V> {
+    table: Table<K, V>,
+    key: Option<K>,
+}
+
+impl<K: Hash + Eq, V> Drop for Leave<K, V> {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            self.table
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&key);
+        }
+    }
 }
 
 impl<K, V> Default for Singleflight<K, V> {
@@ -42,15 +61,15 @@ where
             match calls.get(&key) {
                 Some(shared) => (shared.clone(), true),
                 None => {
-                    let table = Arc::clone(&self.calls);
-                    let task_key = key.clone();
+                    let leave = Leave {
+                        table: Arc::clone(&self.calls),
+                        key: Some(key.clone()),
+                    };
                     let task = tokio::spawn(async move {
-                        let value = call.await;
-                        table
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .remove(&task_key);
-                        value
+                        // Leaves the table however the call ends, a panic included, so the
+                        // next caller starts afresh instead of joining a dead call.
+                        let _leave = leave;
+                        call.await
                     });
                     let shared = async move { task.await.ok() }.boxed().shared();
                     calls.insert(key, shared.clone());
@@ -100,5 +119,29 @@ mod tests {
         // The table is empty afterwards: a new call runs again.
         let (value, joined) = flights.run("k", async { 7 }).await;
         assert_eq!((value, joined), (Some(7), false));
+    }
+
+    #[tokio::test]
+    async fn a_panicked_call_leaves_the_table() {
+        let flights: Singleflight<&'static str, usize> = Singleflight::default();
+        let (value, _) = flights
+            .run("k", async {
+                if flights_panic() {
+                    panic!("boom");
+                }
+                1
+            })
+            .await;
+        assert_eq!(value, None, "a panicked call has no value");
+        let (value, joined) = flights.run("k", async { 2 }).await;
+        assert_eq!(
+            (value, joined),
+            (Some(2), false),
+            "the next call runs afresh"
+        );
+    }
+
+    fn flights_panic() -> bool {
+        true
     }
 }

@@ -119,8 +119,13 @@ impl TokenCache {
         if usable.is_zero() {
             return;
         }
+        // A lifetime too large for the clock (`expires_in: 18446744073709551615`) is not cached
+        // rather than overflowing.
+        let Some(valid_until) = Instant::now().checked_add(usable) else {
+            return;
+        };
         let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
-        tokens.insert(scope.to_owned(), (token, Instant::now() + usable));
+        tokens.insert(scope.to_owned(), (token, valid_until));
     }
 
     /// The last challenge the upstream sent.
@@ -179,6 +184,9 @@ mod tests {
         assert_eq!(cache.get("s").as_deref(), Some("long"));
         cache.put("short", "t".into(), Duration::from_secs(1));
         assert_eq!(cache.get("short"), None);
+        // An absurd lifetime neither panics nor is cached forever.
+        cache.put("huge", "h".into(), Duration::from_secs(u64::MAX));
+        assert_eq!(cache.get("huge"), None);
         assert_eq!(cache.get("other"), None);
     }
 }

@@ -1,9 +1,18 @@
-//! The HTTP client for one upstream registry: builds `/v2/` URLs, authenticates, records
-//! metrics, and maps statuses to [`UpstreamError`].
+//! The HTTP client for one upstream registry: builds `/v2/` URLs, authenticates, bounds every
+//! request in time and size, records metrics, and turns responses into typed results, so that
+//! nothing above this module reads an upstream header.
+//!
+//! Trust: the upstream may be broken or hostile. Response headers must come within
+//! `response_timeout`; manifests, tag lists and token answers must arrive whole within
+//! `body_timeout` and below a size cap. Credentials go only to the upstream's own origin and
+//! to the token realm a challenge *from that origin* named; a challenge from a redirect target
+//! (a blob CDN) is never answered and never replaces the upstream's.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use bytes::{Bytes, BytesMut};
+use futures_util::{Stream, TryStreamExt};
 use reqwest::header::{self, HeaderMap, HeaderValue};
 use reqwest::{Method, Response, StatusCode};
 
@@ -12,6 +21,68 @@ use super::auth::{Challenge, TokenCache, TokenResponse, parse_challenge};
 use crate::config::UpstreamConfig;
 use crate::metrics::Metrics;
 use crate::oci::{Digest, Reference, RepoName, media};
+
+/// The largest manifest accepted from an upstream.
+pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
+
+/// The largest tag list accepted from an upstream (tens of thousands of tags).
+pub const MAX_TAG_LIST_BYTES: usize = 8 * 1024 * 1024;
+
+/// The largest token endpoint answer accepted.
+const MAX_TOKEN_BYTES: usize = 64 * 1024;
+
+/// The longest a token is cached, whatever lifetime the token endpoint claims.
+const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+/// What an upstream `HEAD` of a manifest says.
+#[derive(Debug, Clone)]
+pub struct ManifestHead {
+    /// `Docker-Content-Digest`, when sent and valid.
+    pub digest: Option<Digest>,
+    /// The manifest's media type, from `Content-Type`.
+    pub media_type: Option<String>,
+    /// `Content-Length`.
+    pub size: Option<u64>,
+}
+
+/// A manifest as an upstream sent it, read whole (at most [`MAX_MANIFEST_BYTES`]).
+#[derive(Debug, Clone)]
+pub struct FetchedManifest {
+    /// The exact bytes.
+    pub bytes: Bytes,
+    /// Its media type: `Content-Type`, else guessed from the document.
+    pub media_type: String,
+    /// The digest the upstream claims for it (`Docker-Content-Digest`).
+    pub declared_digest: Option<Digest>,
+}
+
+/// One page of an upstream tag list.
+#[derive(Debug, Clone)]
+pub struct TagPage {
+    /// The tags.
+    pub tags: Vec<String>,
+    /// Whether the upstream said more follow (`Link`).
+    pub more: bool,
+}
+
+/// A blob body on its way from the upstream.
+pub struct BlobBody {
+    /// The body's length, when declared.
+    pub length: Option<u64>,
+    /// For a ranged request: the first byte the upstream says it sends (`Content-Range`),
+    /// `None` if it ignored the range.
+    pub range_start: Option<u64>,
+    response: Response,
+}
+
+impl BlobBody {
+    /// The body as a stream of chunks; a broken connection is an error.
+    pub fn into_stream(self) -> impl Stream<Item = Result<Bytes, UpstreamError>> + Send {
+        self.response
+            .bytes_stream()
+            .map_err(|e| UpstreamError::Network(error_chain(&e)))
+    }
+}
 
 /// A client for one configured upstream.
 pub struct UpstreamClient {
@@ -31,14 +102,33 @@ impl UpstreamClient {
         offline: bool,
         metrics: Arc<Metrics>,
     ) -> Result<UpstreamClient, UpstreamError> {
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
             .user_agent(concat!("regmirror/", env!("CARGO_PKG_VERSION")))
             // Redirects (blob CDNs) are followed; reqwest drops Authorization when the host
             // changes, so our upstream credentials never reach the CDN.
-            .redirect(reqwest::redirect::Policy::limited(10))
+            .redirect(reqwest::redirect::Policy::limited(10));
+        if let Some(path) = &config.ca_file {
+            let invalid = |message: String| {
+                UpstreamError::Invalid(format!(
+                    "upstream {}: ca_file {}: {message}",
+                    config.name,
+                    path.display()
+                ))
+            };
+            let pem = std::fs::read(path).map_err(|e| invalid(e.to_string()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| invalid(error_chain(&e)))?;
+            if certs.is_empty() {
+                return Err(invalid("no certificate in the file".into()));
+            }
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder
             .build()
-            .map_err(|e| UpstreamError::Network(e.to_string()))?;
+            .map_err(|e| UpstreamError::Network(error_chain(&e)))?;
         Ok(UpstreamClient {
             password: config.resolved_password(),
             config,
@@ -66,29 +156,71 @@ impl UpstreamClient {
         )
     }
 
-    /// GET or HEAD of a manifest, asking for every manifest type.
-    pub async fn manifest(
-        &self,
-        method: Method,
-        repo: &RepoName,
-        reference: &Reference,
-    ) -> Result<Response, UpstreamError> {
+    /// Whether `url` is on the upstream's own origin (scheme, host and port).
+    fn is_own_origin(&self, url: &url::Url) -> bool {
+        url.origin() == self.config.url.origin()
+    }
+
+    fn manifest_headers() -> HeaderMap {
         let mut headers = HeaderMap::new();
         if let Ok(accept) = HeaderValue::from_str(&media::manifest_accept_header()) {
             headers.insert(header::ACCEPT, accept);
         }
-        let url = self.url(&format!("{repo}/manifests/{reference}"));
-        self.send(method, &url, repo, headers).await
+        headers
     }
 
-    /// GET or HEAD of a blob, optionally from byte `from` on (to resume a cut-off body).
-    pub async fn blob(
+    /// `HEAD` of a manifest, asking for every manifest type.
+    pub async fn head_manifest(
         &self,
-        method: Method,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<ManifestHead, UpstreamError> {
+        let url = self.url(&format!("{repo}/manifests/{reference}"));
+        let response = self
+            .send(Method::HEAD, &url, repo, Self::manifest_headers())
+            .await?;
+        let headers = response.headers();
+        Ok(ManifestHead {
+            digest: header_str(headers, "docker-content-digest").and_then(|v| v.parse().ok()),
+            media_type: header_str(headers, header::CONTENT_TYPE.as_str())
+                .map(|v| media::manifest_media_type(Some(v), b"")),
+            size: declared_length(headers),
+        })
+    }
+
+    /// `GET` of a manifest, asking for every manifest type, read whole within `body_timeout`
+    /// and at most [`MAX_MANIFEST_BYTES`].
+    pub async fn get_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<FetchedManifest, UpstreamError> {
+        let url = self.url(&format!("{repo}/manifests/{reference}"));
+        let response = self
+            .send(Method::GET, &url, repo, Self::manifest_headers())
+            .await?;
+        let headers = response.headers();
+        let declared_digest =
+            header_str(headers, "docker-content-digest").and_then(|v| v.parse().ok());
+        let content_type = header_str(headers, header::CONTENT_TYPE.as_str()).map(str::to_owned);
+        let bytes = self
+            .read_capped(response, MAX_MANIFEST_BYTES, "manifest")
+            .await?;
+        Ok(FetchedManifest {
+            media_type: media::manifest_media_type(content_type.as_deref(), &bytes),
+            bytes,
+            declared_digest,
+        })
+    }
+
+    /// `GET` of a blob, optionally from byte `from` on (to resume a cut-off body). The body is
+    /// left to the caller, who bounds it by idle time and length.
+    pub async fn get_blob(
+        &self,
         repo: &RepoName,
         digest: &Digest,
         from: Option<u64>,
-    ) -> Result<Response, UpstreamError> {
+    ) -> Result<BlobBody, UpstreamError> {
         let mut headers = HeaderMap::new();
         if let Some(range) =
             from.and_then(|from| HeaderValue::from_str(&format!("bytes={from}-")).ok())
@@ -96,16 +228,41 @@ impl UpstreamClient {
             headers.insert(header::RANGE, range);
         }
         let url = self.url(&format!("{repo}/blobs/{digest}"));
-        self.send(method, &url, repo, headers).await
+        let response = self.send(Method::GET, &url, repo, headers).await?;
+        let range_start = (response.status() == StatusCode::PARTIAL_CONTENT)
+            .then(|| header_str(response.headers(), header::CONTENT_RANGE.as_str()))
+            .flatten()
+            .and_then(|v| v.strip_prefix("bytes "))
+            .and_then(|v| v.split('-').next())
+            .and_then(|v| v.trim().parse().ok());
+        Ok(BlobBody {
+            length: declared_length(response.headers()),
+            range_start,
+            response,
+        })
     }
 
-    /// `GET /v2/<repo>/tags/list` with the client's `n` and `last`.
+    /// `HEAD` of a blob: its size, when the upstream declares it.
+    pub async fn head_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Option<u64>, UpstreamError> {
+        let url = self.url(&format!("{repo}/blobs/{digest}"));
+        let response = self
+            .send(Method::HEAD, &url, repo, HeaderMap::new())
+            .await?;
+        Ok(declared_length(response.headers()))
+    }
+
+    /// `GET /v2/<repo>/tags/list` with the client's `n` and `last`, read whole within
+    /// `body_timeout` and at most [`MAX_TAG_LIST_BYTES`].
     pub async fn tags_list(
         &self,
         repo: &RepoName,
         n: Option<u32>,
         last: Option<&str>,
-    ) -> Result<Response, UpstreamError> {
+    ) -> Result<TagPage, UpstreamError> {
         let mut url = url::Url::parse(&self.url(&format!("{repo}/tags/list")))
             .map_err(|e| UpstreamError::Invalid(e.to_string()))?;
         {
@@ -118,10 +275,63 @@ impl UpstreamClient {
             }
         }
         let url = url.as_str().trim_end_matches('?').to_owned();
-        self.send(Method::GET, &url, repo, HeaderMap::new()).await
+        let response = self.send(Method::GET, &url, repo, HeaderMap::new()).await?;
+        let more = response.headers().contains_key(header::LINK);
+        let bytes = self
+            .read_capped(response, MAX_TAG_LIST_BYTES, "tag list")
+            .await?;
+        #[derive(serde::Deserialize)]
+        struct TagList {
+            #[serde(default)]
+            tags: Option<Vec<String>>,
+        }
+        let list: TagList = serde_json::from_slice(&bytes)
+            .map_err(|e| UpstreamError::Invalid(format!("tag list: {e}")))?;
+        Ok(TagPage {
+            tags: list.tags.unwrap_or_default(),
+            more,
+        })
     }
 
-    /// Sends a request, answering one authentication challenge, and maps the status.
+    /// Reads a whole small body: at most `limit` bytes, within `body_timeout`.
+    async fn read_capped(
+        &self,
+        mut response: Response,
+        limit: usize,
+        what: &'static str,
+    ) -> Result<Bytes, UpstreamError> {
+        let too_large = UpstreamError::TooLarge {
+            what,
+            limit: limit as u64,
+        };
+        if declared_length(response.headers()).is_some_and(|len| len > limit as u64) {
+            return Err(too_large);
+        }
+        let read = async {
+            let mut body = BytesMut::new();
+            while let Some(chunk) = response
+                .chunk()
+                .await
+                .map_err(|e| UpstreamError::Network(error_chain(&e)))?
+            {
+                if body.len() + chunk.len() > limit {
+                    return Err(too_large);
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(body.freeze())
+        };
+        match tokio::time::timeout(self.config.body_timeout, read).await {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::warn!(upstream = self.name(), what, timeout = ?self.config.body_timeout, "upstream body too slow; giving up");
+                Err(UpstreamError::Timeout)
+            }
+        }
+    }
+
+    /// Sends a request, answering one authentication challenge of the upstream's own, and
+    /// maps the status.
     async fn send(
         &self,
         method: Method,
@@ -137,12 +347,25 @@ impl UpstreamClient {
             .send_once(method.clone(), url, &scope, headers.clone(), false)
             .await?;
         if response.status() == StatusCode::UNAUTHORIZED {
+            if !self.is_own_origin(response.url()) {
+                // A redirect target (a CDN) wants credentials: ours are not for it, and its
+                // challenge must not replace the upstream's.
+                tracing::warn!(
+                    upstream = self.name(),
+                    host = response.url().host_str().unwrap_or("-"),
+                    "a redirect target answered 401; not sending it credentials"
+                );
+                return Err(UpstreamError::Invalid(
+                    "a redirect target of the upstream demanded authentication".into(),
+                ));
+            }
             let challenge = response
                 .headers()
                 .get(header::WWW_AUTHENTICATE)
                 .and_then(|v| v.to_str().ok())
                 .and_then(parse_challenge);
             if let Some(challenge) = challenge {
+                self.check_realm(&challenge)?;
                 let known = self.tokens.challenge();
                 self.tokens.set_challenge(challenge.clone());
                 // Retry once, unless we already answered this very challenge with what we have
@@ -155,6 +378,27 @@ impl UpstreamClient {
             }
         }
         classify(response)
+    }
+
+    /// A token realm must be an http(s) URL, and not plain HTTP when the upstream is HTTPS
+    /// (our credentials would cross the network in clear text).
+    fn check_realm(&self, challenge: &Challenge) -> Result<(), UpstreamError> {
+        let Challenge::Bearer { realm, .. } = challenge else {
+            return Ok(());
+        };
+        let url = url::Url::parse(realm)
+            .map_err(|e| UpstreamError::Invalid(format!("token realm {realm:?}: {e}")))?;
+        let refuse = |why: &str| {
+            tracing::warn!(upstream = self.name(), %realm, why, "refusing the upstream's token realm");
+            Err(UpstreamError::Invalid(format!(
+                "token realm {realm:?} refused: {why}"
+            )))
+        };
+        match (url.scheme(), self.config.url.scheme()) {
+            ("https", _) | ("http", "http") => Ok(()),
+            ("http", _) => refuse("plain HTTP for an HTTPS upstream"),
+            _ => refuse("not an http(s) URL"),
+        }
     }
 
     async fn send_once(
@@ -183,10 +427,26 @@ impl UpstreamClient {
             }
             None => {}
         }
+        self.timed(&method, request).await
+    }
+
+    /// Sends `request`, waiting at most `response_timeout` for the response headers.
+    async fn timed(
+        &self,
+        method: &Method,
+        request: reqwest::RequestBuilder,
+    ) -> Result<Response, UpstreamError> {
         let started = Instant::now();
-        let result = request.send().await;
-        self.record(&method, started, &result);
-        result.map_err(network_error)
+        let limit = self.config.response_timeout;
+        let result = match tokio::time::timeout(limit, request.send()).await {
+            Ok(result) => result.map_err(network_error),
+            Err(_) => {
+                tracing::warn!(upstream = self.name(), %method, timeout = ?limit, "upstream sent no response headers in time");
+                Err(UpstreamError::Timeout)
+            }
+        };
+        self.record(method, started, &result);
+        result
     }
 
     /// Asks the token endpoint for a token for `scope`; `None` when it gives none.
@@ -209,10 +469,7 @@ impl UpstreamClient {
         if let Some(user) = &self.config.username {
             request = request.basic_auth(user, self.password.as_deref());
         }
-        let started = Instant::now();
-        let result = request.send().await;
-        self.record(&Method::GET, started, &result);
-        let response = result.map_err(network_error)?;
+        let response = self.timed(&Method::GET, request).await?;
         match response.status() {
             s if s.is_success() => {}
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
@@ -221,19 +478,22 @@ impl UpstreamClient {
             StatusCode::TOO_MANY_REQUESTS => return Err(UpstreamError::TooManyRequests),
             s => return Err(UpstreamError::Status(s.as_u16())),
         }
-        let body: TokenResponse = response
-            .json()
-            .await
+        let bytes = self
+            .read_capped(response, MAX_TOKEN_BYTES, "token answer")
+            .await?;
+        let body: TokenResponse = serde_json::from_slice(&bytes)
             .map_err(|e| UpstreamError::Invalid(format!("token response: {e}")))?;
         Ok(body.into_token().map(|(token, lifetime)| {
-            self.tokens.put(scope, token.clone(), lifetime);
+            self.tokens
+                .put(scope, token.clone(), lifetime.min(MAX_TOKEN_LIFETIME));
             token
         }))
     }
 
-    fn record(&self, method: &Method, started: Instant, result: &Result<Response, reqwest::Error>) {
+    fn record(&self, method: &Method, started: Instant, result: &Result<Response, UpstreamError>) {
         let status = match result {
             Ok(r) => r.status().as_u16().to_string(),
+            Err(UpstreamError::Timeout) => "timeout".to_owned(),
             Err(_) => "error".to_owned(),
         };
         let m = &self.metrics;
@@ -245,10 +505,7 @@ impl UpstreamClient {
             .observe(started.elapsed().as_secs_f64());
         if let Ok(response) = result {
             let gauge = |name: &str| {
-                response
-                    .headers()
-                    .get(name)
-                    .and_then(|v| v.to_str().ok())
+                header_str(response.headers(), name)
                     .and_then(|v| v.split(';').next())
                     .and_then(|v| v.trim().parse::<i64>().ok())
             };
@@ -266,6 +523,17 @@ impl UpstreamClient {
     }
 }
 
+/// A header's value as text, if present and visible ASCII.
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The `Content-Length` header. (reqwest's `content_length()` reports the body's size hint,
+/// which is 0 for a HEAD response.)
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    header_str(headers, header::CONTENT_LENGTH.as_str()).and_then(|v| v.trim().parse().ok())
+}
+
 fn network_error(e: reqwest::Error) -> UpstreamError {
     if e.is_timeout() {
         UpstreamError::Timeout
@@ -275,7 +543,7 @@ fn network_error(e: reqwest::Error) -> UpstreamError {
 }
 
 /// The error and its causes on one line (reqwest's top-level message alone says little).
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+fn error_chain(e: &dyn std::error::Error) -> String {
     let mut message = e.to_string();
     let mut source = e.source();
     while let Some(cause) = source {
@@ -300,4 +568,57 @@ fn classify(response: Response) -> Result<Response, UpstreamError> {
         StatusCode::RANGE_NOT_SATISFIABLE => UpstreamError::RangeNotSatisfiable,
         s => UpstreamError::Status(s.as_u16()),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(url: &str) -> UpstreamClient {
+        let mut config = UpstreamConfig::docker_hub();
+        config.url = url.parse().unwrap();
+        UpstreamClient::new(config, false, Arc::new(Metrics::new())).unwrap()
+    }
+
+    fn bearer(realm: &str) -> Challenge {
+        Challenge::Bearer {
+            realm: realm.into(),
+            service: None,
+        }
+    }
+
+    #[test]
+    fn token_realms_must_not_downgrade_to_plain_http() {
+        let https = client("https://registry.example");
+        assert!(
+            https
+                .check_realm(&bearer("https://auth.example/token"))
+                .is_ok()
+        );
+        assert!(
+            https
+                .check_realm(&bearer("http://auth.example/token"))
+                .is_err()
+        );
+        assert!(https.check_realm(&bearer("file:///etc/passwd")).is_err());
+        assert!(https.check_realm(&bearer("not a url")).is_err());
+        let http = client("http://127.0.0.1:5000");
+        assert!(
+            http.check_realm(&bearer("http://127.0.0.1:5000/token"))
+                .is_ok()
+        );
+        assert!(http.check_realm(&Challenge::Basic).is_ok());
+    }
+
+    #[test]
+    fn a_private_ca_file_must_hold_certificates() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "").unwrap();
+        let mut config = UpstreamConfig::docker_hub();
+        config.ca_file = Some(empty);
+        assert!(UpstreamClient::new(config.clone(), false, Arc::new(Metrics::new())).is_err());
+        config.ca_file = Some(dir.path().join("missing.pem"));
+        assert!(UpstreamClient::new(config, false, Arc::new(Metrics::new())).is_err());
+    }
 }

@@ -5,18 +5,11 @@ pub mod auth;
 mod client;
 mod routing;
 
-pub use client::UpstreamClient;
-pub(crate) use client::error_chain;
+pub use client::{
+    BlobBody, FetchedManifest, MAX_MANIFEST_BYTES, MAX_TAG_LIST_BYTES, ManifestHead, TagPage,
+    UpstreamClient,
+};
 pub use routing::{Resolved, RouteError, Upstreams};
-
-/// The `Content-Length` header. (reqwest's `content_length()` reports the body's size hint,
-/// which is 0 for a HEAD response.)
-pub fn declared_length(headers: &reqwest::header::HeaderMap) -> Option<u64> {
-    headers
-        .get(reqwest::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse().ok())
-}
 
 /// Errors of the upstream layer.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -52,17 +45,28 @@ pub enum UpstreamError {
     /// The upstream answered something we cannot use.
     #[error("invalid upstream response: {0}")]
     Invalid(String),
+    /// A manifest, tag list or token answer larger than we accept.
+    #[error("upstream {what} larger than {limit} bytes")]
+    TooLarge {
+        /// What it was.
+        what: &'static str,
+        /// The cap.
+        limit: u64,
+    },
 }
 
 impl UpstreamError {
     /// Whether the upstream is unavailable (as opposed to having answered definitively), so
-    /// that a cached copy should be served instead.
+    /// that a cached copy should be served instead. A broken or hostile answer counts as
+    /// unavailable: what we cached before is better than nothing.
     pub fn is_unavailable(&self) -> bool {
         match self {
             UpstreamError::Network(_)
             | UpstreamError::Timeout
             | UpstreamError::TooManyRequests
-            | UpstreamError::Offline => true,
+            | UpstreamError::Offline
+            | UpstreamError::Invalid(_)
+            | UpstreamError::TooLarge { .. } => true,
             UpstreamError::Status(s) => *s >= 500,
             _ => false,
         }

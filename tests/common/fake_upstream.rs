@@ -70,8 +70,12 @@ pub enum Fault {
     StallOnceAfter(usize),
     /// Sends `chunk` bytes every `delay_ms`.
     Paced { chunk: usize, delay_ms: u64 },
+    /// Like `Paced`, with the last byte wrong.
+    PacedCorrupt { chunk: usize, delay_ms: u64 },
     /// Redirects to the CDN fake (see [`FakeUpstream::set_redirect`]).
     Redirect,
+    /// No Content-Length, and a chunked body of zeros that never ends.
+    Endless,
 }
 
 #[derive(Default)]
@@ -88,6 +92,8 @@ struct State {
     failure: Option<u16>,
     /// Ignore Range headers (answer 200 with the whole blob).
     no_ranges: bool,
+    /// Answer tag lists with endless JSON, chunked, with no Content-Length.
+    endless_tag_list: bool,
 }
 
 /// The fake registry.
@@ -95,6 +101,8 @@ pub struct FakeUpstream {
     pub addr: SocketAddr,
     state: Arc<Mutex<State>>,
     down: Arc<std::sync::atomic::AtomicBool>,
+    /// Accept requests, then never answer them (no headers).
+    hang: Arc<std::sync::atomic::AtomicBool>,
     auth: Arc<Mutex<Auth>>,
     tokens: Arc<AtomicUsize>,
 }
@@ -113,9 +121,11 @@ impl FakeUpstream {
             auth: Arc::new(Mutex::new(auth)),
             tokens: Arc::default(),
             down: Arc::default(),
+            hang: Arc::default(),
         };
         let (state, auth, tokens) = (fake.state.clone(), fake.auth.clone(), fake.tokens.clone());
         let down = fake.down.clone();
+        let hang = fake.hang.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -127,12 +137,18 @@ impl FakeUpstream {
                     continue;
                 }
                 let (state, auth, tokens) = (state.clone(), auth.clone(), tokens.clone());
-                let down = down.clone();
+                let (down, hang) = (down.clone(), hang.clone());
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req| {
                         let (state, auth, tokens) = (state.clone(), auth.clone(), tokens.clone());
                         let down = down.load(Ordering::SeqCst);
+                        let hang = hang.load(Ordering::SeqCst);
                         async move {
+                            if hang {
+                                // Record the request, then never send headers.
+                                record(&req, &state);
+                                std::future::pending::<()>().await;
+                            }
                             if down {
                                 // Kept-alive connections die too: hyper closes on a service error.
                                 return Err("upstream down");
@@ -208,6 +224,16 @@ impl FakeUpstream {
         self.state.lock().unwrap().failure = status;
     }
 
+    /// Accept connections and requests but never answer (or behave again, with `false`).
+    pub fn set_hang(&self, hang: bool) {
+        self.hang.store(hang, Ordering::SeqCst);
+    }
+
+    /// Answer tag lists with endless JSON, chunked (or normally, with `false`).
+    pub fn set_endless_tag_list(&self, endless: bool) {
+        self.state.lock().unwrap().endless_tag_list = endless;
+    }
+
     /// Ignore Range requests (answer 200 with the whole blob).
     pub fn set_no_ranges(&self, no_ranges: bool) {
         self.state.lock().unwrap().no_ranges = no_ranges;
@@ -258,26 +284,7 @@ fn respond(
         .get("range")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let first_time = {
-        let mut s = state.lock().unwrap();
-        let first = !s
-            .seen
-            .iter()
-            .any(|seen| seen.method == method && seen.path == path);
-        s.seen.push(Seen {
-            method: method.clone(),
-            path: path.clone(),
-            query: req.uri().query().map(str::to_owned),
-            authorization: authorization.clone(),
-            range: range.clone(),
-            accept: req
-                .headers()
-                .get("accept")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned),
-        });
-        first
-    };
+    let first_time = record(&req, state);
     let failure = state.lock().unwrap().failure;
     if let Some(status) = failure.filter(|_| path.starts_with("/v2/")) {
         let status = StatusCode::from_u16(status).unwrap();
@@ -338,6 +345,9 @@ fn respond(
     }
     if let Some(repo) = rest.strip_suffix("/tags/list") {
         let s = state.lock().unwrap();
+        if s.endless_tag_list {
+            return endless_tag_list();
+        }
         let mut tags: Vec<&str> = s
             .manifests
             .keys()
@@ -353,6 +363,31 @@ fn respond(
         );
     }
     reply(StatusCode::NOT_FOUND, "", &[])
+}
+
+/// Records a request; whether it is the first with its method and path.
+fn record(req: &Request<Incoming>, state: &Mutex<State>) -> bool {
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let (method, path) = (req.method().as_str(), req.uri().path());
+    let mut s = state.lock().unwrap();
+    let first = !s
+        .seen
+        .iter()
+        .any(|seen| seen.method == method && seen.path == path);
+    s.seen.push(Seen {
+        method: method.to_owned(),
+        path: path.to_owned(),
+        query: req.uri().query().map(str::to_owned),
+        authorization: header("authorization"),
+        range: header("range"),
+        accept: header("accept"),
+    });
+    first
 }
 
 fn blob(
@@ -432,7 +467,16 @@ fn blob(
             .chain(futures_util::stream::pending());
             with_body(StreamBody::new(stream).boxed_unsync())
         }
-        Some(Fault::Paced { chunk, delay_ms }) => {
+        Some(Fault::Paced { chunk, delay_ms } | Fault::PacedCorrupt { chunk, delay_ms }) => {
+            let bytes = if matches!(fault, Some(Fault::PacedCorrupt { .. })) {
+                let mut wrong = bytes.to_vec();
+                if let Some(last) = wrong.last_mut() {
+                    *last ^= 0xff;
+                }
+                Bytes::from(wrong)
+            } else {
+                bytes
+            };
             let delay = std::time::Duration::from_millis(delay_ms);
             let stream = futures_util::stream::unfold(
                 (bytes, 0usize, Some(finished)),
@@ -453,6 +497,15 @@ fn blob(
             );
             with_body(StreamBody::new(stream).boxed_unsync())
         }
+        Some(Fault::Endless) => {
+            let zeros = Bytes::from(vec![0u8; 64 * 1024]);
+            let stream = futures_util::stream::repeat_with(move || {
+                Ok::<_, BoxError>(hyper::body::Frame::data(zeros.clone()))
+            });
+            let mut response = Response::new(StreamBody::new(stream).boxed_unsync());
+            *response.status_mut() = StatusCode::OK;
+            response
+        }
         Some(Fault::Redirect) => {
             let location = format!("{redirect_to}/{digest}");
             reply(
@@ -462,6 +515,22 @@ fn blob(
             )
         }
     }
+}
+
+/// `{"tags":["t0000000000", ...` that never ends: a hostile upstream's answer.
+fn endless_tag_list() -> Response<FakeBody> {
+    let chunk = Bytes::from("\"t0000000000\",".repeat(4096));
+    let head = futures_util::stream::once(async {
+        Ok::<_, BoxError>(hyper::body::Frame::data(Bytes::from_static(b"{\"tags\":[")))
+    });
+    let body = futures_util::stream::repeat_with(move || {
+        Ok::<_, BoxError>(hyper::body::Frame::data(chunk.clone()))
+    });
+    let mut response = Response::new(StreamBody::new(head.chain(body)).boxed_unsync());
+    response
+        .headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
+    response
 }
 
 /// Marks a blob as sent to the end.
