@@ -12,7 +12,7 @@ use crate::oci::image_ref::ImageRef;
 use crate::oci::manifest::Manifest;
 use crate::oci::{Digest, Reference, RepoName, media};
 use crate::proxy::{BlobBody, Mirror, ProxyError};
-use crate::store::{Store, StoredManifest, TagRecord};
+use crate::store::{IMPORT_HOLDER, Store, StoredManifest, TagRecord};
 
 /// Errors of whole-image operations.
 #[derive(Debug, thiserror::Error)]
@@ -374,7 +374,7 @@ async fn record_manifests(
                 pending.push((child.clone(), d["mediaType"].as_str().map(str::to_owned)));
             }
         }
-        mirror.store.pin(&digest).await?;
+        mirror.store.pin(&digest, IMPORT_HOLDER).await?;
         mirror
             .store
             .put_manifest(Arc::new(StoredManifest {
@@ -418,11 +418,9 @@ fn read_layout_tar(store: &Store, path: &Path) -> Result<(usize, Vec<u8>), Strin
             .parse()
             .map_err(|e| format!("{name}: {e}"))?;
         // Pinned before it appears, so eviction never sees it unpinned.
-        let pin = store.pin_path_for(&digest);
-        if let Some(parent) = pin.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
-        }
-        std::fs::write(pin, b"").map_err(|e| e.to_string())?;
+        store
+            .pin_blocking(&digest, IMPORT_HOLDER)
+            .map_err(|e| e.to_string())?;
         let mut spool = store.create_spool(&digest).map_err(|e| e.to_string())?;
         let mut buf = vec![0u8; 1 << 20];
         loop {

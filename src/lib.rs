@@ -116,19 +116,54 @@ impl Server {
 /// Binds `config.server.listen` and serves in a background task.
 pub async fn start(config: &Config) -> Result<Server, StartError> {
     let mirror = build_mirror(config).await?;
-    let auth = match &config.auth.htpasswd {
-        Some(path) => Some(http::auth::Authenticator::new(
-            http::auth::Htpasswd::load(path)?,
-            config.auth.anonymous_pull,
-        )),
+    let htpasswd = match config.auth.htpasswd.clone() {
+        // Loading hashes once (the decoy for unknown users): off the async workers.
+        Some(path) => Some(
+            tokio::task::spawn_blocking(move || http::auth::Htpasswd::load(&path))
+                .await
+                .map_err(|e| {
+                    StartError::Htpasswd(http::auth::HtpasswdError::Read {
+                        path: "htpasswd".into(),
+                        source: std::io::Error::other(e),
+                    })
+                })??,
+        ),
         None => None,
     };
+    let auth = http::auth::Authenticator::new(
+        &config.auth,
+        htpasswd,
+        http::auth::Authenticator::random_key(),
+    );
     let app = Arc::new(http::App {
         mirror: Arc::clone(&mirror),
         auth,
         delete_enabled: config.storage.delete,
-        max_upload: config.storage.max_upload_size.0,
+        uploads: store::UploadLimits {
+            max_blob: config.storage.max_upload_size.0,
+            max_total: config.storage.max_uploads_size.0,
+            max_sessions_per_client: config.storage.max_upload_sessions_per_client,
+        },
+        public_url: config.server.public_url.as_ref().map(|u| u.to_string()),
+        trusted_proxies: config.server.trusted_proxies.clone(),
     });
+    let fd_limit = http::limits::raise_fd_limit();
+    let limits = http::server::ConnectionLimits {
+        timeouts: http::limits::ConnectionTimeouts {
+            header_read: config.server.header_read_timeout,
+            idle: config.server.idle_timeout,
+        },
+        tls_handshake: config.server.tls_handshake_timeout,
+        max_connections: config
+            .server
+            .max_connections
+            .unwrap_or_else(|| http::limits::default_max_connections(fd_limit)),
+    };
+    tracing::info!(
+        fd_limit,
+        max_connections = limits.max_connections,
+        "connection limits"
+    );
     let addr = config.server.listen;
     let listener = TcpListener::bind(addr)
         .await
@@ -147,7 +182,7 @@ pub async fn start(config: &Config) -> Result<Server, StartError> {
         let shutdown = async move {
             let _ = rx.await;
         };
-        http::server::serve(listener, app, tls, shutdown, shutdown_timeout).await;
+        http::server::serve(listener, app, tls, shutdown, shutdown_timeout, limits).await;
         for task in background {
             task.abort();
         }

@@ -31,7 +31,7 @@ pub fn spawn(mirror: &Arc<Mirror>, storage: &StorageConfig) -> Vec<JoinHandle<()
 /// Runs an eviction whenever a new blob takes the store over `max`.
 async fn evict_on_growth(mirror: Arc<Mirror>, max: u64, target: u64) {
     loop {
-        if mirror.store.usage().0 > max {
+        if mirror.store.usage().0 + mirror.store.uploads_bytes() > max {
             evict_now(&mirror, target).await;
         }
         mirror.store.grown().await;
@@ -60,7 +60,14 @@ pub async fn evict_now(mirror: &Mirror, target: u64) {
             );
         }
         Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "eviction failed"),
+        Err(e) => {
+            mirror
+                .metrics
+                .maintenance_failures
+                .with_label_values(&["eviction"])
+                .inc();
+            tracing::error!(error = %e, "eviction aborted: nothing more is removed until it can read the store");
+        }
     }
 }
 
@@ -71,7 +78,14 @@ async fn periodic_gc(mirror: Arc<Mirror>, storage: StorageConfig) {
         ticker.tick().await;
         match gc_now(&mirror, &storage).await {
             Ok(report) => tracing::info!(%report, "gc done"),
-            Err(e) => tracing::warn!(error = %e, "gc failed"),
+            Err(e) => {
+                mirror
+                    .metrics
+                    .maintenance_failures
+                    .with_label_values(&["gc"])
+                    .inc();
+                tracing::error!(error = %e, "gc aborted");
+            }
         }
     }
 }

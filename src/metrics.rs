@@ -98,6 +98,14 @@ pub struct Metrics {
     pub fills_aborted: IntCounterVec,
     /// `regmirror_http_requests_total{method,status}`.
     pub http_requests: IntCounterVec,
+    /// `regmirror_connections_open`.
+    pub connections_open: IntGauge,
+    /// `regmirror_connections_closed_total{reason}`: closed by the mirror for a timeout.
+    pub connections_closed: IntCounterVec,
+    /// `regmirror_maintenance_failures_total{task}`: eviction or GC runs aborted by an error.
+    pub maintenance_failures: IntCounterVec,
+    /// `regmirror_uploads_bytes`: bytes held by unfinished uploads.
+    pub uploads_bytes: IntGauge,
     /// `regmirror_store_bytes`.
     pub store_bytes: IntGauge,
     /// `regmirror_store_blobs`.
@@ -226,6 +234,24 @@ impl Metrics {
             c
         };
         let store_bytes = gauge("regmirror_store_bytes", "Bytes of blobs in the store.");
+        let connections_open = gauge(
+            "regmirror_connections_open",
+            "Client connections being served.",
+        );
+        let uploads_bytes = gauge(
+            "regmirror_uploads_bytes",
+            "Bytes held by unfinished uploads (counted against max_uploads_size and max_size).",
+        );
+        let connections_closed = counter_vec(
+            "regmirror_connections_closed_total",
+            "Client connections closed by the mirror, by reason (idle_timeout, header_timeout, tls_handshake_timeout).",
+            &["reason"],
+        );
+        let maintenance_failures = counter_vec(
+            "regmirror_maintenance_failures_total",
+            "Eviction and GC runs aborted by an error (nothing was removed after it), by task.",
+            &["task"],
+        );
         let store_blobs = gauge(
             "regmirror_store_blobs",
             "Blobs (layers, configs, manifests) in the store.",
@@ -244,6 +270,10 @@ impl Metrics {
         );
         Metrics {
             registry,
+            connections_open,
+            connections_closed,
+            maintenance_failures,
+            uploads_bytes,
             store_bytes,
             store_blobs,
             evicted_blobs,

@@ -463,7 +463,35 @@ async fn skopeo_over_tls_with_a_test_certificate() {
         work.path().join("tls.crt").display(),
         work.path().join("tls.key").display()
     );
-    let mirror = TestMirror::start_with(tempfile::tempdir().unwrap(), &server, "").await;
+    let htpasswd = work.path().join("htpasswd");
+    std::fs::write(
+        &htpasswd,
+        format!("ci:{}\n", bcrypt::hash("pushme", 4).unwrap()),
+    )
+    .unwrap();
+    let auth = format!("[auth]\nhtpasswd = \"{}\"\n", htpasswd.display());
+    let mirror = TestMirror::start_with(tempfile::tempdir().unwrap(), &server, &auth).await;
+
+    // The challenge sends clients to the token endpoint over HTTPS (Basic credentials never
+    // cross the network in clear text), also over HTTP/2, where the host is `:authority`.
+    let tls_client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let ping = tls_client
+        .get(format!("https://{}/v2/", mirror.server.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ping.status(), 401);
+    assert_eq!(ping.version(), reqwest::Version::HTTP_2);
+    assert_eq!(
+        ping.headers()["www-authenticate"].to_str().unwrap(),
+        format!(
+            "Bearer realm=\"https://{}/token\",service=\"regmirror\"",
+            mirror.server.addr
+        )
+    );
 
     let mut layout = Layout::new(&work.path().join("src"));
     let image = layout.add_image("amd64", &[64 * 1024], false);
@@ -479,6 +507,8 @@ async fn skopeo_over_tls_with_a_test_certificate() {
                 "--preserve-digests",
                 "--dest-cert-dir",
                 &certs_s,
+                "--dest-creds",
+                "ci:pushme",
                 &src,
                 &dest,
             ],

@@ -9,7 +9,7 @@ const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
 fn upstream(fake: &FakeUpstream) -> String {
     format!(
-        "[[upstream]]\nname = \"docker.io\"\nurl = \"{}\"\ndefault = true\ntag_ttl = \"1h\"\n",
+        "[auth]\nanonymous_push = true\n[[upstream]]\nname = \"docker.io\"\nurl = \"{}\"\ndefault = true\ntag_ttl = \"1h\"\n",
         fake.url()
     )
 }

@@ -11,6 +11,12 @@ const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 
 async fn mirror_with(fake: &FakeUpstream, storage: &str, auth: &str) -> TestMirror {
+    // Without users, the tests push anonymously: the operator's explicit choice.
+    let auth = if auth.is_empty() {
+        "[auth]\nanonymous_push = true\n"
+    } else {
+        auth
+    };
     let toml = format!(
         "{auth}\n[[upstream]]\nname = \"docker.io\"\nurl = \"{}\"\ndefault = true\n",
         fake.url()
@@ -542,7 +548,7 @@ async fn htpasswd_guards_pushes_and_optionally_pulls() {
         "{challenge}"
     );
     assert!(
-        challenge.ends_with("/token\",service=\"regmirror\""),
+        challenge.ends_with("/token\",service=\"regmirror\",scope=\"repository:r:pull,push\""),
         "{challenge}"
     );
     assert_eq!(code(r).await.1, "UNAUTHORIZED");
@@ -700,4 +706,412 @@ async fn a_pushed_repository_answers_to_every_spelling_of_its_name() {
     assert_eq!(fake.count("GET", "/manifests/"), 0);
     let body: serde_json::Value = m.get("/v2/_catalog").await.json().await.unwrap();
     assert_eq!(body["repositories"], serde_json::json!(["library/alpine"]));
+}
+
+fn htpasswd_file(dir: &std::path::Path, users: &[(&str, &str, u32)]) -> std::path::PathBuf {
+    let path = dir.join("htpasswd");
+    let text: String = users
+        .iter()
+        .map(|(u, p, cost)| format!("{u}:{}\n", bcrypt::hash(p, *cost).unwrap()))
+        .collect();
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// With the shipped default config nobody can push: an anonymous push of `library/alpine`
+/// is refused with a clear error, and nothing is stored or served.
+#[tokio::test]
+async fn the_default_config_refuses_anonymous_pushes() {
+    let fake = FakeUpstream::start(Auth::None).await;
+    let m = TestMirror::start(&format!(
+        "[[upstream]]\nname = \"docker.io\"\nurl = \"{}\"\ndefault = true\n",
+        fake.url()
+    ))
+    .await;
+    let layer = random_bytes(1000);
+    let digest = sha256(&layer);
+    let r = m
+        .client
+        .post(m.url(&format!(
+            "/v2/library/alpine/blobs/uploads/?digest={digest}"
+        )))
+        .body(layer)
+        .send()
+        .await
+        .unwrap();
+    let (status, code_) = code(r).await;
+    assert_eq!((status, code_.as_str()), (403, "DENIED"));
+    assert!(!m.blob_path(&digest).exists());
+    let r = put_manifest(
+        &m,
+        "library/alpine",
+        "3.20",
+        &image_manifest(&digest, 1000, &[], None),
+    )
+    .await;
+    assert_eq!(code(r).await, (403, "DENIED".into()));
+    let r = m
+        .client
+        .delete(m.url(&format!("/v2/library/alpine/blobs/{digest}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(code(r).await.0, 403);
+    assert_eq!(
+        m.get("/v2/library/alpine/manifests/3.20").await.status(),
+        404,
+        "nothing was pushed (the upstream does not have it either)"
+    );
+}
+
+/// Access rules keep upstream names to the users they name; tokens carry their scope, are
+/// signed, and a flood of anonymous tokens changes nothing for real ones.
+#[tokio::test]
+async fn access_rules_and_scoped_tokens() {
+    let fake = FakeUpstream::start(Auth::None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let htpasswd = htpasswd_file(dir.path(), &[("ci", "ci-pw", 4), ("dev", "dev-pw", 4)]);
+    let auth = format!(
+        "[auth]\nhtpasswd = \"{}\"\n[[auth.access]]\nusers = [\"ci\"]\nrepositories = [\"library/*\"]\nactions = [\"push\"]\n[[auth.access]]\nusers = [\"*\"]\nrepositories = [\"team/*\"]\nactions = [\"push\", \"delete\"]\n",
+        htpasswd.display()
+    );
+    let m = mirror_with(&fake, "", &auth).await;
+    let blob = random_bytes(500);
+    let digest = sha256(&blob);
+    let push_as = |repo: &str, user: &str, pw: &str| {
+        m.client
+            .post(m.url(&format!("/v2/{repo}/blobs/uploads/?digest={digest}")))
+            .basic_auth(user, Some(pw))
+            .body(blob.clone())
+            .send()
+    };
+    assert_eq!(
+        code(push_as("alpine", "dev", "dev-pw").await.unwrap()).await,
+        (403, "DENIED".into())
+    );
+    assert_eq!(
+        push_as("alpine", "ci", "ci-pw").await.unwrap().status(),
+        201
+    );
+    assert_eq!(
+        push_as("team/app", "dev", "dev-pw").await.unwrap().status(),
+        201
+    );
+
+    // A token asked for pull,push on team/a pushes there and nowhere else.
+    let token = |user: &str, pw: &str, scope: &str| {
+        m.client
+            .get(m.url(&format!("/token?service=regmirror&scope={scope}")))
+            .basic_auth(user, Some(pw))
+            .send()
+    };
+    let t: serde_json::Value = token("dev", "dev-pw", "repository:team/a:pull,push")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let team_a = t["token"].as_str().unwrap().to_owned();
+    // Anonymous tokens by the thousand: nothing is stored per token, nothing is pushed out.
+    for _ in 0..2000 {
+        assert_eq!(
+            m.get("/token?scope=repository:team/a:pull").await.status(),
+            200
+        );
+    }
+    let with_token = |repo: &str, token: &str| {
+        m.client
+            .post(m.url(&format!("/v2/{repo}/blobs/uploads/?digest={digest}")))
+            .bearer_auth(token)
+            .body(blob.clone())
+            .send()
+    };
+    assert_eq!(with_token("team/a", &team_a).await.unwrap().status(), 201);
+    let r = with_token("team/b", &team_a).await.unwrap();
+    assert_eq!(
+        r.status(),
+        401,
+        "a token for team/a does not push to team/b"
+    );
+    assert!(
+        r.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .contains("scope=\"repository:team/b:pull,push\"")
+    );
+    // dev asks for push on library/alpine: the token only grants pull.
+    let t: serde_json::Value = token("dev", "dev-pw", "repository:library/alpine:pull,push")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let r = with_token("library/alpine", t["token"].as_str().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    // A tampered token is refused.
+    let mut forged = team_a.clone();
+    forged.insert(3, 'x');
+    assert_eq!(with_token("team/a", &forged).await.unwrap().status(), 401);
+}
+
+/// The challenge's realm: `public_url` when set; `X-Forwarded-*` only from trusted proxies;
+/// a `Host` that is not a host is never copied into the header.
+#[tokio::test]
+async fn the_challenge_realm_is_built_safely() {
+    let fake = FakeUpstream::start(Auth::None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let htpasswd = htpasswd_file(dir.path(), &[("ci", "pw", 4)]);
+    let upstream = format!(
+        "[auth]\nhtpasswd = \"{}\"\n[[upstream]]\nname = \"docker.io\"\nurl = \"{}\"\ndefault = true\n",
+        htpasswd.display(),
+        fake.url()
+    );
+    let realm = |r: &reqwest::Response| {
+        r.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .split('"')
+            .nth(1)
+            .unwrap()
+            .to_owned()
+    };
+    let public = TestMirror::start_with(
+        tempfile::tempdir().unwrap(),
+        "public_url = \"https://registry.example\"",
+        &upstream,
+    )
+    .await;
+    assert_eq!(
+        realm(&public.get("/v2/").await),
+        "https://registry.example/token"
+    );
+
+    let proxied = TestMirror::start_with(
+        tempfile::tempdir().unwrap(),
+        "trusted_proxies = [\"127.0.0.1/32\"]",
+        &upstream,
+    )
+    .await;
+    let r = proxied
+        .client
+        .get(proxied.url("/v2/"))
+        .header("x-forwarded-proto", "https")
+        .header("x-forwarded-host", "mirror.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(realm(&r), "https://mirror.example/token");
+
+    let direct = TestMirror::start_with(
+        tempfile::tempdir().unwrap(),
+        "trusted_proxies = [\"10.0.0.0/8\"]",
+        &upstream,
+    )
+    .await;
+    let r = direct
+        .client
+        .get(direct.url("/v2/"))
+        .header("x-forwarded-proto", "https")
+        .header("x-forwarded-host", "evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        realm(&r),
+        format!("http://{}/token", direct.server.addr),
+        "an untrusted peer's forwarded headers are ignored"
+    );
+    // A Host header that tries to add parameters to the challenge.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(direct.server.addr)
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET /v2/ HTTP/1.1\r\nHost: a\",x=\"y\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let challenge = response
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("www-authenticate"))
+        .unwrap_or_default()
+        .to_owned();
+    assert!(!challenge.contains("x=\"y\""), "{challenge}");
+    assert!(
+        challenge.contains(&format!("realm=\"http://{}/token\"", direct.server.addr)),
+        "{challenge}"
+    );
+}
+
+/// Upload sessions belong to whoever opened them; a client may hold only so many; all of
+/// them together only so many bytes; and one request at a time writes to a session.
+#[tokio::test]
+async fn upload_sessions_are_owned_and_bounded() {
+    let fake = FakeUpstream::start(Auth::None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let htpasswd = htpasswd_file(dir.path(), &[("a", "pw-a", 4), ("b", "pw-b", 4)]);
+    let auth = format!("[auth]\nhtpasswd = \"{}\"\n", htpasswd.display());
+    let m = mirror_with(
+        &fake,
+        "max_uploads_size = \"1MiB\"\nmax_upload_sessions_per_client = 2",
+        &auth,
+    )
+    .await;
+    let open = |user: &'static str, pw: &'static str| {
+        m.client
+            .post(m.url("/v2/team/app/blobs/uploads/"))
+            .basic_auth(user, Some(pw))
+            .send()
+    };
+    let r = open("a", "pw-a").await.unwrap();
+    assert_eq!(r.status(), 202);
+    let location = m.url(r.headers()["location"].to_str().unwrap());
+    // b cannot see, extend, finish or cancel a's session.
+    for method in ["GET", "PATCH", "PUT", "DELETE"] {
+        let r = m
+            .client
+            .request(
+                reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+                format!("{location}?digest={}", sha256(b"x")),
+            )
+            .basic_auth("b", Some("pw-b"))
+            .body(b"x".to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            code(r).await,
+            (404, "BLOB_UPLOAD_UNKNOWN".into()),
+            "{method}"
+        );
+    }
+    // A second session for a, then no third.
+    assert_eq!(open("a", "pw-a").await.unwrap().status(), 202);
+    assert_eq!(
+        code(open("a", "pw-a").await.unwrap()).await,
+        (429, "TOOMANYREQUESTS".into())
+    );
+    assert_eq!(
+        open("b", "pw-b").await.unwrap().status(),
+        202,
+        "b has its own allowance"
+    );
+
+    // One writer at a time: a PATCH still streaming holds the session.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+    let slow = {
+        let (client, location) = (m.client.clone(), location.clone());
+        tokio::spawn(async move {
+            client
+                .patch(location)
+                .basic_auth("a", Some("pw-a"))
+                .body(reqwest::Body::wrap_stream(tokio_stream_from(rx)))
+                .send()
+                .await
+                .unwrap()
+        })
+    };
+    tx.send(Ok(vec![1u8; 1000])).await.unwrap();
+    common::eventually_async(10, "the slow PATCH to start writing", || async {
+        m.metric("regmirror_uploads_bytes").await >= 1000.0
+    })
+    .await;
+    let r = m
+        .client
+        .patch(&location)
+        .basic_auth("a", Some("pw-a"))
+        .body(vec![2u8; 10])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409, "a second writer is refused");
+    // The upload space is bounded in all: the slow PATCH passes 1 MiB and fails.
+    tx.send(Ok(vec![3u8; 1024 * 1024])).await.unwrap();
+    drop(tx);
+    let r = slow.await.unwrap();
+    assert_eq!(code(r).await, (507, "STORAGE_FULL".into()));
+    assert_eq!(
+        m.metric("regmirror_uploads_bytes").await,
+        0.0,
+        "the failed chunk was given back"
+    );
+}
+
+fn tokio_stream_from(
+    rx: tokio::sync::mpsc::Receiver<Result<Vec<u8>, std::io::Error>>,
+) -> impl futures_util::Stream<Item = Result<Vec<u8>, std::io::Error>> {
+    futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    })
+}
+
+/// bcrypt never runs on the async workers: while clients send wrong passwords for a slow
+/// hash, cached pulls stay fast; unknown users cost a hash too; a flood is throttled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_password_floods_do_not_stall_pulls() {
+    let fake = FakeUpstream::start(Auth::None).await;
+    fake.put_manifest(
+        "library/app",
+        "v1",
+        image_manifest(&sha256(b"c"), 1, &[], None),
+        OCI_MANIFEST,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let htpasswd = htpasswd_file(dir.path(), &[("slow", "right", 11)]);
+    let auth = format!("[auth]\nhtpasswd = \"{}\"\n", htpasswd.display());
+    let m = mirror_with(&fake, "", &auth).await;
+    assert_eq!(m.get("/v2/app/manifests/v1").await.status(), 200);
+
+    let (client, url) = (m.client.clone(), m.url("/v2/app/manifests/v1"));
+    let attempt = move |user: &'static str| {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            let started = std::time::Instant::now();
+            let r = client
+                .get(url)
+                .basic_auth(user, Some("wrong"))
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), started.elapsed())
+        }
+    };
+    let (status, known) = attempt("slow").await;
+    assert_eq!(status, 401);
+    let (status, unknown) = attempt("nobody").await;
+    assert_eq!(status, 401);
+    assert!(
+        unknown * 2 > known,
+        "an unknown user ({unknown:?}) costs about what a known one does ({known:?})"
+    );
+
+    let flood = tokio::spawn({
+        async move {
+            let mut statuses = Vec::new();
+            for _ in 0..6 {
+                let (a, b) = tokio::join!(attempt("slow"), attempt("slow"));
+                statuses.extend([a.0, b.0]);
+            }
+            statuses
+        }
+    });
+    let mut slowest = std::time::Duration::ZERO;
+    while !flood.is_finished() {
+        let started = std::time::Instant::now();
+        assert_eq!(m.get("/v2/app/manifests/v1").await.status(), 200);
+        slowest = slowest.max(started.elapsed());
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let statuses = flood.await.unwrap();
+    assert!(
+        slowest < known,
+        "a cached pull took {slowest:?} during the flood, as long as a bcrypt run ({known:?})"
+    );
+    assert!(
+        statuses.contains(&429),
+        "the flood was throttled: {statuses:?}"
+    );
 }

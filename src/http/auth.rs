@@ -1,18 +1,34 @@
-//! Client authentication against an htpasswd file (bcrypt).
+//! Who a client is and what it may do.
 //!
-//! Clients prove who they are with Basic credentials, either on each request or once at the
-//! token endpoint (`/token`), which hands out short-lived Bearer tokens, anonymous ones too.
-//! The challenge is Bearer, as Docker Hub's is, because that is the one flow every client
-//! handles for both cases: dockerd refuses to pull anonymously from a registry whose challenge
-//! is Basic, and neither dockerd nor skopeo sends credentials to a registry that does not
-//! challenge `GET /v2/`.
+//! - **Identity.** Clients prove who they are with Basic credentials checked against an
+//!   htpasswd file (bcrypt), either on each request or once at the token endpoint (`/token`),
+//!   which hands out Bearer tokens. The challenge is Bearer, as Docker Hub's is, because that is
+//!   the one flow every client handles: dockerd refuses to pull anonymously from a registry
+//!   whose challenge is Basic, and neither dockerd nor skopeo sends credentials to a registry
+//!   that does not challenge `GET /v2/`.
+//! - **Tokens** are self-contained and signed (HMAC-SHA256), and carry their scope as Docker's
+//!   token auth does (`repository:team/app:pull,push`): nothing is stored per token, so no
+//!   flood of anonymous tokens can push real ones out, and any replica with the key can check
+//!   them.
+//! - **Permissions.** Reads may be anonymous (`anonymous_pull`); every authenticated user may
+//!   pull. Pushes, mounts and deletes need a user allowed by the `[[auth.access]]` rules (every
+//!   user, when there are none), or the operator's explicit `anonymous_push = true`.
+//! - **Cost.** bcrypt runs on the blocking pool, a few at a time; failed logins are throttled
+//!   per user and per client address; an unknown user costs a bcrypt run like a wrong
+//!   password, so timing does not tell which users exist.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
+use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest as _, Sha256};
+use tokio::sync::Semaphore;
+
+use crate::config::{AccessRule, Action, AuthConfig};
 
 /// Why the htpasswd file cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -35,15 +51,16 @@ pub enum HtpasswdError {
     },
 }
 
-/// Users and their bcrypt hashes, with a short-lived cache of verified credentials (bcrypt is
-/// deliberately slow, and a push is dozens of requests).
+/// Users and their bcrypt hashes.
 pub struct Htpasswd {
     users: HashMap<String, String>,
-    verified: moka::sync::Cache<[u8; 32], String>,
+    /// A hash of the file's highest cost, checked for unknown users so that they cost as much
+    /// as a wrong password.
+    decoy: String,
 }
 
 impl Htpasswd {
-    /// Loads an htpasswd file.
+    /// Loads an htpasswd file. Blocking (it hashes once, for the decoy).
     pub fn load(path: &Path) -> Result<Htpasswd, HtpasswdError> {
         let shown = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| HtpasswdError::Read {
@@ -53,7 +70,7 @@ impl Htpasswd {
         Htpasswd::parse(&text, &shown)
     }
 
-    /// Parses htpasswd text; `origin` names it in errors.
+    /// Parses htpasswd text; `origin` names it in errors. Blocking (see [`Htpasswd::load`]).
     pub fn parse(text: &str, origin: &str) -> Result<Htpasswd, HtpasswdError> {
         let mut users = HashMap::new();
         for (i, line) in text.lines().enumerate() {
@@ -70,33 +87,26 @@ impl Htpasswd {
                 })?;
             users.insert(entry.0.to_owned(), entry.1.to_owned());
         }
-        Ok(Htpasswd {
-            users,
-            verified: moka::sync::Cache::builder()
-                .max_capacity(10_000)
-                .time_to_live(Duration::from_secs(300))
-                .build(),
-        })
+        let cost = users
+            .values()
+            .filter_map(|hash| hash.get(4..6)?.parse::<u32>().ok())
+            .max()
+            .unwrap_or(bcrypt::DEFAULT_COST);
+        let decoy = bcrypt::hash_with_salt("decoy", cost, [7; 16])
+            .map(|h| h.to_string())
+            .unwrap_or_default();
+        Ok(Htpasswd { users, decoy })
     }
 
-    /// The user an `Authorization: Basic ...` header proves, if it does.
-    pub fn check(&self, authorization: Option<&str>) -> Option<String> {
-        let encoded = authorization?.trim().strip_prefix("Basic ")?;
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(encoded.trim())
-            .ok()?;
-        let key: [u8; 32] = Sha256::digest(&decoded).into();
-        if let Some(user) = self.verified.get(&key) {
-            return Some(user);
-        }
-        let text = String::from_utf8(decoded).ok()?;
-        let (user, password) = text.split_once(':')?;
-        let hash = self.users.get(user)?;
-        if bcrypt::verify(password, hash).unwrap_or(false) {
-            self.verified.insert(key, user.to_owned());
-            Some(user.to_owned())
-        } else {
-            None
+    /// Whether `password` is `user`'s. Blocking and deliberately slow (bcrypt), for unknown
+    /// users too.
+    fn verify(&self, user: &str, password: &str) -> bool {
+        match self.users.get(user) {
+            Some(hash) => bcrypt::verify(password, hash).unwrap_or(false),
+            None => {
+                let _ = bcrypt::verify(password, &self.decoy);
+                false
+            }
         }
     }
 }
@@ -110,91 +120,393 @@ pub enum Identity {
     User(String),
 }
 
+impl Identity {
+    /// A stable name for what belongs to this identity (upload sessions): the user, or for
+    /// anonymous clients their address.
+    pub fn owner(&self, client: IpAddr) -> String {
+        match self {
+            Identity::User(user) => format!("user:{user}"),
+            Identity::Anonymous => format!("anonymous:{client}"),
+        }
+    }
+}
+
 /// Why a request was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
     /// Credentials or a token were sent and are not valid.
     Invalid,
-    /// The request needs an authenticated user.
+    /// The request needs credentials (or a token with more scope): 401 with a challenge.
     Required,
+    /// The client is known, or no credentials could help, and it may not do this: 403.
+    Denied(String),
+    /// Too many failed logins for this user or from this address: 429.
+    Throttled,
+}
+
+/// What a request needs.
+#[derive(Debug, Clone)]
+pub enum Need<'a> {
+    /// `GET /v2/`: always answered with a challenge to a client that sent nothing, so that it
+    /// learns where to get a token.
+    Ping,
+    /// Reading something that belongs to no one repository (`_catalog`).
+    Read,
+    /// `action` on a repository, known by these names (as the client sent it first, then as
+    /// it routes, e.g. `library/alpine`, `docker.io/library/alpine`).
+    Repository {
+        /// The names; the first is the one in the URL (and in token scopes).
+        names: &'a [String],
+        /// What the request does.
+        action: Action,
+    },
 }
 
 /// How long issued tokens live.
 pub const TOKEN_LIFETIME: Duration = Duration::from_secs(300);
 
-/// The authentication policy and the tokens issued.
+/// Failed logins allowed per user and per client address within [`THROTTLE_WINDOW`].
+const MAX_FAILURES: u32 = 10;
+
+/// The window of the failed-login throttle.
+const THROTTLE_WINDOW: Duration = Duration::from_secs(60);
+
+/// What a token says: who, and which actions on which repositories, until when.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Claims {
+    /// The user, `None` for anonymous tokens.
+    pub sub: Option<String>,
+    /// What it may do.
+    pub access: Vec<Grant>,
+    /// Expiry, seconds since the Unix epoch.
+    pub exp: u64,
+}
+
+/// Actions on one repository, as in Docker's token auth.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Grant {
+    /// The repository, as the client names it.
+    pub name: String,
+    /// The actions granted.
+    pub actions: Vec<Action>,
+}
+
+/// Signs and checks tokens with a secret key.
+struct TokenSigner {
+    key: Vec<u8>,
+}
+
+impl TokenSigner {
+    fn mac(&self) -> Hmac<Sha256> {
+        // HMAC takes keys of any length: this cannot fail.
+        Hmac::<Sha256>::new_from_slice(&self.key).unwrap_or_else(|_| unreachable!())
+    }
+
+    fn sign(&self, claims: &Claims) -> String {
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let payload = b64.encode(serde_json::to_vec(claims).unwrap_or_default());
+        let mut mac = self.mac();
+        mac.update(payload.as_bytes());
+        format!("{payload}.{}", b64.encode(mac.finalize().into_bytes()))
+    }
+
+    fn verify(&self, token: &str, now: u64) -> Option<Claims> {
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let (payload, signature) = token.split_once('.')?;
+        let mut mac = self.mac();
+        mac.update(payload.as_bytes());
+        mac.verify_slice(&b64.decode(signature).ok()?).ok()?;
+        let claims: Claims = serde_json::from_slice(&b64.decode(payload).ok()?).ok()?;
+        (claims.exp > now).then_some(claims)
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Whether `pattern` (`*` matches any run of characters) matches all of `name`.
+fn glob_matches(pattern: &str, name: &str) -> bool {
+    let (p, n) = (pattern.as_bytes(), name.as_bytes());
+    let (mut pi, mut ni) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ni < n.len() {
+        if pi < p.len() && p[pi] == b'*' {
+            star = Some((pi, ni));
+            pi += 1;
+        } else if pi < p.len() && p[pi] == n[ni] {
+            pi += 1;
+            ni += 1;
+        } else if let Some((sp, sn)) = star {
+            pi = sp + 1;
+            ni = sn + 1;
+            star = Some((sp, sn + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == b'*')
+}
+
+/// The authentication and authorization policy.
 pub struct Authenticator {
-    htpasswd: Htpasswd,
+    htpasswd: Option<Arc<Htpasswd>>,
     anonymous_pull: bool,
-    tokens: moka::sync::Cache<String, Identity>,
+    anonymous_push: bool,
+    rules: Vec<AccessRule>,
+    signer: TokenSigner,
+    /// Credentials (hashed) verified recently, so a push of dozens of requests runs bcrypt
+    /// once.
+    verified: moka::sync::Cache<[u8; 32], String>,
+    /// Failed logins per `user:<name>` and `addr:<ip>` in the current window.
+    failures: moka::sync::Cache<String, u32>,
+    bcrypt_slots: Arc<Semaphore>,
 }
 
 impl Authenticator {
-    /// A policy: `htpasswd` users may push; anyone may pull when `anonymous_pull`.
-    pub fn new(htpasswd: Htpasswd, anonymous_pull: bool) -> Authenticator {
+    /// A policy from `[auth]`, with users from `htpasswd` (if any) and tokens signed with `key`.
+    pub fn new(config: &AuthConfig, htpasswd: Option<Htpasswd>, key: Vec<u8>) -> Authenticator {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Authenticator {
-            htpasswd,
-            anonymous_pull,
-            tokens: moka::sync::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(TOKEN_LIFETIME)
+            htpasswd: htpasswd.map(Arc::new),
+            anonymous_pull: config.anonymous_pull,
+            anonymous_push: config.anonymous_push,
+            rules: config.access.clone(),
+            signer: TokenSigner { key },
+            verified: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(Duration::from_secs(300))
                 .build(),
+            failures: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(THROTTLE_WINDOW)
+                .build(),
+            // Leave at least one core to everything else.
+            bcrypt_slots: Arc::new(Semaphore::new((cores / 2).max(1))),
         }
     }
 
-    /// Who an `Authorization` header says the client is.
-    fn identify(&self, authorization: Option<&str>) -> Result<Identity, Refusal> {
-        let Some(value) = authorization else {
-            return Ok(Identity::Anonymous);
+    /// A random key for signing tokens.
+    pub fn random_key() -> Vec<u8> {
+        let mut key = Vec::with_capacity(32);
+        key.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
+        key.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
+        key
+    }
+
+    /// Whether clients authenticate at all (an htpasswd file is configured).
+    pub fn has_users(&self) -> bool {
+        self.htpasswd.is_some()
+    }
+
+    /// Whether `action` on a repository known by `names` is allowed to `identity` by the
+    /// configuration (not by a token).
+    fn allows(&self, identity: &Identity, names: &[String], action: Action) -> bool {
+        match (identity, action) {
+            (Identity::Anonymous, Action::Pull) => self.anonymous_pull || !self.has_users(),
+            (Identity::Anonymous, _) => self.anonymous_push,
+            (Identity::User(_), Action::Pull) => true,
+            (Identity::User(_), _) if self.rules.is_empty() => true,
+            (Identity::User(user), _) => self.rules.iter().any(|rule| {
+                rule.actions.contains(&action)
+                    && rule.users.iter().any(|u| u == "*" || u == user)
+                    && rule
+                        .repositories
+                        .iter()
+                        .any(|p| names.iter().any(|n| glob_matches(p, n)))
+            }),
+        }
+    }
+
+    /// Checks Basic credentials (`Authorization: Basic ...`): bcrypt on the blocking pool, a
+    /// few at a time, after the throttle.
+    async fn check_basic(&self, encoded: &str, client: IpAddr) -> Result<Identity, Refusal> {
+        let Some(htpasswd) = &self.htpasswd else {
+            return Err(Refusal::Invalid);
         };
-        if let Some(token) = value.trim().strip_prefix("Bearer ") {
-            return self.tokens.get(token.trim()).ok_or(Refusal::Invalid);
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(encoded.trim())
+            .map_err(|_| Refusal::Invalid)?;
+        let key: [u8; 32] = Sha256::digest(&decoded).into();
+        if let Some(user) = self.verified.get(&key) {
+            return Ok(Identity::User(user));
         }
-        self.htpasswd
-            .check(Some(value))
-            .map(Identity::User)
-            .ok_or(Refusal::Invalid)
+        let text = String::from_utf8(decoded).map_err(|_| Refusal::Invalid)?;
+        let (user, password) = text.split_once(':').ok_or(Refusal::Invalid)?;
+        let keys = [format!("user:{user}"), format!("addr:{client}")];
+        if keys
+            .iter()
+            .any(|k| self.failures.get(k).unwrap_or(0) >= MAX_FAILURES)
+        {
+            return Err(Refusal::Throttled);
+        }
+        let permit = Arc::clone(&self.bcrypt_slots)
+            .acquire_owned()
+            .await
+            .map_err(|_| Refusal::Invalid)?;
+        let (htpasswd, user_owned, password) =
+            (Arc::clone(htpasswd), user.to_owned(), password.to_owned());
+        let ok = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            htpasswd.verify(&user_owned, &password)
+        })
+        .await
+        .unwrap_or(false);
+        if ok {
+            self.verified.insert(key, user.to_owned());
+            Ok(Identity::User(user.to_owned()))
+        } else {
+            for k in keys {
+                let n = self.failures.get(&k).unwrap_or(0);
+                self.failures.insert(k, n + 1);
+            }
+            tracing::info!(%user, %client, "failed login");
+            Err(Refusal::Invalid)
+        }
     }
 
-    /// Whether a request may proceed. `read` for GET/HEAD; `ping` for `GET /v2/`, which always
-    /// challenges a client that sent nothing, so that it learns where to get a token.
-    pub fn authorize(
+    /// Who an `Authorization` header says the client is, and the token's claims if it was a
+    /// token.
+    async fn identify(
         &self,
         authorization: Option<&str>,
-        read: bool,
-        ping: bool,
-    ) -> Result<Identity, Refusal> {
-        let identity = self.identify(authorization)?;
-        let allowed = match (&identity, read) {
-            (Identity::User(_), _) => true,
-            (Identity::Anonymous, true) => {
-                self.anonymous_pull && !(ping && authorization.is_none())
-            }
-            (Identity::Anonymous, false) => false,
+        client: IpAddr,
+    ) -> Result<(Identity, Option<Claims>), Refusal> {
+        let Some(value) = authorization.map(str::trim) else {
+            return Ok((Identity::Anonymous, None));
         };
-        if allowed {
-            Ok(identity)
-        } else {
-            Err(Refusal::Required)
+        if let Some(token) = value.strip_prefix("Bearer ") {
+            let claims = self
+                .signer
+                .verify(token.trim(), unix_now())
+                .ok_or(Refusal::Invalid)?;
+            let identity = claims
+                .sub
+                .clone()
+                .map_or(Identity::Anonymous, Identity::User);
+            return Ok((identity, Some(claims)));
+        }
+        if let Some(encoded) = value.strip_prefix("Basic ") {
+            return Ok((self.check_basic(encoded, client).await?, None));
+        }
+        Err(Refusal::Invalid)
+    }
+
+    /// Whether a request with this `Authorization` header, from `client`, may do what it
+    /// `need`s.
+    pub async fn authorize(
+        &self,
+        authorization: Option<&str>,
+        client: IpAddr,
+        need: &Need<'_>,
+    ) -> Result<Identity, Refusal> {
+        if !self.has_users() {
+            // No users to be: credentials are ignored, the policy alone decides.
+            return match need {
+                Need::Repository { action, .. }
+                    if *action != Action::Pull && !self.anonymous_push =>
+                {
+                    Err(Refusal::Denied(
+                        "pushes and deletes are disabled: configure [auth] htpasswd for users, or set [auth] anonymous_push = true".into(),
+                    ))
+                }
+                _ => Ok(Identity::Anonymous),
+            };
+        }
+        let (identity, claims) = self.identify(authorization, client).await?;
+        let allowed = match need {
+            Need::Ping => authorization.is_some() && self.allows(&identity, &[], Action::Pull),
+            Need::Read => self.allows(&identity, &[], Action::Pull),
+            Need::Repository { action, .. } if *action == Action::Pull => {
+                self.allows(&identity, &[], Action::Pull)
+            }
+            Need::Repository { names, action } => match &claims {
+                // A token allows what its scope says (checked against the rules when issued).
+                Some(claims) => claims.access.iter().any(|grant| {
+                    names.first() == Some(&grant.name) && grant.actions.contains(action)
+                }),
+                None => self.allows(&identity, names, *action),
+            },
+        };
+        match (allowed, &identity) {
+            (true, _) => Ok(identity),
+            // Basic credentials that are valid but not enough: asking again will not help.
+            (false, Identity::User(user)) if claims.is_none() => Err(Refusal::Denied(format!(
+                "user {user} may not do this to this repository"
+            ))),
+            (false, _) => Err(Refusal::Required),
         }
     }
 
-    /// A token for whoever the Basic credentials (if any) prove; refused for wrong credentials,
-    /// and for anonymous clients when pulls need credentials.
-    pub fn issue_token(&self, authorization: Option<&str>) -> Result<String, Refusal> {
-        let identity = match authorization {
-            Some(value) if value.trim().starts_with("Basic ") => self.identify(Some(value))?,
+    /// A token for whoever the Basic credentials (if any) prove, granting of the requested
+    /// `scopes` what that identity may do. `names_of` gives the names a repository is known
+    /// by (the scope's own name first), for matching access rules.
+    pub async fn issue_token(
+        &self,
+        authorization: Option<&str>,
+        client: IpAddr,
+        scopes: &[String],
+        names_of: impl Fn(&str) -> Option<Vec<String>>,
+    ) -> Result<String, Refusal> {
+        let identity = match authorization.map(str::trim) {
+            Some(value) if value.starts_with("Basic ") => {
+                self.identify(Some(value), client).await?.0
+            }
             _ if self.anonymous_pull => Identity::Anonymous,
             _ => return Err(Refusal::Required),
         };
-        let token = format!(
-            "{}{}",
-            uuid::Uuid::new_v4().simple(),
-            uuid::Uuid::new_v4().simple()
-        );
-        self.tokens.insert(token.clone(), identity);
-        Ok(token)
+        let mut access: Vec<Grant> = Vec::new();
+        for (name, actions) in scopes.iter().flat_map(|s| parse_scope(s)) {
+            let Some(names) = names_of(&name) else {
+                continue;
+            };
+            let granted: Vec<Action> = actions
+                .into_iter()
+                .filter(|a| self.allows(&identity, &names, *a))
+                .collect();
+            if !granted.is_empty() {
+                access.push(Grant {
+                    name,
+                    actions: granted,
+                });
+            }
+        }
+        let claims = Claims {
+            sub: match identity {
+                Identity::User(user) => Some(user),
+                Identity::Anonymous => None,
+            },
+            access,
+            exp: unix_now() + TOKEN_LIFETIME.as_secs(),
+        };
+        Ok(self.signer.sign(&claims))
     }
+}
+
+/// `repository:<name>:<action>,<action>` scopes in one `scope` parameter (space-separated).
+/// Other resource types and unknown actions are ignored.
+fn parse_scope(scope: &str) -> Vec<(String, Vec<Action>)> {
+    scope
+        .split(' ')
+        .filter_map(|one| {
+            let rest = one.strip_prefix("repository:")?;
+            let (name, actions) = rest.rsplit_once(':')?;
+            let actions = actions
+                .split(',')
+                .flat_map(|a| match a.trim() {
+                    "pull" => &[Action::Pull][..],
+                    "push" => &[Action::Push][..],
+                    "delete" => &[Action::Delete][..],
+                    "*" => &[Action::Pull, Action::Push, Action::Delete][..],
+                    _ => &[][..],
+                })
+                .copied()
+                .collect::<Vec<_>>();
+            Some((name.to_owned(), actions))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -208,72 +520,220 @@ mod tests {
         )
     }
 
-    #[test]
-    fn verifies_bcrypt_entries() {
-        let hash = bcrypt::hash("s3cret", 4).unwrap();
-        let file = Htpasswd::parse(&format!("# users\nalice:{hash}\n"), "test").unwrap();
-        assert_eq!(
-            file.check(Some(&basic("alice", "s3cret"))).as_deref(),
-            Some("alice")
-        );
-        // Cached the second time, same answer.
-        assert_eq!(
-            file.check(Some(&basic("alice", "s3cret"))).as_deref(),
-            Some("alice")
-        );
-        assert_eq!(file.check(Some(&basic("alice", "wrong"))), None);
-        assert_eq!(file.check(Some(&basic("bob", "s3cret"))), None);
-        assert_eq!(file.check(Some("Bearer xyz")), None);
-        assert_eq!(file.check(Some("Basic !!!")), None);
-        assert_eq!(file.check(None), None);
+    const LOCAL: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    fn authenticator(config: &str) -> Authenticator {
+        let hash = bcrypt::hash("pw", 4).unwrap();
+        let text = format!("u:{hash}\nci:{hash}\n");
+        let auth: AuthConfig = toml::from_str(config).unwrap();
+        Authenticator::new(
+            &auth,
+            Some(Htpasswd::parse(&text, "t").unwrap()),
+            b"key".to_vec(),
+        )
+    }
+
+    fn repo(names: &[String], action: Action) -> Need<'_> {
+        Need::Repository { names, action }
     }
 
     #[test]
-    fn policy() {
-        let hash = bcrypt::hash("pw", 4).unwrap();
-        let open = Authenticator::new(Htpasswd::parse(&format!("u:{hash}"), "t").unwrap(), true);
+    fn globs() {
+        assert!(glob_matches("team/*", "team/app"));
+        assert!(glob_matches("team/*", "team/a/b"));
+        assert!(!glob_matches("team/*", "teamx/app"));
+        assert!(glob_matches("*", "anything"));
+        assert!(glob_matches("library/alp*e", "library/alpine"));
+        assert!(!glob_matches("library/alpine", "library/alpine2"));
+    }
+
+    #[test]
+    fn scopes() {
+        assert_eq!(
+            parse_scope("repository:team/app:pull,push repository:x:pull registry:catalog:*"),
+            vec![
+                ("team/app".to_owned(), vec![Action::Pull, Action::Push]),
+                ("x".to_owned(), vec![Action::Pull]),
+            ]
+        );
+    }
+
+    #[test]
+    fn tokens_are_signed_and_expire() {
+        let signer = TokenSigner { key: b"k".to_vec() };
+        let claims = Claims {
+            sub: Some("u".into()),
+            access: vec![],
+            exp: 100,
+        };
+        let token = signer.sign(&claims);
+        assert_eq!(signer.verify(&token, 50), Some(claims.clone()));
+        assert_eq!(signer.verify(&token, 100), None, "expired");
+        let other = TokenSigner {
+            key: b"other".to_vec(),
+        };
+        assert_eq!(other.verify(&token, 50), None, "another key");
+        let (payload, sig) = token.split_once('.').unwrap();
+        let forged = format!("{}x.{sig}", payload);
+        assert_eq!(signer.verify(&forged, 50), None);
+    }
+
+    #[tokio::test]
+    async fn policy_without_rules() {
+        let a = authenticator("");
+        let names = vec!["team/app".to_owned()];
         let good = basic("u", "pw");
-        let bad = basic("u", "nope");
-        assert_eq!(open.authorize(None, true, false), Ok(Identity::Anonymous));
         assert_eq!(
-            open.authorize(None, true, true),
-            Err(Refusal::Required),
-            "pings challenge"
-        );
-        assert_eq!(open.authorize(None, false, false), Err(Refusal::Required));
-        assert_eq!(
-            open.authorize(Some(&good), false, false),
-            Ok(Identity::User("u".into()))
-        );
-        assert_eq!(
-            open.authorize(Some(&bad), true, false),
-            Err(Refusal::Invalid)
-        );
-        let anonymous = open.issue_token(None).unwrap();
-        let bearer = format!("Bearer {anonymous}");
-        assert_eq!(
-            open.authorize(Some(&bearer), true, true),
+            a.authorize(None, LOCAL, &repo(&names, Action::Pull)).await,
             Ok(Identity::Anonymous)
         );
         assert_eq!(
-            open.authorize(Some(&bearer), false, false),
+            a.authorize(None, LOCAL, &Need::Ping).await,
             Err(Refusal::Required)
         );
-        let pusher = format!("Bearer {}", open.issue_token(Some(&good)).unwrap());
         assert_eq!(
-            open.authorize(Some(&pusher), false, false),
+            a.authorize(None, LOCAL, &repo(&names, Action::Push)).await,
+            Err(Refusal::Required)
+        );
+        assert_eq!(
+            a.authorize(Some(&good), LOCAL, &repo(&names, Action::Push))
+                .await,
             Ok(Identity::User("u".into()))
         );
-        assert_eq!(open.issue_token(Some(&bad)), Err(Refusal::Invalid));
         assert_eq!(
-            open.authorize(Some("Bearer forged"), true, false),
+            a.authorize(Some(&basic("u", "no")), LOCAL, &repo(&names, Action::Pull))
+                .await,
             Err(Refusal::Invalid)
         );
+        assert_eq!(
+            a.authorize(Some("Bearer forged.x"), LOCAL, &repo(&names, Action::Pull))
+                .await,
+            Err(Refusal::Invalid)
+        );
+    }
 
-        let closed = Authenticator::new(Htpasswd::parse(&format!("u:{hash}"), "t").unwrap(), false);
-        assert_eq!(closed.authorize(None, true, false), Err(Refusal::Required));
-        assert_eq!(closed.issue_token(None), Err(Refusal::Required));
-        assert!(closed.issue_token(Some(&good)).is_ok());
+    #[tokio::test]
+    async fn tokens_carry_their_scope() {
+        let a = authenticator("");
+        let names_of = |n: &str| Some(vec![n.to_owned()]);
+        let scope = vec!["repository:team/a:pull,push".to_owned()];
+        let token = a
+            .issue_token(Some(&basic("u", "pw")), LOCAL, &scope, names_of)
+            .await
+            .unwrap();
+        let bearer = format!("Bearer {token}");
+        let a_names = vec!["team/a".to_owned()];
+        let b_names = vec!["team/b".to_owned()];
+        assert!(
+            a.authorize(Some(&bearer), LOCAL, &repo(&a_names, Action::Push))
+                .await
+                .is_ok()
+        );
+        assert_eq!(
+            a.authorize(Some(&bearer), LOCAL, &repo(&b_names, Action::Push))
+                .await,
+            Err(Refusal::Required),
+            "a token for team/a does not push to team/b"
+        );
+        assert!(
+            a.authorize(Some(&bearer), LOCAL, &repo(&b_names, Action::Pull))
+                .await
+                .is_ok(),
+            "an authenticated user pulls anything"
+        );
+        let anonymous = a.issue_token(None, LOCAL, &scope, names_of).await.unwrap();
+        assert_eq!(
+            a.authorize(
+                Some(&format!("Bearer {anonymous}")),
+                LOCAL,
+                &repo(&a_names, Action::Push)
+            )
+            .await,
+            Err(Refusal::Required),
+            "anonymous tokens do not push"
+        );
+    }
+
+    #[tokio::test]
+    async fn access_rules_limit_writes() {
+        let a = authenticator(
+            r#"
+            [[access]]
+            users = ["ci"]
+            repositories = ["library/*"]
+            actions = ["push"]
+            "#,
+        );
+        let alpine = vec!["alpine".to_owned(), "library/alpine".to_owned()];
+        assert!(
+            a.authorize(
+                Some(&basic("ci", "pw")),
+                LOCAL,
+                &repo(&alpine, Action::Push)
+            )
+            .await
+            .is_ok()
+        );
+        assert!(matches!(
+            a.authorize(Some(&basic("u", "pw")), LOCAL, &repo(&alpine, Action::Push))
+                .await,
+            Err(Refusal::Denied(_))
+        ));
+        assert!(matches!(
+            a.authorize(
+                Some(&basic("ci", "pw")),
+                LOCAL,
+                &repo(&alpine, Action::Delete)
+            )
+            .await,
+            Err(Refusal::Denied(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn failed_logins_are_throttled() {
+        let a = authenticator("");
+        let names = vec!["x".to_owned()];
+        for _ in 0..MAX_FAILURES {
+            assert_eq!(
+                a.authorize(Some(&basic("u", "bad")), LOCAL, &repo(&names, Action::Pull))
+                    .await,
+                Err(Refusal::Invalid)
+            );
+        }
+        assert_eq!(
+            a.authorize(Some(&basic("u", "bad")), LOCAL, &repo(&names, Action::Pull))
+                .await,
+            Err(Refusal::Throttled)
+        );
+    }
+
+    #[tokio::test]
+    async fn without_users_writes_need_anonymous_push() {
+        let names = vec!["x".to_owned()];
+        let closed = Authenticator::new(&AuthConfig::default(), None, b"k".to_vec());
+        assert!(matches!(
+            closed
+                .authorize(None, LOCAL, &repo(&names, Action::Push))
+                .await,
+            Err(Refusal::Denied(_))
+        ));
+        assert!(
+            closed
+                .authorize(None, LOCAL, &repo(&names, Action::Pull))
+                .await
+                .is_ok()
+        );
+        let open_config = AuthConfig {
+            anonymous_push: true,
+            ..AuthConfig::default()
+        };
+        let open = Authenticator::new(&open_config, None, b"k".to_vec());
+        assert!(
+            open.authorize(None, LOCAL, &repo(&names, Action::Delete))
+                .await
+                .is_ok()
+        );
     }
 
     #[test]

@@ -94,8 +94,9 @@ pub async fn get(ctx: &Ctx<'_>, name: &RepoName, digest: &Digest) -> Answer {
     }
 }
 
-/// `DELETE /v2/<name>/blobs/<digest>`.
-pub async fn delete(ctx: &Ctx<'_>, digest: &Digest) -> Answer {
+/// `DELETE /v2/<name>/blobs/<digest>`: through `name` only (another repository that holds the
+/// blob keeps it).
+pub async fn delete(ctx: &Ctx<'_>, name: &RepoName, digest: &Digest) -> Answer {
     if !ctx.app.delete_enabled {
         return ApiError::new(
             ErrorCode::Unsupported,
@@ -103,9 +104,13 @@ pub async fn delete(ctx: &Ctx<'_>, digest: &Digest) -> Answer {
         )
         .into();
     }
-    match ctx.mirror.store.delete_blob(digest).await {
+    match ctx
+        .mirror
+        .delete_blob(name, ctx.query.ns.as_deref(), digest)
+        .await
+    {
         Ok(true) => super::manifests::accepted(),
         Ok(false) => ApiError::new(ErrorCode::BlobUnknown, format!("{digest} not found")).into(),
-        Err(e) => proxy_error(e.into(), Resource::Blob, crate::store::LOCAL).into(),
+        Err(e) => proxy_error(e, Resource::Blob, crate::store::LOCAL).into(),
     }
 }

@@ -89,6 +89,8 @@ pub struct Logged {
     failed: bool,
     ended: bool,
     metrics: Arc<Metrics>,
+    /// Keeps the request counted as in flight on its connection until the body is done.
+    in_flight: Option<super::limits::InFlight>,
 }
 
 impl Logged {
@@ -102,7 +104,14 @@ impl Logged {
             failed: false,
             ended: false,
             metrics,
+            in_flight: None,
         }
+    }
+
+    /// Counts the request as in flight on its connection until this body is done.
+    pub fn holding(mut self, in_flight: super::limits::InFlight) -> Logged {
+        self.in_flight = Some(in_flight);
+        self
     }
 }
 
@@ -122,7 +131,10 @@ impl HttpBody for Logged {
                 }
             }
             Poll::Ready(Some(Err(_))) => self.failed = true,
-            Poll::Ready(None) => self.ended = true,
+            Poll::Ready(None) => {
+                self.ended = true;
+                self.in_flight = None;
+            }
             Poll::Pending => {}
         }
         polled

@@ -159,11 +159,22 @@ pub fn proxy_error(e: ProxyError, resource: Resource, upstream: &str) -> ApiErro
             tracing::error!(error = %e, "internal failure");
             ApiError::new(ErrorCode::Unknown, "internal error")
         }
-        ProxyError::Store(e) => {
-            tracing::error!(error = %e, "store failure");
-            ApiError::new(ErrorCode::Unknown, "internal storage error")
-        }
+        ProxyError::Store(e) => store_error(&e),
     }
+}
+
+/// Maps a store failure: a full disk is 507 with a clear message (clients and operators can
+/// act on it), anything else a logged 500.
+pub fn store_error(e: &crate::store::StoreError) -> ApiError {
+    if e.is_disk_full() {
+        tracing::error!(error = %e, "storage full");
+        return ApiError::new(
+            ErrorCode::StorageFull,
+            "the mirror's storage is full; nothing was kept",
+        );
+    }
+    tracing::error!(error = %e, "store failure");
+    ApiError::new(ErrorCode::Unknown, "internal storage error")
 }
 
 /// Maps an upload failure.
@@ -176,14 +187,17 @@ pub fn upload_error(e: crate::store::UploadError) -> ApiError {
                 .with_status(http::StatusCode::RANGE_NOT_SATISFIABLE)
         }
         UploadError::TooLarge { .. } => ApiError::new(ErrorCode::TooLarge, e.to_string()),
+        UploadError::SpaceFull { .. } => ApiError::new(ErrorCode::StorageFull, e.to_string()),
+        UploadError::TooManySessions { .. } => {
+            ApiError::new(ErrorCode::TooManyRequests, e.to_string())
+        }
+        UploadError::Busy => ApiError::new(ErrorCode::BlobUploadInvalid, e.to_string())
+            .with_status(http::StatusCode::CONFLICT),
         UploadError::Body(_) => ApiError::new(ErrorCode::BlobUploadInvalid, e.to_string()),
         UploadError::DigestMismatch { .. } => {
             ApiError::new(ErrorCode::DigestInvalid, e.to_string())
         }
-        UploadError::Store(e) => {
-            tracing::error!(error = %e, "store failure during upload");
-            ApiError::new(ErrorCode::Unknown, "internal storage error")
-        }
+        UploadError::Store(e) => store_error(&e),
     }
 }
 

@@ -6,6 +6,7 @@ mod blobs;
 pub mod body;
 mod catalog;
 pub mod errors;
+pub mod limits;
 mod manifests;
 mod paging;
 mod referrers;
@@ -76,12 +77,96 @@ impl From<ApiError> for Answer {
 pub struct App {
     /// The registry logic.
     pub mirror: Arc<Mirror>,
-    /// Who may push (and pull), when an htpasswd file is configured.
-    pub auth: Option<auth::Authenticator>,
+    /// Who may pull, push and delete.
+    pub auth: auth::Authenticator,
     /// Whether DELETE is allowed.
     pub delete_enabled: bool,
-    /// The largest blob a client may push.
-    pub max_upload: u64,
+    /// Limits on pushes.
+    pub uploads: crate::store::UploadLimits,
+    /// Where clients reach the mirror (`[server] public_url`), for the token realm.
+    pub public_url: Option<String>,
+    /// Proxies whose `X-Forwarded-*` headers are believed.
+    pub trusted_proxies: Vec<crate::config::IpNet>,
+}
+
+impl App {
+    fn is_trusted_proxy(&self, ip: std::net::IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|net| net.contains(ip))
+    }
+
+    /// The client's address: the peer's, or, behind a trusted proxy, the nearest address in
+    /// `X-Forwarded-For` that is not itself a trusted proxy.
+    fn client_addr(&self, conn: &ConnInfo, headers: &http::HeaderMap) -> std::net::IpAddr {
+        let mut addr = conn.peer.ip();
+        if !self.is_trusted_proxy(addr) {
+            return addr;
+        }
+        let forwarded = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .collect::<Vec<_>>();
+        for hop in forwarded.iter().rev() {
+            let Ok(ip) = hop.trim().parse() else {
+                break;
+            };
+            addr = ip;
+            if !self.is_trusted_proxy(ip) {
+                break;
+            }
+        }
+        addr
+    }
+
+    /// `scheme://host[:port]` as clients reach the mirror: `public_url` when set; else the
+    /// connection's scheme and the `Host` (HTTP/1) or `:authority` (HTTP/2), or what a trusted
+    /// proxy forwarded. A host that is not a plain host name or address is not used.
+    fn external_base(&self, conn: &ConnInfo, parts: &http::request::Parts) -> String {
+        if let Some(url) = &self.public_url {
+            return url.trim_end_matches('/').to_owned();
+        }
+        let trusted = self.is_trusted_proxy(conn.peer.ip());
+        let forwarded = |name: &str| {
+            trusted
+                .then(|| parts.headers.get(name)?.to_str().ok())
+                .flatten()
+                .and_then(|v| v.split(',').next())
+                .map(str::trim)
+        };
+        let scheme = match forwarded("x-forwarded-proto") {
+            Some(p @ ("http" | "https")) => p,
+            _ if conn.tls => "https",
+            _ => "http",
+        };
+        let host = forwarded("x-forwarded-host")
+            .or_else(|| parts.headers.get(header::HOST)?.to_str().ok())
+            .or_else(|| parts.uri.authority().map(|a| a.as_str()))
+            .filter(|h| valid_host(h))
+            .map_or_else(|| conn.local.to_string(), str::to_owned);
+        format!("{scheme}://{host}")
+    }
+}
+
+/// Whether `host` is a host name or address with an optional port, and nothing else (it goes
+/// into a header).
+fn valid_host(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= 255
+        && host.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']' | b'_')
+        })
+}
+
+/// Facts about the connection a request came on.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    /// The peer's address.
+    pub peer: std::net::SocketAddr,
+    /// The address the connection was accepted on.
+    pub local: std::net::SocketAddr,
+    /// Whether it is TLS.
+    pub tls: bool,
 }
 
 /// A parsed request, as handlers see it.
@@ -96,6 +181,17 @@ pub struct Ctx<'a> {
     pub query: Query,
     /// Request headers.
     pub headers: &'a http::HeaderMap,
+    /// Who sent the request.
+    pub identity: auth::Identity,
+    /// The client's address (behind trusted proxies: the forwarded one).
+    pub client: std::net::IpAddr,
+}
+
+impl Ctx<'_> {
+    /// The owner of what this client creates (upload sessions).
+    pub fn owner(&self) -> String {
+        self.identity.owner(self.client)
+    }
 }
 
 impl Ctx<'_> {
@@ -115,6 +211,8 @@ impl Ctx<'_> {
 pub async fn handle(
     app: Arc<App>,
     request: Request<Incoming>,
+    conn: ConnInfo,
+    in_flight: limits::InFlight,
 ) -> Result<Response<Logged>, Infallible> {
     let started = Instant::now();
     let method = request.method().clone();
@@ -127,7 +225,7 @@ pub async fn handle(
         started,
         armed: true,
     };
-    let answer = dispatch(&app, request).await;
+    let answer = dispatch(&app, request, &conn).await;
     unanswered.armed = false;
     let mut response = answer.response;
     if method == Method::HEAD {
@@ -166,7 +264,7 @@ pub async fn handle(
         started,
     };
     let metrics = Arc::clone(&app.mirror.metrics);
-    Ok(response.map(|b| Logged::new(b, info, metrics)))
+    Ok(response.map(|b| Logged::new(b, info, metrics).holding(in_flight)))
 }
 
 /// A request whose handler has not answered yet; logged as cancelled if dropped so.
@@ -208,57 +306,152 @@ fn method_label(method: &Method) -> &'static str {
     }
 }
 
-/// Applies the authentication policy (when an htpasswd file is configured).
-fn authorize(
-    app: &App,
-    route: &Route,
-    method: &Method,
-    headers: &http::HeaderMap,
-) -> Result<(), ApiError> {
-    let Some(auth) = &app.auth else {
-        return Ok(());
-    };
-    if matches!(
-        route,
-        Route::Metrics | Route::Health | Route::Ready | Route::Token
-    ) {
-        return Ok(());
-    }
-    let sent = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
+/// What a request needs, in the authorization policy's terms; `None` for what is always
+/// allowed (metrics, health, the token endpoint).
+fn need_of<'n>(route: &Route, method: &Method, names: &'n [String]) -> Option<auth::Need<'n>> {
+    use crate::config::Action;
     let read = *method == Method::GET || *method == Method::HEAD;
-    match auth.authorize(sent, read, matches!(route, Route::Base)) {
-        Ok(_) => Ok(()),
-        Err(refusal) => Err(challenge(headers, refusal)),
+    // Only what the API offers needs a permission; anything else is answered 405 as it is.
+    let action = match (route, method) {
+        (Route::Metrics | Route::Health | Route::Ready | Route::Token, _) => return None,
+        (Route::Base, _) => return Some(auth::Need::Ping),
+        (Route::Catalog, _) => return Some(auth::Need::Read),
+        (Route::Upload { .. }, _) => Action::Push,
+        (Route::Manifest { .. }, &Method::PUT) => Action::Push,
+        (Route::Manifest { .. } | Route::Blob { .. }, &Method::DELETE) => Action::Delete,
+        _ if read => Action::Pull,
+        _ => return None,
+    };
+    Some(auth::Need::Repository { names, action })
+}
+
+/// The names a repository is known by, for access rules: as the client named it first, then
+/// as it routes upstream (`library/alpine`) and as pushes record it
+/// (`docker.io/library/alpine`).
+fn names_of(mirror: &Mirror, ns: Option<&str>, name: &crate::oci::RepoName) -> Vec<String> {
+    let mut names = vec![name.to_string()];
+    if let Ok(route) = mirror.upstreams.resolve(ns, name) {
+        names.push(route.repo.to_string());
+    }
+    names.push(mirror.local_name(ns, name).to_string());
+    names.dedup();
+    names
+}
+
+/// The repository a route is about.
+fn route_name(route: &Route) -> Option<&crate::oci::RepoName> {
+    match route {
+        Route::Manifest { name, .. }
+        | Route::Blob { name, .. }
+        | Route::Upload { name, .. }
+        | Route::Referrers { name, .. }
+        | Route::TagsList { name } => Some(name),
+        _ => None,
     }
 }
 
-/// A 401 pointing the client at our token endpoint.
-fn challenge(headers: &http::HeaderMap, refusal: auth::Refusal) -> ApiError {
-    let host = headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("localhost");
+/// Applies the authorization policy; who the client is, or the error to answer.
+async fn authorize(
+    app: &App,
+    route: &Route,
+    parts: &http::request::Parts,
+    conn: &ConnInfo,
+    client: std::net::IpAddr,
+    query: &Query,
+) -> Result<auth::Identity, ApiError> {
+    let name = route_name(route);
+    let names = name.map_or_else(Vec::new, |n| names_of(&app.mirror, query.ns.as_deref(), n));
+    let Some(need) = need_of(route, &parts.method, &names) else {
+        return Ok(auth::Identity::Anonymous);
+    };
+    let sent = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let identity = app
+        .auth
+        .authorize(sent, client, &need)
+        .await
+        .map_err(|refusal| refused(app, conn, parts, refusal, name, &need))?;
+    // A mount also reads the repository it mounts from.
+    if let (Route::Upload { .. }, Some(from)) = (route, query.from.as_deref())
+        && let Ok(from) = from.parse::<crate::oci::RepoName>()
+    {
+        let from_names = names_of(&app.mirror, None, &from);
+        let pull = auth::Need::Repository {
+            names: &from_names,
+            action: crate::config::Action::Pull,
+        };
+        app.auth
+            .authorize(sent, client, &pull)
+            .await
+            .map_err(|refusal| refused(app, conn, parts, refusal, Some(&from), &pull))?;
+    }
+    Ok(identity)
+}
+
+/// The answer to a refused request: 401 with a challenge pointing at our token endpoint,
+/// 403, or 429 for a throttled login.
+fn refused(
+    app: &App,
+    conn: &ConnInfo,
+    parts: &http::request::Parts,
+    refusal: auth::Refusal,
+    name: Option<&crate::oci::RepoName>,
+    need: &auth::Need<'_>,
+) -> ApiError {
     let message = match refusal {
+        auth::Refusal::Denied(message) => return ApiError::new(ErrorCode::Denied, message),
+        auth::Refusal::Throttled => {
+            return ApiError::new(
+                ErrorCode::TooManyRequests,
+                "too many failed logins; try again in a minute",
+            )
+            .with_header(header::RETRY_AFTER, "60".into());
+        }
         auth::Refusal::Invalid => "invalid credentials",
         auth::Refusal::Required => "authentication required",
     };
-    ApiError::new(ErrorCode::Unauthorized, message).with_header(
-        header::WWW_AUTHENTICATE,
-        format!("Bearer realm=\"http://{host}/token\",service=\"regmirror\""),
-    )
+    let mut challenge = format!(
+        "Bearer realm=\"{}/token\",service=\"regmirror\"",
+        app.external_base(conn, parts)
+    );
+    if let (Some(name), auth::Need::Repository { action, .. }) = (name, need) {
+        let actions = match action {
+            crate::config::Action::Pull => "pull",
+            crate::config::Action::Push => "pull,push",
+            crate::config::Action::Delete => "delete",
+        };
+        challenge.push_str(&format!(",scope=\"repository:{name}:{actions}\""));
+    }
+    ApiError::new(ErrorCode::Unauthorized, message).with_header(header::WWW_AUTHENTICATE, challenge)
 }
 
-/// `GET /token`: a Bearer token for the Basic credentials sent, or an anonymous one.
-fn token(app: &App, headers: &http::HeaderMap) -> Answer {
-    let Some(auth) = &app.auth else {
+/// `GET /token`: a Bearer token for the Basic credentials sent (or an anonymous one), granting
+/// what the identity may do of the requested scopes.
+async fn token(
+    app: &App,
+    parts: &http::request::Parts,
+    conn: &ConnInfo,
+    client: std::net::IpAddr,
+    query: &Query,
+) -> Answer {
+    if !app.auth.has_users() {
         return ApiError::new(ErrorCode::Unsupported, "authentication is not configured").into();
-    };
-    let sent = headers
+    }
+    let sent = parts
+        .headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    match auth.issue_token(sent) {
+    let names = |scope_name: &str| {
+        let name = scope_name.parse::<crate::oci::RepoName>().ok()?;
+        Some(names_of(&app.mirror, None, &name))
+    };
+    match app
+        .auth
+        .issue_token(sent, client, &query.scope, names)
+        .await
+    {
         Ok(token) => {
             let body = serde_json::json!({
                 "token": token,
@@ -267,31 +460,38 @@ fn token(app: &App, headers: &http::HeaderMap) -> Answer {
             });
             Answer::plain(text_response(body.to_string(), "application/json"))
         }
-        Err(refusal) => challenge(headers, refusal).into(),
+        Err(refusal) => refused(app, conn, parts, refusal, None, &auth::Need::Ping).into(),
     }
 }
 
-async fn dispatch(app: &App, request: Request<Incoming>) -> Answer {
+async fn dispatch(app: &App, request: Request<Incoming>, conn: &ConnInfo) -> Answer {
     let (parts, body) = request.into_parts();
     let route = match routes::parse(parts.uri.path()) {
         Ok(route) => route,
         Err(e) => return ApiError::from(e).into(),
     };
     let method = parts.method.clone();
-    if let Err(e) = authorize(app, &route, &method, &parts.headers) {
-        return e.into();
+    let query = Query::parse(parts.uri.query());
+    let client = app.client_addr(conn, &parts.headers);
+    let identity = match authorize(app, &route, &parts, conn, client, &query).await {
+        Ok(identity) => identity,
+        Err(e) => return e.into(),
+    };
+    if route == Route::Token {
+        return token(app, &parts, conn, client, &query).await;
     }
     let ctx = Ctx {
         app,
         mirror: &app.mirror,
         head: method == Method::HEAD,
-        query: Query::parse(parts.uri.query()),
+        query,
         headers: &parts.headers,
+        identity,
+        client,
     };
     let read = method == Method::GET || method == Method::HEAD;
     match (route, method) {
         (Route::Base, _) if read => Answer::plain(base_response()),
-        (Route::Token, _) if read => token(app, &parts.headers),
         (Route::Health, _) if read => Answer::plain(text_response("ok\n", "text/plain")),
         (Route::Ready, _) if read => ready(app).await,
         (Route::Metrics, _) if read => Answer::plain(metrics_response(&app.mirror)),
@@ -305,7 +505,7 @@ async fn dispatch(app: &App, request: Request<Incoming>) -> Answer {
             manifests::delete(&ctx, &name, &reference).await
         }
         (Route::Blob { name, digest }, _) if read => blobs::get(&ctx, &name, &digest).await,
-        (Route::Blob { digest, .. }, Method::DELETE) => blobs::delete(&ctx, &digest).await,
+        (Route::Blob { name, digest }, Method::DELETE) => blobs::delete(&ctx, &name, &digest).await,
         (
             Route::Upload {
                 name,
@@ -351,6 +551,8 @@ fn metrics_response(mirror: &Mirror) -> Response<Body> {
     let m = &mirror.metrics;
     m.store_bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
     m.store_blobs.set(i64::try_from(blobs).unwrap_or(i64::MAX));
+    m.uploads_bytes
+        .set(i64::try_from(mirror.store.uploads_bytes()).unwrap_or(i64::MAX));
     text_response(m.render(), "text/plain; version=0.0.4")
 }
 

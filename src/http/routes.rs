@@ -150,6 +150,8 @@ pub struct Query {
     pub from: Option<String>,
     /// `artifactType=` filter of the referrers API.
     pub artifact_type: Option<String>,
+    /// `scope=` of a token request (there may be several).
+    pub scope: Vec<String>,
 }
 
 impl Query {
@@ -157,6 +159,10 @@ impl Query {
     pub fn parse(query: Option<&str>) -> Query {
         let mut q = Query::default();
         for (key, value) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            if key == "scope" {
+                q.scope.push(value.into_owned());
+                continue;
+            }
             let slot = match key.as_ref() {
                 "ns" => &mut q.ns,
                 "n" => &mut q.n,

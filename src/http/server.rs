@@ -13,7 +13,10 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use super::{App, handle};
+use tokio::sync::Semaphore;
+
+use super::limits::{Activity, ConnectionTimeouts, Watched, watchdog};
+use super::{App, ConnInfo, handle};
 
 /// Why TLS could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -56,18 +59,52 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
+/// What each connection may cost and how many are served at once.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// Header and idle timeouts.
+    pub timeouts: ConnectionTimeouts,
+    /// A TLS handshake must finish within this long.
+    pub tls_handshake: Duration,
+    /// The most connections served at once.
+    pub max_connections: usize,
+}
+
 /// Accepts connections until `shutdown` resolves, then shuts down gracefully within
-/// `shutdown_timeout`.
+/// `shutdown_timeout`. At most `limits.max_connections` are served at once: further ones wait
+/// in the listen backlog until one closes (slow and idle ones are closed by their timeouts),
+/// so a flood of idle connections neither exhausts file descriptors nor stops the clients
+/// already connected.
 pub async fn serve(
     listener: TcpListener,
     app: Arc<App>,
     tls: Option<TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
     shutdown_timeout: Duration,
+    limits: ConnectionLimits,
 ) {
     let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let local = listener
+        .local_addr()
+        .unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
+    let mut warned_full: Option<Instant> = None;
     tokio::pin!(shutdown);
     loop {
+        if slots.available_permits() == 0
+            && warned_full.is_none_or(|at| at.elapsed() > Duration::from_secs(60))
+        {
+            tracing::warn!(
+                max_connections = limits.max_connections,
+                "connection cap reached; new connections wait"
+            );
+            warned_full = Some(Instant::now());
+        }
+        let slot = tokio::select! {
+            slot = Arc::clone(&slots).acquire_owned() => slot,
+            () = &mut shutdown => break,
+        };
+        let Ok(slot) = slot else { break };
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             () = &mut shutdown => break,
@@ -83,20 +120,43 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let (app, tls, watcher) = (Arc::clone(&app), tls.clone(), graceful.watcher());
+        let metrics = Arc::clone(&app.mirror.metrics);
         tokio::spawn(async move {
-            let result = match tls {
-                None => serve_connection(stream, app, watcher).await,
-                Some(tls) => match tls.accept(stream).await {
-                    Ok(stream) => serve_connection(stream, app, watcher).await,
-                    Err(e) => {
-                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                        return;
-                    }
-                },
+            let _slot = slot;
+            metrics.connections_open.inc();
+            let activity = Activity::new();
+            let stream = Watched::new(stream, Arc::clone(&activity));
+            let conn = ConnInfo {
+                peer,
+                local,
+                tls: tls.is_some(),
             };
-            if let Err(e) = result {
+            let served = match tls {
+                None => serve_connection(stream, app, watcher, conn, activity, limits).await,
+                Some(tls) => {
+                    match tokio::time::timeout(limits.tls_handshake, tls.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            serve_connection(stream, app, watcher, conn, activity, limits).await
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            Ok(())
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            metrics
+                                .connections_closed
+                                .with_label_values(&["tls_handshake_timeout"])
+                                .inc();
+                            Ok(())
+                        }
+                    }
+                }
+            };
+            if let Err(e) = served {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
+            metrics.connections_open.dec();
         });
     }
     drop(listener);
@@ -107,14 +167,32 @@ async fn serve_connection<S>(
     stream: S,
     app: Arc<App>,
     watcher: hyper_util::server::graceful::Watcher,
+    conn: ConnInfo,
+    activity: Arc<Activity>,
+    limits: ConnectionLimits,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service = hyper::service::service_fn(move |req| handle(Arc::clone(&app), req));
+    let metrics = Arc::clone(&app.mirror.metrics);
+    let watched = Arc::clone(&activity);
+    let service = hyper::service::service_fn(move |req| {
+        let in_flight = watched.begin();
+        handle(Arc::clone(&app), req, conn, in_flight)
+    });
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     let connection = builder.serve_connection(TokioIo::new(stream), service);
-    watcher.watch(connection).await
+    tokio::select! {
+        served = watcher.watch(connection) => served,
+        why = watchdog(activity, limits.timeouts) => {
+            tracing::debug!(peer = %conn.peer, why, "closing connection");
+            metrics.connections_closed.with_label_values(&[match why {
+                "idle" => "idle_timeout",
+                _ => "header_timeout",
+            }]).inc();
+            Ok(())
+        }
+    }
 }
 
 /// Lets connections and fills in flight finish (at most `timeout` in all), then removes

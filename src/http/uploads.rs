@@ -28,11 +28,11 @@ fn check_declared_length(ctx: &Ctx<'_>) -> Result<(), ApiError> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     match declared {
-        Some(len) if len > ctx.app.max_upload => Err(ApiError::new(
+        Some(len) if len > ctx.app.uploads.max_blob => Err(ApiError::new(
             ErrorCode::TooLarge,
             format!(
                 "body of {len} bytes exceeds max_upload_size ({} bytes)",
-                ctx.app.max_upload
+                ctx.app.uploads.max_blob
             ),
         )),
         _ => Ok(()),
@@ -94,10 +94,20 @@ fn session_status(name: &RepoName, id: &UploadId, len: u64, status: StatusCode) 
     Answer::plain(response)
 }
 
+/// The name pushed content of `name` is pinned under.
+fn holder(ctx: &Ctx<'_>, name: &RepoName) -> String {
+    ctx.mirror
+        .local_name(ctx.query.ns.as_deref(), name)
+        .to_string()
+}
+
 /// `POST /v2/<name>/blobs/uploads/`.
 pub async fn start(ctx: &Ctx<'_>, name: &RepoName, body: Incoming) -> Answer {
     let store = &ctx.mirror.store;
-    // Cross-repository mount: the store is digest-global, so any blob it has can be mounted.
+    let owner = ctx.owner();
+    let limits = &ctx.app.uploads;
+    // Cross-repository mount: the store is digest-global, so any blob it has can be mounted
+    // (the client was checked for pull on `from`).
     if let Some(mount) = ctx
         .query
         .mount
@@ -106,7 +116,7 @@ pub async fn start(ctx: &Ctx<'_>, name: &RepoName, body: Incoming) -> Answer {
     {
         match store.blob_size(&mount).await {
             Ok(Some(_)) => {
-                if let Err(e) = store.pin(&mount).await {
+                if let Err(e) = store.pin(&mount, &holder(ctx, name)).await {
                     return upload_error(UploadError::Store(e)).into();
                 }
                 return created(name, &mount);
@@ -122,9 +132,9 @@ pub async fn start(ctx: &Ctx<'_>, name: &RepoName, body: Incoming) -> Answer {
     if let Err(e) = check_declared_length(ctx) {
         return e.into();
     }
-    let id = match store.create_upload(name).await {
+    let id = match store.create_upload(name, &owner, limits).await {
         Ok(id) => id,
-        Err(e) => return upload_error(UploadError::Store(e)).into(),
+        Err(e) => return upload_error(e).into(),
     };
     let Some(digest) = digest else {
         return session_status(name, &id, 0, StatusCode::ACCEPTED);
@@ -132,15 +142,17 @@ pub async fn start(ctx: &Ctx<'_>, name: &RepoName, body: Incoming) -> Answer {
     // Monolithic: the whole blob in this request.
     let result = async {
         store
-            .append_upload(name, &id, None, body_stream(body), ctx.app.max_upload)
+            .append_upload(name, &owner, &id, None, body_stream(body), limits)
             .await?;
-        store.complete_upload(name, &id, &digest).await
+        store
+            .complete_upload(name, &owner, &id, &digest, &holder(ctx, name))
+            .await
     }
     .await;
     match result {
         Ok(_) => created(name, &digest),
         Err(e) => {
-            let _ = store.cancel_upload(name, &id).await;
+            let _ = store.cancel_upload(name, &owner, &id).await;
             upload_error(e).into()
         }
     }
@@ -184,8 +196,10 @@ pub async fn session(
         return ApiError::new(ErrorCode::BlobUploadUnknown, "no such upload session").into();
     };
     let store = &ctx.mirror.store;
+    let owner = ctx.owner();
+    let limits = &ctx.app.uploads;
     match method {
-        Method::GET | Method::HEAD => match store.upload_len(name, &id).await {
+        Method::GET | Method::HEAD => match store.upload_len(name, &owner, &id).await {
             Ok(len) => session_status(name, &id, len, StatusCode::NO_CONTENT),
             Err(e) => upload_error(e).into(),
         },
@@ -196,7 +210,7 @@ pub async fn session(
                 Err(e) => return e.into(),
             };
             match store
-                .append_upload(name, &id, start, body_stream(body), ctx.app.max_upload)
+                .append_upload(name, &owner, &id, start, body_stream(body), limits)
                 .await
             {
                 Ok(len) => session_status(name, &id, len, StatusCode::ACCEPTED),
@@ -221,9 +235,11 @@ pub async fn session(
             };
             let result = async {
                 store
-                    .append_upload(name, &id, start, body_stream(body), ctx.app.max_upload)
+                    .append_upload(name, &owner, &id, start, body_stream(body), limits)
                     .await?;
-                store.complete_upload(name, &id, &digest).await
+                store
+                    .complete_upload(name, &owner, &id, &digest, &holder(ctx, name))
+                    .await
             }
             .await;
             match result {
@@ -231,7 +247,7 @@ pub async fn session(
                 Err(e) => upload_error(e).into(),
             }
         }
-        Method::DELETE => match store.cancel_upload(name, &id).await {
+        Method::DELETE => match store.cancel_upload(name, &owner, &id).await {
             Ok(()) => {
                 let mut response = Response::new(empty());
                 *response.status_mut() = StatusCode::NO_CONTENT;

@@ -45,6 +45,8 @@ pub enum ErrorCode {
     /// The upstream could not be reached or failed and nothing cached can answer (503, so that
     /// clients retry or fall back to another mirror).
     Unavailable,
+    /// The mirror's disk (or upload space) is full (507; not a spec code).
+    StorageFull,
 }
 
 impl ErrorCode {
@@ -69,6 +71,7 @@ impl ErrorCode {
             ErrorCode::PaginationNumberInvalid => "PAGINATION_NUMBER_INVALID",
             ErrorCode::TooLarge => "SIZE_INVALID",
             ErrorCode::Unavailable => "UNAVAILABLE",
+            ErrorCode::StorageFull => "STORAGE_FULL",
             ErrorCode::Unknown => "UNKNOWN",
         }
     }
@@ -94,6 +97,7 @@ impl ErrorCode {
             ErrorCode::RangeInvalid => StatusCode::RANGE_NOT_SATISFIABLE,
             ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
             ErrorCode::Unknown => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -32,6 +32,12 @@ pub enum PushError {
     Store(#[from] ProxyError),
 }
 
+impl From<crate::store::StoreError> for PushError {
+    fn from(e: crate::store::StoreError) -> PushError {
+        PushError::Store(e.into())
+    }
+}
+
 /// A stored push.
 #[derive(Debug)]
 pub struct Pushed {
@@ -91,17 +97,7 @@ impl Mirror {
                 actual: digest,
             });
         }
-        for needed in manifest.blobs.iter().chain(&manifest.children) {
-            if self
-                .store
-                .blob_size(needed)
-                .await
-                .map_err(ProxyError::from)?
-                .is_none()
-            {
-                return Err(PushError::BlobUnknown(needed.clone()));
-            }
-        }
+        self.pin_references(name, &manifest).await?;
         let size = bytes.len() as u64;
         let stored = Arc::new(StoredManifest {
             digest: digest.clone(),
@@ -109,7 +105,10 @@ impl Mirror {
             media_type: manifest.media_type.clone(),
         });
         // Pinned before it appears, so eviction never sees it unpinned.
-        self.store.pin(&digest).await.map_err(ProxyError::from)?;
+        self.store
+            .pin(&digest, name.as_str())
+            .await
+            .map_err(ProxyError::from)?;
         self.store
             .put_manifest(stored)
             .await
@@ -141,6 +140,53 @@ impl Mirror {
         })
     }
 
+    /// Pins for `name` every blob and child manifest `manifest` reaches (the children's own
+    /// blobs too), however they got into the store, and checks that each is present. A pushed
+    /// image then never loses a layer to eviction, even one that was only cached before.
+    /// Pinning comes first, so eviction cannot remove a blob between the check and the pin;
+    /// on failure the pins this push added are released.
+    async fn pin_references(&self, name: &RepoName, manifest: &Manifest) -> Result<(), PushError> {
+        /// Bounds the walk of a hostile index.
+        const MAX_REFERENCES: usize = 10_000;
+        let holder = name.as_str();
+        let mut pending: Vec<(Digest, bool)> = manifest
+            .blobs
+            .iter()
+            .map(|d| (d.clone(), false))
+            .chain(manifest.children.iter().map(|d| (d.clone(), true)))
+            .collect();
+        let mut seen = std::collections::HashSet::new();
+        let mut added = Vec::new();
+        let mut missing = None;
+        while let Some((digest, is_manifest)) = pending.pop() {
+            if !seen.insert(digest.clone()) || seen.len() > MAX_REFERENCES {
+                continue;
+            }
+            if !self.store.is_held_by(&digest, holder).await? {
+                self.store.pin(&digest, holder).await?;
+                added.push(digest.clone());
+            }
+            if self.store.blob_size(&digest).await?.is_none() {
+                missing = Some(digest);
+                break;
+            }
+            if is_manifest
+                && let Some(child) = self.store.read_manifest(&digest).await?
+                && let Ok(parsed) = Manifest::parse(Some(&child.media_type), &child.bytes)
+            {
+                pending.extend(parsed.blobs.into_iter().map(|d| (d, false)));
+                pending.extend(parsed.children.into_iter().map(|d| (d, true)));
+            }
+        }
+        let Some(missing) = missing else {
+            return Ok(());
+        };
+        for digest in added {
+            self.store.unpin(&digest, holder).await?;
+        }
+        Err(PushError::BlobUnknown(missing))
+    }
+
     /// Deletes a pushed tag, or a manifest by digest (with the local tags of `name` pointing
     /// to it). Whether anything was there.
     pub async fn delete_manifest(
@@ -155,12 +201,36 @@ impl Mirror {
                 .delete_tag(&Store::local_tag_key(name, tag))
                 .await?),
             Reference::Digest(digest) => {
-                for key in self.store.tags_pointing_to(LOCAL, name, digest).await? {
-                    self.store.delete_tag(&key).await?;
+                let tags = self.store.tags_pointing_to(LOCAL, name, digest).await?;
+                for key in &tags {
+                    self.store.delete_tag(key).await?;
                 }
-                Ok(self.store.delete_blob(digest).await?)
+                Ok(self.release(name, digest).await? || !tags.is_empty())
             }
         }
+    }
+
+    /// Deletes a blob through `name` (`DELETE /v2/<name>/blobs/<digest>`). Whether it was
+    /// there for `name`.
+    pub async fn delete_blob(
+        &self,
+        name: &RepoName,
+        ns: Option<&str>,
+        digest: &Digest,
+    ) -> Result<bool, ProxyError> {
+        self.release(&self.local_name(ns, name), digest).await
+    }
+
+    /// A delete through one repository: it gives up that repository's hold on the blob; the
+    /// bytes go only when no repository holds them any more (what was only cached goes at
+    /// once). A blob another repository holds stays for it, and is unknown to `name`
+    /// unless `name` held it too. Whether `name` had it.
+    async fn release(&self, name: &RepoName, digest: &Digest) -> Result<bool, ProxyError> {
+        let held = self.store.unpin(digest, name.as_str()).await?;
+        if self.store.is_pinned(digest).await? {
+            return Ok(held);
+        }
+        Ok(self.store.delete_blob(digest).await? || held)
     }
 
     /// A page of the tags of `name` (`n` at most, after `last`): pushed ones merged with the

@@ -50,30 +50,6 @@ impl std::fmt::Display for GcReport {
 }
 
 impl Store {
-    /// The digests of pinned (pushed) blobs.
-    async fn pinned(&self) -> HashSet<Digest> {
-        let root = self.root.join("pins/sha256");
-        tokio::task::spawn_blocking(move || {
-            let mut out = HashSet::new();
-            for prefix in std::fs::read_dir(&root).into_iter().flatten().flatten() {
-                for entry in std::fs::read_dir(prefix.path())
-                    .into_iter()
-                    .flatten()
-                    .flatten()
-                {
-                    if let Some(name) = entry.file_name().to_str()
-                        && let Ok(d) = format!("sha256:{name}").parse()
-                    {
-                        out.insert(d);
-                    }
-                }
-            }
-            out
-        })
-        .await
-        .unwrap_or_default()
-    }
-
     /// Removes the least recently accessed cached blobs until the store holds at most
     /// `target` bytes. Skips pinned blobs, blobs being read, and those `in_use` says are.
     pub async fn evict(
@@ -82,10 +58,13 @@ impl Store {
         in_use: impl Fn(&Digest) -> bool,
     ) -> Result<EvictionReport> {
         let mut report = EvictionReport::default();
-        if self.usage().0 <= target {
+        // Unfinished uploads count against the cap too.
+        let used = || self.usage().0 + self.uploads_bytes();
+        if used() <= target {
             return Ok(report);
         }
-        let pinned = self.pinned().await;
+        // Fail closed: if the pins cannot be read, nothing is evicted.
+        let pinned = self.pinned().await?;
         let mut candidates: Vec<_> = self
             .list_blobs()
             .await?
@@ -95,7 +74,7 @@ impl Store {
             .collect();
         candidates.sort_by_key(|(accessed, _)| *accessed);
         for (_, blob) in candidates {
-            if self.usage().0 <= target {
+            if used() <= target {
                 break;
             }
             if in_use(&blob.digest) || self.is_being_read(&blob.digest) {
@@ -164,20 +143,22 @@ impl Store {
         let blobs = self.list_blobs().await?;
         let mut manifests = HashSet::new();
         let mut referenced = HashSet::new();
+        // Fail closed: any error reading a manifest aborts the run before anything is
+        // removed. Reads go straight to the disk: GC neither fills the index nor counts as an
+        // access (it must not reset the LRU order eviction relies on).
         for blob in &blobs {
-            if tokio::fs::metadata(self.meta_path(&blob.digest))
-                .await
-                .is_err()
-            {
-                continue;
+            let meta = self.meta_path(&blob.digest);
+            match tokio::fs::metadata(&meta).await {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(source) => return Err(super::StoreError::Io { path: meta, source }),
             }
             manifests.insert(blob.digest.clone());
-            if let Some(m) = self.read_manifest(&blob.digest).await?
-                && let Ok(parsed) = Manifest::parse(Some(&m.media_type), &m.bytes)
-            {
-                referenced.extend(parsed.blobs);
-                referenced.extend(parsed.children);
-            }
+            let path = self.blob_path(&blob.digest);
+            let Some(bytes) = super::read_optional(&path).await? else {
+                continue;
+            };
+            referenced.extend(references(&bytes));
         }
         let cutoff = now_ms().saturating_sub(grace.as_millis() as u64);
         for blob in blobs {
@@ -231,6 +212,37 @@ impl Store {
         }
         Ok(removed)
     }
+}
+
+/// Every digest a manifest refers to: what the manifest parser finds, and, so that a manifest
+/// of a type it does not know still protects what it names, every `"digest"` anywhere in the
+/// JSON.
+fn references(bytes: &[u8]) -> HashSet<Digest> {
+    fn walk(value: &serde_json::Value, out: &mut HashSet<Digest>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, v) in map {
+                    if key == "digest"
+                        && let Some(d) = v.as_str().and_then(|s| s.parse().ok())
+                    {
+                        out.insert(d);
+                    }
+                    walk(v, out);
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| walk(v, out)),
+            _ => {}
+        }
+    }
+    let mut out = HashSet::new();
+    if let Ok(parsed) = Manifest::parse(None, bytes) {
+        out.extend(parsed.blobs);
+        out.extend(parsed.children);
+    }
+    if let Ok(doc) = serde_json::from_slice::<serde_json::Value>(bytes) {
+        walk(&doc, &mut out);
+    }
+    out
 }
 
 fn collect_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {

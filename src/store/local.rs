@@ -1,8 +1,10 @@
 //! Content pushed to the mirror: pins (never evicted), local tags, referrers, deletes, and the
 //! catalog of repositories the store holds.
 
+use std::collections::HashSet;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -31,31 +33,129 @@ pub struct Referrer {
     pub annotations: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
+/// Who holds the pins of imported content (`regmirror import`).
+pub const IMPORT_HOLDER: &str = "_import";
+
+/// A pin holder as a file name: repository names have `/`, never `+`.
+fn holder_file(holder: &str) -> String {
+    holder.replace('/', "+")
+}
+
+/// Pins written before pins had holders: a plain file instead of a directory.
+const LEGACY_HOLDER: &str = "_legacy";
+
 impl Store {
-    fn pin_path(&self, digest: &Digest) -> PathBuf {
+    /// `pins/sha256/<2 hex>/<64 hex>/`: one empty file per holder (a repository the blob was
+    /// pushed to or referenced from, or an import).
+    fn pin_dir(&self, digest: &Digest) -> PathBuf {
         let hex = digest.hex();
         self.root.join("pins/sha256").join(&hex[..2]).join(hex)
     }
 
-    /// Where the pin of a blob lives (for blocking callers that pin as they write).
-    pub fn pin_path_for(&self, digest: &Digest) -> PathBuf {
-        self.pin_path(digest)
-    }
-
-    /// Marks a blob as pushed content: eviction never removes it.
-    pub async fn pin(&self, digest: &Digest) -> Result<()> {
-        let path = self.pin_path(digest);
-        if let Some(parent) = path.parent() {
-            tokio::fs::create_dir_all(parent)
-                .await
-                .map_err(io_err(parent))?;
+    /// Pins a blob for `holder`: eviction never removes it while anyone holds it. Blocking.
+    pub fn pin_blocking(&self, digest: &Digest, holder: &str) -> Result<()> {
+        let dir = self.pin_dir(digest);
+        match std::fs::metadata(&dir) {
+            // A pin from before holders existed: keep it as a holder of its own.
+            Ok(meta) if meta.is_file() => {
+                std::fs::remove_file(&dir).map_err(io_err(&dir))?;
+                std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+                let legacy = dir.join(LEGACY_HOLDER);
+                std::fs::write(&legacy, b"").map_err(io_err(&legacy))?;
+            }
+            _ => std::fs::create_dir_all(&dir).map_err(io_err(&dir))?,
         }
-        tokio::fs::write(&path, b"").await.map_err(io_err(&path))
+        let file = dir.join(holder_file(holder));
+        std::fs::write(&file, b"").map_err(io_err(&file))
     }
 
-    /// Whether a blob is pinned.
-    pub async fn is_pinned(&self, digest: &Digest) -> bool {
-        tokio::fs::metadata(self.pin_path(digest)).await.is_ok()
+    /// Pins a blob for `holder` (see [`Store::pin_blocking`]).
+    pub async fn pin(self: &Arc<Self>, digest: &Digest, holder: &str) -> Result<()> {
+        let (store, digest, holder) = (Arc::clone(self), digest.clone(), holder.to_owned());
+        tokio::task::spawn_blocking(move || store.pin_blocking(&digest, &holder))
+            .await
+            .map_err(|e| StoreError::Io {
+                path: PathBuf::from("pins"),
+                source: io::Error::other(e),
+            })?
+    }
+
+    /// Whether `holder` holds a pin on the blob.
+    pub async fn is_held_by(&self, digest: &Digest, holder: &str) -> Result<bool> {
+        let file = self.pin_dir(digest).join(holder_file(holder));
+        match tokio::fs::metadata(&file).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(20) => {
+                Ok(false)
+            }
+            Err(source) => Err(StoreError::Io { path: file, source }),
+        }
+    }
+
+    /// Whether anyone holds a pin on the blob.
+    pub async fn is_pinned(&self, digest: &Digest) -> Result<bool> {
+        let dir = self.pin_dir(digest);
+        match tokio::fs::metadata(&dir).await {
+            Ok(meta) if meta.is_file() => Ok(true),
+            Ok(_) => {
+                let mut entries = tokio::fs::read_dir(&dir).await.map_err(io_err(&dir))?;
+                Ok(entries.next_entry().await.map_err(io_err(&dir))?.is_some())
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(source) => Err(StoreError::Io { path: dir, source }),
+        }
+    }
+
+    /// Releases `holder`'s pin on the blob; whether it held one.
+    pub async fn unpin(&self, digest: &Digest, holder: &str) -> Result<bool> {
+        remove_optional(&self.pin_dir(digest).join(holder_file(holder))).await
+    }
+
+    /// Removes every pin of a blob.
+    async fn remove_pins(&self, digest: &Digest) -> Result<()> {
+        let dir = self.pin_dir(digest);
+        let removed = match tokio::fs::metadata(&dir).await {
+            Ok(meta) if meta.is_file() => tokio::fs::remove_file(&dir).await,
+            Ok(_) => tokio::fs::remove_dir_all(&dir).await,
+            Err(e) => Err(e),
+        };
+        match removed {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(StoreError::Io { path: dir, source }),
+        }
+    }
+
+    /// The digests of pinned blobs (held by anyone). An unreadable pin directory is an
+    /// error: callers that delete must not guess.
+    pub(super) async fn pinned(&self) -> Result<HashSet<Digest>> {
+        let root = self.root.join("pins/sha256");
+        let listed = tokio::task::spawn_blocking(move || -> io::Result<HashSet<Digest>> {
+            let mut out = HashSet::new();
+            for prefix in std::fs::read_dir(&root)? {
+                for entry in std::fs::read_dir(prefix?.path())? {
+                    let entry = entry?;
+                    let held = if entry.file_type()?.is_dir() {
+                        std::fs::read_dir(entry.path())?.next().is_some()
+                    } else {
+                        true
+                    };
+                    if held
+                        && let Some(name) = entry.file_name().to_str()
+                        && let Ok(d) = format!("sha256:{name}").parse()
+                    {
+                        out.insert(d);
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| StoreError::Io {
+            path: PathBuf::from("pins"),
+            source: io::Error::other(e),
+        })?;
+        listed.map_err(io_err(&self.root.join("pins")))
     }
 
     /// Records a blob's size in the index.
@@ -75,7 +175,7 @@ impl Store {
         if existed {
             self.removed_blob(digest, size.unwrap_or(0));
         }
-        remove_optional(&self.pin_path(digest)).await?;
+        self.remove_pins(digest).await?;
         remove_optional(&self.meta_path(digest)).await?;
         Ok(existed)
     }

@@ -6,7 +6,8 @@
 //! blobs/sha256/ab/<64 hex>          layers, configs and manifests, only ever complete and verified
 //! meta/sha256/ab/<64 hex>.json      media type of a manifest blob
 //! tags/<upstream>/<repo>/_tags/<tag>.json   tag records (`_local` for pushed tags)
-//! pins/sha256/ab/<64 hex>           marks pushed content, never evicted
+//! pins/sha256/ab/<64 hex>/<holder>  pushed content, never evicted: one file per repository
+//!                                   that holds it (pushed, or referenced by a pushed manifest)
 //! referrers/sha256/ab/<subject>/<referrer>.json   referrers API index
 //! uploads/<uuid>/{repo,data}        push sessions
 //! tmp/                              spools and temp files; emptied at start
@@ -31,9 +32,9 @@ use crate::oci::Digest;
 
 pub use blobs::{Spool, VerifiedSpool};
 pub use gc::{EvictionReport, GcReport};
-pub use local::{LOCAL, Referrer};
+pub use local::{IMPORT_HOLDER, LOCAL, Referrer};
 pub use tags::{TagKey, TagRecord};
-pub use uploads::{UploadError, UploadId};
+pub use uploads::{UploadError, UploadId, UploadLimits};
 pub use usage::{BlobEntry, ReadGuard};
 
 /// Errors of the store layer.
@@ -63,6 +64,17 @@ pub enum StoreError {
         /// The decoder's message.
         message: String,
     },
+}
+
+impl StoreError {
+    /// Whether the disk (or the user's quota) is full.
+    pub fn is_disk_full(&self) -> bool {
+        const ENOSPC: i32 = 28;
+        const EDQUOT: i32 = 122;
+        matches!(self, StoreError::Io { source, .. }
+            if matches!(source.raw_os_error(), Some(ENOSPC | EDQUOT))
+                || source.kind() == io::ErrorKind::StorageFull)
+    }
 }
 
 /// Shorthand for results of this layer.
@@ -98,6 +110,8 @@ pub struct Store {
     tags: Cache<TagKey, Option<TagRecord>>,
     blob_sizes: Cache<Digest, u64>,
     manifests: Cache<Digest, Arc<StoredManifest>>,
+    /// What unfinished uploads hold.
+    uploads: std::sync::Mutex<uploads::UploadBook>,
 }
 
 /// Manifests up to this size are kept in memory by the index.
@@ -143,8 +157,10 @@ impl Store {
                 })
                 .max_capacity(index_bytes / 2)
                 .build(),
+            uploads: std::sync::Mutex::default(),
         };
         store.load_usage().await?;
+        store.load_uploads().await?;
         Ok(store)
     }
 

@@ -1,6 +1,12 @@
 //! Upload sessions for pushes: `uploads/<id>/data` grows with each chunk; completing a session
 //! hashes the data and renames it into `blobs/` only if it matches the digest.
+//!
+//! A session belongs to the repository and the client (`owner`) that opened it: nobody else
+//! can see, extend, complete or cancel it. What uploads may hold is bounded: a blob's size, the
+//! bytes of all sessions together, and the sessions one client may have open. One request at a
+//! time may write to a session.
 
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
@@ -9,6 +15,8 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use sha2::{Digest as _, Sha256};
 use tokio::io::AsyncWriteExt;
+
+use std::sync::Arc;
 
 use super::{Result, Store, StoreError, io_err};
 use crate::oci::{Digest, RepoName};
@@ -45,9 +53,55 @@ pub enum UploadError {
         /// Of the data.
         actual: Digest,
     },
+    /// All unfinished uploads together hold `max_uploads_size`.
+    #[error("upload space is full ({limit} bytes held by unfinished uploads); try again later")]
+    SpaceFull {
+        /// The limit.
+        limit: u64,
+    },
+    /// This client has as many sessions open as it may.
+    #[error("too many open upload sessions for this client (at most {limit})")]
+    TooManySessions {
+        /// The limit.
+        limit: usize,
+    },
+    /// Another request is writing to the session right now.
+    #[error("another request is writing to this upload session")]
+    Busy,
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// Bounds on what uploads may hold.
+#[derive(Debug, Clone, Copy)]
+pub struct UploadLimits {
+    /// The largest blob (`max_upload_size`).
+    pub max_blob: u64,
+    /// The bytes all unfinished uploads may hold together (`max_uploads_size`).
+    pub max_total: u64,
+    /// The sessions one client may have open (`max_upload_sessions_per_client`).
+    pub max_sessions_per_client: usize,
+}
+
+/// What the unfinished uploads hold: bytes in all, sessions per owner, sessions being written.
+#[derive(Default)]
+pub(super) struct UploadBook {
+    bytes: u64,
+    sessions: HashMap<String, usize>,
+    busy: HashSet<UploadId>,
+}
+
+/// Marks a session as being written until dropped.
+struct Writing<'a> {
+    store: &'a Store,
+    id: UploadId,
+}
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        self.store.upload_book().busy.remove(&self.id);
+    }
 }
 
 /// A session id: a UUID, validated before it becomes a path.
@@ -73,36 +127,102 @@ impl Store {
         self.root.join("uploads").join(id.as_str())
     }
 
-    /// Starts a session for `repo`.
-    pub async fn create_upload(&self, repo: &RepoName) -> Result<UploadId> {
+    pub(super) fn upload_book(&self) -> std::sync::MutexGuard<'_, UploadBook> {
+        self.uploads.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Bytes held by unfinished uploads.
+    pub fn uploads_bytes(&self) -> u64 {
+        self.upload_book().bytes
+    }
+
+    /// Counts what the sessions on disk hold (at start).
+    pub(super) async fn load_uploads(&self) -> Result<()> {
+        let root = self.root.join("uploads");
+        let mut entries = tokio::fs::read_dir(&root).await.map_err(io_err(&root))?;
+        let mut book = UploadBook::default();
+        while let Some(entry) = entries.next_entry().await.map_err(io_err(&root))? {
+            let dir = entry.path();
+            let owner = tokio::fs::read_to_string(dir.join("owner"))
+                .await
+                .unwrap_or_default();
+            let size = tokio::fs::metadata(dir.join("data"))
+                .await
+                .map_or(0, |m| m.len());
+            book.bytes += size;
+            *book.sessions.entry(owner).or_default() += 1;
+        }
+        *self.upload_book() = book;
+        Ok(())
+    }
+
+    /// Forgets a session that ended (completed, cancelled, expired) with `size` bytes.
+    fn upload_ended(&self, owner: &str, size: u64) {
+        let mut book = self.upload_book();
+        book.bytes = book.bytes.saturating_sub(size);
+        if let Some(n) = book.sessions.get_mut(owner) {
+            *n -= 1;
+            if *n == 0 {
+                book.sessions.remove(owner);
+            }
+        }
+    }
+
+    /// Starts a session for `repo`, owned by `owner`.
+    pub async fn create_upload(
+        &self,
+        repo: &RepoName,
+        owner: &str,
+        limits: &UploadLimits,
+    ) -> std::result::Result<UploadId, UploadError> {
+        {
+            let mut book = self.upload_book();
+            let open = book.sessions.entry(owner.to_owned()).or_default();
+            if *open >= limits.max_sessions_per_client {
+                return Err(UploadError::TooManySessions {
+                    limit: limits.max_sessions_per_client,
+                });
+            }
+            *open += 1;
+        }
         let id = UploadId(uuid::Uuid::new_v4().to_string());
         let dir = self.upload_dir(&id);
-        tokio::fs::create_dir_all(&dir)
-            .await
-            .map_err(io_err(&dir))?;
-        let repo_path = dir.join("repo");
-        tokio::fs::write(&repo_path, repo.as_str())
-            .await
-            .map_err(io_err(&repo_path))?;
-        let data = dir.join("data");
-        tokio::fs::File::create(&data)
-            .await
-            .map_err(io_err(&data))?;
+        let created = async {
+            tokio::fs::create_dir_all(&dir)
+                .await
+                .map_err(io_err(&dir))?;
+            for (file, text) in [("repo", repo.as_str()), ("owner", owner), ("data", "")] {
+                let path = dir.join(file);
+                tokio::fs::write(&path, text).await.map_err(io_err(&path))?;
+            }
+            Ok::<_, StoreError>(())
+        }
+        .await;
+        if let Err(e) = created {
+            let _ = tokio::fs::remove_dir_all(&dir).await;
+            self.upload_ended(owner, 0);
+            return Err(e.into());
+        }
         Ok(id)
     }
 
-    /// The session's size so far, if it exists and belongs to `repo`.
+    /// The session's size so far, if it exists and belongs to `repo` and `owner`.
     pub async fn upload_len(
         &self,
         repo: &RepoName,
+        owner: &str,
         id: &UploadId,
     ) -> std::result::Result<u64, UploadError> {
         let dir = self.upload_dir(id);
-        match tokio::fs::read_to_string(dir.join("repo")).await {
-            Ok(owner) if owner == repo.as_str() => {}
-            Ok(_) => return Err(UploadError::Unknown),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(UploadError::Unknown),
-            Err(source) => return Err(StoreError::Io { path: dir, source }.into()),
+        for (file, expected) in [("repo", repo.as_str()), ("owner", owner)] {
+            match tokio::fs::read_to_string(dir.join(file)).await {
+                Ok(found) if found == expected => {}
+                Ok(_) => return Err(UploadError::Unknown),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    return Err(UploadError::Unknown);
+                }
+                Err(source) => return Err(StoreError::Io { path: dir, source }.into()),
+            }
         }
         let data = dir.join("data");
         match tokio::fs::metadata(&data).await {
@@ -112,21 +232,34 @@ impl Store {
         }
     }
 
+    /// Claims a session for one writer.
+    fn start_writing(&self, id: &UploadId) -> std::result::Result<Writing<'_>, UploadError> {
+        if !self.upload_book().busy.insert(id.clone()) {
+            return Err(UploadError::Busy);
+        }
+        Ok(Writing {
+            store: self,
+            id: id.clone(),
+        })
+    }
+
     /// Appends a body to the session. `start`, when the client sent `Content-Range`, must be
-    /// where the session ends. Streams to disk; refuses to grow past `limit`.
+    /// where the session ends. Streams to disk; refuses to grow past the limits.
     pub async fn append_upload<S, E>(
         &self,
         repo: &RepoName,
+        owner: &str,
         id: &UploadId,
         start: Option<u64>,
         body: S,
-        limit: u64,
+        limits: &UploadLimits,
     ) -> std::result::Result<u64, UploadError>
     where
         S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
-        let len = self.upload_len(repo, id).await?;
+        let _writing = self.start_writing(id)?;
+        let len = self.upload_len(repo, owner, id).await?;
         if let Some(start) = start.filter(|s| *s != len) {
             return Err(UploadError::OutOfOrder {
                 expected: len,
@@ -139,7 +272,7 @@ impl Store {
             .open(&data)
             .await
             .map_err(|e| UploadError::Store(io_err(&data)(e)))?;
-        let written = copy_limited(body, &mut file, len, limit).await;
+        let written = self.copy_limited(body, &mut file, len, limits).await;
         // Whatever happened, what was written stays consistent with the file's length; on a
         // failed chunk the session is truncated back to where the chunk began.
         if written.is_err() {
@@ -152,15 +285,19 @@ impl Store {
         Ok(total)
     }
 
-    /// Verifies the session's data against `digest` and commits it as a pinned blob. The
-    /// session is gone afterwards, whatever the outcome.
+    /// Verifies the session's data against `digest` and commits it as a blob pinned for
+    /// `holder` (the repository as pushes record it). The session is gone afterwards,
+    /// whatever the outcome.
     pub async fn complete_upload(
-        &self,
+        self: &Arc<Self>,
         repo: &RepoName,
+        owner: &str,
         id: &UploadId,
         digest: &Digest,
+        holder: &str,
     ) -> std::result::Result<u64, UploadError> {
-        self.upload_len(repo, id).await?;
+        let _writing = self.start_writing(id)?;
+        let len = self.upload_len(repo, owner, id).await?;
         let dir = self.upload_dir(id);
         let data = dir.join("data");
         let hashed = {
@@ -172,23 +309,31 @@ impl Store {
                     source: io::Error::other(e),
                 })?
         };
-        let (actual, size) = hashed.map_err(|e| UploadError::Store(io_err(&data)(e)))?;
-        let result = if &actual != digest {
-            Err(UploadError::DigestMismatch {
+        let result = match hashed {
+            Err(e) => Err(UploadError::Store(io_err(&data)(e))),
+            Ok((actual, _)) if &actual != digest => Err(UploadError::DigestMismatch {
                 expected: digest.clone(),
                 actual,
-            })
-        } else {
-            self.commit_file(&data, digest, size)
+            }),
+            Ok((_, size)) => self
+                .commit_file(&data, digest, size, holder)
                 .await
-                .map_err(UploadError::from)
+                .map(|()| size)
+                .map_err(UploadError::from),
         };
         let _ = tokio::fs::remove_dir_all(&dir).await;
-        result.map(|()| size)
+        self.upload_ended(owner, len);
+        result
     }
 
-    /// Moves a verified file into `blobs/` and pins it.
-    async fn commit_file(&self, file: &std::path::Path, digest: &Digest, size: u64) -> Result<()> {
+    /// Moves a verified file into `blobs/`, pinned for `holder`.
+    async fn commit_file(
+        self: &Arc<Self>,
+        file: &std::path::Path,
+        digest: &Digest,
+        size: u64,
+        holder: &str,
+    ) -> Result<()> {
         let target = self.blob_path(digest);
         if let Some(parent) = target.parent() {
             tokio::fs::create_dir_all(parent)
@@ -199,7 +344,7 @@ impl Store {
         f.sync_all().await.map_err(io_err(file))?;
         let existed = tokio::fs::metadata(&target).await.is_ok();
         // Pinned before it appears, so eviction never sees it unpinned.
-        self.pin(digest).await?;
+        self.pin(digest, holder).await?;
         tokio::fs::rename(file, &target)
             .await
             .map_err(io_err(&target))?;
@@ -214,13 +359,17 @@ impl Store {
     pub async fn cancel_upload(
         &self,
         repo: &RepoName,
+        owner: &str,
         id: &UploadId,
     ) -> std::result::Result<(), UploadError> {
-        self.upload_len(repo, id).await?;
+        let _writing = self.start_writing(id)?;
+        let len = self.upload_len(repo, owner, id).await?;
         let dir = self.upload_dir(id);
         tokio::fs::remove_dir_all(&dir)
             .await
-            .map_err(|e| UploadError::Store(io_err(&dir)(e)))
+            .map_err(|e| UploadError::Store(io_err(&dir)(e)))?;
+        self.upload_ended(owner, len);
+        Ok(())
     }
 
     /// Removes sessions idle for longer than `ttl`; returns how many.
@@ -242,7 +391,8 @@ impl Store {
             // The data file's mtime is the last activity; a session being created may not
             // have one yet, so fall back to the directory's.
             let data = entry.path().join("data");
-            let modified = match tokio::fs::metadata(&data).await {
+            let data_meta = tokio::fs::metadata(&data).await;
+            let modified = match &data_meta {
                 Ok(meta) => meta.modified(),
                 Err(_) => tokio::fs::metadata(entry.path())
                     .await
@@ -251,42 +401,79 @@ impl Store {
             let idle = modified
                 .map(|t| now.duration_since(t).unwrap_or_default())
                 .unwrap_or_default();
-            if idle > ttl {
-                if !dry_run {
-                    let _ = tokio::fs::remove_dir_all(entry.path()).await;
-                }
-                removed += 1;
+            if idle <= ttl {
+                continue;
             }
+            let busy = UploadId::parse(&entry.file_name().to_string_lossy())
+                .is_some_and(|id| self.upload_book().busy.contains(&id));
+            if busy {
+                continue;
+            }
+            if !dry_run {
+                let owner = tokio::fs::read_to_string(entry.path().join("owner"))
+                    .await
+                    .unwrap_or_default();
+                if tokio::fs::remove_dir_all(entry.path()).await.is_ok() {
+                    let size = data_meta.as_ref().map_or(0, |m| m.len());
+                    self.upload_ended(&owner, size);
+                }
+            }
+            removed += 1;
         }
         Ok(removed)
     }
-}
 
-/// Copies `body` to `file`, which holds `len` bytes already; fails past `limit` in total.
-async fn copy_limited<S, E>(
-    mut body: S,
-    file: &mut tokio::fs::File,
-    mut len: u64,
-    limit: u64,
-) -> std::result::Result<u64, UploadError>
-where
-    S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
-    E: std::fmt::Display,
-{
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| UploadError::Body(e.to_string()))?;
-        len += chunk.len() as u64;
-        if len > limit {
-            return Err(UploadError::TooLarge { limit });
+    /// Copies `body` to `file`, which holds `len` bytes already; fails past the blob limit or
+    /// when all uploads together would hold more than theirs. Space is reserved chunk by chunk
+    /// and given back for what is not kept.
+    async fn copy_limited<S, E>(
+        &self,
+        mut body: S,
+        file: &mut tokio::fs::File,
+        start: u64,
+        limits: &UploadLimits,
+    ) -> std::result::Result<u64, UploadError>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let mut len = start;
+        let result = async {
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(|e| UploadError::Body(e.to_string()))?;
+                let n = chunk.len() as u64;
+                if len + n > limits.max_blob {
+                    return Err(UploadError::TooLarge {
+                        limit: limits.max_blob,
+                    });
+                }
+                {
+                    let mut book = self.upload_book();
+                    if book.bytes + n > limits.max_total {
+                        return Err(UploadError::SpaceFull {
+                            limit: limits.max_total,
+                        });
+                    }
+                    book.bytes += n;
+                }
+                len += n;
+                file.write_all(&chunk).await.map_err(|e| {
+                    UploadError::Store(StoreError::Io {
+                        path: PathBuf::from("upload"),
+                        source: e,
+                    })
+                })?;
+            }
+            Ok(len)
         }
-        file.write_all(&chunk).await.map_err(|e| {
-            UploadError::Store(StoreError::Io {
-                path: PathBuf::from("upload"),
-                source: e,
-            })
-        })?;
+        .await;
+        if result.is_err() {
+            // The session is truncated back to `start`: give back what this request reserved.
+            let mut book = self.upload_book();
+            book.bytes = book.bytes.saturating_sub(len - start);
+        }
+        result
     }
-    Ok(len)
 }
 
 /// The sha256 and length of a file.
