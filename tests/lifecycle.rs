@@ -261,3 +261,111 @@ async fn gc_command_dry_run_reports_and_then_removes() {
     );
     assert!(!path.exists());
 }
+
+fn image_manifest(config: &str, layers: &[&str]) -> String {
+    serde_json::json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": 1},
+        "layers": layers.iter().map(|d| serde_json::json!({
+            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": d, "size": 1
+        })).collect::<Vec<_>>()})
+    .to_string()
+}
+
+/// A push whose layers were already cached only HEADs them; the push still pins them, so
+/// eviction under `max_size` never takes a pushed image's layers away.
+#[tokio::test]
+async fn eviction_keeps_the_cached_layers_of_a_pushed_image() {
+    let fake = FakeUpstream::start(Auth::None).await;
+    let (layer, config) = (random_bytes(150_000), random_bytes(1_000));
+    let (dl, dc) = (fake.put_blob(layer.clone()), fake.put_blob(config.clone()));
+    let m = TestMirror::start_storage(
+        tempfile::tempdir().unwrap(),
+        "max_size = \"300KiB\"\nlow_water = 0.5",
+        &upstream(&fake),
+    )
+    .await;
+    pull(&m, &dl).await;
+    pull(&m, &dc).await;
+    // The client HEADs the blobs (present), then puts the manifest.
+    for d in [&dl, &dc] {
+        assert_eq!(
+            m.head(&format!("/v2/team/app/blobs/{d}")).await.status(),
+            200
+        );
+    }
+    let manifest = image_manifest(&dc, &[&dl]);
+    let r = m
+        .client
+        .put(m.url("/v2/team/app/manifests/v1"))
+        .header("content-type", OCI_MANIFEST)
+        .body(manifest.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    // Cached content beyond the cap: eviction runs, and must leave the pushed image whole.
+    let filler = fake.put_blob(random_bytes(200_000));
+    pull(&m, &filler).await;
+    common::eventually_async(10, "an eviction", || async {
+        m.metric("regmirror_evicted_blobs_total").await >= 1.0
+    })
+    .await;
+    assert!(!m.blob_path(&filler).exists(), "the unpinned filler went");
+    fake.set_down(true);
+    for d in [&dl, &dc] {
+        let r = m.get(&format!("/v2/team/app/blobs/{d}")).await;
+        assert_eq!(r.status(), 200, "{d} of the pushed image was evicted");
+    }
+    assert_eq!(m.get("/v2/team/app/manifests/v1").await.status(), 200);
+}
+
+/// Eviction fails closed: when the pins cannot be read, nothing is removed, and the failure
+/// is logged and counted.
+#[tokio::test]
+async fn eviction_removes_nothing_when_pins_cannot_be_read() {
+    let fake = FakeUpstream::start(Auth::None).await;
+    let m = TestMirror::start_storage(
+        tempfile::tempdir().unwrap(),
+        "max_size = \"200KiB\"",
+        &upstream(&fake),
+    )
+    .await;
+    let first = fake.put_blob(random_bytes(150_000));
+    pull(&m, &first).await;
+    // A file where a directory of pins should be: reading the pins fails (as root, too).
+    std::fs::write(m.store().join("pins/sha256/zz"), b"").unwrap();
+    let second = fake.put_blob(random_bytes(150_000));
+    pull(&m, &second).await;
+    common::eventually_async(10, "the failed eviction to be counted", || async {
+        m.metric("regmirror_maintenance_failures_total{task=\"eviction\"}")
+            .await
+            >= 1.0
+    })
+    .await;
+    assert!(m.blob_path(&first).exists() && m.blob_path(&second).exists());
+    assert_eq!(m.metric("regmirror_evicted_blobs_total").await, 0.0);
+}
+
+/// GC reads every manifest without counting it as an access: the LRU order it leaves is the
+/// clients' order.
+#[tokio::test]
+async fn gc_does_not_touch_access_times() {
+    let fake = FakeUpstream::start(Auth::None).await;
+    let manifest = image_manifest(&sha256(b"c"), &[]);
+    fake.put_manifest("library/app", "v1", manifest.clone(), OCI_MANIFEST);
+    let m = TestMirror::start_storage(tempfile::tempdir().unwrap(), "", &upstream(&fake)).await;
+    assert_eq!(m.get("/v2/app/manifests/v1").await.status(), 200);
+    let digest: regmirror::oci::Digest = sha256(manifest.as_bytes()).parse().unwrap();
+    let store = &m.server.mirror.store;
+    let before = store.last_access(&digest).unwrap();
+    tick().await;
+    let storage = regmirror::config::Config::parse("", "t").unwrap().storage;
+    regmirror::maintenance::gc_now(&m.server.mirror, &storage)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.last_access(&digest),
+        Some(before),
+        "GC counted as an access"
+    );
+}

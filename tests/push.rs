@@ -1115,3 +1115,76 @@ async fn wrong_password_floods_do_not_stall_pulls() {
         "the flood was throttled: {statuses:?}"
     );
 }
+
+/// Deletes are per repository: a blob or manifest deleted through one repository stays for
+/// every other repository that holds it, and goes when the last one lets go.
+#[tokio::test]
+async fn deletes_through_one_repository_leave_the_others_alone() {
+    let fake = FakeUpstream::start(Auth::None).await;
+    let m = mirror_with(&fake, "delete = true", "").await;
+    let layer = random_bytes(4000);
+    let config = b"{}".to_vec();
+    let dl = push_blob(&m, "team-a/app", &layer).await;
+    let dc = push_blob(&m, "team-a/app", &config).await;
+    let manifest = image_manifest(&dc, config.len(), &[(&dl, layer.len())], None);
+    assert_eq!(
+        put_manifest(&m, "team-a/app", "v1", &manifest)
+            .await
+            .status(),
+        201
+    );
+    let dm = sha256(&manifest);
+
+    let delete = |path: String| m.client.delete(m.url(&path)).send();
+    // team-b never had the layer: nothing to delete there, and team-a keeps it.
+    let r = delete(format!("/v2/team-b/x/blobs/{dl}")).await.unwrap();
+    assert_eq!(code(r).await, (404, "BLOB_UNKNOWN".into()));
+    // team-b pushes the same layer, then deletes it: team-a still has it.
+    push_blob(&m, "team-b/x", &layer).await;
+    assert_eq!(
+        delete(format!("/v2/team-b/x/blobs/{dl}"))
+            .await
+            .unwrap()
+            .status(),
+        202
+    );
+    assert!(m.blob_path(&dl).exists());
+    let r = m.get(&format!("/v2/team-a/app/blobs/{dl}")).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap().as_ref(), layer.as_slice());
+    // team-b puts a manifest with the same bytes and deletes it: team-a's tag still answers.
+    assert_eq!(
+        put_manifest(&m, "team-b/x", "copy", &manifest)
+            .await
+            .status(),
+        201
+    );
+    assert_eq!(
+        delete(format!("/v2/team-b/x/manifests/{dm}"))
+            .await
+            .unwrap()
+            .status(),
+        202
+    );
+    assert_eq!(m.get("/v2/team-a/app/manifests/v1").await.status(), 200);
+    assert_eq!(m.get("/v2/team-b/x/manifests/copy").await.status(), 404);
+    // When team-a lets go of everything, the bytes go.
+    assert_eq!(
+        delete(format!("/v2/team-a/app/manifests/{dm}"))
+            .await
+            .unwrap()
+            .status(),
+        202
+    );
+    for d in [&dl, &dc] {
+        assert_eq!(
+            delete(format!("/v2/team-a/app/blobs/{d}"))
+                .await
+                .unwrap()
+                .status(),
+            202
+        );
+        assert!(!m.blob_path(d).exists(), "{d}");
+    }
+    assert!(!m.blob_path(&dm).exists());
+}

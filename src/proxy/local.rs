@@ -38,6 +38,57 @@ impl From<crate::store::StoreError> for PushError {
     }
 }
 
+/// The pin holder for what a pushed manifest references: the repository and the manifest, so
+/// that deleting the manifest releases exactly those pins.
+fn reference_holder(name: &RepoName, manifest: &Digest) -> String {
+    format!("{name}@{}", manifest.hex())
+}
+
+/// A walk over what a manifest references: its blobs and child manifests, then (as the caller
+/// expands them) the children's, each once, bounded against a hostile index.
+struct References {
+    pending: Vec<(Digest, bool)>,
+    seen: std::collections::HashSet<Digest>,
+}
+
+impl References {
+    /// The most references walked.
+    const MAX: usize = 10_000;
+
+    fn of(manifest: &Manifest) -> References {
+        let mut walk = References {
+            pending: Vec::new(),
+            seen: std::collections::HashSet::new(),
+        };
+        walk.add(manifest);
+        walk
+    }
+
+    fn add(&mut self, manifest: &Manifest) {
+        self.pending
+            .extend(manifest.blobs.iter().map(|d| (d.clone(), false)));
+        self.pending
+            .extend(manifest.children.iter().map(|d| (d.clone(), true)));
+    }
+
+    /// Adds a child manifest's own references.
+    fn expand(&mut self, child: &StoredManifest) {
+        if let Ok(parsed) = Manifest::parse(Some(&child.media_type), &child.bytes) {
+            self.add(&parsed);
+        }
+    }
+
+    /// The next reference not yet seen, and whether it is a manifest.
+    fn next(&mut self) -> Option<(Digest, bool)> {
+        while let Some((digest, is_manifest)) = self.pending.pop() {
+            if self.seen.len() < Self::MAX && self.seen.insert(digest.clone()) {
+                return Some((digest, is_manifest));
+            }
+        }
+        None
+    }
+}
+
 /// A stored push.
 #[derive(Debug)]
 pub struct Pushed {
@@ -97,7 +148,8 @@ impl Mirror {
                 actual: digest,
             });
         }
-        self.pin_references(name, &manifest).await?;
+        self.pin_references(&reference_holder(name, &digest), &manifest)
+            .await?;
         let size = bytes.len() as u64;
         let stored = Arc::new(StoredManifest {
             digest: digest.clone(),
@@ -140,28 +192,16 @@ impl Mirror {
         })
     }
 
-    /// Pins for `name` every blob and child manifest `manifest` reaches (the children's own
-    /// blobs too), however they got into the store, and checks that each is present. A pushed
-    /// image then never loses a layer to eviction, even one that was only cached before.
-    /// Pinning comes first, so eviction cannot remove a blob between the check and the pin;
-    /// on failure the pins this push added are released.
-    async fn pin_references(&self, name: &RepoName, manifest: &Manifest) -> Result<(), PushError> {
-        /// Bounds the walk of a hostile index.
-        const MAX_REFERENCES: usize = 10_000;
-        let holder = name.as_str();
-        let mut pending: Vec<(Digest, bool)> = manifest
-            .blobs
-            .iter()
-            .map(|d| (d.clone(), false))
-            .chain(manifest.children.iter().map(|d| (d.clone(), true)))
-            .collect();
-        let mut seen = std::collections::HashSet::new();
+    /// Pins for `holder` (the pushed manifest, in its repository) every blob and child manifest
+    /// `manifest` reaches, the children's own blobs too, however they got into the store, and
+    /// checks that each is present. A pushed image then never loses a layer to eviction, even
+    /// one that was only cached before. Pinning comes first, so eviction cannot remove a blob
+    /// between the check and the pin; on failure the pins this push added are released.
+    async fn pin_references(&self, holder: &str, manifest: &Manifest) -> Result<(), PushError> {
         let mut added = Vec::new();
         let mut missing = None;
-        while let Some((digest, is_manifest)) = pending.pop() {
-            if !seen.insert(digest.clone()) || seen.len() > MAX_REFERENCES {
-                continue;
-            }
+        let mut walk = References::of(manifest);
+        while let Some((digest, is_manifest)) = walk.next() {
             if !self.store.is_held_by(&digest, holder).await? {
                 self.store.pin(&digest, holder).await?;
                 added.push(digest.clone());
@@ -170,12 +210,8 @@ impl Mirror {
                 missing = Some(digest);
                 break;
             }
-            if is_manifest
-                && let Some(child) = self.store.read_manifest(&digest).await?
-                && let Ok(parsed) = Manifest::parse(Some(&child.media_type), &child.bytes)
-            {
-                pending.extend(parsed.blobs.into_iter().map(|d| (d, false)));
-                pending.extend(parsed.children.into_iter().map(|d| (d, true)));
+            if is_manifest && let Some(child) = self.store.read_manifest(&digest).await? {
+                walk.expand(&child);
             }
         }
         let Some(missing) = missing else {
@@ -185,6 +221,26 @@ impl Mirror {
             self.store.unpin(&digest, holder).await?;
         }
         Err(PushError::BlobUnknown(missing))
+    }
+
+    /// Releases the pins a pushed manifest put on what it references (see
+    /// [`Mirror::pin_references`]).
+    async fn unpin_references(&self, name: &RepoName, digest: &Digest) -> Result<(), ProxyError> {
+        let Some(stored) = self.store.read_manifest(digest).await? else {
+            return Ok(());
+        };
+        let Ok(manifest) = Manifest::parse(Some(&stored.media_type), &stored.bytes) else {
+            return Ok(());
+        };
+        let holder = reference_holder(name, digest);
+        let mut walk = References::of(&manifest);
+        while let Some((reference, is_manifest)) = walk.next() {
+            self.store.unpin(&reference, &holder).await?;
+            if is_manifest && let Some(child) = self.store.read_manifest(&reference).await? {
+                walk.expand(&child);
+            }
+        }
+        Ok(())
     }
 
     /// Deletes a pushed tag, or a manifest by digest (with the local tags of `name` pointing
@@ -205,6 +261,7 @@ impl Mirror {
                 for key in &tags {
                     self.store.delete_tag(key).await?;
                 }
+                self.unpin_references(name, digest).await?;
                 Ok(self.release(name, digest).await? || !tags.is_empty())
             }
         }
@@ -226,7 +283,14 @@ impl Mirror {
     /// once). A blob another repository holds stays for it, and is unknown to `name`
     /// unless `name` held it too. Whether `name` had it.
     async fn release(&self, name: &RepoName, digest: &Digest) -> Result<bool, ProxyError> {
-        let held = self.store.unpin(digest, name.as_str()).await?;
+        let mine = format!("{name}@");
+        let held = self
+            .store
+            .holders(digest)
+            .await?
+            .iter()
+            .any(|h| h == name.as_str() || h.starts_with(&mine));
+        self.store.unpin(digest, name.as_str()).await?;
         if self.store.is_pinned(digest).await? {
             return Ok(held);
         }

@@ -106,6 +106,24 @@ impl Store {
         }
     }
 
+    /// Who holds pins on the blob (repository names, `<repository>@<manifest hex>` for what a
+    /// pushed manifest references, `_import`, `_legacy`).
+    pub async fn holders(&self, digest: &Digest) -> Result<Vec<String>> {
+        let dir = self.pin_dir(digest);
+        let mut entries = match tokio::fs::read_dir(&dir).await {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            // A plain file: a pin from before holders existed.
+            Err(e) if e.raw_os_error() == Some(20) => return Ok(vec![LEGACY_HOLDER.into()]),
+            Err(source) => return Err(StoreError::Io { path: dir, source }),
+        };
+        let mut holders = Vec::new();
+        while let Some(entry) = entries.next_entry().await.map_err(io_err(&dir))? {
+            holders.push(entry.file_name().to_string_lossy().replace('+', "/"));
+        }
+        Ok(holders)
+    }
+
     /// Releases `holder`'s pin on the blob; whether it held one.
     pub async fn unpin(&self, digest: &Digest, holder: &str) -> Result<bool> {
         remove_optional(&self.pin_dir(digest).join(holder_file(holder))).await
