@@ -1,0 +1,192 @@
+//! What a client connection may cost, on the real binary: a header dripped byte by byte and
+//! an idle connection are closed within their timeouts; a flood of idle connections fills the
+//! connection cap without stopping clients already connected, and new clients get in once the
+//! flood times out; a request in flight is never cut by these timeouts.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::binary::Regmirror;
+use common::fake_upstream::{Auth, FakeUpstream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+
+async fn start(fake: &FakeUpstream, dir: &tempfile::TempDir, server_keys: &str) -> Regmirror {
+    let config = dir.path().join("mirror.toml");
+    common::write_config(&config, &dir.path().join("store"), &fake.url(), server_keys);
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("response_timeout = \"3s\"\n");
+    std::fs::write(&config, text).unwrap();
+    Regmirror::start(&config).await
+}
+
+/// Reads until the server closes the connection; how long that took.
+async fn closed_after(stream: &mut TcpStream) -> Duration {
+    let started = Instant::now();
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(20), stream.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => return started.elapsed(),
+            Ok(Ok(_)) => {}
+            Err(_) => panic!("the server never closed the connection"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_headers_and_idle_connections_are_closed_in_time() {
+    let fake = FakeUpstream::start(Auth::None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mirror = start(
+        &fake,
+        &dir,
+        "header_read_timeout = \"1s\"\nidle_timeout = \"2s\"",
+    )
+    .await;
+
+    // Slowloris: a header dripped a byte at a time.
+    let mut slow = TcpStream::connect(mirror.addr).await.unwrap();
+    let drip = async {
+        for byte in b"GET /v2/ HTTP/1.1\r\nHost: x\r\n".iter() {
+            if slow.write_all(&[*byte]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let started = Instant::now();
+    drip.await;
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), slow.read(&mut buf))
+        .await
+        .expect("closed")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "the slow header got an answer");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "closed after {:?}",
+        started.elapsed()
+    );
+
+    // An idle connection that never sends anything.
+    let mut idle = TcpStream::connect(mirror.addr).await.unwrap();
+    let took = closed_after(&mut idle).await;
+    assert!(
+        took >= Duration::from_millis(1500) && took < Duration::from_secs(5),
+        "idle connection closed after {took:?}"
+    );
+
+    // A request in flight longer than both timeouts is not cut: the hanging upstream makes
+    // it wait for its response timeout (3s), and the client still gets its answer.
+    fake.set_hang(true);
+    let r = reqwest::get(mirror.url("/v2/app/manifests/v1"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+
+    let metrics = reqwest::get(mirror.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for reason in ["header_timeout", "idle_timeout"] {
+        assert!(
+            metrics.contains(&format!(
+                "regmirror_connections_closed_total{{reason=\"{reason}\"}}"
+            )),
+            "{reason} not counted"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_idle_connections_does_not_stop_real_clients() {
+    let fake = FakeUpstream::start(Auth::None).await;
+    let manifest = serde_json::json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"digest": common::fake_upstream::sha256(b"c"), "size": 1}, "layers": []})
+    .to_string();
+    fake.put_manifest("library/app", "v1", manifest, OCI_MANIFEST);
+    let dir = tempfile::tempdir().unwrap();
+    let mirror = start(
+        &fake,
+        &dir,
+        "max_connections = 16\nheader_read_timeout = \"2s\"\nidle_timeout = \"2s\"",
+    )
+    .await;
+    // A real client, already connected (keep-alive).
+    let client = reqwest::Client::new();
+    let pull = || client.get(mirror.url("/v2/app/manifests/v1")).send();
+    assert_eq!(pull().await.unwrap().status(), 200);
+
+    // Far more idle connections than the cap; each sends half a header and stops.
+    let mut flood = Vec::new();
+    for _ in 0..64 {
+        let mut s = TcpStream::connect(mirror.addr).await.unwrap();
+        let _ = s.write_all(b"GET /v2/ HTTP/1.1\r\n").await;
+        flood.push(s);
+    }
+    // The connected client keeps working while the cap is full.
+    for _ in 0..5 {
+        let started = Instant::now();
+        assert_eq!(pull().await.unwrap().status(), 200);
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+    // A new client gets in once the flood has timed out, and no more than the cap were open.
+    let fresh = reqwest::Client::new();
+    let r = tokio::time::timeout(
+        Duration::from_secs(20),
+        fresh.get(mirror.url("/v2/app/manifests/v1")).send(),
+    )
+    .await
+    .expect("a new client got in")
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let metrics = fresh
+        .get(mirror.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let open: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("regmirror_connections_open "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(open <= 16.0, "{open} connections open");
+    drop(flood);
+}
+
+#[tokio::test]
+async fn a_tls_handshake_that_never_comes_is_given_up() {
+    let work = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let (crt, key) = (work.path().join("tls.crt"), work.path().join("tls.key"));
+    std::fs::write(&crt, cert.cert.pem()).unwrap();
+    std::fs::write(&key, cert.signing_key.serialize_pem()).unwrap();
+    let server = format!(
+        "tls_cert = \"{}\"\ntls_key = \"{}\"\ntls_handshake_timeout = \"500ms\"",
+        crt.display(),
+        key.display()
+    );
+    let mirror = common::TestMirror::start_with(tempfile::tempdir().unwrap(), &server, "").await;
+    let mut silent = TcpStream::connect(mirror.server.addr).await.unwrap();
+    let took = closed_after(&mut silent).await;
+    assert!(took < Duration::from_secs(5), "closed after {took:?}");
+    assert_eq!(
+        mirror
+            .server
+            .mirror
+            .metrics
+            .connections_closed
+            .with_label_values(&["tls_handshake_timeout"])
+            .get(),
+        1
+    );
+}
