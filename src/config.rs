@@ -983,5 +983,82 @@ mod tests {
         assert_eq!(c.storage.max_upload_size, d.storage.max_upload_size);
         assert_eq!(c.storage.upload_ttl, d.storage.upload_ttl);
         assert_eq!(c.auth.anonymous_pull, d.auth.anonymous_pull);
+        assert_eq!(c.auth.anonymous_push, d.auth.anonymous_push);
+        assert_eq!(c.server.trusted_proxies, d.server.trusted_proxies);
+        assert_eq!(c.server.header_read_timeout, d.server.header_read_timeout);
+        assert_eq!(c.server.idle_timeout, d.server.idle_timeout);
+        assert_eq!(
+            c.server.tls_handshake_timeout,
+            d.server.tls_handshake_timeout
+        );
+        assert_eq!(c.storage.max_uploads_size, d.storage.max_uploads_size);
+        assert_eq!(
+            c.storage.max_upload_sessions_per_client,
+            d.storage.max_upload_sessions_per_client
+        );
+        assert_eq!(
+            c.upstreams[0].response_timeout,
+            d.upstreams[0].response_timeout
+        );
+        assert_eq!(c.upstreams[0].body_timeout, d.upstreams[0].body_timeout);
+    }
+
+    #[test]
+    fn security_settings_parse_and_are_checked() {
+        let c = Config::parse(
+            r#"
+            [server]
+            public_url = "https://registry.example"
+            trusted_proxies = ["10.0.0.0/8", "192.168.1.5", "::1"]
+            max_connections = 100
+            [auth]
+            htpasswd = "/etc/regmirror/htpasswd"
+            [[auth.access]]
+            users = ["ci"]
+            repositories = ["library/*"]
+            actions = ["push", "delete"]
+            [[upstream]]
+            name = "docker.io"
+            url = "https://registry-1.docker.io"
+            default = true
+            ca_file = "/etc/ca.pem"
+            "#,
+            "t",
+        )
+        .unwrap();
+        let nets = &c.server.trusted_proxies;
+        assert!(nets[0].contains("10.1.2.3".parse().unwrap()));
+        assert!(!nets[0].contains("11.0.0.1".parse().unwrap()));
+        assert!(nets[1].contains("192.168.1.5".parse().unwrap()));
+        assert!(!nets[1].contains("192.168.1.6".parse().unwrap()));
+        assert!(nets[2].contains("::1".parse().unwrap()));
+        assert!(
+            nets[0].contains("::ffff:10.0.0.1".parse().unwrap()),
+            "v4-mapped"
+        );
+        assert_eq!(c.auth.access[0].actions, vec![Action::Push, Action::Delete]);
+        for (bad, key) in [
+            (
+                "[server]\ntrusted_proxies = [\"10.0.0.0/33\"]",
+                "trusted_proxies",
+            ),
+            ("[server]\npublic_url = \"ftp://x\"", "public_url"),
+            ("[server]\nmax_connections = 0", "max_connections"),
+            (
+                "[auth]\n[[auth.access]]\nusers = [\"a\"]\nrepositories = [\"x\"]\nactions = [\"push\"]",
+                "auth.access",
+            ),
+            (
+                "[auth]\nhtpasswd = \"/h\"\n[[auth.access]]\nusers = [\"a\"]\nrepositories = [\"x\"]\nactions = [\"fly\"]",
+                "actions",
+            ),
+            (
+                "[storage]\nmax_upload_sessions_per_client = 0",
+                "max_upload_sessions_per_client",
+            ),
+        ] {
+            let e = err(bad);
+            assert!(e.contains(key), "{bad}: {e}");
+        }
     }
 }

@@ -211,3 +211,26 @@ pub fn push_error(e: crate::proxy::local::PushError) -> ApiError {
         PushError::Store(e) => proxy_error(e, Resource::Manifest, crate::store::LOCAL),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_is_507_with_a_clear_message() {
+        let full = crate::store::StoreError::Io {
+            path: "blobs/x".into(),
+            source: std::io::Error::from_raw_os_error(28),
+        };
+        let e = store_error(&full);
+        assert_eq!(e.code, ErrorCode::StorageFull);
+        assert_eq!(e.into_response(false).status(), 507);
+        let other = crate::store::StoreError::Io {
+            path: "blobs/x".into(),
+            source: std::io::Error::from_raw_os_error(5),
+        };
+        assert_eq!(store_error(&other).code, ErrorCode::Unknown);
+        let upload = upload_error(crate::store::UploadError::Store(full));
+        assert_eq!(upload.code, ErrorCode::StorageFull);
+    }
+}

@@ -277,7 +277,18 @@ struct Unanswered {
 
 impl Drop for Unanswered {
     fn drop(&mut self) {
-        if self.armed {
+        if self.armed && std::thread::panicking() {
+            tracing::error!(
+                method = %self.method,
+                path = %self.path,
+                status = 500,
+                bytes = 0,
+                duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
+                complete = false,
+                panicked = true,
+                "request"
+            );
+        } else if self.armed {
             tracing::info!(
                 method = %self.method,
                 path = %self.path,
