@@ -87,12 +87,7 @@ async fn slow_headers_and_idle_connections_are_closed_in_time() {
         .unwrap();
     assert_eq!(r.status(), 503);
 
-    let metrics = reqwest::get(mirror.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = mirror.metrics().await;
     for reason in ["header_timeout", "idle_timeout"] {
         assert!(
             metrics.contains(&format!(
@@ -166,15 +161,8 @@ async fn a_flood_of_idle_connections_does_not_stop_real_clients() {
 #[tokio::test]
 async fn a_tls_handshake_that_never_comes_is_given_up() {
     let work = tempfile::tempdir().unwrap();
-    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
-    let (crt, key) = (work.path().join("tls.crt"), work.path().join("tls.key"));
-    std::fs::write(&crt, cert.cert.pem()).unwrap();
-    std::fs::write(&key, cert.signing_key.serialize_pem()).unwrap();
-    let server = format!(
-        "tls_cert = \"{}\"\ntls_key = \"{}\"\ntls_handshake_timeout = \"500ms\"",
-        crt.display(),
-        key.display()
-    );
+    let (_, tls) = common::test_certificate(work.path());
+    let server = format!("{tls}\ntls_handshake_timeout = \"500ms\"");
     let mirror = common::TestMirror::start_with(tempfile::tempdir().unwrap(), &server, "").await;
     let mut silent = TcpStream::connect(mirror.server.addr).await.unwrap();
     let took = closed_after(&mut silent).await;

@@ -8,6 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::TestMirror;
+use common::error_code as code;
 use common::fake_upstream::{Auth, FakeUpstream, Fault};
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -27,15 +28,6 @@ fn manifest(marker: &str) -> Vec<u8> {
     })
     .to_string()
     .into_bytes()
-}
-
-async fn code(response: reqwest::Response) -> (u16, String) {
-    let status = response.status().as_u16();
-    let body: serde_json::Value = response.json().await.unwrap_or_default();
-    (
-        status,
-        body["errors"][0]["code"].as_str().unwrap_or("").to_owned(),
-    )
 }
 
 /// The upstream accepts connections and requests, and never sends headers: token fetches,
@@ -225,15 +217,7 @@ async fn an_upstream_behind_a_private_ca_needs_its_ca_file() {
     let fake = FakeUpstream::start(Auth::None).await;
     fake.put_manifest("library/app", "v1", manifest("v1"), OCI_MANIFEST);
     let work = tempfile::tempdir().unwrap();
-    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
-    let (crt, key) = (work.path().join("tls.crt"), work.path().join("tls.key"));
-    std::fs::write(&crt, cert.cert.pem()).unwrap();
-    std::fs::write(&key, cert.signing_key.serialize_pem()).unwrap();
-    let tls = format!(
-        "tls_cert = \"{}\"\ntls_key = \"{}\"",
-        crt.display(),
-        key.display()
-    );
+    let (crt, tls) = common::test_certificate(work.path());
     let inner = TestMirror::start_with(
         tempfile::tempdir().unwrap(),
         &tls,

@@ -133,12 +133,7 @@ async fn cancelled_and_timed_out_requests_are_logged() {
         .unwrap();
     assert_eq!(timed_out["status"], 503, "{timed_out}");
 
-    let metrics = reqwest::get(mirror.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = mirror.metrics().await;
     assert!(!metrics.contains("BREW"), "client-chosen label");
     assert!(metrics.contains("method=\"other\""));
 }

@@ -277,29 +277,22 @@ struct Unanswered {
 
 impl Drop for Unanswered {
     fn drop(&mut self) {
-        if self.armed && std::thread::panicking() {
-            tracing::error!(
-                method = %self.method,
-                path = %self.path,
-                status = 500,
-                bytes = 0,
-                duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
-                complete = false,
-                panicked = true,
-                "request"
-            );
-        } else if self.armed {
-            tracing::info!(
-                method = %self.method,
-                path = %self.path,
-                status = 499,
-                bytes = 0,
-                duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
-                complete = false,
-                cancelled = true,
-                "request"
-            );
+        if !self.armed {
+            return;
         }
+        // A handler that panicked is a 500 the client never saw; otherwise the client left.
+        let panicked = std::thread::panicking();
+        tracing::info!(
+            method = %self.method,
+            path = %self.path,
+            status = if panicked { 500 } else { 499 },
+            bytes = 0,
+            duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
+            complete = false,
+            cancelled = !panicked,
+            panicked,
+            "request"
+        );
     }
 }
 

@@ -62,6 +62,16 @@ impl Regmirror {
         format!("http://{}{path}", self.addr)
     }
 
+    /// The text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(self.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// Sends SIGKILL and reaps the process.
     pub fn kill9(&mut self) {
         // Child::kill sends SIGKILL on Unix.

@@ -181,3 +181,28 @@ pub fn require_tool(tool: &str, test: &str) -> Option<PathBuf> {
     }
     found
 }
+
+/// The status and OCI error code (`""` when none) of a response.
+pub async fn error_code(response: reqwest::Response) -> (u16, String) {
+    let status = response.status().as_u16();
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    (
+        status,
+        body["errors"][0]["code"].as_str().unwrap_or("").to_owned(),
+    )
+}
+
+/// Writes a self-signed certificate for 127.0.0.1 into `dir`; returns its path (also the CA
+/// to trust) and the `[server]` keys that serve TLS with it.
+pub fn test_certificate(dir: &std::path::Path) -> (PathBuf, String) {
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let (crt, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+    std::fs::write(&crt, cert.cert.pem()).unwrap();
+    std::fs::write(&key, cert.signing_key.serialize_pem()).unwrap();
+    let keys = format!(
+        "tls_cert = \"{}\"\ntls_key = \"{}\"",
+        crt.display(),
+        key.display()
+    );
+    (crt, keys)
+}
