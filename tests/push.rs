@@ -1060,7 +1060,7 @@ async fn wrong_password_floods_do_not_stall_pulls() {
         OCI_MANIFEST,
     );
     let dir = tempfile::tempdir().unwrap();
-    let htpasswd = htpasswd_file(dir.path(), &[("slow", "right", 11)]);
+    let htpasswd = htpasswd_file(dir.path(), &[("slow", "right", 12)]);
     let auth = format!("[auth]\nhtpasswd = \"{}\"\n", htpasswd.display());
     let m = mirror_with(&fake, "", &auth).await;
     assert_eq!(m.get("/v2/app/manifests/v1").await.status(), 200);

@@ -364,7 +364,15 @@ async fn authorize(
     query: &Query,
 ) -> Result<auth::Identity, ApiError> {
     let name = route_name(route);
-    let names = name.map_or_else(Vec::new, |n| names_of(&app.mirror, query.ns.as_deref(), n));
+    // The names a repository goes by matter only to access rules (writes): reads, the hot
+    // path, skip working them out.
+    let writes = !matches!(parts.method, Method::GET | Method::HEAD)
+        || matches!(route, Route::Upload { .. });
+    let names = match name {
+        Some(n) if writes => names_of(&app.mirror, query.ns.as_deref(), n),
+        Some(n) => vec![n.to_string()],
+        None => Vec::new(),
+    };
     let Some(need) = need_of(route, &parts.method, &names) else {
         return Ok(auth::Identity::Anonymous);
     };
