@@ -57,9 +57,10 @@ fn cached_manifest(c: &mut Criterion) {
         .build()
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    // Offline with a pushed image: the cached path, no upstream involved.
+    // Offline with a pushed image (pushed anonymously: the bench's explicit choice): the
+    // cached path, no upstream involved.
     let text = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\noffline = true\n[storage]\npath = \"{}\"\n",
+        "[server]\nlisten = \"127.0.0.1:0\"\noffline = true\n[storage]\npath = \"{}\"\n[auth]\nanonymous_push = true\n",
         dir.path().display()
     );
     let config = regmirror::config::Config::parse(&text, "bench").unwrap();
