@@ -235,10 +235,10 @@ pub async fn export(
             "annotations": {"org.opencontainers.image.ref.name": canonical_name(mirror, image)},
         }));
         for m in &walked.manifests {
-            blobs.insert(m.digest.hex().to_owned(), mirror.store.blob_path(&m.digest));
+            blobs.insert(layout_path(&m.digest), mirror.store.blob_path(&m.digest));
         }
         for b in &walked.blobs {
-            blobs.insert(b.digest.hex().to_owned(), mirror.store.blob_path(&b.digest));
+            blobs.insert(layout_path(&b.digest), mirror.store.blob_path(&b.digest));
         }
     }
     let index = serde_json::json!({"schemaVersion": 2, "mediaType": media::OCI_INDEX, "manifests": index_entries});
@@ -273,9 +273,9 @@ fn write_layout_tar(
     };
     add_bytes("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
     add_bytes("index.json", index.to_string().as_bytes())?;
-    for (hex, path) in blobs {
+    for (name, path) in blobs {
         let mut file = std::fs::File::open(path)?;
-        tar.append_file(format!("blobs/sha256/{hex}"), &mut file)?;
+        tar.append_file(name, &mut file)?;
     }
     tar.into_inner()?
         .into_inner()
@@ -387,7 +387,12 @@ async fn record_manifests(
     Ok(())
 }
 
-/// Streams each `blobs/sha256/<hex>` entry into the store (verified, pinned); returns the
+/// Where a blob lives in an OCI image layout: `blobs/<algorithm>/<hex>`.
+fn layout_path(digest: &Digest) -> String {
+    format!("blobs/{}/{}", digest.algorithm().name(), digest.hex())
+}
+
+/// Streams each `blobs/<algorithm>/<hex>` entry into the store (verified, pinned); returns the
 /// number of blobs and the bytes of `index.json`.
 fn read_layout_tar(store: &Store, path: &Path) -> Result<(usize, Vec<u8>), String> {
     let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
@@ -408,15 +413,16 @@ fn read_layout_tar(store: &Store, path: &Path) -> Result<(usize, Vec<u8>), Strin
             index = Some(bytes);
             continue;
         }
-        let Some(hex) = name.strip_prefix("blobs/sha256/") else {
+        let Some((algorithm, hex)) = name
+            .strip_prefix("blobs/")
+            .and_then(|rest| rest.split_once('/'))
+        else {
             continue;
         };
         if hex.is_empty() {
             continue;
         }
-        let digest: Digest = format!("sha256:{hex}")
-            .parse()
-            .map_err(|e| format!("{name}: {e}"))?;
+        let digest = Digest::from_parts(algorithm, hex).map_err(|e| format!("{name}: {e}"))?;
         // Pinned before it appears, so eviction never sees it unpinned.
         store
             .pin_blocking(&digest, IMPORT_HOLDER)

@@ -74,7 +74,7 @@ async fn base_endpoint_and_bad_input() {
     let cases = [
         ("/v2/Alpine/manifests/latest", 400, "NAME_INVALID"),
         ("/v2/a/manifests/sha256:abc", 400, "DIGEST_INVALID"),
-        ("/v2/a/manifests/.bad", 400, "MANIFEST_INVALID"),
+        ("/v2/a/manifests/.bad", 404, "MANIFEST_UNKNOWN"),
         ("/v2/a/blobs/sha256:XYZ", 400, "DIGEST_INVALID"),
         ("/v2/a/blobs/latest", 400, "DIGEST_INVALID"),
         ("/v2/nothing-here", 404, "NAME_UNKNOWN"),

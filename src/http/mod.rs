@@ -480,6 +480,13 @@ async fn dispatch(app: &App, request: Request<Incoming>, conn: &ConnInfo) -> Ans
     let (parts, body) = request.into_parts();
     let route = match routes::parse(parts.uri.path()) {
         Ok(route) => route,
+        // A tag that cannot exist is not found (what the spec's conformance suite expects of
+        // GET and HEAD); pushing to it is invalid.
+        Err(routes::RouteError::Reference(crate::oci::ReferenceError::Tag(_)))
+            if matches!(parts.method, Method::GET | Method::HEAD) =>
+        {
+            return ApiError::new(ErrorCode::ManifestUnknown, "no such manifest").into();
+        }
         Err(e) => return ApiError::from(e).into(),
     };
     let method = parts.method.clone();

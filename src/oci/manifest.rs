@@ -73,6 +73,9 @@ pub struct Manifest {
     pub media_type: String,
     /// Blobs it needs (config and layers) — empty for an index.
     pub blobs: Vec<Digest>,
+    /// Non-distributable ("foreign") layers: named, but not expected in the registry (Windows
+    /// base layers). A push need not include them and a mirror never fetches them unasked.
+    pub foreign: Vec<Digest>,
     /// Child manifests (index / manifest list).
     pub children: Vec<Digest>,
     /// The manifest this one refers to (OCI 1.1 `subject`).
@@ -130,7 +133,7 @@ impl Manifest {
             return Err(ManifestError::MediaType(media_type));
         }
         let is_index = media_type == media::OCI_INDEX || media_type == media::DOCKER_MANIFEST_LIST;
-        let (blobs, children) = if is_index {
+        let (blobs, foreign, children) = if is_index {
             let children = raw
                 .manifests
                 .as_deref()
@@ -138,14 +141,19 @@ impl Manifest {
                 .iter()
                 .map(parse_digest)
                 .collect::<Result<Vec<_>, _>>()?;
-            (Vec::new(), children)
+            (Vec::new(), Vec::new(), children)
         } else {
             let config = raw.config.as_ref().ok_or(ManifestError::NoConfig)?;
             let mut blobs = vec![parse_digest(config)?];
+            let mut foreign = Vec::new();
             for layer in &raw.layers {
-                blobs.push(parse_digest(layer)?);
+                if media::is_non_distributable(&layer.media_type) {
+                    foreign.push(parse_digest(layer)?);
+                } else {
+                    blobs.push(parse_digest(layer)?);
+                }
             }
-            (blobs, Vec::new())
+            (blobs, foreign, Vec::new())
         };
         let subject = raw.subject.as_ref().map(parse_digest).transpose()?;
         let artifact_type = raw
@@ -155,6 +163,7 @@ impl Manifest {
         Ok(Manifest {
             media_type,
             blobs,
+            foreign,
             children,
             subject,
             artifact_type,

@@ -92,3 +92,10 @@ mod tests {
         );
     }
 }
+
+/// Whether a layer media type is non-distributable: a "foreign" layer (Windows base layers)
+/// that registries need not hold and clients fetch from elsewhere.
+pub fn is_non_distributable(media_type: &str) -> bool {
+    media_type.starts_with("application/vnd.oci.image.layer.nondistributable.")
+        || media_type.starts_with("application/vnd.docker.image.rootfs.foreign.")
+}

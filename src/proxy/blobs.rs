@@ -118,6 +118,11 @@ impl Mirror {
         let label = route
             .as_ref()
             .map_or_else(|_| LOCAL.to_owned(), |r| r.upstream.name().to_owned());
+        if self.deleted_through(name, ns, digest).await? {
+            self.metrics
+                .lookup(Kind::Blob, CacheResult::Negative, &label);
+            return Err(ProxyError::Upstream(UpstreamError::NotFound));
+        }
         if let Some(answer) = self.blob_from_store(digest, head, range).await? {
             self.metrics.lookup(Kind::Blob, answer.cache, &label);
             return Ok(answer);
@@ -126,6 +131,22 @@ impl Mirror {
         let answer = self.blob_from_upstream(&route, digest, head, range).await?;
         self.metrics.lookup(Kind::Blob, answer.cache, &label);
         Ok(answer)
+    }
+
+    /// Whether the repository deleted this blob while others kept it (see
+    /// [`Store::mark_deleted`](crate::store::Store::mark_deleted)). Free unless some repository
+    /// deleted it.
+    pub(super) async fn deleted_through(
+        &self,
+        name: &RepoName,
+        ns: Option<&str>,
+        digest: &Digest,
+    ) -> Result<bool, ProxyError> {
+        if !self.store.has_tombstones(digest) {
+            return Ok(false);
+        }
+        let holder = self.local_name(ns, name);
+        Ok(self.store.is_deleted_for(digest, holder.as_str()).await?)
     }
 
     async fn blob_from_upstream(

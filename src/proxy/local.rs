@@ -139,7 +139,12 @@ impl Mirror {
     ) -> Result<Pushed, PushError> {
         let name = &self.local_name(None, name);
         let manifest = Manifest::parse(content_type, &bytes)?;
-        let digest = Digest::of_bytes(&bytes);
+        // Pushed by digest: that digest's algorithm (sha512 too); by tag: the canonical sha256.
+        let algorithm = match reference {
+            Reference::Digest(d) => d.algorithm(),
+            Reference::Tag(_) => crate::oci::digest::Algorithm::Sha256,
+        };
+        let digest = Digest::of_bytes_with(algorithm, &bytes);
         if let Reference::Digest(expected) = reference
             && expected != &digest
         {
@@ -292,6 +297,9 @@ impl Mirror {
             .any(|h| h == name.as_str() || h.starts_with(&mine));
         self.store.unpin(digest, name.as_str()).await?;
         if self.store.is_pinned(digest).await? {
+            if held {
+                self.store.mark_deleted(digest, name.as_str()).await?;
+            }
             return Ok(held);
         }
         Ok(self.store.delete_blob(digest).await? || held)

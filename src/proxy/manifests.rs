@@ -69,6 +69,11 @@ impl Mirror {
         reference: &Reference,
         head: bool,
     ) -> Result<ManifestAnswer, ProxyError> {
+        if let Reference::Digest(digest) = reference
+            && self.deleted_through(name, ns, digest).await?
+        {
+            return Err(ProxyError::Upstream(UpstreamError::NotFound));
+        }
         if let Reference::Tag(tag) = reference
             && let Some(local) = self.local_manifest(ns, name, tag).await?
         {
@@ -405,7 +410,13 @@ impl Mirror {
         reference: &Reference,
     ) -> Result<Arc<StoredManifest>, ProxyError> {
         let fetched = route.upstream.get_manifest(&route.repo, reference).await?;
-        let digest = Digest::of_bytes(&fetched.bytes);
+        // The algorithm of the digest asked for, or of the one the upstream claims (sha512
+        // content is verified with sha512), else the canonical sha256.
+        let algorithm = match (reference, &fetched.declared_digest) {
+            (Reference::Digest(d), _) | (Reference::Tag(_), Some(d)) => d.algorithm(),
+            (Reference::Tag(_), None) => crate::oci::digest::Algorithm::Sha256,
+        };
+        let digest = Digest::of_bytes_with(algorithm, &fetched.bytes);
         if fetched.declared_digest.is_some_and(|d| d != digest) {
             self.metrics
                 .digest_mismatches

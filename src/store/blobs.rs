@@ -1,15 +1,15 @@
-//! Blobs: `blobs/sha256/<2 hex>/<64 hex>`, present only when complete and verified.
+//! Blobs: `blobs/<algorithm>/<2 hex>/<hex>`, present only when complete and verified.
 
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use sha2::{Digest as _, Sha256};
 
 use super::{
     MAX_INDEXED_MANIFEST, Result, Store, StoreError, StoredManifest, io_err, read_optional,
 };
+use crate::oci::digest::Hasher;
 use crate::oci::{Digest, media};
 
 /// A temp file being filled with a blob's bytes, hashed as they are written.
@@ -20,7 +20,7 @@ use crate::oci::{Digest, media};
 pub struct Spool {
     path: PathBuf,
     file: Arc<std::fs::File>,
-    hasher: Sha256,
+    hasher: Hasher,
     written: u64,
     committed: bool,
 }
@@ -53,7 +53,7 @@ impl Spool {
     /// Checks that the bytes written hash to `digest`. On a mismatch the spool is dropped
     /// (and its file deleted); only a [`VerifiedSpool`] can be committed.
     pub fn verify(mut self, digest: &Digest) -> Result<VerifiedSpool> {
-        let actual = Digest::from_hasher(std::mem::take(&mut self.hasher));
+        let actual = std::mem::replace(&mut self.hasher, digest.hasher()).finish();
         if &actual != digest {
             return Err(StoreError::DigestMismatch {
                 expected: digest.clone(),
@@ -86,16 +86,13 @@ impl Drop for Spool {
 impl Store {
     /// Where a blob lives once committed.
     pub fn blob_path(&self, digest: &Digest) -> PathBuf {
-        let hex = digest.hex();
-        self.root.join("blobs/sha256").join(&hex[..2]).join(hex)
+        self.digest_path("blobs", digest)
     }
 
     pub(super) fn meta_path(&self, digest: &Digest) -> PathBuf {
-        let hex = digest.hex();
-        self.root
-            .join("meta/sha256")
-            .join(&hex[..2])
-            .join(format!("{hex}.json"))
+        let mut path = self.digest_path("meta", digest).into_os_string();
+        path.push(".json");
+        PathBuf::from(path)
     }
 
     /// The size of a committed blob, or `None` if the store does not have it.
@@ -156,7 +153,7 @@ impl Store {
         Ok(Spool {
             path,
             file: Arc::new(file),
-            hasher: Sha256::new(),
+            hasher: digest.hasher(),
             written: 0,
             committed: false,
         })
@@ -213,7 +210,7 @@ impl Store {
 
     /// Stores a manifest's exact bytes under its digest, with its media type.
     pub async fn put_manifest(&self, manifest: Arc<StoredManifest>) -> Result<()> {
-        let actual = Digest::of_bytes(&manifest.bytes);
+        let actual = Digest::of_bytes_with(manifest.digest.algorithm(), &manifest.bytes);
         if actual != manifest.digest {
             return Err(StoreError::DigestMismatch {
                 expected: manifest.digest.clone(),

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::{Result, Store, StoreError, TagKey, io_err, read_optional};
+use crate::oci::digest::Algorithm;
 use crate::oci::{Digest, RepoName, Tag};
 
 /// The pseudo-upstream under which pushed tags are recorded. Upstream names are host names
@@ -45,11 +46,10 @@ fn holder_file(holder: &str) -> String {
 const LEGACY_HOLDER: &str = "_legacy";
 
 impl Store {
-    /// `pins/sha256/<2 hex>/<64 hex>/`: one empty file per holder (a repository the blob was
+    /// `pins/<algorithm>/<2 hex>/<hex>/`: one empty file per holder (a repository the blob was
     /// pushed to or referenced from, or an import).
     fn pin_dir(&self, digest: &Digest) -> PathBuf {
-        let hex = digest.hex();
-        self.root.join("pins/sha256").join(&hex[..2]).join(hex)
+        self.digest_path("pins", digest)
     }
 
     /// Pins a blob for `holder`: eviction never removes it while anyone holds it. Blocking.
@@ -69,8 +69,12 @@ impl Store {
         std::fs::write(&file, b"").map_err(io_err(&file))
     }
 
-    /// Pins a blob for `holder` (see [`Store::pin_blocking`]).
+    /// Pins a blob for `holder` (see [`Store::pin_blocking`]); a repository that deleted the
+    /// blob before has it again.
     pub async fn pin(self: &Arc<Self>, digest: &Digest, holder: &str) -> Result<()> {
+        if self.has_tombstones(digest) {
+            remove_optional(&self.tombstone_path(digest, holder)).await?;
+        }
         let (store, digest, holder) = (Arc::clone(self), digest.clone(), holder.to_owned());
         tokio::task::spawn_blocking(move || store.pin_blocking(&digest, &holder))
             .await
@@ -129,6 +133,74 @@ impl Store {
         remove_optional(&self.pin_dir(digest).join(holder_file(holder))).await
     }
 
+    fn tombstone_path(&self, digest: &Digest, holder: &str) -> PathBuf {
+        self.digest_path("deleted", digest)
+            .join(holder_file(holder))
+    }
+
+    fn lock_tombstones(&self) -> std::sync::MutexGuard<'_, HashSet<Digest>> {
+        self.tombstoned.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether any repository deleted this blob while others kept it (memory only).
+    pub fn has_tombstones(&self, digest: &Digest) -> bool {
+        self.lock_tombstones().contains(digest)
+    }
+
+    /// Records that `holder` deleted a blob other repositories still hold: for `holder` it is
+    /// gone (reads through it answer unknown) until it is pushed or mounted there again.
+    pub async fn mark_deleted(&self, digest: &Digest, holder: &str) -> Result<()> {
+        let path = self.tombstone_path(digest, holder);
+        if let Some(dir) = path.parent() {
+            tokio::fs::create_dir_all(dir).await.map_err(io_err(dir))?;
+        }
+        tokio::fs::write(&path, b"").await.map_err(io_err(&path))?;
+        self.lock_tombstones().insert(digest.clone());
+        Ok(())
+    }
+
+    /// Whether `holder` deleted this blob (see [`Store::mark_deleted`]).
+    pub async fn is_deleted_for(&self, digest: &Digest, holder: &str) -> Result<bool> {
+        if !self.has_tombstones(digest) {
+            return Ok(false);
+        }
+        let path = self.tombstone_path(digest, holder);
+        match tokio::fs::metadata(&path).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(source) => Err(StoreError::Io { path, source }),
+        }
+    }
+
+    /// Finds the blobs with tombstones (at start).
+    pub(super) async fn load_tombstones(&self) -> Result<()> {
+        let deleted = self.root.join("deleted");
+        let found = tokio::task::spawn_blocking(move || -> io::Result<HashSet<Digest>> {
+            let mut out = HashSet::new();
+            for algorithm in Algorithm::ALL {
+                let root = deleted.join(algorithm.name());
+                for prefix in std::fs::read_dir(&root)? {
+                    for entry in std::fs::read_dir(prefix?.path())? {
+                        if let Some(name) = entry?.file_name().to_str()
+                            && let Ok(d) = Digest::from_parts(algorithm.name(), name)
+                        {
+                            out.insert(d);
+                        }
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| StoreError::Io {
+            path: PathBuf::from("deleted"),
+            source: io::Error::other(e),
+        })?
+        .map_err(io_err(&self.root.join("deleted")))?;
+        *self.lock_tombstones() = found;
+        Ok(())
+    }
+
     /// Removes every pin of a blob.
     async fn remove_pins(&self, digest: &Digest) -> Result<()> {
         let dir = self.pin_dir(digest);
@@ -147,22 +219,25 @@ impl Store {
     /// The digests of pinned blobs (held by anyone). An unreadable pin directory is an
     /// error: callers that delete must not guess.
     pub(super) async fn pinned(&self) -> Result<HashSet<Digest>> {
-        let root = self.root.join("pins/sha256");
+        let pins = self.root.join("pins");
         let listed = tokio::task::spawn_blocking(move || -> io::Result<HashSet<Digest>> {
             let mut out = HashSet::new();
-            for prefix in std::fs::read_dir(&root)? {
-                for entry in std::fs::read_dir(prefix?.path())? {
-                    let entry = entry?;
-                    let held = if entry.file_type()?.is_dir() {
-                        std::fs::read_dir(entry.path())?.next().is_some()
-                    } else {
-                        true
-                    };
-                    if held
-                        && let Some(name) = entry.file_name().to_str()
-                        && let Ok(d) = format!("sha256:{name}").parse()
-                    {
-                        out.insert(d);
+            for algorithm in Algorithm::ALL {
+                let root = pins.join(algorithm.name());
+                for prefix in std::fs::read_dir(&root)? {
+                    for entry in std::fs::read_dir(prefix?.path())? {
+                        let entry = entry?;
+                        let held = if entry.file_type()?.is_dir() {
+                            std::fs::read_dir(entry.path())?.next().is_some()
+                        } else {
+                            true
+                        };
+                        if held
+                            && let Some(name) = entry.file_name().to_str()
+                            && let Ok(d) = Digest::from_parts(algorithm.name(), name)
+                        {
+                            out.insert(d);
+                        }
                     }
                 }
             }
@@ -195,6 +270,14 @@ impl Store {
         }
         self.remove_pins(digest).await?;
         remove_optional(&self.meta_path(digest)).await?;
+        if self.lock_tombstones().remove(digest) {
+            let dir = self.digest_path("deleted", digest);
+            match tokio::fs::remove_dir_all(&dir).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => return Err(StoreError::Io { path: dir, source }),
+            }
+        }
         Ok(existed)
     }
 
@@ -267,8 +350,7 @@ impl Store {
     }
 
     fn referrers_dir(&self, subject: &Digest) -> PathBuf {
-        let hex = subject.hex();
-        self.root.join("referrers/sha256").join(&hex[..2]).join(hex)
+        self.digest_path("referrers", subject)
     }
 
     /// Records that `referrer` refers to `subject`.

@@ -3,12 +3,14 @@
 //!
 //! Layout under the root:
 //! ```text
-//! blobs/sha256/ab/<64 hex>          layers, configs and manifests, only ever complete and verified
-//! meta/sha256/ab/<64 hex>.json      media type of a manifest blob
+//! blobs/<algorithm>/ab/<hex>         layers, configs and manifests, only ever complete and
+//!                                   verified (algorithm: sha256 or sha512)
+//! meta/<algorithm>/ab/<hex>.json    media type of a manifest blob
 //! tags/<upstream>/<repo>/_tags/<tag>.json   tag records (`_local` for pushed tags)
-//! pins/sha256/ab/<64 hex>/<holder>  pushed content, never evicted: one file per repository
+//! pins/<algorithm>/ab/<hex>/<holder>  pushed content, never evicted: one file per repository
 //!                                   that holds it (pushed, or referenced by a pushed manifest)
-//! referrers/sha256/ab/<subject>/<referrer>.json   referrers API index
+//! referrers/<algorithm>/ab/<subject hex>/<referrer hex>.json   referrers API index
+//! deleted/<algorithm>/ab/<hex>/<holder>   a repository deleted a blob others still hold
 //! uploads/<uuid>/{repo,data}        push sessions
 //! tmp/                              spools and temp files; emptied at start
 //! ```
@@ -29,6 +31,7 @@ use bytes::Bytes;
 use moka::sync::Cache;
 
 use crate::oci::Digest;
+use crate::oci::digest::Algorithm;
 
 pub use blobs::{Spool, VerifiedSpool};
 pub use gc::{EvictionReport, GcReport};
@@ -112,6 +115,9 @@ pub struct Store {
     manifests: Cache<Digest, Arc<StoredManifest>>,
     /// What unfinished uploads hold.
     uploads: std::sync::Mutex<uploads::UploadBook>,
+    /// Blobs that some repository deleted while others still hold them (see
+    /// [`Store::mark_deleted`]): checked in memory first, so reads of other blobs pay nothing.
+    tombstoned: std::sync::Mutex<std::collections::HashSet<Digest>>,
 }
 
 /// Manifests up to this size are kept in memory by the index.
@@ -129,14 +135,11 @@ impl Store {
     /// Opens the store without touching `tmp/`, for maintenance commands that may run beside a
     /// server (`gc`, `import`, `export`).
     pub async fn open_shared(root: &Path, index_bytes: u64) -> Result<Store> {
-        for dir in [
-            "blobs/sha256",
-            "meta/sha256",
-            "tags",
-            "tmp",
-            "uploads",
-            "pins/sha256",
-        ] {
+        let per_algorithm = ["blobs", "meta", "pins", "deleted"]
+            .iter()
+            .flat_map(|area| Algorithm::ALL.map(|a| format!("{area}/{}", a.name())));
+        let plain = ["tags", "tmp", "uploads"].map(str::to_owned);
+        for dir in per_algorithm.chain(plain) {
             let path = root.join(dir);
             tokio::fs::create_dir_all(&path)
                 .await
@@ -158,10 +161,23 @@ impl Store {
                 .max_capacity(index_bytes / 2)
                 .build(),
             uploads: std::sync::Mutex::default(),
+            tombstoned: std::sync::Mutex::default(),
         };
         store.load_usage().await?;
         store.load_uploads().await?;
+        store.load_tombstones().await?;
         Ok(store)
+    }
+
+    /// Where `area` (`blobs`, `meta`, `pins`, `referrers`) keeps what belongs to `digest`:
+    /// `<area>/<algorithm>/<first 2 hex>/<hex>`.
+    fn digest_path(&self, area: &str, digest: &Digest) -> PathBuf {
+        let hex = digest.hex();
+        self.root
+            .join(area)
+            .join(digest.algorithm().name())
+            .join(&hex[..2])
+            .join(hex)
     }
 
     /// Waits until a blob is added.

@@ -13,12 +13,12 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use sha2::{Digest as _, Sha256};
 use tokio::io::AsyncWriteExt;
 
 use std::sync::Arc;
 
 use super::{Result, Store, StoreError, io_err};
+use crate::oci::digest::Algorithm;
 use crate::oci::{Digest, RepoName};
 
 /// Why an upload operation was refused (besides I/O).
@@ -301,8 +301,8 @@ impl Store {
         let dir = self.upload_dir(id);
         let data = dir.join("data");
         let hashed = {
-            let data = data.clone();
-            tokio::task::spawn_blocking(move || hash_file(&data))
+            let (data, algorithm) = (data.clone(), digest.algorithm());
+            tokio::task::spawn_blocking(move || hash_file(&data, algorithm))
                 .await
                 .map_err(|e| StoreError::Io {
                     path: PathBuf::new(),
@@ -476,11 +476,11 @@ impl Store {
     }
 }
 
-/// The sha256 and length of a file.
-fn hash_file(path: &std::path::Path) -> io::Result<(Digest, u64)> {
+/// The digest (with `algorithm`) and length of a file.
+fn hash_file(path: &std::path::Path, algorithm: Algorithm) -> io::Result<(Digest, u64)> {
     use std::io::Read;
     let mut file = std::fs::File::open(path)?;
-    let mut hasher = Sha256::new();
+    let mut hasher = algorithm.hasher();
     let mut buf = vec![0u8; 1 << 20];
     let mut len = 0u64;
     loop {
@@ -491,5 +491,5 @@ fn hash_file(path: &std::path::Path) -> io::Result<(Digest, u64)> {
         hasher.update(&buf[..n]);
         len += n as u64;
     }
-    Ok((Digest::from_hasher(hasher), len))
+    Ok((hasher.finish(), len))
 }

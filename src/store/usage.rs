@@ -10,6 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::{Result, Store, io_err};
 use crate::oci::Digest;
+use crate::oci::digest::Algorithm;
 
 /// Counters and access times.
 #[derive(Default)]
@@ -141,7 +142,7 @@ impl Store {
             .usage
             .lock_access()
             .iter()
-            .map(|(d, t)| (d.hex().to_owned(), *t))
+            .map(|(d, t)| (d.to_string(), *t))
             .collect();
         let bytes = serde_json::to_vec(&snapshot).unwrap_or_default();
         self.write_atomic(&self.access_path(), &bytes).await
@@ -159,7 +160,13 @@ impl Store {
             let saved: HashMap<String, u64> = serde_json::from_slice(&text).unwrap_or_default();
             let mut access = self.usage.lock_access();
             for (hex, t) in saved {
-                if let Ok(d) = format!("sha256:{hex}").parse::<Digest>() {
+                // Older files name sha256 blobs by their hex alone.
+                let text = if hex.contains(':') {
+                    hex
+                } else {
+                    format!("sha256:{hex}")
+                };
+                if let Ok(d) = text.parse::<Digest>() {
                     access.insert(d, t);
                 }
             }
@@ -169,7 +176,7 @@ impl Store {
 
     /// Every committed blob with its size and write time.
     pub async fn list_blobs(&self) -> Result<Vec<BlobEntry>> {
-        let root = self.root.join("blobs/sha256");
+        let root = self.root.join("blobs");
         let listed = tokio::task::spawn_blocking(move || list_blobs_in(&root))
             .await
             .map_err(|e| super::StoreError::Io {
@@ -180,32 +187,35 @@ impl Store {
     }
 }
 
-fn list_blobs_in(root: &Path) -> std::io::Result<Vec<BlobEntry>> {
+fn list_blobs_in(blobs: &Path) -> std::io::Result<Vec<BlobEntry>> {
     let mut out = Vec::new();
-    for prefix in std::fs::read_dir(root)? {
-        let prefix = prefix?;
-        if !prefix.file_type()?.is_dir() {
-            continue;
-        }
-        for entry in std::fs::read_dir(prefix.path())? {
-            let entry = entry?;
-            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+    for algorithm in Algorithm::ALL {
+        let root = blobs.join(algorithm.name());
+        for prefix in std::fs::read_dir(&root)? {
+            let prefix = prefix?;
+            if !prefix.file_type()?.is_dir() {
                 continue;
-            };
-            let Ok(digest) = format!("sha256:{name}").parse::<Digest>() else {
-                continue;
-            };
-            let meta = entry.metadata()?;
-            let written = meta
-                .modified()
-                .ok()
-                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-                .map_or(0, |d| d.as_millis() as u64);
-            out.push(BlobEntry {
-                digest,
-                size: meta.len(),
-                written,
-            });
+            }
+            for entry in std::fs::read_dir(prefix.path())? {
+                let entry = entry?;
+                let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                    continue;
+                };
+                let Ok(digest) = Digest::from_parts(algorithm.name(), &name) else {
+                    continue;
+                };
+                let meta = entry.metadata()?;
+                let written = meta
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_millis() as u64);
+                out.push(BlobEntry {
+                    digest,
+                    size: meta.len(),
+                    written,
+                });
+            }
         }
     }
     Ok(out)
