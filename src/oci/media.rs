@@ -60,6 +60,13 @@ pub fn manifest_media_type(declared: Option<&str>, body: &[u8]) -> String {
     }
 }
 
+/// Whether a layer media type is non-distributable: a "foreign" layer (Windows base layers)
+/// that registries need not hold and clients fetch from elsewhere.
+pub fn is_non_distributable(media_type: &str) -> bool {
+    media_type.starts_with("application/vnd.oci.image.layer.nondistributable.")
+        || media_type.starts_with("application/vnd.docker.image.rootfs.foreign.")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,11 +98,4 @@ mod tests {
             DOCKER_MANIFEST_V1_SIGNED
         );
     }
-}
-
-/// Whether a layer media type is non-distributable: a "foreign" layer (Windows base layers)
-/// that registries need not hold and clients fetch from elsewhere.
-pub fn is_non_distributable(media_type: &str) -> bool {
-    media_type.starts_with("application/vnd.oci.image.layer.nondistributable.")
-        || media_type.starts_with("application/vnd.docker.image.rootfs.foreign.")
 }
