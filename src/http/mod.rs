@@ -490,6 +490,17 @@ async fn dispatch(app: &App, request: Request<Incoming>, conn: &ConnInfo) -> Ans
         Err(e) => return ApiError::from(e).into(),
     };
     let method = parts.method.clone();
+    if method == Method::DELETE
+        && !app.delete_enabled
+        && matches!(route, Route::Manifest { .. } | Route::Blob { .. })
+    {
+        // Nobody may delete: say so whoever asks, before any credentials are checked.
+        return ApiError::new(
+            ErrorCode::Unsupported,
+            "deletes are disabled ([storage] delete = false)",
+        )
+        .into();
+    }
     let query = Query::parse(parts.uri.query());
     let client = app.client_addr(conn, &parts.headers);
     let identity = match authorize(app, &route, &parts, conn, client, &query).await {
