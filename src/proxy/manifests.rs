@@ -417,7 +417,20 @@ impl Mirror {
             (Reference::Tag(_), None) => crate::oci::digest::Algorithm::Sha256,
         };
         let digest = Digest::of_bytes_with(algorithm, &fetched.bytes);
-        if fetched.declared_digest.is_some_and(|d| d != digest) {
+        // The upstream's claim is checked with its own algorithm (it may name the sha256 of
+        // content asked for by its sha512).
+        let claim_holds = |claimed: &Digest| {
+            if claimed.algorithm() == digest.algorithm() {
+                *claimed == digest
+            } else {
+                Digest::of_bytes_with(claimed.algorithm(), &fetched.bytes) == *claimed
+            }
+        };
+        if fetched
+            .declared_digest
+            .as_ref()
+            .is_some_and(|d| !claim_holds(d))
+        {
             self.metrics
                 .digest_mismatches
                 .with_label_values(&[route.upstream.name()])

@@ -181,6 +181,18 @@ impl FakeUpstream {
         digest
     }
 
+    /// Adds a blob under its sha512 digest; returns the digest.
+    pub fn put_blob_sha512(&self, bytes: impl Into<Bytes>) -> String {
+        let bytes = bytes.into();
+        let digest = format!("sha512:{}", hex::encode(sha2::Sha512::digest(&bytes)));
+        self.state
+            .lock()
+            .unwrap()
+            .blobs
+            .insert(digest.clone(), bytes);
+        digest
+    }
+
     /// Adds a manifest under `reference` (a tag) and under its digest; returns the digest.
     pub fn put_manifest(
         &self,
