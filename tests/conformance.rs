@@ -89,6 +89,16 @@ fn check_head(output: &str, what: &str) -> usize {
             failing.join("\n")
         );
     }
+    let skipped = count(output, "Skip", false).unwrap_or(0);
+    let skips: Vec<&str> = output
+        .lines()
+        .filter(|l| l.trim_end().ends_with(": Skip"))
+        .collect();
+    eprintln!(
+        "{what}: {} passed, 0 failed, {skipped} skipped\n{}",
+        passed.unwrap_or(0),
+        skips.join("\n")
+    );
     passed.unwrap_or(0)
 }
 
