@@ -378,6 +378,7 @@ impl std::fmt::Debug for UpstreamConfig {
             .field("ca_file", &self.ca_file)
             .field("fill_idle_timeout", &self.fill_idle_timeout)
             .field("negative_ttl", &self.negative_ttl)
+            .field("immutable_tags", &self.immutable_tags)
             .finish()
     }
 }
@@ -439,6 +440,10 @@ pub struct UpstreamConfig {
     /// hammer the upstream. `"0s"` turns it off.
     #[serde(default = "default_negative_ttl", with = "humantime_serde")]
     pub negative_ttl: Duration,
+    /// Regular expressions on the whole tag (`'^v?\d+\.\d+\.\d+$'`): a cached tag that
+    /// matches one is never revalidated, as a digest is not.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub immutable_tags: Vec<String>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -569,6 +574,7 @@ impl UpstreamConfig {
             ca_file: None,
             fill_idle_timeout: default_fill_idle_timeout(),
             negative_ttl: default_negative_ttl(),
+            immutable_tags: Vec::new(),
         }
     }
 
@@ -688,6 +694,14 @@ impl Config {
                     "body_timeout"
                 };
                 return Err(invalid(key(field), "must be greater than zero"));
+            }
+            for (j, pattern) in up.immutable_tags.iter().enumerate() {
+                if let Err(e) = regex::Regex::new(pattern) {
+                    return Err(invalid(
+                        key(&format!("immutable_tags[{j}]")),
+                        &e.to_string(),
+                    ));
+                }
             }
             if up.fill_idle_timeout.is_zero() {
                 return Err(invalid(
@@ -1055,6 +1069,10 @@ mod tests {
             (
                 "[storage]\nmax_upload_sessions_per_client = 0",
                 "max_upload_sessions_per_client",
+            ),
+            (
+                "[[upstream]]\nname = \"a.io\"\nurl = \"http://a\"\nimmutable_tags = ['(']",
+                "upstream[0].immutable_tags[0]",
             ),
         ] {
             let e = err(bad);

@@ -697,3 +697,50 @@ async fn containerd_resolve_by_head_then_get_by_digest_is_cached() {
     assert_eq!(r.bytes().await.unwrap().as_ref(), manifest.as_slice());
     assert!(fake.seen().is_empty());
 }
+
+/// A cached tag that matches `immutable_tags` is never revalidated: after its first fill the
+/// upstream sees no request for it, however old the record, while other tags still are.
+#[tokio::test]
+async fn immutable_tags_are_never_revalidated() {
+    let fake = FakeUpstream::start(Auth::None).await;
+    let layer = sha256(b"layer");
+    fake.put_manifest(
+        "library/app",
+        "v1.2.3",
+        manifest_for(&layer, "a"),
+        OCI_MANIFEST,
+    );
+    fake.put_manifest(
+        "library/app",
+        "latest",
+        manifest_for(&layer, "b"),
+        OCI_MANIFEST,
+    );
+    let toml = format!(
+        "{}immutable_tags = ['v?\\d+\\.\\d+\\.\\d+', 'release-.*']\n",
+        upstream_toml(&fake.url(), "0s")
+    );
+    let mirror = TestMirror::start(&toml).await;
+    for tag in ["v1.2.3", "latest"] {
+        assert_eq!(
+            mirror
+                .get(&format!("/v2/app/manifests/{tag}"))
+                .await
+                .status(),
+            200
+        );
+    }
+    fake.clear_seen();
+    for _ in 0..3 {
+        let r = mirror.get("/v2/app/manifests/v1.2.3").await;
+        assert_eq!(r.headers()["x-regmirror-cache"], "hit");
+        let r = mirror.head("/v2/app/manifests/v1.2.3").await;
+        assert_eq!(r.headers()["x-regmirror-cache"], "hit");
+    }
+    assert_eq!(fake.count("HEAD", "/manifests/v1.2.3"), 0);
+    assert_eq!(fake.count("GET", "/manifests/v1.2.3"), 0);
+    // The pattern matches the whole tag: "v1.2.3-rc1" is not immutable, nor is "latest".
+    let r = mirror.get("/v2/app/manifests/latest").await;
+    assert_eq!(r.headers()["x-regmirror-cache"], "revalidated");
+    assert_eq!(fake.count("HEAD", "/manifests/latest"), 1);
+}

@@ -146,7 +146,10 @@ impl Mirror {
         let stored = match reference {
             Reference::Digest(digest) => self.store.read_manifest(digest).await?,
             Reference::Tag(tag) => match self.cached_tag(route, tag).await? {
-                Some((record, manifest)) if record.age() < route.upstream.config().tag_ttl => {
+                Some((record, manifest))
+                    if record.age() < route.upstream.config().tag_ttl
+                        || route.upstream.is_immutable(tag.as_str()) =>
+                {
                     Some(manifest)
                 }
                 _ => None,

@@ -92,6 +92,8 @@ pub struct UpstreamClient {
     tokens: TokenCache,
     metrics: Arc<Metrics>,
     offline: bool,
+    /// `immutable_tags`, each anchored to the whole tag.
+    immutable: regex::RegexSet,
 }
 
 impl UpstreamClient {
@@ -129,7 +131,15 @@ impl UpstreamClient {
         let http = builder
             .build()
             .map_err(|e| UpstreamError::Network(error_chain(&e)))?;
+        let immutable = regex::RegexSet::new(
+            config
+                .immutable_tags
+                .iter()
+                .map(|pattern| format!("^(?:{pattern})$")),
+        )
+        .map_err(|e| UpstreamError::Invalid(format!("immutable_tags: {e}")))?;
         Ok(UpstreamClient {
+            immutable,
             password: config.resolved_password(),
             config,
             http,
@@ -147,6 +157,12 @@ impl UpstreamClient {
     /// The configuration.
     pub fn config(&self) -> &UpstreamConfig {
         &self.config
+    }
+
+    /// Whether `tag` matches one of `immutable_tags` (the whole tag), so that once cached it
+    /// is never revalidated.
+    pub fn is_immutable(&self, tag: &str) -> bool {
+        self.immutable.is_match(tag)
     }
 
     fn url(&self, path: &str) -> String {
