@@ -147,6 +147,12 @@ pub async fn start(config: &Config) -> Result<Server, StartError> {
         public_url: config.server.public_url.as_ref().map(|u| u.to_string()),
         trusted_proxies: config.server.trusted_proxies.clone(),
     });
+    mirror.metrics.store_max_bytes.set(
+        config
+            .storage
+            .max_size
+            .map_or(0, |m| i64::try_from(m.0).unwrap_or(i64::MAX)),
+    );
     let fd_limit = http::limits::raise_fd_limit();
     let limits = http::server::ConnectionLimits {
         timeouts: http::limits::ConnectionTimeouts {

@@ -106,6 +106,8 @@ pub struct Metrics {
     pub maintenance_failures: IntCounterVec,
     /// `regmirror_uploads_bytes`: bytes held by unfinished uploads.
     pub uploads_bytes: IntGauge,
+    /// `regmirror_store_max_bytes`: `max_size` (0: no cap).
+    pub store_max_bytes: IntGauge,
     /// `regmirror_store_bytes`.
     pub store_bytes: IntGauge,
     /// `regmirror_store_blobs`.
@@ -234,6 +236,10 @@ impl Metrics {
             c
         };
         let store_bytes = gauge("regmirror_store_bytes", "Bytes of blobs in the store.");
+        let store_max_bytes = gauge(
+            "regmirror_store_max_bytes",
+            "The store's size cap, max_size (0: no cap).",
+        );
         let connections_open = gauge(
             "regmirror_connections_open",
             "Client connections being served.",
@@ -268,12 +274,20 @@ impl Metrics {
             "regmirror_gc_removed_blobs_total",
             "Unreachable blobs removed by GC.",
         );
+        // Closed label sets start at zero, so rates and alerts see them before the first event.
+        for reason in ["idle_timeout", "header_timeout", "tls_handshake_timeout"] {
+            connections_closed.with_label_values(&[reason]);
+        }
+        for task in ["eviction", "gc"] {
+            maintenance_failures.with_label_values(&[task]);
+        }
         Metrics {
             registry,
             connections_open,
             connections_closed,
             maintenance_failures,
             uploads_bytes,
+            store_max_bytes,
             store_bytes,
             store_blobs,
             evicted_blobs,
@@ -291,6 +305,41 @@ impl Metrics {
             http_requests,
             ratelimit_limit,
             ratelimit_remaining,
+        }
+    }
+
+    /// Creates the series of an upstream at zero, so that rates and alerts see them before the
+    /// first event (a digest mismatch may never happen, and that is worth a flat line).
+    pub fn init_upstream(&self, upstream: &str) {
+        for kind in [Kind::Manifest, Kind::Blob] {
+            for result in [
+                CacheResult::Hit,
+                CacheResult::Revalidated,
+                CacheResult::Miss,
+                CacheResult::Coalesced,
+                CacheResult::Stale,
+                CacheResult::Negative,
+            ] {
+                self.cache_lookups
+                    .with_label_values(&[kind.as_str(), result.as_str(), upstream]);
+            }
+        }
+        for source in [Source::Cache, Source::Upstream] {
+            self.served_bytes
+                .with_label_values(&[source.as_str(), upstream]);
+        }
+        self.digest_mismatches.with_label_values(&[upstream]);
+        self.upstream_bytes.with_label_values(&[upstream]);
+        for reason in [
+            "upstream",
+            "truncated",
+            "stalled",
+            "digest_mismatch",
+            "too_large",
+            "store",
+            "aborted",
+        ] {
+            self.fills_aborted.with_label_values(&[upstream, reason]);
         }
     }
 

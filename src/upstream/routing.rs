@@ -46,6 +46,9 @@ impl Upstreams {
             .iter()
             .map(|c| UpstreamClient::new(c.clone(), offline, Arc::clone(metrics)).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
+        for config in configs {
+            metrics.init_upstream(&config.name);
+        }
         Ok(Upstreams {
             default: configs.iter().position(|c| c.default),
             clients,
