@@ -379,6 +379,7 @@ impl std::fmt::Debug for UpstreamConfig {
             .field("fill_idle_timeout", &self.fill_idle_timeout)
             .field("negative_ttl", &self.negative_ttl)
             .field("immutable_tags", &self.immutable_tags)
+            .field("search_url", &self.search_url.as_ref().map(Url::as_str))
             .finish()
     }
 }
@@ -440,6 +441,10 @@ pub struct UpstreamConfig {
     /// hammer the upstream. `"0s"` turns it off.
     #[serde(default = "default_negative_ttl", with = "humantime_serde")]
     pub negative_ttl: Duration,
+    /// Where `docker search` results of this upstream come from (`GET <search_url>/v1/search`;
+    /// Docker Hub: `https://index.docker.io`). Unset: search only lists what the mirror holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub search_url: Option<Url>,
     /// Regular expressions on the whole tag (`'^v?\d+\.\d+\.\d+$'`): a cached tag that
     /// matches one is never revalidated, as a digest is not.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -575,6 +580,7 @@ impl UpstreamConfig {
             fill_idle_timeout: default_fill_idle_timeout(),
             negative_ttl: default_negative_ttl(),
             immutable_tags: Vec::new(),
+            search_url: Url::parse("https://index.docker.io").ok(),
         }
     }
 
@@ -694,6 +700,14 @@ impl Config {
                     "body_timeout"
                 };
                 return Err(invalid(key(field), "must be greater than zero"));
+            }
+            if let Some(url) = &up.search_url
+                && (!matches!(url.scheme(), "http" | "https") || url.host_str().is_none())
+            {
+                return Err(invalid(
+                    key("search_url"),
+                    "must be an http:// or https:// URL with a host",
+                ));
             }
             for (j, pattern) in up.immutable_tags.iter().enumerate() {
                 if let Err(e) = regex::Regex::new(pattern) {

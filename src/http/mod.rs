@@ -11,6 +11,7 @@ mod manifests;
 mod paging;
 mod referrers;
 pub mod routes;
+mod search;
 pub mod server;
 mod tags;
 mod uploads;
@@ -319,7 +320,8 @@ fn need_of<'n>(route: &Route, method: &Method, names: &'n [String]) -> Option<au
     let action = match (route, method) {
         (Route::Metrics | Route::Health | Route::Ready | Route::Token, _) => return None,
         (Route::Base, _) => return Some(auth::Need::Ping),
-        (Route::Catalog, _) => return Some(auth::Need::Read),
+        (Route::Catalog | Route::Search, _) => return Some(auth::Need::Read),
+        (Route::V1Ping, _) => return None,
         (Route::Upload { .. }, _) => Action::Push,
         (Route::Manifest { .. }, &Method::PUT) => Action::Push,
         (Route::Manifest { .. } | Route::Blob { .. }, &Method::DELETE) => Action::Delete,
@@ -552,6 +554,8 @@ async fn dispatch(app: &App, request: Request<Incoming>, conn: &ConnInfo) -> Ans
         ) => uploads::session(&ctx, &name, &id, m, body).await,
         (Route::TagsList { name }, _) if read => tags::list(&ctx, &name).await,
         (Route::Catalog, _) if read => catalog::list(&ctx).await,
+        (Route::Search, _) if read => search::search(&ctx).await,
+        (Route::V1Ping, _) if read => Answer::plain(text_response("{}", "application/json")),
         (Route::Referrers { name, digest }, _) if read => {
             referrers::list(&ctx, &name, &digest).await
         }

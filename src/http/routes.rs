@@ -50,6 +50,10 @@ pub enum Route {
     Ready,
     /// `/token`: Bearer tokens for clients (when auth is configured).
     Token,
+    /// `/v1/search`: `docker search`.
+    Search,
+    /// `/v1/_ping`: the v1 API check dockerd makes before searching.
+    V1Ping,
 }
 
 /// Why a path is not a route.
@@ -78,6 +82,8 @@ pub fn parse(path: &str) -> Result<Route, RouteError> {
         "/readyz" => return Ok(Route::Ready),
         "/token" => return Ok(Route::Token),
         "/v2/_catalog" => return Ok(Route::Catalog),
+        "/v1/search" => return Ok(Route::Search),
+        "/v1/_ping" | "/v1/_ping/" => return Ok(Route::V1Ping),
         _ => {}
     }
     let rest = path.strip_prefix("/v2/").ok_or(RouteError::NotFound)?;
@@ -152,6 +158,10 @@ pub struct Query {
     pub artifact_type: Option<String>,
     /// `scope=` of a token request (there may be several).
     pub scope: Vec<String>,
+    /// `q=` of a search.
+    pub q: Option<String>,
+    /// `page=` of a search.
+    pub page: Option<String>,
 }
 
 impl Query {
@@ -171,6 +181,8 @@ impl Query {
                 "mount" => &mut q.mount,
                 "from" => &mut q.from,
                 "artifactType" => &mut q.artifact_type,
+                "q" => &mut q.q,
+                "page" => &mut q.page,
                 _ => continue,
             };
             *slot = Some(value.into_owned());

@@ -9,6 +9,7 @@ mod blobs;
 pub mod fill;
 pub mod local;
 mod manifests;
+pub mod search;
 pub mod singleflight;
 
 use std::sync::Arc;
@@ -75,6 +76,8 @@ pub struct Mirror {
     /// Tags a client HEAD resolved to a manifest not yet stored: (upstream, repo, digest) → tag.
     pub pending_tags:
         moka::sync::Cache<(String, crate::oci::RepoName, crate::oci::Digest), crate::oci::Tag>,
+    /// Upstream `docker search` answers, kept briefly.
+    pub search_cache: search::SearchCache,
 }
 
 impl Mirror {
@@ -96,6 +99,7 @@ impl Mirror {
                 .max_capacity(10_000)
                 .time_to_live(std::time::Duration::from_secs(300))
                 .build(),
+            search_cache: search::search_cache(),
         }
     }
 }

@@ -396,6 +396,29 @@ impl Store {
         Ok(out)
     }
 
+    /// Every repository with at least one tag record: where its tags came from (an upstream's
+    /// name, or [`LOCAL`] for pushed ones) and its name there (pushed ones by their recorded
+    /// name, `<upstream>/<repo>` when they route to an upstream).
+    pub async fn repositories(&self) -> Result<Vec<(String, String)>> {
+        let root = self.root.join("tags");
+        let mut out = Vec::new();
+        let mut upstreams = tokio::fs::read_dir(&root).await.map_err(io_err(&root))?;
+        while let Some(upstream) = upstreams.next_entry().await.map_err(io_err(&root))? {
+            let name = upstream.file_name().to_string_lossy().into_owned();
+            let path = upstream.path();
+            let found = tokio::task::spawn_blocking(move || {
+                let mut found = Vec::new();
+                collect_repos(&path, &path, &mut found);
+                found
+            })
+            .await
+            .unwrap_or_default();
+            out.extend(found.into_iter().map(|repo| (name.clone(), repo)));
+        }
+        out.sort();
+        Ok(out)
+    }
+
     /// Every repository with at least one tag record, as clients name them: pushed ones as
     /// pushed, cached ones as `<upstream>/<repo>` (or `<repo>` for `default_upstream`).
     pub async fn catalog(&self, default_upstream: Option<&str>) -> Result<Vec<String>> {

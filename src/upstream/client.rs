@@ -65,6 +65,28 @@ pub struct TagPage {
     pub more: bool,
 }
 
+/// One `docker search` result.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SearchHit {
+    /// The repository name.
+    pub name: String,
+    /// Its description.
+    #[serde(default)]
+    pub description: String,
+    /// Stars on the upstream.
+    #[serde(default)]
+    pub star_count: u64,
+    /// An official image.
+    #[serde(default)]
+    pub is_official: bool,
+    /// An automated build.
+    #[serde(default)]
+    pub is_automated: bool,
+}
+
+/// The largest search answer accepted from an upstream.
+const MAX_SEARCH_BYTES: usize = 1024 * 1024;
+
 /// A blob body on its way from the upstream.
 pub struct BlobBody {
     /// The body's length, when declared.
@@ -307,6 +329,41 @@ impl UpstreamClient {
             tags: list.tags.unwrap_or_default(),
             more,
         })
+    }
+
+    /// `GET <search_url>/v1/search?q=<query>&n=<n>`: the upstream's `docker search` results;
+    /// `Ok(None)` when the upstream has no `search_url`. Anonymous, bounded like a tag list.
+    pub async fn search(
+        &self,
+        query: &str,
+        n: u32,
+    ) -> Result<Option<Vec<SearchHit>>, UpstreamError> {
+        let Some(base) = &self.config.search_url else {
+            return Ok(None);
+        };
+        if self.offline {
+            return Err(UpstreamError::Offline);
+        }
+        let mut url = url::Url::parse(&format!(
+            "{}/v1/search",
+            base.as_str().trim_end_matches('/')
+        ))
+        .map_err(|e| UpstreamError::Invalid(e.to_string()))?;
+        url.query_pairs_mut()
+            .append_pair("q", query)
+            .append_pair("n", &n.to_string());
+        let response = classify(self.timed(&Method::GET, self.http.get(url)).await?)?;
+        let bytes = self
+            .read_capped(response, MAX_SEARCH_BYTES, "search answer")
+            .await?;
+        #[derive(serde::Deserialize)]
+        struct Answer {
+            #[serde(default)]
+            results: Vec<SearchHit>,
+        }
+        let answer: Answer = serde_json::from_slice(&bytes)
+            .map_err(|e| UpstreamError::Invalid(format!("search answer: {e}")))?;
+        Ok(Some(answer.results))
     }
 
     /// Reads a whole small body: at most `limit` bytes, within `body_timeout`.

@@ -94,6 +94,8 @@ struct State {
     no_ranges: bool,
     /// Answer tag lists with endless JSON, chunked, with no Content-Length.
     endless_tag_list: bool,
+    /// Repository names `/v1/search` knows (with their descriptions).
+    search: Vec<(String, String)>,
 }
 
 /// The fake registry.
@@ -246,6 +248,15 @@ impl FakeUpstream {
         self.state.lock().unwrap().endless_tag_list = endless;
     }
 
+    /// Makes `/v1/search` know a repository.
+    pub fn add_search_result(&self, name: &str, description: &str) {
+        self.state
+            .lock()
+            .unwrap()
+            .search
+            .push((name.to_owned(), description.to_owned()));
+    }
+
     /// Ignore Range requests (answer 200 with the whole blob).
     pub fn set_no_ranges(&self, no_ranges: bool) {
         self.state.lock().unwrap().no_ranges = no_ranges;
@@ -326,6 +337,25 @@ fn respond(
     if path == "/v2/" {
         return reply(StatusCode::OK, "{}", &[]);
     }
+    if path == "/v1/search" {
+        let query = req_query_param(&first_query(state), "q");
+        let s = state.lock().unwrap();
+        let results: Vec<_> = s
+            .search
+            .iter()
+            .filter(|(name, _)| name.contains(&query))
+            .map(|(name, description)| {
+                serde_json::json!({"name": name, "description": description,
+                    "star_count": 7, "is_official": false, "is_automated": false})
+            })
+            .collect();
+        let body = serde_json::json!({"num_results": results.len(), "results": results});
+        return reply(
+            StatusCode::OK,
+            body.to_string(),
+            &[("content-type", "application/json")],
+        );
+    }
     let Some(rest) = path.strip_prefix("/v2/") else {
         return reply(StatusCode::NOT_FOUND, "", &[]);
     };
@@ -375,6 +405,25 @@ fn respond(
         );
     }
     reply(StatusCode::NOT_FOUND, "", &[])
+}
+
+/// The query of the request just recorded.
+fn first_query(state: &Mutex<State>) -> String {
+    state
+        .lock()
+        .unwrap()
+        .seen
+        .last()
+        .and_then(|s| s.query.clone())
+        .unwrap_or_default()
+}
+
+/// A parameter of a query string.
+fn req_query_param(query: &str, key: &str) -> String {
+    url::form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
 }
 
 /// Records a request; whether it is the first with its method and path.
