@@ -1,5 +1,7 @@
 //! Every Prometheus metric the mirror exports, in one place.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
@@ -75,9 +77,91 @@ impl Source {
     }
 }
 
+/// What the status page shows of the traffic: lookups, how many the cache answered, and body
+/// bytes by source.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// Manifest and blob lookups.
+    pub lookups: u64,
+    /// Of those, answered from the cache (hit, revalidated, coalesced, stale).
+    pub hits: u64,
+    /// Body bytes sent from the cache.
+    pub cache_bytes: u64,
+    /// Body bytes sent as they came from an upstream.
+    pub upstream_bytes: u64,
+}
+
+#[derive(Default)]
+struct AtomicTally {
+    lookups: AtomicU64,
+    hits: AtomicU64,
+    cache_bytes: AtomicU64,
+    upstream_bytes: AtomicU64,
+}
+
+impl AtomicTally {
+    fn read(&self) -> Tally {
+        Tally {
+            lookups: self.lookups.load(Ordering::Relaxed),
+            hits: self.hits.load(Ordering::Relaxed),
+            cache_bytes: self.cache_bytes.load(Ordering::Relaxed),
+            upstream_bytes: self.upstream_bytes.load(Ordering::Relaxed),
+        }
+    }
+
+    fn reset(&self) {
+        for counter in [
+            &self.lookups,
+            &self.hits,
+            &self.cache_bytes,
+            &self.upstream_bytes,
+        ] {
+            counter.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Traffic totals since start and since midnight (UTC), kept beside the Prometheus counters
+/// (which only know "since start").
+#[derive(Default)]
+pub struct Totals {
+    day: AtomicU64,
+    today: AtomicTally,
+    since_start: AtomicTally,
+}
+
+impl Totals {
+    fn today_number() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() / 86_400)
+    }
+
+    /// Today's tally, started afresh at midnight.
+    fn today(&self) -> &AtomicTally {
+        let day = Self::today_number();
+        if self.day.swap(day, Ordering::Relaxed) != day {
+            self.today.reset();
+        }
+        &self.today
+    }
+
+    fn add(&self, f: impl Fn(&AtomicTally)) {
+        f(self.today());
+        f(&self.since_start);
+    }
+
+    /// (today, since start).
+    pub fn read(&self) -> (Tally, Tally) {
+        (self.today().read(), self.since_start.read())
+    }
+}
+
 /// The registry and handles to each metric.
 pub struct Metrics {
     registry: Registry,
+    /// Totals for the status page.
+    pub totals: Totals,
     /// `regmirror_cache_lookups_total{kind,result,upstream}`.
     pub cache_lookups: IntCounterVec,
     /// `regmirror_served_bytes_total{source,upstream}`.
@@ -283,6 +367,7 @@ impl Metrics {
         }
         Metrics {
             registry,
+            totals: Totals::default(),
             connections_open,
             connections_closed,
             maintenance_failures,
@@ -348,6 +433,33 @@ impl Metrics {
         self.cache_lookups
             .with_label_values(&[kind.as_str(), result.as_str(), upstream])
             .inc();
+        let hit = matches!(
+            result,
+            CacheResult::Hit
+                | CacheResult::Revalidated
+                | CacheResult::Coalesced
+                | CacheResult::Stale
+        );
+        self.totals.add(|t| {
+            t.lookups.fetch_add(1, Ordering::Relaxed);
+            if hit {
+                t.hits.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+    }
+
+    /// Counts body bytes sent to a client from `source`, for a request routed to `upstream`.
+    pub fn served(&self, source: Source, upstream: &str, bytes: u64) {
+        self.served_bytes
+            .with_label_values(&[source.as_str(), upstream])
+            .inc_by(bytes);
+        self.totals.add(|t| {
+            let counter = match source {
+                Source::Cache => &t.cache_bytes,
+                Source::Upstream => &t.upstream_bytes,
+            };
+            counter.fetch_add(bytes, Ordering::Relaxed);
+        });
     }
 
     /// The Prometheus text exposition of every metric.

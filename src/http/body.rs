@@ -154,9 +154,7 @@ impl Drop for Logged {
         let info = &self.info;
         if let Some(source) = info.source {
             self.metrics
-                .served_bytes
-                .with_label_values(&[source.as_str(), info.upstream.as_deref().unwrap_or("")])
-                .inc_by(self.bytes);
+                .served(source, info.upstream.as_deref().unwrap_or(""), self.bytes);
         }
         let complete = !self.failed
             && (self.ended || self.inner.is_end_stream() || self.expected == Some(self.bytes));

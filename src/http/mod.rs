@@ -14,6 +14,7 @@ pub mod routes;
 mod search;
 pub mod server;
 mod tags;
+pub mod ui;
 mod uploads;
 
 use std::convert::Infallible;
@@ -320,7 +321,7 @@ fn need_of<'n>(route: &Route, method: &Method, names: &'n [String]) -> Option<au
     let action = match (route, method) {
         (Route::Metrics | Route::Health | Route::Ready | Route::Token, _) => return None,
         (Route::Base, _) => return Some(auth::Need::Ping),
-        (Route::Catalog | Route::Search, _) => return Some(auth::Need::Read),
+        (Route::Catalog | Route::Search | Route::Ui(_), _) => return Some(auth::Need::Read),
         (Route::V1Ping, _) => return None,
         (Route::Upload { .. }, _) => Action::Push,
         (Route::Manifest { .. }, &Method::PUT) => Action::Push,
@@ -386,7 +387,16 @@ async fn authorize(
         .auth
         .authorize(sent, client, &need)
         .await
-        .map_err(|refusal| refused(app, conn, parts, refusal, name, &need))?;
+        .map_err(|refusal| match (route, refusal) {
+            // Browsers answer a Basic challenge with a login dialog, not a Bearer one.
+            (Route::Ui(_), auth::Refusal::Invalid | auth::Refusal::Required) => {
+                ApiError::new(ErrorCode::Unauthorized, "log in to see the mirror").with_header(
+                    header::WWW_AUTHENTICATE,
+                    "Basic realm=\"regmirror\", charset=\"UTF-8\"".into(),
+                )
+            }
+            (_, refusal) => refused(app, conn, parts, refusal, name, &need),
+        })?;
     // A mount also reads the repository it mounts from.
     if let (Route::Upload { .. }, Some(from)) = (route, query.from.as_deref())
         && let Ok(from) = from.parse::<crate::oci::RepoName>()
@@ -555,6 +565,7 @@ async fn dispatch(app: &App, request: Request<Incoming>, conn: &ConnInfo) -> Ans
         (Route::TagsList { name }, _) if read => tags::list(&ctx, &name).await,
         (Route::Catalog, _) if read => catalog::list(&ctx).await,
         (Route::Search, _) if read => search::search(&ctx).await,
+        (Route::Ui(page), _) if read => ui::page(&ctx, page).await,
         (Route::V1Ping, _) if read => Answer::plain(text_response("{}", "application/json")),
         (Route::Referrers { name, digest }, _) if read => {
             referrers::list(&ctx, &name, &digest).await

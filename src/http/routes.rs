@@ -54,6 +54,8 @@ pub enum Route {
     Search,
     /// `/v1/_ping`: the v1 API check dockerd makes before searching.
     V1Ping,
+    /// `/ui/...`: the web UI.
+    Ui(super::ui::Page),
 }
 
 /// Why a path is not a route.
@@ -85,6 +87,9 @@ pub fn parse(path: &str) -> Result<Route, RouteError> {
         "/v1/search" => return Ok(Route::Search),
         "/v1/_ping" | "/v1/_ping/" => return Ok(Route::V1Ping),
         _ => {}
+    }
+    if let Some(page) = super::ui::Page::from_path(path) {
+        return Ok(Route::Ui(page));
     }
     let rest = path.strip_prefix("/v2/").ok_or(RouteError::NotFound)?;
     if let Some(name) = rest.strip_suffix("/tags/list") {
@@ -162,6 +167,10 @@ pub struct Query {
     pub q: Option<String>,
     /// `page=` of a search.
     pub page: Option<String>,
+    /// `origin=` of a UI repository page (an upstream's name, or `_local`).
+    pub origin: Option<String>,
+    /// `name=` of a UI repository page.
+    pub repo: Option<String>,
 }
 
 impl Query {
@@ -182,6 +191,8 @@ impl Query {
                 "from" => &mut q.from,
                 "artifactType" => &mut q.artifact_type,
                 "q" => &mut q.q,
+                "origin" => &mut q.origin,
+                "name" => &mut q.repo,
                 "page" => &mut q.page,
                 _ => continue,
             };

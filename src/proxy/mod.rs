@@ -7,6 +7,7 @@
 
 mod blobs;
 pub mod fill;
+pub mod inventory;
 pub mod local;
 mod manifests;
 pub mod search;

@@ -183,12 +183,31 @@ impl Store {
         Ok(spool.written)
     }
 
-    /// Reads a manifest by digest (from the index, else from disk).
+    /// Reads a manifest by digest (from the index, else from disk), as a pull does: counted as
+    /// an access, and kept in the index.
     pub async fn read_manifest(&self, digest: &Digest) -> Result<Option<Arc<StoredManifest>>> {
         if let Some(m) = self.manifests.get(digest) {
             self.touch(digest);
             return Ok(Some(m));
         }
+        let Some(manifest) = self.load_manifest(digest).await? else {
+            return Ok(None);
+        };
+        self.touch(digest);
+        self.index_manifest(&manifest).await;
+        Ok(Some(manifest))
+    }
+
+    /// Reads a manifest without it counting as an access or filling the index (for views
+    /// of the store that must not change the LRU order).
+    pub async fn peek_manifest(&self, digest: &Digest) -> Result<Option<Arc<StoredManifest>>> {
+        match self.manifests.get(digest) {
+            Some(m) => Ok(Some(m)),
+            None => self.load_manifest(digest).await,
+        }
+    }
+
+    async fn load_manifest(&self, digest: &Digest) -> Result<Option<Arc<StoredManifest>>> {
         let Some(bytes) = read_optional(&self.blob_path(digest)).await? else {
             return Ok(None);
         };
@@ -198,14 +217,11 @@ impl Store {
                 .unwrap_or_else(|_| media::manifest_media_type(None, &bytes)),
             None => media::manifest_media_type(None, &bytes),
         };
-        let manifest = Arc::new(StoredManifest {
+        Ok(Some(Arc::new(StoredManifest {
             digest: digest.clone(),
             bytes: Bytes::from(bytes),
             media_type,
-        });
-        self.touch(digest);
-        self.index_manifest(&manifest).await;
-        Ok(Some(manifest))
+        })))
     }
 
     /// Stores a manifest's exact bytes under its digest, with its media type.

@@ -116,6 +116,8 @@ pub struct UpstreamClient {
     offline: bool,
     /// `immutable_tags`, each anchored to the whole tag.
     immutable: regex::RegexSet,
+    /// The last failure talking to the upstream, and when (for the status page).
+    last_error: std::sync::Mutex<Option<(std::time::SystemTime, String)>>,
 }
 
 impl UpstreamClient {
@@ -162,6 +164,7 @@ impl UpstreamClient {
         .map_err(|e| UpstreamError::Invalid(format!("immutable_tags: {e}")))?;
         Ok(UpstreamClient {
             immutable,
+            last_error: std::sync::Mutex::new(None),
             password: config.resolved_password(),
             config,
             http,
@@ -179,6 +182,15 @@ impl UpstreamClient {
     /// The configuration.
     pub fn config(&self) -> &UpstreamConfig {
         &self.config
+    }
+
+    /// The last failure talking to the upstream (a network error, a timeout, a 5xx or 429),
+    /// and when.
+    pub fn last_error(&self) -> Option<(std::time::SystemTime, String)> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Whether `tag` matches one of `immutable_tags` (the whole tag), so that once cached it
@@ -574,6 +586,19 @@ impl UpstreamClient {
             Err(UpstreamError::Timeout) => "timeout".to_owned(),
             Err(_) => "error".to_owned(),
         };
+        let failure = match result {
+            Ok(r)
+                if r.status().is_server_error() || r.status() == StatusCode::TOO_MANY_REQUESTS =>
+            {
+                Some(format!("{method} answered HTTP {}", r.status().as_u16()))
+            }
+            Ok(_) => None,
+            Err(e) => Some(format!("{method}: {e}")),
+        };
+        if let Some(failure) = failure {
+            *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some((std::time::SystemTime::now(), failure));
+        }
         let m = &self.metrics;
         m.upstream_requests
             .with_label_values(&[self.name(), method.as_str(), &status])

@@ -33,6 +33,7 @@ pub struct Resolved {
 pub struct Upstreams {
     clients: Vec<Arc<UpstreamClient>>,
     default: Option<usize>,
+    offline: bool,
 }
 
 impl Upstreams {
@@ -52,6 +53,7 @@ impl Upstreams {
         Ok(Upstreams {
             default: configs.iter().position(|c| c.default),
             clients,
+            offline,
         })
     }
 
@@ -65,6 +67,11 @@ impl Upstreams {
         self.default
             .and_then(|i| self.clients.get(i))
             .map(|c| c.name())
+    }
+
+    /// Whether the mirror runs offline (no upstream is ever contacted).
+    pub fn offline(&self) -> bool {
+        self.offline
     }
 
     /// Every upstream.

@@ -1,0 +1,382 @@
+//! The web UI at `/ui/`: server-rendered HTML (maud escapes everything it prints), plain CSS,
+//! no JavaScript. Read-only: it shows what the mirror holds and how it is doing, and changes
+//! nothing. It asks the same permission as `_catalog` (with `anonymous_pull = false`, a login:
+//! browsers get a Basic challenge).
+
+use http::{HeaderValue, Response, StatusCode, header};
+use maud::{DOCTYPE, Markup, html};
+
+use super::body::full;
+use super::errors::{ApiError, Resource, proxy_error};
+use super::{Answer, Ctx};
+use crate::oci::{Digest, ErrorCode, RepoName};
+use crate::proxy::inventory::{ManifestView, PartView, StatusView, TagView};
+use crate::store::LOCAL;
+
+/// A page of the UI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Page {
+    /// `/ui/`: the repositories, with a search box.
+    Repositories,
+    /// `/ui/repo?origin=&name=`: a repository's tags.
+    Repository,
+    /// `/ui/manifest?digest=`: a manifest's parts and referrers.
+    Manifest,
+    /// `/ui/status`: traffic, upstreams, store.
+    Status,
+    /// `/ui/style.css`.
+    Style,
+}
+
+impl Page {
+    /// The page at `path`, if any.
+    pub fn from_path(path: &str) -> Option<Page> {
+        Some(match path {
+            "/ui" | "/ui/" => Page::Repositories,
+            "/ui/repo" => Page::Repository,
+            "/ui/manifest" => Page::Manifest,
+            "/ui/status" => Page::Status,
+            "/ui/style.css" => Page::Style,
+            _ => return None,
+        })
+    }
+}
+
+const STYLE: &str = r#"
+body { font: 14px/1.45 system-ui, sans-serif; margin: 0; color: #1d2330; background: #f6f7f9; }
+header { background: #1d2330; color: #fff; padding: .6rem 1.2rem; display: flex; gap: 1.4rem; align-items: center; }
+header a { color: #cfe0ff; text-decoration: none; } header b { font-size: 1.1rem; }
+main { padding: 1rem 1.2rem; max-width: 1200px; }
+table { border-collapse: collapse; width: 100%; background: #fff; margin: .5rem 0 1.2rem; }
+th, td { text-align: left; padding: .35rem .6rem; border-bottom: 1px solid #e3e6eb; vertical-align: top; }
+th { background: #eef1f5; font-weight: 600; }
+code { font: 12px ui-monospace, monospace; }
+.tag { display: inline-block; padding: 0 .4rem; border-radius: .6rem; font-size: 12px; }
+.pushed { background: #dff3e4; } .cached { background: #e3ecfb; } .immutable { background: #f6ead2; }
+.bad { color: #a1260d; } .muted { color: #69707d; }
+form input { padding: .3rem .5rem; width: 20rem; } pre { background: #fff; padding: .8rem; overflow: auto; }
+.cards { display: flex; gap: 1rem; flex-wrap: wrap; }
+.card { background: #fff; padding: .7rem 1rem; border: 1px solid #e3e6eb; min-width: 12rem; }
+.card b { display: block; font-size: 1.4rem; }
+"#;
+
+/// Answers a UI request.
+pub async fn page(ctx: &Ctx<'_>, page: Page) -> Answer {
+    let rendered = match page {
+        Page::Style => {
+            let mut response = Response::new(full(STYLE));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/css; charset=utf-8"),
+            );
+            return Answer::plain(response);
+        }
+        Page::Repositories => repositories(ctx).await,
+        Page::Repository => repository(ctx).await,
+        Page::Manifest => manifest(ctx).await,
+        Page::Status => Ok(status(&ctx.mirror.status_view())),
+    };
+    match rendered {
+        Ok(markup) => Answer::plain(html_response(markup)),
+        Err(e) => e.into(),
+    }
+}
+
+fn html_response(markup: Markup) -> Response<super::body::Body> {
+    let body = markup.into_string();
+    let mut response = Response::new(full(body));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    // Nothing on these pages runs script or may be framed.
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'self'; img-src 'self'; frame-ancestors 'none'",
+        ),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    *response.status_mut() = StatusCode::OK;
+    response
+}
+
+fn layout(title: &str, content: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                title { (title) " · regmirror" }
+                link rel="stylesheet" href="/ui/style.css";
+            }
+            body {
+                header {
+                    b { "regmirror" }
+                    a href="/ui/" { "Repositories" }
+                    a href="/ui/status" { "Status" }
+                }
+                main { (content) }
+            }
+        }
+    }
+}
+
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+fn when(ms: u64) -> String {
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    let ago = std::time::SystemTime::now()
+        .duration_since(time)
+        .unwrap_or_default();
+    let ago = humantime::format_duration(std::time::Duration::from_secs(ago.as_secs()));
+    format!("{} ({ago} ago)", humantime::format_rfc3339_seconds(time))
+}
+
+fn percent(part: u64, whole: u64) -> String {
+    if whole == 0 {
+        "–".to_owned()
+    } else {
+        format!("{:.1}%", part as f64 * 100.0 / whole as f64)
+    }
+}
+
+fn short(digest: &str) -> &str {
+    digest.get(..19).unwrap_or(digest)
+}
+
+fn query_link(path: &str, pairs: &[(&str, &str)]) -> String {
+    let mut url = url::form_urlencoded::Serializer::new(String::new());
+    for (k, v) in pairs {
+        url.append_pair(k, v);
+    }
+    format!("{path}?{}", url.finish())
+}
+
+async fn repositories(ctx: &Ctx<'_>) -> Result<Markup, ApiError> {
+    let q = ctx.query.q.as_deref().unwrap_or("");
+    let repos = ctx
+        .mirror
+        .repositories_view(q)
+        .await
+        .map_err(|e| proxy_error(e, Resource::Repository, LOCAL))?;
+    Ok(layout(
+        "Repositories",
+        html! {
+            h1 { "Repositories" }
+            form method="get" action="/ui/" {
+                input type="search" name="q" value=(q) placeholder="Search repository names";
+                " " button type="submit" { "Search" }
+            }
+            table {
+                tr { th { "Repository" } th { "Held as" } th { "From" } }
+                @for r in &repos {
+                    tr {
+                        td { a href=(query_link("/ui/repo", &[("origin", &r.origin), ("name", &r.name)])) { (r.display) } }
+                        @if r.origin == LOCAL {
+                            td { span.tag.pushed { "pushed" } } td.muted { "pushed to this mirror" }
+                        } @else {
+                            td { span.tag.cached { "cached" } } td { (r.origin) }
+                        }
+                    }
+                }
+            }
+            @if repos.is_empty() { p.muted { "No repository matches." } }
+        },
+    ))
+}
+
+fn tag_row(origin: &str, t: &TagView) -> Markup {
+    let digest = &t.record.digest;
+    html! {
+        tr {
+            td {
+                code { (t.tag) }
+                @if t.immutable { " " span.tag.immutable title="matches immutable_tags: never revalidated" { "immutable" } }
+            }
+            td { a href=(query_link("/ui/manifest", &[("digest", digest)])) { code { (short(digest)) "…" } } }
+            td { code { (t.record.media_type) } }
+            td { @for p in &t.platforms { code { (p) } br; } }
+            td { (bytes(t.total_size)) }
+            td { (when(t.record.fetched_at_ms)) br; span.muted { @if origin == LOCAL { "pushed" } @else { "fetched / confirmed" } } }
+            td { @match t.last_pulled_ms { Some(ms) => (when(ms)), None => span.muted { "not since start" } } }
+        }
+    }
+}
+
+async fn repository(ctx: &Ctx<'_>) -> Result<Markup, ApiError> {
+    let origin = ctx.query.origin.as_deref().unwrap_or(LOCAL);
+    let name: RepoName = ctx
+        .query
+        .repo
+        .as_deref()
+        .unwrap_or("")
+        .parse()
+        .map_err(|_| ApiError::new(ErrorCode::NameInvalid, "no such repository name"))?;
+    let tags = ctx
+        .mirror
+        .repository_view(origin, &name)
+        .await
+        .map_err(|e| proxy_error(e, Resource::Repository, LOCAL))?;
+    let title = name.to_string();
+    Ok(layout(
+        &title,
+        html! {
+            h1 { (title) }
+            p {
+                @if origin == LOCAL { span.tag.pushed { "pushed" } " to this mirror" }
+                @else { span.tag.cached { "cached" } " from " (origin) }
+            }
+            table {
+                tr { th { "Tag" } th { "Digest" } th { "Media type" } th { "Platforms" } th { "Size" } th { "Recorded" } th { "Last pulled" } }
+                @for t in &tags { (tag_row(origin, t)) }
+            }
+            @if tags.is_empty() { p.muted { "No tags." } }
+        },
+    ))
+}
+
+fn parts(title: &str, items: &[PartView]) -> Markup {
+    html! {
+        @if !items.is_empty() {
+            h2 { (title) }
+            table {
+                tr { th { "Digest" } th { "Media type" } th { "Size" } th { "Platform" } }
+                @for p in items {
+                    tr {
+                        td { a href=(query_link("/ui/manifest", &[("digest", &p.digest)])) { code { (short(&p.digest)) "…" } } }
+                        td { code { (p.media_type) } }
+                        td { (bytes(p.size)) }
+                        td { @if let Some(platform) = &p.platform { code { (platform) } } }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn manifest_page(m: &ManifestView) -> Markup {
+    let title = m.digest.to_string();
+    let total: u64 =
+        m.config.as_ref().map_or(0, |c| c.size) + m.layers.iter().map(|l| l.size).sum::<u64>();
+    layout(
+        &title,
+        html! {
+            h1 { "Manifest" }
+            p { code { (title) } }
+            p { code { (m.media_type) } " · " (bytes(m.size)) @if !m.layers.is_empty() { " · image " (bytes(total)) } }
+            @if let Some(config) = &m.config { (parts("Config", std::slice::from_ref(config))) }
+            (parts("Layers", &m.layers))
+            (parts("Platform manifests", &m.children))
+            h2 { "Referrers" }
+            @if m.referrers.is_empty() { p.muted { "No signatures, SBOMs or attestations refer to it." } }
+            @else {
+                table {
+                    tr { th { "Digest" } th { "Artifact type" } th { "Media type" } th { "Size" } }
+                    @for r in &m.referrers {
+                        tr {
+                            td { a href=(query_link("/ui/manifest", &[("digest", &r.digest)])) { code { (short(&r.digest)) "…" } } }
+                            td { (r.artifact_type.as_deref().unwrap_or("–")) }
+                            td { code { (r.media_type) } }
+                            td { (bytes(r.size)) }
+                        }
+                    }
+                }
+            }
+            h2 { "Document" }
+            pre { code { (m.pretty) } }
+        },
+    )
+}
+
+async fn manifest(ctx: &Ctx<'_>) -> Result<Markup, ApiError> {
+    let digest: Digest = ctx.query.digest.as_deref().unwrap_or("").parse().map_err(
+        |e: crate::oci::DigestError| ApiError::new(ErrorCode::DigestInvalid, e.to_string()),
+    )?;
+    match ctx.mirror.manifest_view(&digest).await {
+        Ok(Some(view)) => Ok(manifest_page(&view)),
+        Ok(None) => Err(ApiError::new(
+            ErrorCode::ManifestUnknown,
+            "not in the mirror",
+        )),
+        Err(e) => Err(proxy_error(e, Resource::Manifest, LOCAL)),
+    }
+}
+
+fn status(s: &StatusView) -> Markup {
+    let tally_rows = [("Today (UTC)", &s.today), ("Since start", &s.since_start)];
+    layout(
+        "Status",
+        html! {
+            h1 { "Status" }
+            @if s.offline { p.bad { "Offline: no upstream is contacted." } }
+            div.cards {
+                div.card { b { (percent(s.since_start.hits, s.since_start.lookups)) } "hit ratio since start" }
+                div.card { b { (bytes(s.since_start.cache_bytes)) } "served from the cache (saved)" }
+                div.card { b { (s.fills_in_flight) } "fills in flight" }
+                div.card {
+                    b { (bytes(s.store_bytes)) }
+                    @if s.max_size > 0 { "of " (bytes(s.max_size)) " (" (percent(s.store_bytes, s.max_size)) ")" } @else { "stored, no cap" }
+                }
+            }
+            h2 { "Traffic" }
+            table {
+                tr { th { "" } th { "Lookups" } th { "Hit ratio" } th { "Bytes from cache" } th { "Bytes from upstream" } }
+                @for (label, t) in tally_rows {
+                    tr {
+                        td { (label) } td { (t.lookups) } td { (percent(t.hits, t.lookups)) }
+                        td { (bytes(t.cache_bytes)) } td { (bytes(t.upstream_bytes)) }
+                    }
+                }
+            }
+            h2 { "Upstreams" }
+            table {
+                tr { th { "Name" } th { "URL" } th { "Last error" } th { "Rate limit remaining" } th { "Stale serves" } th { "Immutable tags" } }
+                @for u in &s.upstreams {
+                    tr {
+                        td { (u.name) }
+                        td { code { (u.url) } }
+                        td {
+                            @match &u.last_error {
+                                Some((at, message)) => {
+                                    span.bad { (message) } br;
+                                    span.muted { (when(at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64))) }
+                                }
+                                None => span.muted { "none since start" },
+                            }
+                        }
+                        td { @match u.ratelimit { Some((remaining, limit)) => { (remaining) " of " (limit) }, None => span.muted { "–" } } }
+                        td { (u.stale_serves) }
+                        td { @for t in &u.immutable_tags { code { (t) } br; } }
+                    }
+                }
+            }
+            h2 { "Store" }
+            table {
+                tr { th { "Blobs" } th { "Bytes" } th { "Unfinished uploads" } th { "max_size" } }
+                tr {
+                    td { (s.store_blobs) } td { (bytes(s.store_bytes)) } td { (bytes(s.uploads_bytes)) }
+                    td { @if s.max_size > 0 { (bytes(s.max_size)) } @else { "no cap" } }
+                }
+            }
+            p.muted { "Prometheus metrics: " a href="/metrics" { "/metrics" } }
+        },
+    )
+}

@@ -1,0 +1,283 @@
+//! The web UI at `/ui/`: what the mirror holds (pushed and cached), a repository's tags, a
+//! manifest's parts and referrers, and the status page; everything escaped, nothing changed,
+//! auth respected; rendered by a real browser (headless Chromium).
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::TestMirror;
+use common::fake_upstream::{Auth, FakeUpstream, sha256};
+
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+const HOSTILE: &str = "<script>alert(1)</script>";
+
+/// A mirror holding a pushed `team/app:v1` (with a referrer whose artifact type is hostile
+/// markup) and a cached two-platform `library/alpine:3.20`, its tag immutable.
+async fn mirror(fake: &FakeUpstream, auth: &str) -> (TestMirror, String) {
+    let config = b"{}".to_vec();
+    let layer = common::random_bytes(3000);
+    let (dc, dl) = (fake.put_blob(config.clone()), fake.put_blob(layer.clone()));
+    let image = |arch: &str| {
+        serde_json::json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": dc, "size": 2},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": dl, "size": 3000}],
+            "annotations": {"arch": arch}})
+        .to_string()
+    };
+    let (amd, arm) = (image("amd64"), image("arm64"));
+    let (damd, darm) = (sha256(amd.as_bytes()), sha256(arm.as_bytes()));
+    fake.put_manifest("library/alpine", &damd, amd.clone(), OCI_MANIFEST);
+    fake.put_manifest("library/alpine", &darm, arm.clone(), OCI_MANIFEST);
+    let index = serde_json::json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
+        {"mediaType": OCI_MANIFEST, "digest": damd, "size": amd.len(), "platform": {"os": "linux", "architecture": "amd64"}},
+        {"mediaType": OCI_MANIFEST, "digest": darm, "size": arm.len(), "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}}]})
+    .to_string();
+    fake.put_manifest("library/alpine", "3.20", index, OCI_INDEX);
+    let m = TestMirror::start(&format!(
+        "[auth]\nanonymous_push = true\n{auth}\n[[upstream]]\nname = \"docker.io\"\nurl = \"{}\"\ndefault = true\nimmutable_tags = ['\\d+\\.\\d+']\n",
+        fake.url()
+    ))
+    .await;
+    let login = |r: reqwest::RequestBuilder| r.basic_auth("admin", Some("pw"));
+    for path in [
+        "/v2/alpine/manifests/3.20".to_owned(),
+        format!("/v2/alpine/manifests/{damd}"),
+        format!("/v2/alpine/manifests/{darm}"),
+    ] {
+        assert_eq!(
+            login(m.client.get(m.url(&path)))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+    for bytes in [&config, &layer] {
+        let r = login(m.client.post(m.url(&format!(
+            "/v2/team/app/blobs/uploads/?digest={}",
+            sha256(bytes)
+        ))))
+        .body(bytes.to_vec())
+        .send()
+        .await
+        .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    let put = |reference: &str, body: String| {
+        login(
+            m.client
+                .put(m.url(&format!("/v2/team/app/manifests/{reference}"))),
+        )
+        .header("content-type", OCI_MANIFEST)
+        .body(body)
+        .send()
+    };
+    assert_eq!(put("v1", amd.clone()).await.unwrap().status(), 201);
+    let referrer = serde_json::json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "artifactType": HOSTILE,
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": dc, "size": 2},
+        "layers": [], "subject": {"mediaType": OCI_MANIFEST, "digest": damd, "size": amd.len()}})
+    .to_string();
+    assert_eq!(put("sig", referrer).await.unwrap().status(), 201);
+    (m, damd)
+}
+
+async fn page(m: &TestMirror, path: &str) -> String {
+    let r = m.get(path).await;
+    assert_eq!(r.status(), 200, "{path}");
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    assert!(r.headers().contains_key("content-security-policy"));
+    r.text().await.unwrap()
+}
+
+#[tokio::test]
+async fn the_ui_shows_what_the_mirror_holds_escaped_and_read_only() {
+    let fake = FakeUpstream::start(Auth::None).await;
+    let (m, damd) = mirror(&fake, "").await;
+
+    let home = page(&m, "/ui/").await;
+    for text in [
+        "team/app",
+        "library/alpine",
+        "pushed",
+        "cached",
+        "docker.io",
+    ] {
+        assert!(home.contains(text), "{text} missing:\n{home}");
+    }
+    let found = page(&m, "/ui/?q=TEAM").await;
+    assert!(found.contains("team/app") && !found.contains("library/alpine"));
+
+    let alpine = page(&m, "/ui/repo?origin=docker.io&name=library/alpine").await;
+    for text in [
+        "3.20",
+        "linux/amd64",
+        "linux/arm64/v8",
+        "immutable",
+        OCI_INDEX,
+        "5.9 KiB",
+    ] {
+        assert!(alpine.contains(text), "{text} missing:\n{alpine}");
+    }
+    let app = page(&m, "/ui/repo?origin=_local&name=docker.io/team/app").await;
+    assert!(app.contains("v1") && app.contains("sig"), "{app}");
+
+    let manifest = page(&m, &format!("/ui/manifest?digest={damd}")).await;
+    assert!(
+        manifest.contains("Layers") && manifest.contains("2.9 KiB"),
+        "{manifest}"
+    );
+    assert!(manifest.contains("Referrers"));
+    assert!(!manifest.contains(HOSTILE), "unescaped markup:\n{manifest}");
+    assert!(
+        manifest.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+        "{manifest}"
+    );
+
+    let status = page(&m, "/ui/status").await;
+    for text in [
+        "hit ratio",
+        "Today (UTC)",
+        "Since start",
+        "docker.io",
+        "Rate limit remaining",
+        "fills in flight",
+        "no cap",
+    ] {
+        assert!(status.contains(text), "{text} missing:\n{status}");
+    }
+    // Read-only: nothing but GET and HEAD.
+    let r = m.client.post(m.url("/ui/")).send().await.unwrap();
+    assert_eq!(r.status(), 405);
+    let r = m.get("/ui/manifest?digest=sha256:nope").await;
+    assert_eq!(r.status(), 400);
+}
+
+#[tokio::test]
+async fn the_ui_needs_a_login_when_pulls_do() {
+    let fake = FakeUpstream::start(Auth::None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let htpasswd = dir.path().join("htpasswd");
+    std::fs::write(
+        &htpasswd,
+        format!("admin:{}\n", bcrypt::hash("pw", 4).unwrap()),
+    )
+    .unwrap();
+    let auth = format!(
+        "htpasswd = \"{}\"\nanonymous_pull = false",
+        htpasswd.display()
+    );
+    let (m, _) = mirror(&fake, &auth).await;
+    let r = m.get("/ui/").await;
+    assert_eq!(r.status(), 401);
+    assert!(
+        r.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Basic ")
+    );
+    let r = m
+        .client
+        .get(m.url("/ui/"))
+        .basic_auth("admin", Some("wrong"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = m
+        .client
+        .get(m.url("/ui/status"))
+        .basic_auth("admin", Some("pw"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+fn chromium(binary: &Path, args: &[&str]) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let out = Command::new(binary)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "chromium: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_browser_renders_the_ui() {
+    let test = "a_real_browser_renders_the_ui";
+    let Some(binary) = common::require_tool("chromium", test) else {
+        return;
+    };
+    let fake = FakeUpstream::start(Auth::None).await;
+    let (m, damd) = mirror(&fake, "").await;
+    let dom = tokio::task::block_in_place(|| chromium(&binary, &["--dump-dom", &m.url("/ui/")]));
+    assert!(
+        dom.contains("team/app") && dom.contains("library/alpine"),
+        "{dom}"
+    );
+    let dom = tokio::task::block_in_place(|| {
+        chromium(
+            &binary,
+            &["--dump-dom", &m.url(&format!("/ui/manifest?digest={damd}"))],
+        )
+    });
+    assert!(dom.contains("Referrers"), "{dom}");
+    assert!(
+        !dom.contains("<script>alert"),
+        "a script element made it into the page:\n{dom}"
+    );
+    // Some cached traffic for the status page to show.
+    for _ in 0..3 {
+        assert_eq!(
+            m.get("/v2/alpine/manifests/3.20").await.headers()["x-regmirror-cache"],
+            "hit"
+        );
+    }
+    let shot = tempfile::tempdir().unwrap();
+    let png = shot.path().join("status.png");
+    tokio::task::block_in_place(|| {
+        chromium(
+            &binary,
+            &[
+                &format!("--screenshot={}", png.display()),
+                "--window-size=1280,900",
+                &m.url("/ui/status"),
+            ],
+        )
+    });
+    let bytes = std::fs::read(&png).unwrap();
+    assert!(
+        bytes.len() > 10_000 && bytes.starts_with(b"\x89PNG"),
+        "a real screenshot"
+    );
+    // Where the README's screenshot comes from: REGMIRROR_UI_SCREENSHOT=path keeps a copy.
+    if let Ok(keep) = std::env::var("REGMIRROR_UI_SCREENSHOT") {
+        std::fs::copy(&png, keep).unwrap();
+    }
+}
