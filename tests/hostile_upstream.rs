@@ -59,6 +59,18 @@ async fn a_hung_upstream_is_given_up_on_and_recovery_starts_afresh() {
     assert_eq!(stale.status(), 200);
     assert_eq!(stale.headers()["x-regmirror-cache"], "stale");
     assert!(started.elapsed() < Duration::from_secs(5));
+    // The upstream just failed to answer: the next pulls of cached tags do not wait for it
+    // again (no request reaches it) but are served stale at once.
+    let asked = fake.seen().len();
+    for _ in 0..3 {
+        let again = mirror.get("/v2/app/manifests/v1").await;
+        assert_eq!(again.headers()["x-regmirror-cache"], "stale");
+    }
+    assert_eq!(
+        fake.seen().len(),
+        asked,
+        "the hung upstream was asked again"
+    );
     for path in [
         "/v2/app/manifests/v2".to_owned(),
         format!("/v2/app/blobs/{digest}"),

@@ -249,6 +249,10 @@ impl Mirror {
         let reference = Reference::Tag(tag.clone());
         let cached = self.cached_tag(route, tag).await?;
         if let Some((record, manifest)) = &cached {
+            // The upstream just failed to answer: do not make this pull wait for it again.
+            if route.upstream.recently_unreachable() {
+                return Ok(self.serve_stale(route, tag, manifest, head, &UpstreamError::Timeout));
+            }
             // Older than the TTL: a HEAD (free on Docker Hub) tells whether it moved.
             match self.head_upstream(route, &reference).await {
                 Ok(current) if current.digest == manifest.digest => {

@@ -31,6 +31,11 @@ pub const MAX_TAG_LIST_BYTES: usize = 8 * 1024 * 1024;
 /// The largest token endpoint answer accepted.
 const MAX_TOKEN_BYTES: usize = 64 * 1024;
 
+/// After the upstream failed to answer (a timeout, a refused or broken connection), cached
+/// tags are served stale without asking it again for this long, so that every pull does not
+/// wait out another timeout.
+pub const UNAVAILABLE_BACKOFF: Duration = Duration::from_secs(30);
+
 /// The longest a token is cached, whatever lifetime the token endpoint claims.
 const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
@@ -118,6 +123,8 @@ pub struct UpstreamClient {
     immutable: regex::RegexSet,
     /// The last failure talking to the upstream, and when (for the status page).
     last_error: std::sync::Mutex<Option<(std::time::SystemTime, String)>>,
+    /// Until when the upstream counts as unreachable (see [`UNAVAILABLE_BACKOFF`]).
+    unreachable_until: std::sync::Mutex<Option<Instant>>,
 }
 
 impl UpstreamClient {
@@ -165,6 +172,7 @@ impl UpstreamClient {
         Ok(UpstreamClient {
             immutable,
             last_error: std::sync::Mutex::new(None),
+            unreachable_until: std::sync::Mutex::new(None),
             password: config.resolved_password(),
             config,
             http,
@@ -191,6 +199,15 @@ impl UpstreamClient {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Whether the upstream failed to answer within the last [`UNAVAILABLE_BACKOFF`]: cached
+    /// tags are then served stale at once instead of waiting for it again.
+    pub fn recently_unreachable(&self) -> bool {
+        self.unreachable_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|until| Instant::now() < until)
     }
 
     /// Whether `tag` matches one of `immutable_tags` (the whole tag), so that once cached it
@@ -599,6 +616,17 @@ impl UpstreamClient {
             *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) =
                 Some((std::time::SystemTime::now(), failure));
         }
+        // Unreachable (no answer at all) backs off; any answer, even an error status, means
+        // the upstream is there.
+        *self
+            .unreachable_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = match result {
+            Err(UpstreamError::Timeout | UpstreamError::Network(_)) => {
+                Instant::now().checked_add(UNAVAILABLE_BACKOFF)
+            }
+            _ => None,
+        };
         let m = &self.metrics;
         m.upstream_requests
             .with_label_values(&[self.name(), method.as_str(), &status])
