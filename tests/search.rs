@@ -4,10 +4,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use common::TestMirror;
+use common::dockerd::Dockerd;
 use common::fake_upstream::{Auth, FakeUpstream, sha256};
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -112,77 +112,6 @@ async fn search_merges_the_mirror_and_its_upstream_and_survives_the_upstream() {
     assert_eq!(names(&down), ["team/app"]);
 }
 
-/// A dockerd of the test's own (private data root, vfs, no iptables).
-struct Dockerd {
-    child: Child,
-    socket: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Dockerd {
-    async fn start(dockerd: &Path, docker: &Path, insecure: &str) -> Dockerd {
-        let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("docker.sock");
-        let log = std::fs::File::create(dir.path().join("dockerd.log")).unwrap();
-        let child = Command::new(dockerd)
-            .arg("--data-root")
-            .arg(dir.path().join("data"))
-            .arg("--exec-root")
-            .arg(dir.path().join("exec"))
-            .arg("--pidfile")
-            .arg(dir.path().join("dockerd.pid"))
-            .arg("-H")
-            .arg(format!("unix://{}", socket.display()))
-            .args([
-                "--iptables=false",
-                "--ip6tables=false",
-                "--bridge=none",
-                "--storage-driver=vfs",
-                "--insecure-registry",
-                insecure,
-            ])
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap();
-        let daemon = Dockerd {
-            child,
-            socket,
-            _dir: dir,
-        };
-        let ready = || {
-            Command::new(docker)
-                .args(["-H", &daemon.host(), "version"])
-                .output()
-                .is_ok_and(|o| o.status.success())
-        };
-        common::eventually(60, "dockerd to answer", ready).await;
-        daemon
-    }
-
-    fn host(&self) -> String {
-        format!("unix://{}", self.socket.display())
-    }
-}
-
-impl Drop for Dockerd {
-    fn drop(&mut self) {
-        // SIGTERM lets it clean up its mounts; then make sure it is gone.
-        let _ = Command::new("kill")
-            .arg(self.child.id().to_string())
-            .status();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-        while std::time::Instant::now() < deadline {
-            if self.child.try_wait().ok().flatten().is_some() {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docker_search_through_a_real_dockerd() {
     let test = "docker_search_through_a_real_dockerd";
@@ -195,7 +124,7 @@ async fn docker_search_through_a_real_dockerd() {
     let fake = FakeUpstream::start(Auth::None).await;
     let m = mirror_with_content(&fake).await;
     let host = m.server.addr.to_string();
-    let daemon = Dockerd::start(&dockerd, &docker, &host).await;
+    let daemon = Dockerd::start(&dockerd, &docker, &["--insecure-registry", &host]).await;
     let run = |term: &str| {
         let out = Command::new(&docker)
             .args(["-H", &daemon.host(), "search", &format!("{host}/{term}")])

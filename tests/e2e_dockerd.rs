@@ -1,0 +1,244 @@
+//! dockerd as a real client: pulling Docker Hub images through regmirror as its
+//! `registry-mirrors` entry, also while the upstream hangs (the cached tag is served stale).
+//! With no network here, dockerd's fallback to Docker Hub cannot succeed: a pull that works
+//! came through the mirror.
+
+mod common;
+
+use std::io::Write;
+use std::process::Command;
+
+use common::TestMirror;
+use common::dockerd::Dockerd;
+use common::fake_upstream::{Auth, FakeUpstream, sha256};
+
+const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+
+/// A one-layer image dockerd can unpack: a real tar.gz layer and its config.
+fn put_image(fake: &FakeUpstream, repo: &str, tag: &str) {
+    let mut tar = tar::Builder::new(Vec::new());
+    let content = b"hello from the mirror\n";
+    let mut header = tar::Header::new_gnu();
+    header.set_size(content.len() as u64);
+    header.set_mode(0o644);
+    header.set_cksum();
+    tar.append_data(&mut header, "hello.txt", &content[..])
+        .unwrap();
+    let tar = tar.into_inner().unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&tar).unwrap();
+    let layer = gz.finish().unwrap();
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Cmd": ["/hello.txt"]},
+        "rootfs": {"type": "layers", "diff_ids": [sha256(&tar)]},
+    })
+    .to_string();
+    let manifest = serde_json::json!({
+        "schemaVersion": 2, "mediaType": DOCKER_MANIFEST,
+        "config": {"mediaType": "application/vnd.docker.container.image.v1+json",
+            "digest": fake.put_blob(config.clone()), "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+            "digest": fake.put_blob(layer.clone()), "size": layer.len()}],
+    })
+    .to_string();
+    fake.put_manifest(repo, tag, manifest, DOCKER_MANIFEST);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dockerd_pulls_through_the_mirror_also_while_the_upstream_hangs() {
+    let test = "dockerd_pulls_through_the_mirror_also_while_the_upstream_hangs";
+    let (Some(dockerd), Some(docker)) = (
+        common::require_tool("dockerd", test),
+        common::require_tool("docker", test),
+    ) else {
+        return;
+    };
+    let fake = FakeUpstream::start(Auth::None).await;
+    put_image(&fake, "library/hello", "1.0");
+    let m = TestMirror::start(&format!(
+        "[[upstream]]\nname = \"docker.io\"\nurl = \"{}\"\ndefault = true\ntag_ttl = \"0s\"\nresponse_timeout = \"2s\"\n",
+        fake.url()
+    ))
+    .await;
+    let mirror_url = format!("http://{}", m.server.addr);
+    let host = m.server.addr.to_string();
+    let daemon = Dockerd::start(
+        &dockerd,
+        &docker,
+        &[
+            "--registry-mirror",
+            &mirror_url,
+            "--insecure-registry",
+            &host,
+        ],
+    )
+    .await;
+    let docker_cmd = |args: &[&str]| {
+        let out = Command::new(&docker)
+            .args(["-H", &daemon.host()])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let (ok, out) = tokio::task::block_in_place(|| docker_cmd(&["pull", "hello:1.0"]));
+    assert!(ok, "docker pull through the mirror: {out}");
+    assert!(
+        fake.count("GET", "/blobs/") >= 2,
+        "the blobs came through the mirror"
+    );
+
+    // The upstream hangs before its headers: the pull still works, from the cache, stale.
+    let (ok, out) = tokio::task::block_in_place(|| docker_cmd(&["rmi", "hello:1.0"]));
+    assert!(ok, "{out}");
+    fake.set_hang(true);
+    let started = std::time::Instant::now();
+    let (ok, out) = tokio::task::block_in_place(|| docker_cmd(&["pull", "hello:1.0"]));
+    assert!(ok, "docker pull while the upstream hangs: {out}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        m.metric("regmirror_cache_lookups_total{kind=\"manifest\",result=\"stale\",upstream=\"docker.io\"}")
+            .await
+            >= 1.0
+    );
+    let (ok, out) = tokio::task::block_in_place(|| docker_cmd(&["image", "inspect", "hello:1.0"]));
+    assert!(ok, "{out}");
+}
+
+/// `docker login` and `docker push` to regmirror over TLS with htpasswd users: the challenge
+/// sends dockerd to an https:// token endpoint, the push lands, and a wrong password fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_login_and_push_over_tls() {
+    let test = "docker_login_and_push_over_tls";
+    let (Some(dockerd), Some(docker)) = (
+        common::require_tool("dockerd", test),
+        common::require_tool("docker", test),
+    ) else {
+        return;
+    };
+    // An image to push: pulled through a plain mirror first.
+    let fake = FakeUpstream::start(Auth::None).await;
+    put_image(&fake, "library/hello", "1.0");
+    let source = TestMirror::start(&format!(
+        "[[upstream]]\nname = \"docker.io\"\nurl = \"{}\"\ndefault = true\n",
+        fake.url()
+    ))
+    .await;
+    let work = tempfile::tempdir().unwrap();
+    let (crt, tls) = common::test_certificate(work.path());
+    let htpasswd = work.path().join("htpasswd");
+    std::fs::write(
+        &htpasswd,
+        format!("ci:{}\n", bcrypt::hash("pushme", 4).unwrap()),
+    )
+    .unwrap();
+    let target = TestMirror::start_with(
+        tempfile::tempdir().unwrap(),
+        &tls,
+        &format!("[auth]\nhtpasswd = \"{}\"\n", htpasswd.display()),
+    )
+    .await;
+    let target_host = target.server.addr.to_string();
+    // dockerd trusts a registry's CA from /etc/docker/certs.d/<host:port>/ca.crt.
+    let certs = std::path::Path::new("/etc/docker/certs.d").join(&target_host);
+    if std::fs::create_dir_all(&certs).is_err()
+        || std::fs::copy(&crt, certs.join("ca.crt")).is_err()
+    {
+        if common::e2e_required() {
+            panic!("{test}: cannot write {} (not root?)", certs.display());
+        }
+        eprintln!("SKIPPED {test}: cannot write {}", certs.display());
+        return;
+    }
+    struct RemoveOnDrop(std::path::PathBuf);
+    impl Drop for RemoveOnDrop {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _certs = RemoveOnDrop(certs);
+    let mirror_url = format!("http://{}", source.server.addr);
+    let source_host = source.server.addr.to_string();
+    let daemon = Dockerd::start(
+        &dockerd,
+        &docker,
+        &[
+            "--registry-mirror",
+            &mirror_url,
+            "--insecure-registry",
+            &source_host,
+        ],
+    )
+    .await;
+    let config = tempfile::tempdir().unwrap();
+    let docker_cmd = |args: &[&str], stdin: Option<&str>| {
+        let mut child = Command::new(&docker)
+            .env("DOCKER_CONFIG", config.path())
+            .args(["-H", &daemon.host()])
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        if let Some(input) = stdin {
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(input.as_bytes())
+                .unwrap();
+        }
+        drop(child.stdin.take());
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let run = |args: &[&str], stdin: Option<&str>| {
+        tokio::task::block_in_place(|| docker_cmd(args, stdin))
+    };
+    let (ok, out) = run(&["pull", "hello:1.0"], None);
+    assert!(ok, "{out}");
+    let pushed = format!("{target_host}/team/hello:1.0");
+    let (ok, out) = run(&["tag", "hello:1.0", &pushed], None);
+    assert!(ok, "{out}");
+    // (A push without login is refused: tests/push.rs shows it; dockerd would retry it for a
+    // minute.)
+    let (ok, out) = run(
+        &["login", "-u", "ci", "--password-stdin", &target_host],
+        Some("wrong\n"),
+    );
+    assert!(!ok, "a wrong password must fail: {out}");
+    let (ok, out) = run(
+        &["login", "-u", "ci", "--password-stdin", &target_host],
+        Some("pushme\n"),
+    );
+    assert!(ok, "docker login over TLS: {out}");
+    let (ok, out) = run(&["push", &pushed], None);
+    assert!(ok, "docker push over TLS: {out}");
+    let tags = target
+        .server
+        .mirror
+        .list_tags(&"team/hello".parse().unwrap(), None, None, None)
+        .await
+        .unwrap();
+    assert_eq!(tags.map(|(t, _)| t), Some(vec!["1.0".to_owned()]));
+}
