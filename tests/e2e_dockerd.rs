@@ -6,7 +6,6 @@
 mod common;
 
 use std::io::Write;
-use std::process::Command;
 
 use common::TestMirror;
 use common::dockerd::Dockerd;
@@ -74,21 +73,7 @@ async fn dockerd_pulls_through_the_mirror_also_while_the_upstream_hangs() {
         ],
     )
     .await;
-    let docker_cmd = |args: &[&str]| {
-        let out = Command::new(&docker)
-            .args(["-H", &daemon.host()])
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )
-    };
+    let docker_cmd = |args: &[&str]| daemon.docker(&docker, None, args, None);
     let (ok, out) = tokio::task::block_in_place(|| docker_cmd(&["pull", "hello:1.0"]));
     assert!(ok, "docker pull through the mirror: {out}");
     assert!(
@@ -184,33 +169,7 @@ async fn docker_login_and_push_over_tls() {
     .await;
     let config = tempfile::tempdir().unwrap();
     let docker_cmd = |args: &[&str], stdin: Option<&str>| {
-        let mut child = Command::new(&docker)
-            .env("DOCKER_CONFIG", config.path())
-            .args(["-H", &daemon.host()])
-            .args(args)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        if let Some(input) = stdin {
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(input.as_bytes())
-                .unwrap();
-        }
-        drop(child.stdin.take());
-        let out = child.wait_with_output().unwrap();
-        (
-            out.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )
+        daemon.docker(&docker, Some(config.path()), args, stdin)
     };
     let run = |args: &[&str], stdin: Option<&str>| {
         tokio::task::block_in_place(|| docker_cmd(args, stdin))

@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::TestMirror;
 use common::dockerd::Dockerd;
 use common::fake_upstream::{Auth, FakeUpstream, sha256};
@@ -126,16 +124,9 @@ async fn docker_search_through_a_real_dockerd() {
     let host = m.server.addr.to_string();
     let daemon = Dockerd::start(&dockerd, &docker, &["--insecure-registry", &host]).await;
     let run = |term: &str| {
-        let out = Command::new(&docker)
-            .args(["-H", &daemon.host(), "search", &format!("{host}/{term}")])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "docker search {term}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        let (ok, out) = daemon.docker(&docker, None, &["search", &format!("{host}/{term}")], None);
+        assert!(ok, "docker search {term}: {out}");
+        out
     };
     let out = tokio::task::block_in_place(|| run("alpine"));
     assert!(

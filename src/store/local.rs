@@ -9,7 +9,6 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::{Result, Store, StoreError, TagKey, io_err, read_optional};
-use crate::oci::digest::Algorithm;
 use crate::oci::{Digest, RepoName, Tag};
 
 /// The pseudo-upstream under which pushed tags are recorded. Upstream names are host names
@@ -174,29 +173,11 @@ impl Store {
 
     /// Finds the blobs with tombstones (at start).
     pub(super) async fn load_tombstones(&self) -> Result<()> {
-        let deleted = self.root.join("deleted");
-        let found = tokio::task::spawn_blocking(move || -> io::Result<HashSet<Digest>> {
-            let mut out = HashSet::new();
-            for algorithm in Algorithm::ALL {
-                let root = deleted.join(algorithm.name());
-                for prefix in std::fs::read_dir(&root)? {
-                    for entry in std::fs::read_dir(prefix?.path())? {
-                        if let Some(name) = entry?.file_name().to_str()
-                            && let Ok(d) = Digest::from_parts(algorithm.name(), name)
-                        {
-                            out.insert(d);
-                        }
-                    }
-                }
-            }
-            Ok(out)
-        })
-        .await
-        .map_err(|e| StoreError::Io {
-            path: PathBuf::from("deleted"),
-            source: io::Error::other(e),
-        })?
-        .map_err(io_err(&self.root.join("deleted")))?;
+        let found = self
+            .digest_entries("deleted", true, |_, digest| Ok(Some(digest)))
+            .await?
+            .into_iter()
+            .collect();
         *self.lock_tombstones() = found;
         Ok(())
     }
@@ -219,36 +200,15 @@ impl Store {
     /// The digests of pinned blobs (held by anyone). An unreadable pin directory is an
     /// error: callers that delete must not guess.
     pub(super) async fn pinned(&self) -> Result<HashSet<Digest>> {
-        let pins = self.root.join("pins");
-        let listed = tokio::task::spawn_blocking(move || -> io::Result<HashSet<Digest>> {
-            let mut out = HashSet::new();
-            for algorithm in Algorithm::ALL {
-                let root = pins.join(algorithm.name());
-                for prefix in std::fs::read_dir(&root)? {
-                    for entry in std::fs::read_dir(prefix?.path())? {
-                        let entry = entry?;
-                        let held = if entry.file_type()?.is_dir() {
-                            std::fs::read_dir(entry.path())?.next().is_some()
-                        } else {
-                            true
-                        };
-                        if held
-                            && let Some(name) = entry.file_name().to_str()
-                            && let Ok(d) = Digest::from_parts(algorithm.name(), name)
-                        {
-                            out.insert(d);
-                        }
-                    }
-                }
-            }
-            Ok(out)
-        })
-        .await
-        .map_err(|e| StoreError::Io {
-            path: PathBuf::from("pins"),
-            source: io::Error::other(e),
-        })?;
-        listed.map_err(io_err(&self.root.join("pins")))
+        let pinned = self
+            .digest_entries("pins", true, |entry, digest| {
+                // A directory of holders (held while not empty), or a pin from before holders.
+                let held = !entry.file_type()?.is_dir()
+                    || std::fs::read_dir(entry.path())?.next().is_some();
+                Ok(held.then_some(digest))
+            })
+            .await?;
+        Ok(pinned.into_iter().collect())
     }
 
     /// Records a blob's size in the index.

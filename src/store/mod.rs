@@ -180,6 +180,55 @@ impl Store {
             .join(hex)
     }
 
+    /// Every entry `<area>/<algorithm>/<2 hex>/<hex>` whose name is a valid digest, turned into
+    /// a `T` by `keep` (or left out with `None`), listed on the blocking pool. Any I/O error
+    /// is an error (callers that delete must not guess); with `strict = false`, stray files
+    /// where a `<2 hex>` directory belongs are passed over instead.
+    pub(crate) async fn digest_entries<T, F>(
+        &self,
+        area: &'static str,
+        strict: bool,
+        keep: F,
+    ) -> Result<Vec<T>>
+    where
+        T: Send + 'static,
+        F: Fn(&std::fs::DirEntry, Digest) -> io::Result<Option<T>> + Send + 'static,
+    {
+        let root = self.root.join(area);
+        let walk =
+            {
+                let root = root.clone();
+                move || -> io::Result<Vec<T>> {
+                    let mut out = Vec::new();
+                    for algorithm in Algorithm::ALL {
+                        for prefix in std::fs::read_dir(root.join(algorithm.name()))? {
+                            let prefix = prefix?;
+                            if !strict && !prefix.file_type()?.is_dir() {
+                                continue;
+                            }
+                            for entry in std::fs::read_dir(prefix.path())? {
+                                let entry = entry?;
+                                let Some(digest) = entry.file_name().to_str().and_then(|name| {
+                                    Digest::from_parts(algorithm.name(), name).ok()
+                                }) else {
+                                    continue;
+                                };
+                                out.extend(keep(&entry, digest)?);
+                            }
+                        }
+                    }
+                    Ok(out)
+                }
+            };
+        tokio::task::spawn_blocking(walk)
+            .await
+            .map_err(|e| StoreError::Io {
+                path: root.clone(),
+                source: io::Error::other(e),
+            })?
+            .map_err(io_err(&root))
+    }
+
     /// Waits until a blob is added.
     pub async fn grown(&self) {
         self.grew.notified().await;

@@ -3,14 +3,13 @@
 //! now and then, so a restart keeps the order roughly right), and blobs being read.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::{Result, Store, io_err};
+use super::{Result, Store};
 use crate::oci::Digest;
-use crate::oci::digest::Algorithm;
 
 /// Counters and access times.
 #[derive(Default)]
@@ -176,47 +175,19 @@ impl Store {
 
     /// Every committed blob with its size and write time.
     pub async fn list_blobs(&self) -> Result<Vec<BlobEntry>> {
-        let root = self.root.join("blobs");
-        let listed = tokio::task::spawn_blocking(move || list_blobs_in(&root))
-            .await
-            .map_err(|e| super::StoreError::Io {
-                path: PathBuf::from("blobs"),
-                source: std::io::Error::other(e),
-            })?;
-        listed.map_err(io_err(&self.root.join("blobs")))
+        self.digest_entries("blobs", false, |entry, digest| {
+            let meta = entry.metadata()?;
+            let written = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_millis() as u64);
+            Ok(Some(BlobEntry {
+                digest,
+                size: meta.len(),
+                written,
+            }))
+        })
+        .await
     }
-}
-
-fn list_blobs_in(blobs: &Path) -> std::io::Result<Vec<BlobEntry>> {
-    let mut out = Vec::new();
-    for algorithm in Algorithm::ALL {
-        let root = blobs.join(algorithm.name());
-        for prefix in std::fs::read_dir(&root)? {
-            let prefix = prefix?;
-            if !prefix.file_type()?.is_dir() {
-                continue;
-            }
-            for entry in std::fs::read_dir(prefix.path())? {
-                let entry = entry?;
-                let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
-                    continue;
-                };
-                let Ok(digest) = Digest::from_parts(algorithm.name(), &name) else {
-                    continue;
-                };
-                let meta = entry.metadata()?;
-                let written = meta
-                    .modified()
-                    .ok()
-                    .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-                    .map_or(0, |d| d.as_millis() as u64);
-                out.push(BlobEntry {
-                    digest,
-                    size: meta.len(),
-                    written,
-                });
-            }
-        }
-    }
-    Ok(out)
 }

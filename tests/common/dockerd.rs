@@ -51,6 +51,48 @@ impl Dockerd {
         daemon
     }
 
+    /// Runs `docker <args>` against this daemon (with `DOCKER_CONFIG`, and `stdin`, when
+    /// given): whether it succeeded, and what it printed.
+    pub fn docker(
+        &self,
+        docker: &Path,
+        config: Option<&Path>,
+        args: &[&str],
+        stdin: Option<&str>,
+    ) -> (bool, String) {
+        use std::io::Write;
+        let mut command = Command::new(docker);
+        if let Some(config) = config {
+            command.env("DOCKER_CONFIG", config);
+        }
+        let mut child = command
+            .args(["-H", &self.host()])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        if let Some(input) = stdin {
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(input.as_bytes())
+                .unwrap();
+        }
+        drop(child.stdin.take());
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+
     /// `-H` for the docker CLI.
     pub fn host(&self) -> String {
         format!("unix://{}", self.socket.display())
