@@ -11,10 +11,9 @@ pub async fn list(ctx: &Ctx<'_>) -> Answer {
         Ok(page) => page,
         Err(e) => return e.into(),
     };
-    let default = ctx.mirror.upstreams.default_name();
-    let repos = match ctx.mirror.store.catalog(default).await {
+    let repos = match ctx.mirror.catalog().await {
         Ok(repos) => repos,
-        Err(e) => return proxy_error(e.into(), Resource::Repository, LOCAL).into(),
+        Err(e) => return proxy_error(e, Resource::Repository, LOCAL).into(),
     };
     let (repos, more) = page.apply(repos);
     let body = serde_json::json!({"repositories": repos});

@@ -11,14 +11,11 @@ use crate::store::LOCAL;
 
 /// Answers a referrers listing (always 200: an empty index when there are none).
 pub async fn list(ctx: &Ctx<'_>, _name: &RepoName, digest: &Digest) -> Answer {
-    let mut referrers = match ctx.mirror.store.referrers(digest).await {
-        Ok(referrers) => referrers,
-        Err(e) => return proxy_error(e.into(), Resource::Manifest, LOCAL).into(),
-    };
     let filter = ctx.query.artifact_type.as_deref();
-    if let Some(wanted) = filter {
-        referrers.retain(|r| r.artifact_type.as_deref() == Some(wanted));
-    }
+    let referrers = match ctx.mirror.referrers(digest, filter).await {
+        Ok(referrers) => referrers,
+        Err(e) => return proxy_error(e, Resource::Manifest, LOCAL).into(),
+    };
     let index = serde_json::json!({
         "schemaVersion": 2,
         "mediaType": media::OCI_INDEX,

@@ -11,7 +11,7 @@ use super::body::empty;
 use super::errors::{ApiError, upload_error};
 use super::{Answer, Ctx};
 use crate::oci::{Digest, ErrorCode, RepoName};
-use crate::store::{UploadError, UploadId};
+use crate::store::UploadId;
 
 /// The request body as a stream of bytes.
 fn body_stream(
@@ -94,35 +94,23 @@ fn session_status(name: &RepoName, id: &UploadId, len: u64, status: StatusCode) 
     Answer::plain(response)
 }
 
-/// The name pushed content of `name` is pinned under.
-fn holder(ctx: &Ctx<'_>, name: &RepoName) -> String {
-    ctx.mirror
-        .local_name(ctx.query.ns.as_deref(), name)
-        .to_string()
-}
-
 /// `POST /v2/<name>/blobs/uploads/`.
 pub async fn start(ctx: &Ctx<'_>, name: &RepoName, body: Incoming) -> Answer {
-    let store = &ctx.mirror.store;
+    let mirror = ctx.mirror;
+    let ns = ctx.query.ns.as_deref();
     let owner = ctx.owner();
     let limits = &ctx.app.uploads;
-    // Cross-repository mount: the store is digest-global, so any blob it has can be mounted
-    // (the client was checked for pull on `from`).
+    // Cross-repository mount (the client was checked for pull on `from`).
     if let Some(mount) = ctx
         .query
         .mount
         .as_deref()
         .and_then(|m| m.parse::<Digest>().ok())
     {
-        match store.blob_size(&mount).await {
-            Ok(Some(_)) => {
-                if let Err(e) = store.pin(&mount, &holder(ctx, name)).await {
-                    return upload_error(UploadError::Store(e)).into();
-                }
-                return created(name, &mount);
-            }
-            Ok(None) => {} // Fall back to a session, as the spec says.
-            Err(e) => return upload_error(UploadError::Store(e)).into(),
+        match mirror.mount_blob(name, ns, &mount).await {
+            Ok(true) => return created(name, &mount),
+            Ok(false) => {} // Fall back to a session, as the spec says.
+            Err(e) => return upload_error(e).into(),
         }
     }
     let digest = match digest_param(ctx) {
@@ -132,7 +120,7 @@ pub async fn start(ctx: &Ctx<'_>, name: &RepoName, body: Incoming) -> Answer {
     if let Err(e) = check_declared_length(ctx) {
         return e.into();
     }
-    let id = match store.create_upload(name, &owner, limits).await {
+    let id = match mirror.start_upload(name, &owner, limits).await {
         Ok(id) => id,
         Err(e) => return upload_error(e).into(),
     };
@@ -141,18 +129,16 @@ pub async fn start(ctx: &Ctx<'_>, name: &RepoName, body: Incoming) -> Answer {
     };
     // Monolithic: the whole blob in this request.
     let result = async {
-        store
+        mirror
             .append_upload(name, &owner, &id, None, body_stream(body), limits)
             .await?;
-        store
-            .complete_upload(name, &owner, &id, &digest, &holder(ctx, name))
-            .await
+        mirror.complete_upload(name, ns, &owner, &id, &digest).await
     }
     .await;
     match result {
         Ok(_) => created(name, &digest),
         Err(e) => {
-            let _ = store.cancel_upload(name, &owner, &id).await;
+            let _ = mirror.cancel_upload(name, &owner, &id).await;
             upload_error(e).into()
         }
     }
@@ -195,11 +181,12 @@ pub async fn session(
     let Some(id) = UploadId::parse(id) else {
         return ApiError::new(ErrorCode::BlobUploadUnknown, "no such upload session").into();
     };
-    let store = &ctx.mirror.store;
+    let mirror = ctx.mirror;
+    let ns = ctx.query.ns.as_deref();
     let owner = ctx.owner();
     let limits = &ctx.app.uploads;
     match method {
-        Method::GET | Method::HEAD => match store.upload_len(name, &owner, &id).await {
+        Method::GET | Method::HEAD => match mirror.upload_status(name, &owner, &id).await {
             Ok(len) => session_status(name, &id, len, StatusCode::NO_CONTENT),
             Err(e) => upload_error(e).into(),
         },
@@ -209,7 +196,7 @@ pub async fn session(
                 Ok(start) => start,
                 Err(e) => return e.into(),
             };
-            match store
+            match mirror
                 .append_upload(name, &owner, &id, start, body_stream(body), limits)
                 .await
             {
@@ -234,12 +221,10 @@ pub async fn session(
                 Err(e) => return e.into(),
             };
             let result = async {
-                store
+                mirror
                     .append_upload(name, &owner, &id, start, body_stream(body), limits)
                     .await?;
-                store
-                    .complete_upload(name, &owner, &id, &digest, &holder(ctx, name))
-                    .await
+                mirror.complete_upload(name, ns, &owner, &id, &digest).await
             }
             .await;
             match result {
@@ -247,7 +232,7 @@ pub async fn session(
                 Err(e) => upload_error(e).into(),
             }
         }
-        Method::DELETE => match store.cancel_upload(name, &owner, &id).await {
+        Method::DELETE => match mirror.cancel_upload(name, &owner, &id).await {
             Ok(()) => {
                 let mut response = Response::new(empty());
                 *response.status_mut() = StatusCode::NO_CONTENT;

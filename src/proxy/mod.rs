@@ -12,6 +12,7 @@ pub mod local;
 mod manifests;
 pub mod search;
 pub mod singleflight;
+mod uploads;
 
 use std::sync::Arc;
 
