@@ -35,15 +35,20 @@ fn suite(file: &str, test: &str) -> Option<PathBuf> {
 }
 
 /// Starts regmirror with `config` (the `[storage] path` and `delete` are added) and its log
-/// in `dir`.
-async fn start(dir: &Path, config: &str, delete: bool) -> Regmirror {
+/// in `dir`; also makes the suite's results directory, `dir/results`.
+async fn start(dir: &Path, config: &str, delete: bool) -> (Regmirror, PathBuf) {
     let text = format!(
         "{config}\n[storage]\npath = \"{}\"\ndelete = {delete}\n",
         dir.join("store").display()
     );
     let path = dir.join("mirror.toml");
     std::fs::write(&path, text).unwrap();
-    Regmirror::start_logging_to(&path, &dir.join("regmirror.log")).await
+    let results = dir.join("results");
+    std::fs::create_dir_all(&results).unwrap();
+    (
+        Regmirror::start_logging_to(&path, &dir.join("regmirror.log")).await,
+        results,
+    )
 }
 
 /// Runs a suite binary with `args` and `env` in `dir`; its whole output.
@@ -114,9 +119,7 @@ async fn the_v1_1_1_suite_passes_completely() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let mirror = start(dir.path(), registry_config(), true).await;
-    let results = dir.path().join("results");
-    std::fs::create_dir_all(&results).unwrap();
+    let (mirror, results) = start(dir.path(), registry_config(), true).await;
     let env = [
         ("OCI_ROOT_URL", mirror.url("")),
         ("OCI_NAMESPACE", "conformance/repo1".into()),
@@ -151,9 +154,7 @@ async fn the_2026_suite_passes_completely_sha512_included() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let mirror = start(dir.path(), registry_config(), true).await;
-    let results = dir.path().join("results");
-    std::fs::create_dir_all(&results).unwrap();
+    let (mirror, results) = start(dir.path(), registry_config(), true).await;
     let env = [
         ("OCI_REGISTRY", mirror.addr.to_string()),
         ("OCI_TLS", "disabled".into()),
@@ -260,7 +261,7 @@ async fn the_read_only_suite_passes_through_the_pull_through_path() {
         &index,
     )
     .await;
-    let mirror = start(
+    let (mirror, results) = start(
         dir.path(),
         &format!(
             "[[upstream]]\nname = \"registry.test\"\nurl = \"{}\"\ndefault = true\n",
@@ -269,8 +270,6 @@ async fn the_read_only_suite_passes_through_the_pull_through_path() {
         false,
     )
     .await;
-    let results = dir.path().join("results");
-    std::fs::create_dir_all(&results).unwrap();
     let env = [
         ("OCI_REGISTRY", mirror.addr.to_string()),
         ("OCI_TLS", "disabled".into()),

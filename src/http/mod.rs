@@ -373,8 +373,7 @@ async fn authorize(
         || matches!(route, Route::Upload { .. });
     let names = match name {
         Some(n) if writes => names_of(&app.mirror, query.ns.as_deref(), n),
-        Some(n) => vec![n.to_string()],
-        None => Vec::new(),
+        _ => Vec::new(),
     };
     let Some(need) = need_of(route, &parts.method, &names) else {
         return Ok(auth::Identity::Anonymous);

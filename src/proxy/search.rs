@@ -62,29 +62,19 @@ impl Mirror {
     /// The repositories the mirror holds whose names contain `query`, named as clients pull
     /// them, described by where they came from.
     async fn search_local(&self, query: &str) -> Result<Vec<SearchHit>, ProxyError> {
-        let default = self.upstreams.default_name();
         let mut hits: Vec<SearchHit> = Vec::new();
-        for (origin, repo) in self.store.repositories().await? {
-            let (name, description) = if origin == LOCAL {
-                let name = default
-                    .and_then(|d| repo.strip_prefix(&format!("{d}/")))
-                    .unwrap_or(&repo)
-                    .to_owned();
-                (name, "pushed to this mirror".to_owned())
-            } else if Some(origin.as_str()) == default {
-                (repo.clone(), format!("cached from {origin}"))
+        for repo in self.repositories_view(query).await? {
+            let description = if repo.origin == LOCAL {
+                "pushed to this mirror".to_owned()
             } else {
-                (format!("{origin}/{repo}"), format!("cached from {origin}"))
+                format!("cached from {}", repo.origin)
             };
-            if !name.to_ascii_lowercase().contains(query) {
-                continue;
-            }
-            match hits.iter_mut().find(|h| h.name == name) {
+            match hits.iter_mut().find(|h| h.name == repo.display) {
                 // Pushed and cached under one name: say both.
                 Some(hit) => hit.description = format!("{}, {description}", hit.description),
                 None => hits.push(SearchHit {
-                    is_official: name.starts_with("library/"),
-                    name,
+                    is_official: repo.display.starts_with("library/"),
+                    name: repo.display,
                     description,
                     star_count: 0,
                     is_automated: false,

@@ -89,9 +89,17 @@ impl Mirror {
         self.store.cancel_upload(name, owner, id).await
     }
 
-    /// Every repository the mirror holds, as clients name them.
+    /// Every repository the mirror holds, as clients name them, sorted.
     pub async fn catalog(&self) -> Result<Vec<String>, ProxyError> {
-        Ok(self.store.catalog(self.upstreams.default_name()).await?)
+        let mut names: Vec<String> = self
+            .repositories_view("")
+            .await?
+            .into_iter()
+            .map(|r| r.display)
+            .collect();
+        names.sort();
+        names.dedup();
+        Ok(names)
     }
 
     /// The manifests whose `subject` is `digest`, of `artifact_type` when given.

@@ -378,46 +378,6 @@ impl Store {
         out.sort();
         Ok(out)
     }
-
-    /// Every repository with at least one tag record, as clients name them: pushed ones as
-    /// pushed, cached ones as `<upstream>/<repo>` (or `<repo>` for `default_upstream`).
-    pub async fn catalog(&self, default_upstream: Option<&str>) -> Result<Vec<String>> {
-        let root = self.root.join("tags");
-        let mut repos = Vec::new();
-        let mut upstreams = tokio::fs::read_dir(&root).await.map_err(io_err(&root))?;
-        while let Some(upstream) = upstreams.next_entry().await.map_err(io_err(&root))? {
-            let name = upstream.file_name().to_string_lossy().into_owned();
-            let prefix = if name == LOCAL || Some(name.as_str()) == default_upstream {
-                String::new()
-            } else {
-                format!("{name}/")
-            };
-            // Pushed repositories are recorded as `<upstream>/<repo>`: show the default
-            // upstream's without its prefix, as clients name them.
-            let strip = match (name == LOCAL, default_upstream) {
-                (true, Some(default)) => Some(format!("{default}/")),
-                _ => None,
-            };
-            let path = upstream.path();
-            let found = tokio::task::spawn_blocking(move || {
-                let mut found = Vec::new();
-                collect_repos(&path, &path, &mut found);
-                found
-            })
-            .await
-            .unwrap_or_default();
-            repos.extend(found.into_iter().map(|r| {
-                let r = match &strip {
-                    Some(s) => r.strip_prefix(s.as_str()).map(str::to_owned).unwrap_or(r),
-                    None => r,
-                };
-                format!("{prefix}{r}")
-            }));
-        }
-        repos.sort();
-        repos.dedup();
-        Ok(repos)
-    }
 }
 
 /// Finds directories holding a non-empty `_tags` below `dir`, as paths relative to `base`.
