@@ -100,6 +100,14 @@ async fn search_merges_the_mirror_and_its_upstream_and_survives_the_upstream() {
     assert_eq!(first["num_pages"], 2);
     let r = m.get("/v1/search?q=alpine&n=0").await;
     assert_eq!(r.status(), 400);
+    let asked = fake.count("GET", "/v1/search");
+    let r = m.get(&format!("/v1/search?q={}", "a".repeat(300))).await;
+    assert_eq!(r.status(), 400, "an overlong term is refused");
+    assert_eq!(
+        fake.count("GET", "/v1/search"),
+        asked,
+        "and never sent upstream"
+    );
 
     // The upstream's answer is reused for a while; when it is down, the mirror still answers.
     let asked = fake.count("GET", "/v1/search");

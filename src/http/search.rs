@@ -32,6 +32,11 @@ pub async fn search(ctx: &Ctx<'_>) -> Answer {
         (Err(e), _) | (_, Err(e)) => return e.into(),
     };
     let query = ctx.query.q.as_deref().unwrap_or("");
+    if query.len() > crate::proxy::search::MAX_QUERY {
+        return ApiError::new(ErrorCode::Unsupported, "search term too long")
+            .with_status(http::StatusCode::BAD_REQUEST)
+            .into();
+    }
     let hits = match ctx.mirror.search(query).await {
         Ok(hits) => hits,
         Err(e) => return proxy_error(e, Resource::Repository, LOCAL).into(),

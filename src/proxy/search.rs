@@ -9,6 +9,10 @@ use super::{Mirror, ProxyError};
 use crate::store::LOCAL;
 use crate::upstream::SearchHit;
 
+/// The longest search term accepted (repository names are at most 255 characters): a term
+/// becomes an upstream request and a cache key.
+pub const MAX_QUERY: usize = 255;
+
 /// How long an upstream's answer to a query is reused.
 pub const SEARCH_TTL: Duration = Duration::from_secs(60);
 
