@@ -193,9 +193,18 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
-    /// Root directory of the cache.
+    /// Where blobs, manifests and tags live: `fs` (under `path`) or `s3` (in `[storage.s3]`).
+    #[serde(default)]
+    pub backend: BackendKind,
+    /// `fs`: the store. `s3`: local staging for fills and uploads, and the hot cache.
     #[serde(default = "default_storage_path")]
     pub path: PathBuf,
+    /// `s3` only: the cap of the local hot cache (least recently read copies go first).
+    #[serde(default = "default_cache_size")]
+    pub cache_size: ByteSize,
+    /// `[storage.s3]`: the bucket, for `backend = "s3"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Config>,
     /// Upper bound of the in-memory index (tag records, blob sizes, small manifests), in MiB.
     #[serde(default = "default_index_mib")]
     pub index_memory_mib: u64,
@@ -227,6 +236,90 @@ pub struct StorageConfig {
     /// GC spares anything written more recently than this (pushes and fills in progress).
     #[serde(default = "default_gc_grace", with = "humantime_serde")]
     pub gc_grace: Duration,
+}
+
+/// Where the store keeps its objects.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// Files under `[storage] path`.
+    #[default]
+    Fs,
+    /// An S3 bucket (AWS S3, Garage, MinIO, Ceph RGW...).
+    S3,
+}
+
+/// `[storage.s3]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    /// The bucket (it must exist).
+    pub bucket: String,
+    /// The endpoint of an S3-compatible store (`http://127.0.0.1:3900`); omit for AWS S3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// The region.
+    #[serde(default = "default_s3_region")]
+    pub region: String,
+    /// Every key goes under this prefix (several mirrors may share a bucket).
+    #[serde(default)]
+    pub prefix: String,
+    /// The access key id; else `AWS_ACCESS_KEY_ID`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_key_id: Option<String>,
+    /// The secret access key; else the variable `secret_access_key_env` names, else
+    /// `AWS_SECRET_ACCESS_KEY`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_access_key: Option<String>,
+    /// An environment variable holding the secret access key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_access_key_env: Option<String>,
+    /// Blob GETs answer `307` to a presigned URL of the bucket (manifests stay here).
+    #[serde(default)]
+    pub redirect: bool,
+}
+
+impl S3Config {
+    /// The access key id and secret, from the config or the environment.
+    pub fn credentials(&self) -> Result<(String, String), ConfigError> {
+        let missing = |key: &str, message: &str| ConfigError::Invalid {
+            key: format!("storage.s3.{key}"),
+            message: message.to_owned(),
+        };
+        let id = match &self.access_key_id {
+            Some(id) => id.clone(),
+            None => std::env::var("AWS_ACCESS_KEY_ID").map_err(|_| {
+                missing(
+                    "access_key_id",
+                    "not set, and AWS_ACCESS_KEY_ID is not in the environment",
+                )
+            })?,
+        };
+        let secret = match (&self.secret_access_key, &self.secret_access_key_env) {
+            (Some(secret), _) => secret.clone(),
+            (None, Some(var)) => std::env::var(var).map_err(|_| {
+                missing(
+                    "secret_access_key_env",
+                    &format!("the environment variable {var} is not set"),
+                )
+            })?,
+            (None, None) => std::env::var("AWS_SECRET_ACCESS_KEY").map_err(|_| {
+                missing(
+                    "secret_access_key",
+                    "not set, nor secret_access_key_env, and AWS_SECRET_ACCESS_KEY is not in the environment",
+                )
+            })?,
+        };
+        Ok((id, secret))
+    }
+}
+
+fn default_s3_region() -> String {
+    "us-east-1".to_owned()
+}
+
+fn default_cache_size() -> ByteSize {
+    ByteSize(20 * 1024 * 1024 * 1024)
 }
 
 /// `[auth]`.
@@ -547,7 +640,10 @@ impl Default for AuthConfig {
 impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
+            backend: BackendKind::Fs,
             path: default_storage_path(),
+            cache_size: default_cache_size(),
+            s3: None,
             index_memory_mib: default_index_mib(),
             delete: false,
             max_upload_size: default_max_upload(),
@@ -646,6 +742,36 @@ impl Config {
             key,
             message: message.to_owned(),
         };
+        match (self.storage.backend, &self.storage.s3) {
+            (BackendKind::S3, None) => {
+                return Err(invalid(
+                    "storage.s3".into(),
+                    "backend = \"s3\" needs a [storage.s3] section with at least `bucket`",
+                ));
+            }
+            (BackendKind::S3, Some(s3)) => {
+                if s3.bucket.is_empty() {
+                    return Err(invalid("storage.s3.bucket".into(), "must not be empty"));
+                }
+                if s3.secret_access_key.is_some() && s3.secret_access_key_env.is_some() {
+                    return Err(invalid(
+                        "storage.s3.secret_access_key_env".into(),
+                        "set secret_access_key or secret_access_key_env, not both",
+                    ));
+                }
+                if let Some(endpoint) = &s3.endpoint
+                    && url::Url::parse(endpoint)
+                        .map(|u| !matches!(u.scheme(), "http" | "https"))
+                        .unwrap_or(true)
+                {
+                    return Err(invalid(
+                        "storage.s3.endpoint".into(),
+                        "must be an http:// or https:// URL",
+                    ));
+                }
+            }
+            (BackendKind::Fs, _) => {}
+        }
         let mut seen_default = None;
         for (i, up) in self.upstreams.iter().enumerate() {
             let key = |field: &str| format!("upstream[{i}].{field}");

@@ -235,17 +235,18 @@ pub async fn export(
             "annotations": {"org.opencontainers.image.ref.name": canonical_name(mirror, image)},
         }));
         for m in &walked.manifests {
-            blobs.insert(layout_path(&m.digest), mirror.store.blob_path(&m.digest));
+            blobs.insert(layout_path(&m.digest), m.digest.clone());
         }
         for b in &walked.blobs {
-            blobs.insert(layout_path(&b.digest), mirror.store.blob_path(&b.digest));
+            blobs.insert(layout_path(&b.digest), b.digest.clone());
         }
     }
     let index = serde_json::json!({"schemaVersion": 2, "mediaType": media::OCI_INDEX, "manifests": index_entries});
     let out = out.to_owned();
     let count = blobs.len();
     let shown = out.display().to_string();
-    tokio::task::spawn_blocking(move || write_layout_tar(&out, &index, &blobs))
+    let (store, runtime) = (Arc::clone(&mirror.store), tokio::runtime::Handle::current());
+    tokio::task::spawn_blocking(move || write_layout_tar(&store, &runtime, &out, &index, &blobs))
         .await
         .map_err(|e| e.to_string())
         .and_then(|r| r.map_err(|e| e.to_string()))
@@ -256,10 +257,14 @@ pub async fn export(
     Ok(count)
 }
 
+/// Writes the tar on a blocking thread, reading each blob from the store as a stream (from
+/// local files or the bucket alike) through `runtime`.
 fn write_layout_tar(
+    store: &Store,
+    runtime: &tokio::runtime::Handle,
     out: &Path,
     index: &serde_json::Value,
-    blobs: &BTreeMap<String, std::path::PathBuf>,
+    blobs: &BTreeMap<String, Digest>,
 ) -> std::io::Result<()> {
     let tmp = out.with_extension("tar.partial");
     let file = std::fs::File::create(&tmp)?;
@@ -273,9 +278,18 @@ fn write_layout_tar(
     };
     add_bytes("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
     add_bytes("index.json", index.to_string().as_bytes())?;
-    for (name, path) in blobs {
-        let mut file = std::fs::File::open(path)?;
-        tar.append_file(name, &mut file)?;
+    for (name, digest) in blobs {
+        let object = runtime
+            .block_on(store.read_blob(digest))
+            .map_err(std::io::Error::other)?
+            .ok_or_else(|| std::io::Error::other(format!("{digest} is not in the store")))?;
+        let mut header = tar::Header::new_gnu();
+        header.set_size(object.size);
+        header.set_mode(0o644);
+        header.set_cksum();
+        let reader = tokio_util::io::StreamReader::new(object.body);
+        let reader = tokio_util::io::SyncIoBridge::new_with_handle(reader, runtime.clone());
+        tar.append_data(&mut header, name, reader)?;
     }
     tar.into_inner()?
         .into_inner()
@@ -303,10 +317,12 @@ pub async fn import(mirror: &Arc<Mirror>, bundle: &Path) -> Result<Imported, Ima
     };
     let store = Arc::clone(&mirror.store);
     let path = bundle.to_owned();
-    let (blobs, index) = tokio::task::spawn_blocking(move || read_layout_tar(&store, &path))
-        .await
-        .map_err(|e| bundle_err(e.to_string()))?
-        .map_err(bundle_err)?;
+    let runtime = tokio::runtime::Handle::current();
+    let (blobs, index) =
+        tokio::task::spawn_blocking(move || read_layout_tar(&store, &runtime, &path))
+            .await
+            .map_err(|e| bundle_err(e.to_string()))?
+            .map_err(bundle_err)?;
     let index: serde_json::Value =
         serde_json::from_slice(&index).map_err(|e| bundle_err(format!("index.json: {e}")))?;
     let mut imported = Imported {
@@ -359,10 +375,11 @@ async fn record_manifests(
 ) -> Result<(), ProxyError> {
     let mut pending = vec![(root.clone(), media_type.map(str::to_owned))];
     while let Some((digest, declared)) = pending.pop() {
-        let path = mirror.store.blob_path(&digest);
-        let bytes = tokio::fs::read(&path)
-            .await
-            .map_err(|e| ProxyError::Internal(format!("{digest} is not in the bundle: {e}")))?;
+        let bytes = mirror
+            .store
+            .read_small_blob(&digest)
+            .await?
+            .ok_or_else(|| ProxyError::Internal(format!("{digest} is not in the bundle")))?;
         let media_type = media::manifest_media_type(declared.as_deref(), &bytes);
         if let Ok(parsed) = Manifest::parse(Some(&media_type), &bytes) {
             let doc: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
@@ -379,7 +396,7 @@ async fn record_manifests(
             .store
             .put_manifest(Arc::new(StoredManifest {
                 digest,
-                bytes: bytes.into(),
+                bytes,
                 media_type,
             }))
             .await?;
@@ -394,7 +411,11 @@ fn layout_path(digest: &Digest) -> String {
 
 /// Streams each `blobs/<algorithm>/<hex>` entry into the store (verified, pinned); returns the
 /// number of blobs and the bytes of `index.json`.
-fn read_layout_tar(store: &Store, path: &Path) -> Result<(usize, Vec<u8>), String> {
+fn read_layout_tar(
+    store: &Store,
+    runtime: &tokio::runtime::Handle,
+    path: &Path,
+) -> Result<(usize, Vec<u8>), String> {
     let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
     let mut archive = tar::Archive::new(std::io::BufReader::new(file));
     let mut index = None;
@@ -424,8 +445,8 @@ fn read_layout_tar(store: &Store, path: &Path) -> Result<(usize, Vec<u8>), Strin
         }
         let digest = Digest::from_parts(algorithm, hex).map_err(|e| format!("{name}: {e}"))?;
         // Pinned before it appears, so eviction never sees it unpinned.
-        store
-            .pin_blocking(&digest, IMPORT_HOLDER)
+        runtime
+            .block_on(store.pin(&digest, IMPORT_HOLDER))
             .map_err(|e| e.to_string())?;
         let mut spool = store.create_spool(&digest).map_err(|e| e.to_string())?;
         let mut buf = vec![0u8; 1 << 20];
@@ -436,8 +457,8 @@ fn read_layout_tar(store: &Store, path: &Path) -> Result<(usize, Vec<u8>), Strin
             }
             spool.append(&buf[..n]).map_err(|e| e.to_string())?;
         }
-        store
-            .commit_spool(spool, &digest)
+        runtime
+            .block_on(store.commit_spool(spool, &digest))
             .map_err(|e| format!("{name}: {e}"))?;
         blobs += 1;
     }

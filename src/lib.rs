@@ -38,6 +38,19 @@ pub enum StartError {
     /// The store could not be opened.
     #[error(transparent)]
     Store(#[from] store::StoreError),
+    /// The configuration is unusable.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// The bucket cannot be used: missing, unreachable, or the credentials are refused.
+    #[error("cannot use the {backend} with access key {access_key_id}: {source}")]
+    Bucket {
+        /// The bucket and endpoint.
+        backend: String,
+        /// Which key was used (never the secret).
+        access_key_id: String,
+        /// What the object store said.
+        source: Box<store::BackendError>,
+    },
     /// An upstream client could not be built.
     #[error(transparent)]
     Upstream(#[from] upstream::UpstreamError),
@@ -71,20 +84,63 @@ pub async fn build_mirror_for_command(config: &Config) -> Result<Arc<Mirror>, St
 
 async fn open_mirror(config: &Config, owns_tmp: bool) -> Result<Arc<Mirror>, StartError> {
     let metrics = Arc::new(Metrics::new());
-    let index_bytes = config.storage.index_memory_mib * 1024 * 1024;
-    let store = if owns_tmp {
-        Store::open(&config.storage.path, index_bytes).await?
-    } else {
-        Store::open_shared(&config.storage.path, index_bytes).await?
+    let storage = &config.storage;
+    let backend = open_backend(storage, &metrics)?;
+    if let Some(s3) = storage.s3.as_ref().filter(|_| !backend.lists_cheaply()) {
+        // Fail at start, saying which bucket and key, rather than at the first pull.
+        backend.check().await.map_err(|source| StartError::Bucket {
+            backend: backend.describe(),
+            access_key_id: s3.credentials().map(|(id, _)| id).unwrap_or_default(),
+            source: Box::new(source),
+        })?;
+    }
+    let options = store::StoreOptions {
+        index_bytes: storage.index_memory_mib * 1024 * 1024,
+        hot_cache_bytes: storage.cache_size.0,
+        redirect: storage.s3.as_ref().is_some_and(|s3| s3.redirect),
     };
-    let store = Arc::new(store);
+    let opened = if owns_tmp {
+        Store::open(backend, &storage.path, options).await
+    } else {
+        Store::open_shared(backend, &storage.path, options).await
+    };
+    let store = Arc::new(opened?);
     let upstreams = Upstreams::new(&config.upstreams, config.server.offline, &metrics)?;
     let fills = Fills::new(
         Arc::clone(&store),
         Arc::clone(&metrics),
-        config.storage.max_upload_size.0,
+        storage.max_upload_size.0,
     );
     Ok(Arc::new(Mirror::new(store, upstreams, fills, metrics)))
+}
+
+/// The backend `[storage]` names, its requests counted in `metrics`.
+fn open_backend(
+    storage: &config::StorageConfig,
+    metrics: &Metrics,
+) -> Result<Arc<dyn store::Backend>, StartError> {
+    use store::backend::Measured;
+    let measured = metrics.backend.clone();
+    match (storage.backend, &storage.s3) {
+        (config::BackendKind::S3, Some(s3)) => {
+            let (access_key_id, secret_access_key) = s3.credentials()?;
+            let backend = store::S3Backend::new(store::S3Settings {
+                bucket: s3.bucket.clone(),
+                endpoint: s3.endpoint.clone(),
+                region: s3.region.clone(),
+                prefix: s3.prefix.clone(),
+                access_key_id,
+                secret_access_key,
+            })
+            .map_err(store::StoreError::from)?;
+            Ok(Arc::new(Measured::new(backend, measured)))
+        }
+        _ => {
+            let root = &storage.path;
+            let backend = store::FsBackend::new(root, &root.join("tmp"));
+            Ok(Arc::new(Measured::new(backend, measured)))
+        }
+    }
 }
 
 /// A running server.

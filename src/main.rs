@@ -213,13 +213,7 @@ async fn gc(config: Config, dry_run: bool) -> ExitCode {
         .store
         // A server beside this command may be filling: its spools are young, and gc_grace
         // spares young files.
-        .gc(
-            storage.gc_grace,
-            storage.upload_ttl,
-            dry_run,
-            |_| false,
-            |_| false,
-        )
+        .gc(storage.gc_grace, storage.upload_ttl, dry_run, |_| false)
         .await
     {
         Ok(report) => {

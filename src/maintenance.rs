@@ -1,5 +1,6 @@
 //! Background work that keeps a long-running mirror healthy: eviction under the size cap
-//! (prompt, on every growth), periodic GC, expiry of idle uploads, and saving access times.
+//! (prompt, on every growth), periodic GC, expiry of idle uploads, and saving access times and
+//! the index.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +15,7 @@ use crate::store::{GcReport, StoreError};
 pub fn spawn(mirror: &Arc<Mirror>, storage: &StorageConfig) -> Vec<JoinHandle<()>> {
     let mut tasks = vec![
         tokio::spawn(expire_uploads(Arc::clone(mirror), storage.upload_ttl)),
-        tokio::spawn(save_access(Arc::clone(mirror))),
+        tokio::spawn(save_state(Arc::clone(mirror))),
         tokio::spawn(periodic_gc(Arc::clone(mirror), storage.clone())),
     ];
     if let Some(max) = storage.max_size {
@@ -95,13 +96,9 @@ pub async fn gc_now(mirror: &Mirror, storage: &StorageConfig) -> Result<GcReport
     let fills = Arc::clone(&mirror.fills);
     let report = mirror
         .store
-        .gc(
-            storage.gc_grace,
-            storage.upload_ttl,
-            false,
-            |d| fills.running(d).is_some(),
-            |p| fills.is_spool(p),
-        )
+        .gc(storage.gc_grace, storage.upload_ttl, false, |d| {
+            fills.running(d).is_some()
+        })
         .await?;
     mirror.metrics.gc_removed_blobs.inc_by(report.blobs);
     Ok(report)
@@ -121,14 +118,15 @@ async fn expire_uploads(mirror: Arc<Mirror>, ttl: Duration) {
     }
 }
 
-/// Saves access times once a minute (only when they changed): cheap, and a restart keeps the
-/// eviction order roughly right.
-async fn save_access(mirror: Arc<Mirror>) {
+/// Saves access times (only when they changed) and folds a remote index's journal into its
+/// snapshot, once a minute: cheap, and a restart keeps the eviction order roughly right and
+/// reads a short journal.
+async fn save_state(mirror: Arc<Mirror>) {
     let mut ticker = tokio::time::interval(Duration::from_secs(60));
     loop {
         ticker.tick().await;
-        if let Err(e) = mirror.store.save_access().await {
-            tracing::warn!(error = %e, "cannot save access times");
+        if let Err(e) = mirror.store.save_state().await {
+            tracing::warn!(error = %e, "cannot save access times or the index");
         }
     }
 }

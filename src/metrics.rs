@@ -206,6 +206,20 @@ pub struct Metrics {
     pub ratelimit_limit: IntGaugeVec,
     /// `regmirror_upstream_ratelimit_remaining{upstream}`.
     pub ratelimit_remaining: IntGaugeVec,
+    /// `regmirror_backend_requests_total{backend,op,outcome}` and
+    /// `regmirror_backend_request_duration_seconds{backend,op}`.
+    pub backend: crate::store::backend::BackendMetrics,
+    /// `regmirror_backend_read_bytes_total`: blob bytes read from a remote backend into the
+    /// hot cache.
+    pub backend_read_bytes: IntCounter,
+    /// `regmirror_hot_cache_hits_total`.
+    pub hot_cache_hits: IntCounter,
+    /// `regmirror_hot_cache_misses_total`.
+    pub hot_cache_misses: IntCounter,
+    /// `regmirror_hot_cache_bytes`.
+    pub hot_cache_bytes: IntGauge,
+    /// `regmirror_hot_cache_max_bytes`.
+    pub hot_cache_max_bytes: IntGauge,
 }
 
 impl Metrics {
@@ -289,6 +303,59 @@ impl Metrics {
         registry
             .register(Box::new(upstream_duration.clone()))
             .unwrap_or_else(|e| panic!("histogram: {e}"));
+        let backend_requests = counter_vec(
+            "regmirror_backend_requests_total",
+            "Requests to the storage backend, by backend (fs, s3), operation and outcome (ok, not_found, error).",
+            &["backend", "op", "outcome"],
+        );
+        let backend_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "regmirror_backend_request_duration_seconds",
+                "Time a storage backend request took (for reads: to the first byte).",
+            )
+            .buckets(vec![
+                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+            &["backend", "op"],
+        )
+        .unwrap_or_else(|e| panic!("histogram: {e}"));
+        registry
+            .register(Box::new(backend_duration.clone()))
+            .unwrap_or_else(|e| panic!("histogram: {e}"));
+        let plain_counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+            registry
+                .register(Box::new(c.clone()))
+                .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+            c
+        };
+        let plain_gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+            registry
+                .register(Box::new(g.clone()))
+                .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+            g
+        };
+        let backend_read_bytes = plain_counter(
+            "regmirror_backend_read_bytes_total",
+            "Blob bytes read from a remote storage backend (to fill the hot cache).",
+        );
+        let hot_cache_hits = plain_counter(
+            "regmirror_hot_cache_hits_total",
+            "Blob reads answered from the local hot cache of a remote backend.",
+        );
+        let hot_cache_misses = plain_counter(
+            "regmirror_hot_cache_misses_total",
+            "Blob reads that found no local copy in the hot cache.",
+        );
+        let hot_cache_bytes = plain_gauge(
+            "regmirror_hot_cache_bytes",
+            "Bytes held by the local hot cache of a remote backend.",
+        );
+        let hot_cache_max_bytes = plain_gauge(
+            "regmirror_hot_cache_max_bytes",
+            "The hot cache's cap ([storage] cache_size; 0 with the filesystem backend).",
+        );
         let fills_in_flight = IntGauge::new(
             "regmirror_fills_in_flight",
             "Blob fills from upstreams currently running.",
@@ -390,6 +457,15 @@ impl Metrics {
             http_requests,
             ratelimit_limit,
             ratelimit_remaining,
+            backend: crate::store::backend::BackendMetrics {
+                requests: backend_requests,
+                duration: backend_duration,
+            },
+            backend_read_bytes,
+            hot_cache_hits,
+            hot_cache_misses,
+            hot_cache_bytes,
+            hot_cache_max_bytes,
         }
     }
 

@@ -333,6 +333,7 @@ async fn eviction_removes_nothing_when_pins_cannot_be_read() {
     let first = fake.put_blob(random_bytes(150_000));
     pull(&m, &first).await;
     // A file where a directory of pins should be: reading the pins fails (as root, too).
+    std::fs::create_dir_all(m.store().join("pins/sha256")).unwrap();
     std::fs::write(m.store().join("pins/sha256/zz"), b"").unwrap();
     let second = fake.put_blob(random_bytes(150_000));
     pull(&m, &second).await;

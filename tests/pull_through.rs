@@ -117,9 +117,8 @@ async fn base_endpoint_and_bad_input() {
     );
     // None of that reached the upstream or left anything in the store.
     assert!(fake.seen().is_empty(), "{:?}", fake.seen());
-    let blobs = std::fs::read_dir(mirror.store().join("blobs/sha256"))
-        .unwrap()
-        .count();
+    // The store creates its directories as objects arrive: none, or an empty one.
+    let blobs = std::fs::read_dir(mirror.store().join("blobs/sha256")).map_or(0, |d| d.count());
     assert_eq!(blobs, 0);
 }
 

@@ -36,12 +36,13 @@ pub async fn get(ctx: &Ctx<'_>, name: &RepoName, digest: &Digest) -> Answer {
     };
     let (body, source) = match answer.body {
         BlobBody::Empty => (empty(), None),
+        BlobBody::Redirect(url) => return redirect(ctx, &url, answer.cache, upstream),
         BlobBody::File {
-            file,
+            reader,
             start,
             end,
             guard,
-        } => (file_range(file, start, end, guard), Some(Source::Cache)),
+        } => (file_range(reader, start, end, guard), Some(Source::Cache)),
         BlobBody::Fill { fill, start, end } => {
             // A hit on a fill means its bytes were all in and verified: no upstream wait.
             let source = match answer.cache {
@@ -90,6 +91,22 @@ pub async fn get(ctx: &Ctx<'_>, name: &RepoName, digest: &Digest) -> Answer {
         response,
         cache: Some(answer.cache),
         source,
+        upstream: Some(upstream),
+    }
+}
+
+/// `307` to where the client fetches the blob itself (a presigned bucket URL).
+fn redirect(ctx: &Ctx<'_>, url: &url::Url, cache: CacheResult, upstream: String) -> Answer {
+    let mut response = Response::new(empty());
+    *response.status_mut() = StatusCode::TEMPORARY_REDIRECT;
+    if let Ok(location) = HeaderValue::from_str(url.as_str()) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    echo_namespace(ctx, &mut response);
+    Answer {
+        response,
+        cache: Some(cache),
+        source: None,
         upstream: Some(upstream),
     }
 }

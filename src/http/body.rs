@@ -14,7 +14,7 @@ use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 
 use crate::metrics::{Metrics, Source};
-use crate::store::{ReadGuard, reads};
+use crate::store::{BlobReader, ReadGuard, reads};
 
 /// The error type of response bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -43,17 +43,17 @@ pub fn streamed(stream: impl Stream<Item = io::Result<Bytes>> + Send + 'static) 
 /// `[start, end)` of a blob file, read a chunk at a time as hyper asks for it (see
 /// [`reads`] for where the bytes come from). `guard` marks the blob as being read until the
 /// body is done or dropped.
-pub fn file_range(file: std::fs::File, start: u64, end: u64, guard: ReadGuard) -> Body {
+pub fn file_range(reader: BlobReader, start: u64, end: u64, guard: ReadGuard) -> Body {
     let chunks = futures_util::stream::try_unfold(
-        (Arc::new(file), start, guard),
-        move |(file, offset, guard)| async move {
+        (reader, start, guard),
+        move |(reader, offset, guard)| async move {
             if offset >= end {
                 return Ok(None);
             }
             let len = (end - offset).min(reads::READ_CHUNK as u64) as usize;
-            let bytes = reads::read_chunk(&file, offset, len).await?;
+            let bytes = reader.read_chunk(offset, len).await?;
             let next = offset + bytes.len() as u64;
-            Ok(Some((bytes, (file, next, guard))))
+            Ok(Some((bytes, (reader, next, guard))))
         },
     );
     streamed(chunks)

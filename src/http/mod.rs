@@ -597,6 +597,17 @@ fn metrics_response(mirror: &Mirror) -> Response<Body> {
     m.store_blobs.set(i64::try_from(blobs).unwrap_or(i64::MAX));
     m.uploads_bytes
         .set(i64::try_from(mirror.store.uploads_bytes()).unwrap_or(i64::MAX));
+    if let Some(hot) = mirror.store.hot_cache_stats() {
+        // The cache counts; the counters catch up at each scrape.
+        m.hot_cache_hits
+            .inc_by(hot.hits.saturating_sub(m.hot_cache_hits.get()));
+        m.hot_cache_misses
+            .inc_by(hot.misses.saturating_sub(m.hot_cache_misses.get()));
+        m.hot_cache_bytes
+            .set(i64::try_from(hot.bytes).unwrap_or(i64::MAX));
+        m.hot_cache_max_bytes
+            .set(i64::try_from(hot.capacity).unwrap_or(i64::MAX));
+    }
     text_response(m.render(), "text/plain; version=0.0.4")
 }
 

@@ -216,7 +216,7 @@ async fn drain(app: &App, graceful: GracefulShutdown, timeout: Duration) {
     if let Err(e) = app.mirror.store.remove_temp_files().await {
         tracing::warn!(error = %e, "cannot remove temp files");
     }
-    if let Err(e) = app.mirror.store.save_access().await {
-        tracing::warn!(error = %e, "cannot save access times");
+    if let Err(e) = app.mirror.store.save_state().await {
+        tracing::warn!(error = %e, "cannot save access times or the index");
     }
 }

@@ -3,11 +3,11 @@
 
 use std::sync::Arc;
 
-use super::fill::{Fill, Joined};
+use super::fill::{Fill, FillSource, Joined};
 use super::{Mirror, ProxyError};
 use crate::metrics::{CacheResult, Kind};
 use crate::oci::{Digest, RepoName};
-use crate::store::LOCAL;
+use crate::store::{BlobReader, LOCAL, OpenBlob};
 use crate::upstream::{Resolved, UpstreamError};
 
 /// A `Range` header that is not a valid byte range.
@@ -69,12 +69,12 @@ impl ByteRange {
 pub enum BlobBody {
     /// HEAD: no body.
     Empty,
-    /// `[start, end)` of a committed blob file.
+    /// `[start, end)` of a stored blob's local file.
     File {
         /// Keeps eviction and GC away while the body is sent.
         guard: crate::store::ReadGuard,
         /// The open file, this answer's own.
-        file: std::fs::File,
+        reader: BlobReader,
         /// First byte.
         start: u64,
         /// One past the last byte.
@@ -89,6 +89,8 @@ pub enum BlobBody {
         /// One past the last byte.
         end: Option<u64>,
     },
+    /// The client fetches the blob from this URL (a presigned bucket URL).
+    Redirect(url::Url),
 }
 
 /// A blob answer.
@@ -159,10 +161,11 @@ impl Mirror {
         if head {
             return self.blob_head_upstream(route, digest, range).await;
         }
-        let (fill, cache) = match self
-            .fills
-            .start_or_join(&route.upstream, &route.repo, digest)?
-        {
+        let source = FillSource::Upstream {
+            client: Arc::clone(&route.upstream),
+            repo: route.repo.clone(),
+        };
+        let (fill, cache) = match self.fills.start_or_join(source, digest)? {
             Joined::Leader(fill) => (fill, CacheResult::Miss),
             Joined::Follower(fill) => (fill, CacheResult::Coalesced),
             Joined::Verified(fill) => (fill, CacheResult::Hit),
@@ -199,9 +202,18 @@ impl Mirror {
         head: bool,
         range: Option<ByteRange>,
     ) -> Result<Option<BlobAnswer>, ProxyError> {
-        let Some((file, size)) = self.store.open_blob(digest).await? else {
+        if !head && let Some(url) = self.store.blob_redirect(digest).await? {
+            return Ok(Some(BlobAnswer {
+                size: None,
+                range: None,
+                body: BlobBody::Redirect(url),
+                cache: CacheResult::Hit,
+            }));
+        }
+        let Some(opened) = self.store.open_blob(digest).await? else {
             return Ok(None);
         };
+        let size = opened.size();
         let span = match range {
             Some(r) => Some(
                 r.resolve(size)
@@ -210,21 +222,38 @@ impl Mirror {
             None => None,
         };
         let (start, end) = span.unwrap_or((0, size));
-        let body = if head {
-            BlobBody::Empty
-        } else {
-            BlobBody::File {
-                guard: self.store.reading(digest),
-                file,
-                start,
-                end,
+        let (body, cache) = match opened {
+            _ if head => (BlobBody::Empty, CacheResult::Hit),
+            OpenBlob::Local { reader, .. } => (
+                BlobBody::File {
+                    guard: self.store.reading(digest),
+                    reader,
+                    start,
+                    end,
+                },
+                CacheResult::Hit,
+            ),
+            // Stored, but not on this machine: one read of the backend fills the local copy
+            // while every request for the blob streams from it.
+            OpenBlob::Remote { .. } => {
+                match self.fills.start_or_join(FillSource::Backend, digest)? {
+                    Joined::Leader(fill) | Joined::Follower(fill) | Joined::Verified(fill) => (
+                        BlobBody::Fill {
+                            fill,
+                            start,
+                            end: Some(end),
+                        },
+                        CacheResult::Hit,
+                    ),
+                    Joined::Committed => return Ok(None),
+                }
             }
         };
         Ok(Some(BlobAnswer {
             size: Some(size),
             range: span,
             body,
-            cache: CacheResult::Hit,
+            cache,
         }))
     }
 

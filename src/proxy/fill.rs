@@ -23,8 +23,8 @@ use tokio::sync::{mpsc, watch};
 
 use crate::metrics::Metrics;
 use crate::oci::{Digest, RepoName};
-use crate::store::{Spool, Store, StoreError, reads};
-use crate::upstream::{BlobBody, UpstreamClient, UpstreamError};
+use crate::store::{BlobReader, Spool, Store, StoreError, VerifiedSpool, reads};
+use crate::upstream::{UpstreamClient, UpstreamError};
 
 /// How many times a broken-off upstream body is resumed with a Range request.
 pub const MAX_RESUMES: u32 = 3;
@@ -182,13 +182,46 @@ impl Tail {
     }
 }
 
+/// Where a fill's bytes come from.
+#[derive(Clone)]
+pub enum FillSource {
+    /// An upstream registry: the blob is not stored yet.
+    Upstream {
+        /// The upstream's client.
+        client: Arc<UpstreamClient>,
+        /// The repository there.
+        repo: RepoName,
+    },
+    /// The store's remote backend: the blob is stored, but this machine has no local copy.
+    Backend,
+}
+
+impl FillSource {
+    /// The label of the source in logs and metrics: the upstream's name, or `backend`.
+    fn label(&self) -> &str {
+        match self {
+            FillSource::Upstream { client, .. } => client.name(),
+            FillSource::Backend => "backend",
+        }
+    }
+}
+
+/// How long a bucket read may go without a byte before it counts as stalled.
+const BACKEND_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A body being fetched for a fill: its declared length, where it starts (for a resumed
+/// body), and its chunks.
+struct SourceBody {
+    length: Option<u64>,
+    range_start: Option<u64>,
+    chunks: std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, String>> + Send>>,
+}
+
 /// A running (or just finished) fill.
 pub struct Fill {
     /// The blob being fetched.
     pub digest: Digest,
-    /// Its spool file.
-    pub spool_path: std::path::PathBuf,
-    file: Arc<std::fs::File>,
+    file: BlobReader,
     tail: Arc<Tail>,
     progress: watch::Receiver<Progress>,
 }
@@ -301,7 +334,7 @@ impl Fill {
         let on_disk = clamp(progress.readable());
         if offset < on_disk {
             let len = (on_disk - offset).min(reads::READ_CHUNK as u64) as usize;
-            return Some(reads::read_chunk(&self.file, offset, len).await);
+            return Some(self.file.read_chunk(offset, len).await);
         }
         None
     }
@@ -370,11 +403,6 @@ impl Fills {
         })
     }
 
-    /// Whether `path` is the spool of a running fill.
-    pub fn is_spool(&self, path: &std::path::Path) -> bool {
-        self.lock().values().any(|f| f.spool_path == path)
-    }
-
     /// Waits until no fill is running.
     pub async fn wait_idle(&self) {
         loop {
@@ -395,11 +423,10 @@ impl Fills {
         self.inflight.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Joins the fill of `digest`, starting one from `upstream` if none is running.
+    /// Joins the fill of `digest`, starting one from `source` if none is running.
     pub fn start_or_join(
         self: &Arc<Self>,
-        upstream: &Arc<UpstreamClient>,
-        repo: &RepoName,
+        source: FillSource,
         digest: &Digest,
     ) -> Result<Joined, StoreError> {
         let mut inflight = self.lock();
@@ -418,7 +445,7 @@ impl Fills {
             }
         }
         // A fill that just finished has committed before leaving the map.
-        if self.store.blob_path(digest).exists() {
+        if matches!(source, FillSource::Upstream { .. }) && self.store.has_blob(digest) {
             return Ok(Joined::Committed);
         }
         let spool = self.store.create_spool(digest)?;
@@ -432,7 +459,6 @@ impl Fills {
         let tail = Arc::new(Tail::default());
         let fill = Arc::new(Fill {
             digest: digest.clone(),
-            spool_path: spool.path().to_owned(),
             file: spool.reader(),
             tail: Arc::clone(&tail),
             progress: rx,
@@ -443,11 +469,11 @@ impl Fills {
         let job = FillJob {
             max_size: self.max_blob,
             metrics: Arc::clone(&self.metrics),
-            upstream: Arc::clone(upstream),
-            repo: repo.clone(),
+            source,
             digest: digest.clone(),
             tail,
             tx,
+            store: Arc::clone(&self.store),
         };
         let entry = FillEntry {
             fills: Arc::clone(self),
@@ -455,7 +481,7 @@ impl Fills {
         };
         tokio::spawn(async move {
             let fills = Arc::clone(&entry.fills);
-            let upstream_name = job.upstream.name().to_owned();
+            let upstream_name = job.source.label().to_owned();
             let digest = job.digest.clone();
             let result = job.run(spool, &fills).await;
             if let Err(e) = &result {
@@ -490,11 +516,11 @@ struct FillJob {
     /// The most bytes a body may have.
     max_size: u64,
     metrics: Arc<Metrics>,
-    upstream: Arc<UpstreamClient>,
-    repo: RepoName,
+    source: FillSource,
     digest: Digest,
     tail: Arc<Tail>,
     tx: watch::Sender<Progress>,
+    store: Arc<Store>,
 }
 
 impl FillJob {
@@ -511,10 +537,7 @@ impl FillJob {
     }
 
     async fn fetch(&self, spool: Spool, fills: &Fills) -> Result<u64, FillError> {
-        let response = self
-            .upstream
-            .get_blob(&self.repo, &self.digest, None)
-            .await?;
+        let response = self.open_body(None).await?;
         let total = response.length;
         if total.is_some_and(|t| t > self.max_size) {
             return Err(FillError::TooLarge(self.max_size));
@@ -528,11 +551,8 @@ impl FillJob {
         let (to_writer, from_network) = mpsc::channel::<ToWriter>(32);
         let writer = {
             let tx = self.tx.clone();
-            let store = Arc::clone(&fills.store);
             let digest = self.digest.clone();
-            tokio::task::spawn_blocking(move || {
-                write_spool(spool, from_network, &tx, &store, &digest)
-            })
+            tokio::task::spawn_blocking(move || write_spool(spool, from_network, &tx, &digest))
         };
         let streamed = self.stream_with_resume(response, total, &to_writer).await;
         if streamed.is_ok() {
@@ -542,7 +562,36 @@ impl FillJob {
         let written = writer.await;
         // The network's error first: the writer only knows that the network side gave up.
         streamed?;
-        written.map_err(|_| FillError::Aborted)?
+        let verified = written.map_err(|_| FillError::Aborted)??;
+        // Readers have every byte already; making the blob durable is off their path.
+        let kept = match self.source {
+            FillSource::Upstream { .. } => fills.store.commit_verified(verified).await,
+            FillSource::Backend => fills.store.keep_local_copy(verified).await,
+        };
+        kept.map_err(|e| FillError::Store(Arc::new(e)))
+    }
+
+    /// Opens the source's body from byte `from` on (all of it for `None`).
+    async fn open_body(&self, from: Option<u64>) -> Result<SourceBody, FillError> {
+        match &self.source {
+            FillSource::Upstream { client, repo } => {
+                let body = client.get_blob(repo, &self.digest, from).await?;
+                Ok(SourceBody {
+                    length: body.length,
+                    range_start: body.range_start,
+                    chunks: Box::pin(body.into_stream().map(|r| r.map_err(|e| e.to_string()))),
+                })
+            }
+            FillSource::Backend => {
+                let start = from.unwrap_or(0);
+                let object = fills_store_read(&self.store, &self.digest, start).await?;
+                Ok(SourceBody {
+                    length: Some(object.size - start.min(object.size)),
+                    range_start: from.map(|_| start),
+                    chunks: Box::pin(object.body.map(|r| r.map_err(|e| e.to_string()))),
+                })
+            }
+        }
     }
 
     /// Streams the body to the writer; a body that breaks off or stalls is resumed with a
@@ -550,7 +599,7 @@ impl FillJob {
     /// supports ranges.
     async fn stream_with_resume(
         &self,
-        mut response: BlobBody,
+        mut response: SourceBody,
         total: Option<u64>,
         to_writer: &mpsc::Sender<ToWriter>,
     ) -> Result<(), FillError> {
@@ -579,12 +628,8 @@ impl FillJob {
 
     /// A `Range: bytes=<from>-` request; `None` unless the upstream answers with the bytes
     /// from `from` on.
-    async fn resume_from(&self, from: u64) -> Option<BlobBody> {
-        let response = self
-            .upstream
-            .get_blob(&self.repo, &self.digest, Some(from))
-            .await
-            .ok()?;
+    async fn resume_from(&self, from: u64) -> Option<SourceBody> {
+        let response = self.open_body(Some(from)).await.ok()?;
         if response.range_start == Some(from) {
             Some(response)
         } else {
@@ -595,17 +640,23 @@ impl FillJob {
 
     async fn stream_body(
         &self,
-        response: BlobBody,
+        response: SourceBody,
         total: Option<u64>,
         received: &mut u64,
         to_writer: &mpsc::Sender<ToWriter>,
     ) -> Result<(), FillError> {
-        let idle = self.upstream.config().fill_idle_timeout;
-        let bytes_metric = self
-            .metrics
-            .upstream_bytes
-            .with_label_values(&[self.upstream.name()]);
-        let mut body = Box::pin(response.into_stream());
+        let idle = match &self.source {
+            FillSource::Upstream { client, .. } => client.config().fill_idle_timeout,
+            FillSource::Backend => BACKEND_IDLE_TIMEOUT,
+        };
+        let bytes_metric = match &self.source {
+            FillSource::Upstream { client, .. } => self
+                .metrics
+                .upstream_bytes
+                .with_label_values(&[client.name()]),
+            FillSource::Backend => self.metrics.backend_read_bytes.clone(),
+        };
+        let mut body = response.chunks;
         loop {
             let next = tokio::time::timeout(idle, body.next())
                 .await
@@ -650,20 +701,13 @@ impl FillJob {
 }
 
 /// The disk side of a fill: appends, hashes, publishes how much is on disk, and on `Finish`
-/// verifies, releases the last byte to readers, then commits.
+/// verifies and releases the last byte to readers. Committing is the caller's.
 fn write_spool(
     mut spool: Spool,
     mut from_network: mpsc::Receiver<ToWriter>,
     tx: &watch::Sender<Progress>,
-    store: &Store,
     digest: &Digest,
-) -> Result<u64, FillError> {
-    let store_error = |e: StoreError| match e {
-        StoreError::DigestMismatch { expected, actual } => {
-            FillError::DigestMismatch { expected, actual }
-        }
-        other => FillError::Store(Arc::new(other)),
-    };
+) -> Result<VerifiedSpool, FillError> {
     while let Some(first) = from_network.blocking_recv() {
         let mut next = Some(first);
         let mut batched = 0;
@@ -673,7 +717,7 @@ fn write_spool(
                 ToWriter::Data(chunk) => {
                     spool.append(&chunk).map_err(|source| {
                         FillError::Store(Arc::new(StoreError::Io {
-                            path: spool.path().to_owned(),
+                            path: "spool".into(),
                             source,
                         }))
                     })?;
@@ -688,13 +732,31 @@ fn write_spool(
         let written = spool.written();
         tx.send_modify(|p| p.written = written);
         if finished {
-            let verified = spool.verify(digest).map_err(store_error)?;
+            let verified = spool.verify(digest).map_err(|e| match e {
+                StoreError::DigestMismatch { expected, actual } => {
+                    FillError::DigestMismatch { expected, actual }
+                }
+                other => FillError::Store(Arc::new(other)),
+            })?;
             tx.send_modify(|p| p.verified = true);
-            return store.commit_verified(verified).map_err(store_error);
+            return Ok(verified);
         }
     }
     // The network side gave up (and reports why); dropping the spool deletes it.
     Err(FillError::Aborted)
+}
+
+/// Opens a stored blob in the remote backend for a fill.
+async fn fills_store_read(
+    store: &Store,
+    digest: &Digest,
+    from: u64,
+) -> Result<crate::store::backend::ObjectStream, FillError> {
+    match store.read_remote(digest, from).await {
+        Ok(Some(object)) => Ok(object),
+        Ok(None) => Err(FillError::Upstream(UpstreamError::NotFound)),
+        Err(e) => Err(FillError::Store(Arc::new(e))),
+    }
 }
 
 #[cfg(test)]

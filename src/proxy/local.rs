@@ -296,7 +296,7 @@ impl Mirror {
             .iter()
             .any(|h| h == name.as_str() || h.starts_with(&mine));
         self.store.unpin(digest, name.as_str()).await?;
-        if self.store.is_pinned(digest).await? {
+        if !self.store.holders(digest).await?.is_empty() {
             if held {
                 self.store.mark_deleted(digest, name.as_str()).await?;
             }

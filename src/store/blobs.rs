@@ -1,28 +1,37 @@
-//! Blobs: `blobs/<algorithm>/<2 hex>/<hex>`, present only when complete and verified.
+//! Blobs: `blobs/<algorithm>/<2 hex>/<hex>` in the backend, present only when complete and
+//! verified; spools that are hashed while they fill, and committed only when they match.
 
+use std::collections::HashSet;
 use std::io;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::{
-    MAX_INDEXED_MANIFEST, Result, Store, StoreError, StoredManifest, io_err, read_optional,
-};
+use super::backend::{Committed, ObjectStream};
+use super::index::{Change, IndexedBlob};
+use super::reads::BlobReader;
+use super::usage::now_ms;
+use super::{MAX_INDEXED_MANIFEST, Result, Store, StoreError, StoredManifest, io_err};
 use crate::oci::digest::Hasher;
 use crate::oci::{Digest, media};
 
-/// A temp file being filled with a blob's bytes, hashed as they are written.
+/// How long a presigned blob URL is valid.
+const REDIRECT_TTL: Duration = Duration::from_secs(10 * 60);
+
+/// A local temp file being filled with a blob's bytes, hashed as they are written.
 ///
 /// Readers may read it concurrently through [`Spool::reader`] (positional reads, so they never
-/// disturb the writer). [`Store::commit_spool`] renames it into place only if the hash matches;
-/// dropping a spool without committing deletes the file.
+/// disturb the writer). Only a [`VerifiedSpool`] can be committed; dropping a spool without
+/// committing deletes the file.
 pub struct Spool {
     path: PathBuf,
     file: Arc<std::fs::File>,
     hasher: Hasher,
     written: u64,
     committed: bool,
+    live: Arc<Mutex<HashSet<PathBuf>>>,
 }
 
 impl Spool {
@@ -41,13 +50,8 @@ impl Spool {
     }
 
     /// A handle for positional reads of what has been written.
-    pub fn reader(&self) -> Arc<std::fs::File> {
-        Arc::clone(&self.file)
-    }
-
-    /// Where the spool lives.
-    pub fn path(&self) -> &std::path::Path {
-        &self.path
+    pub fn reader(&self) -> BlobReader {
+        BlobReader::shared(&self.file)
     }
 
     /// Checks that the bytes written hash to `digest`. On a mismatch the spool is dropped
@@ -74,8 +78,19 @@ pub struct VerifiedSpool {
     digest: Digest,
 }
 
+impl VerifiedSpool {
+    /// The blob's size.
+    pub fn size(&self) -> u64 {
+        self.spool.written
+    }
+}
+
 impl Drop for Spool {
     fn drop(&mut self) {
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.path);
         if !self.committed {
             // Readers holding the file keep their open handle; the name goes now.
             let _ = std::fs::remove_file(&self.path);
@@ -83,62 +98,116 @@ impl Drop for Spool {
     }
 }
 
+/// How a stored blob can be read.
+pub enum OpenBlob {
+    /// From a local file: the filesystem backend's, or the hot cache's copy.
+    Local {
+        /// The file.
+        reader: BlobReader,
+        /// Its size.
+        size: u64,
+    },
+    /// Only from the remote backend ([`Store::read_remote`]): no local copy yet.
+    Remote {
+        /// Its size.
+        size: u64,
+    },
+}
+
+impl OpenBlob {
+    /// The blob's size.
+    pub fn size(&self) -> u64 {
+        match self {
+            OpenBlob::Local { size, .. } | OpenBlob::Remote { size } => *size,
+        }
+    }
+}
+
 impl Store {
-    /// Where a blob lives once committed.
-    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
-        self.digest_path("blobs", digest)
+    pub(super) fn blob_key(digest: &Digest) -> String {
+        Store::digest_key("blobs", digest)
     }
 
-    pub(super) fn meta_path(&self, digest: &Digest) -> PathBuf {
-        let mut path = self.digest_path("meta", digest).into_os_string();
-        path.push(".json");
-        PathBuf::from(path)
+    pub(super) fn meta_key(digest: &Digest) -> String {
+        format!("{}.json", Store::digest_key("meta", digest))
     }
 
-    /// The size of a committed blob, or `None` if the store does not have it.
+    /// The size of a committed blob, or `None` if the store does not have it. Asks the backend
+    /// about blobs the index does not know (another process may have committed them).
     pub async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
-        if let Some(size) = self.blob_sizes.get(digest) {
-            return Ok(Some(size));
+        if let Some(blob) = self.index.blob(digest) {
+            return Ok(Some(blob.size));
         }
-        let path = self.blob_path(digest);
-        match tokio::fs::metadata(&path).await {
-            Ok(meta) => {
-                self.blob_sizes.insert(digest.clone(), meta.len());
-                Ok(Some(meta.len()))
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(StoreError::Io { path, source }),
-        }
+        let Some(object) = self.backend.stat(&Store::blob_key(digest)).await? else {
+            return Ok(None);
+        };
+        let manifest = self.backend.stat(&Store::meta_key(digest)).await?.is_some();
+        self.index.learn(
+            digest,
+            IndexedBlob {
+                size: object.size,
+                written: object.modified_ms,
+                manifest,
+            },
+        );
+        Ok(Some(object.size))
     }
 
-    /// Opens a committed blob for reading, with its size.
-    pub async fn open_blob(&self, digest: &Digest) -> Result<Option<(std::fs::File, u64)>> {
-        let path = self.blob_path(digest);
-        let opened = tokio::task::spawn_blocking(move || {
-            let file = std::fs::File::open(&path)?;
-            let len = file.metadata()?.len();
-            Ok::<_, io::Error>((file, len))
-        })
-        .await
-        .map_err(|e| StoreError::Io {
-            path: self.blob_path(digest),
-            source: io::Error::other(e),
-        })?;
-        match opened {
-            Ok((file, len)) => {
-                self.blob_sizes.insert(digest.clone(), len);
-                self.touch(digest);
-                Ok(Some((file, len)))
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                self.blob_sizes.invalidate(digest);
-                Ok(None)
-            }
-            Err(source) => Err(StoreError::Io {
-                path: self.blob_path(digest),
-                source,
+    /// What the hot cache holds and how it is used (`None` with a local backend).
+    pub fn hot_cache_stats(&self) -> Option<super::HotCacheStats> {
+        self.hot.as_ref().map(|h| h.stats())
+    }
+
+    /// Whether the index lists the blob (no I/O).
+    pub fn has_blob(&self, digest: &Digest) -> bool {
+        self.index.blob(digest).is_some()
+    }
+
+    /// Opens a committed blob for reading: from a local file when there is one, else it must
+    /// be read from the backend. Counts as an access.
+    pub async fn open_blob(&self, digest: &Digest) -> Result<Option<OpenBlob>> {
+        let local = match &self.hot {
+            Some(hot) => hot.open(digest).await?,
+            None => self.backend.open_local(&Store::blob_key(digest)).await?,
+        };
+        let opened = match local {
+            Some((file, size)) => Some(OpenBlob::Local {
+                reader: BlobReader::new(file),
+                size,
             }),
+            None if self.hot.is_some() => self
+                .blob_size(digest)
+                .await?
+                .map(|size| OpenBlob::Remote { size }),
+            None => {
+                // The index may still list a blob removed behind our back.
+                self.index.forget(digest);
+                None
+            }
+        };
+        if opened.is_some() {
+            self.touch(digest);
         }
+        Ok(opened)
+    }
+
+    /// Streams a blob from the remote backend from byte `from` on (what [`OpenBlob::Remote`]
+    /// asks for); `None` if the backend does not have it.
+    pub async fn read_remote(&self, digest: &Digest, from: u64) -> Result<Option<ObjectStream>> {
+        Ok(self.backend.read(&Store::blob_key(digest), from).await?)
+    }
+
+    /// Where a client may fetch the blob directly, when redirects are on and the backend can
+    /// presign URLs; `None` otherwise (serve it ourselves).
+    pub async fn blob_redirect(&self, digest: &Digest) -> Result<Option<url::Url>> {
+        if !self.redirect || self.blob_size(digest).await?.is_none() {
+            return Ok(None);
+        }
+        self.touch(digest);
+        Ok(self
+            .backend
+            .presigned_get(&Store::blob_key(digest), REDIRECT_TTL)
+            .await?)
     }
 
     /// Creates a spool for a blob about to be fetched.
@@ -150,41 +219,98 @@ impl Store {
             .write(true)
             .open(&path)
             .map_err(io_err(&path))?;
+        self.live_spools
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(path.clone());
         Ok(Spool {
             path,
             file: Arc::new(file),
             hasher: digest.hasher(),
             written: 0,
             committed: false,
+            live: Arc::clone(&self.live_spools),
         })
     }
 
-    /// Verifies a finished spool against `digest` and, if it matches, syncs it and renames it
-    /// into place. On a mismatch the spool is deleted and nothing is kept. Blocking I/O.
-    pub fn commit_spool(&self, spool: Spool, digest: &Digest) -> Result<u64> {
-        self.commit_verified(spool.verify(digest)?)
+    /// Whether `path` is a spool being written.
+    pub(super) fn is_live_spool(&self, path: &std::path::Path) -> bool {
+        self.live_spools
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(path)
     }
 
-    /// Syncs a verified spool and renames it into place. Blocking I/O.
-    pub fn commit_verified(&self, verified: VerifiedSpool) -> Result<u64> {
+    /// Verifies a finished spool against `digest` and, if it matches, commits it. On a
+    /// mismatch the spool is deleted and nothing is kept.
+    pub async fn commit_spool(&self, spool: Spool, digest: &Digest) -> Result<u64> {
+        self.commit_verified(spool.verify(digest)?).await
+    }
+
+    /// Makes a verified spool durable in the backend (renamed into place, or uploaded whole and
+    /// then kept in the hot cache).
+    pub async fn commit_verified(&self, verified: VerifiedSpool) -> Result<u64> {
         let VerifiedSpool { mut spool, digest } = verified;
-        spool.file.sync_all().map_err(io_err(&spool.path))?;
-        let target = self.blob_path(&digest);
-        if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent).map_err(io_err(parent))?;
-        }
-        let existed = target.exists();
-        std::fs::rename(&spool.path, &target).map_err(io_err(&target))?;
+        let size = spool.written;
+        self.commit_local_file(&spool.path, &digest, size).await?;
         spool.committed = true;
-        self.blob_sizes.insert(digest.clone(), spool.written);
-        if !existed {
-            self.added_blob(&digest, spool.written);
-        }
-        Ok(spool.written)
+        Ok(size)
     }
 
-    /// Reads a manifest by digest (from the index, else from disk), as a pull does: counted as
-    /// an access, and kept in the index.
+    /// Keeps a verified spool of a blob read from the remote backend as its local copy.
+    pub async fn keep_local_copy(&self, verified: VerifiedSpool) -> Result<u64> {
+        let VerifiedSpool { mut spool, digest } = verified;
+        let size = spool.written;
+        if let Some(hot) = &self.hot {
+            hot.adopt(&digest, &spool.path, size)?;
+            spool.committed = true;
+        }
+        Ok(size)
+    }
+
+    /// Commits the complete, verified local file `file` as the blob `digest`, and indexes it.
+    pub(super) async fn commit_local_file(
+        &self,
+        file: &std::path::Path,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<()> {
+        let existed = self.index.blob(digest).is_some();
+        match self
+            .backend
+            .commit_file(&Store::blob_key(digest), file)
+            .await?
+        {
+            Committed::Moved => {}
+            Committed::Copied => match &self.hot {
+                Some(hot) => hot.adopt(digest, file, size)?,
+                None => {
+                    let _ = tokio::fs::remove_file(file).await;
+                }
+            },
+        }
+        let manifest = self.index.blob(digest).is_some_and(|b| b.manifest);
+        self.index
+            .record(
+                self.backend.as_ref(),
+                Change::AddBlob {
+                    digest: digest.to_string(),
+                    blob: IndexedBlob {
+                        size,
+                        written: now_ms(),
+                        manifest,
+                    },
+                },
+            )
+            .await?;
+        if !existed {
+            self.added_blob(digest);
+        }
+        Ok(())
+    }
+
+    /// Reads a manifest by digest (from the index, else from the backend), as a pull does:
+    /// counted as an access, and kept in the index.
     pub async fn read_manifest(&self, digest: &Digest) -> Result<Option<Arc<StoredManifest>>> {
         if let Some(m) = self.manifests.get(digest) {
             self.touch(digest);
@@ -194,7 +320,7 @@ impl Store {
             return Ok(None);
         };
         self.touch(digest);
-        self.index_manifest(&manifest).await;
+        self.index_manifest(&manifest);
         Ok(Some(manifest))
     }
 
@@ -208,10 +334,10 @@ impl Store {
     }
 
     async fn load_manifest(&self, digest: &Digest) -> Result<Option<Arc<StoredManifest>>> {
-        let Some(bytes) = read_optional(&self.blob_path(digest)).await? else {
+        let Some(bytes) = self.get_object(&Store::blob_key(digest)).await? else {
             return Ok(None);
         };
-        let media_type = match read_optional(&self.meta_path(digest)).await? {
+        let media_type = match self.get_object(&Store::meta_key(digest)).await? {
             Some(meta) => serde_json::from_slice::<ManifestMeta>(&meta)
                 .map(|m| m.media_type)
                 .unwrap_or_else(|_| media::manifest_media_type(None, &bytes)),
@@ -219,17 +345,18 @@ impl Store {
         };
         Ok(Some(Arc::new(StoredManifest {
             digest: digest.clone(),
-            bytes: Bytes::from(bytes),
+            bytes,
             media_type,
         })))
     }
 
     /// Stores a manifest's exact bytes under its digest, with its media type.
     pub async fn put_manifest(&self, manifest: Arc<StoredManifest>) -> Result<()> {
-        let actual = Digest::of_bytes_with(manifest.digest.algorithm(), &manifest.bytes);
-        if actual != manifest.digest {
+        let digest = &manifest.digest;
+        let actual = Digest::of_bytes_with(digest.algorithm(), &manifest.bytes);
+        if &actual != digest {
             return Err(StoreError::DigestMismatch {
-                expected: manifest.digest.clone(),
+                expected: digest.clone(),
                 actual,
             });
         }
@@ -237,31 +364,59 @@ impl Store {
             media_type: manifest.media_type.clone(),
         })
         .map_err(|e| StoreError::Corrupt {
-            path: self.meta_path(&manifest.digest),
+            key: Store::meta_key(digest),
             message: e.to_string(),
         })?;
-        let existed = tokio::fs::metadata(self.blob_path(&manifest.digest))
-            .await
-            .is_ok();
-        // Metadata first: a blob present on disk always has its media type beside it.
-        self.write_atomic(&self.meta_path(&manifest.digest), &meta)
+        let existed = self.index.blob(digest).is_some();
+        // Metadata first: a blob present in the backend always has its media type beside it.
+        self.put_object(&Store::meta_key(digest), meta).await?;
+        self.put_object(&Store::blob_key(digest), manifest.bytes.clone())
             .await?;
-        self.write_atomic(&self.blob_path(&manifest.digest), &manifest.bytes)
+        let size = manifest.bytes.len() as u64;
+        self.index
+            .record(
+                self.backend.as_ref(),
+                Change::AddBlob {
+                    digest: digest.to_string(),
+                    blob: IndexedBlob {
+                        size,
+                        written: now_ms(),
+                        manifest: true,
+                    },
+                },
+            )
             .await?;
-        self.blob_sizes
-            .insert(manifest.digest.clone(), manifest.bytes.len() as u64);
         if !existed {
-            self.added_blob(&manifest.digest, manifest.bytes.len() as u64);
+            self.added_blob(digest);
         }
-        self.index_manifest(&manifest).await;
+        self.index_manifest(&manifest);
         Ok(())
     }
 
-    async fn index_manifest(&self, manifest: &Arc<StoredManifest>) {
+    fn index_manifest(&self, manifest: &Arc<StoredManifest>) {
         if manifest.bytes.len() <= MAX_INDEXED_MANIFEST {
             self.manifests
                 .insert(manifest.digest.clone(), Arc::clone(manifest));
         }
+    }
+
+    /// Streams a whole stored blob: from a local file when there is one, else from the backend.
+    pub async fn read_blob(&self, digest: &Digest) -> Result<Option<ObjectStream>> {
+        if let Some(hot) = &self.hot
+            && let Some((file, size)) = hot.open(digest).await?
+        {
+            let file = tokio::fs::File::from_std(file);
+            return Ok(Some(ObjectStream {
+                size,
+                body: Box::pin(tokio_util::io::ReaderStream::new(file)),
+            }));
+        }
+        Ok(self.backend.read(&Store::blob_key(digest), 0).await?)
+    }
+
+    /// The bytes of a small blob (a config, a manifest) whole.
+    pub async fn read_small_blob(&self, digest: &Digest) -> Result<Option<Bytes>> {
+        self.get_object(&Store::blob_key(digest)).await
     }
 }
 

@@ -5,13 +5,12 @@
 //! is in use (a fill in flight); GC also spares anything younger than its grace period.
 
 use std::collections::HashSet;
-use std::path::Path;
 use std::time::Duration;
 
 use super::usage::now_ms;
-use super::{Result, Store, TagRecord};
-use crate::oci::Digest;
+use super::{Result, Store, TagKey};
 use crate::oci::manifest::Manifest;
+use crate::oci::{Digest, RepoName, Tag};
 
 /// What an eviction removed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -37,14 +36,16 @@ pub struct GcReport {
     pub uploads: u64,
     /// Leftover temp and spool files.
     pub temp_files: u64,
+    /// Unfinished uploads to the backend that a killed process left (aborted).
+    pub stray_uploads: u64,
 }
 
 impl std::fmt::Display for GcReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} unreachable blobs ({} bytes), {} dangling tag records, {} expired upload sessions, {} leftover temp files",
-            self.blobs, self.bytes, self.tags, self.uploads, self.temp_files
+            "{} unreachable blobs ({} bytes), {} dangling tag records, {} expired upload sessions, {} leftover temp files, {} stray backend uploads",
+            self.blobs, self.bytes, self.tags, self.uploads, self.temp_files, self.stray_uploads
         )
     }
 }
@@ -67,7 +68,6 @@ impl Store {
         let pinned = self.pinned().await?;
         let mut candidates: Vec<_> = self
             .list_blobs()
-            .await?
             .into_iter()
             .filter(|b| !pinned.contains(&b.digest))
             .map(|b| (self.last_access(&b.digest).unwrap_or(b.written), b))
@@ -93,37 +93,29 @@ impl Store {
 
     /// Removes tag records whose manifest is no longer stored; returns how many.
     pub async fn drop_dangling_tags(&self, dry_run: bool) -> Result<u64> {
-        let files = {
-            let root = self.root.join("tags");
-            tokio::task::spawn_blocking(move || {
-                let mut files = Vec::new();
-                collect_files(&root, &mut files);
-                files
-            })
-            .await
-            .unwrap_or_default()
-        };
         let mut dropped = 0;
-        for file in files {
-            let Ok(bytes) = tokio::fs::read(&file).await else {
+        for (origin, repo, tag) in self.index.tags() {
+            let (Ok(repo), Ok(tag)) = (repo.parse::<RepoName>(), tag.parse::<Tag>()) else {
                 continue;
             };
-            let Ok(record) = serde_json::from_slice::<TagRecord>(&bytes) else {
+            let key = TagKey {
+                upstream: origin,
+                repo,
+                tag,
+            };
+            let Some(record) = self.get_tag(&key).await? else {
                 continue;
             };
             let present = match record.digest() {
-                Some(d) => tokio::fs::metadata(self.blob_path(&d)).await.is_ok(),
+                Some(d) => self.index.blob(&d).is_some(),
                 None => false,
             };
             if !present {
                 dropped += 1;
                 if !dry_run {
-                    let _ = tokio::fs::remove_file(&file).await;
+                    self.delete_tag(&key).await?;
                 }
             }
-        }
-        if dropped > 0 && !dry_run {
-            self.tags.invalidate_all();
         }
         Ok(dropped)
     }
@@ -137,29 +129,32 @@ impl Store {
         upload_ttl: Duration,
         dry_run: bool,
         in_use: impl Fn(&Digest) -> bool,
-        temp_in_use: impl Fn(&Path) -> bool,
     ) -> Result<GcReport> {
         let mut report = GcReport::default();
-        let blobs = self.list_blobs().await?;
+        let blobs = self.index.blobs();
         let mut manifests = HashSet::new();
         let mut referenced = HashSet::new();
         // Fail closed: any error reading a manifest aborts the run before anything is
-        // removed. Reads go straight to the disk: GC neither fills the index nor counts as an
-        // access (it must not reset the LRU order eviction relies on).
-        for blob in &blobs {
-            let meta = self.meta_path(&blob.digest);
-            match tokio::fs::metadata(&meta).await {
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(source) => return Err(super::StoreError::Io { path: meta, source }),
+        // removed. Reads go straight to the backend: GC neither fills the index nor counts as
+        // an access (it must not reset the LRU order eviction relies on).
+        for (digest, blob) in &blobs {
+            if !blob.manifest {
+                continue;
             }
-            manifests.insert(blob.digest.clone());
-            let path = self.blob_path(&blob.digest);
-            let Some(bytes) = super::read_optional(&path).await? else {
+            manifests.insert(digest.clone());
+            let Some(bytes) = self.get_object(&Store::blob_key(digest)).await? else {
                 continue;
             };
             referenced.extend(references(&bytes));
         }
+        let blobs: Vec<_> = blobs
+            .into_iter()
+            .map(|(digest, blob)| super::BlobEntry {
+                digest,
+                size: blob.size,
+                written: blob.written,
+            })
+            .collect();
         let cutoff = now_ms().saturating_sub(grace.as_millis() as u64);
         for blob in blobs {
             let reachable = manifests.contains(&blob.digest) || referenced.contains(&blob.digest);
@@ -175,20 +170,15 @@ impl Store {
         }
         report.tags = self.drop_dangling_tags(dry_run).await?;
         report.uploads = self.expire_uploads_dry(upload_ttl, dry_run).await? as u64;
-        report.temp_files = self
-            .remove_old_temp_files(grace, dry_run, temp_in_use)
-            .await?;
+        report.temp_files = self.remove_old_temp_files(grace, dry_run).await?;
+        if !dry_run {
+            report.stray_uploads = self.backend.abort_stray_uploads(grace).await?;
+        }
         Ok(report)
     }
 
-    /// Removes files in `tmp/` not written for `age`, except those `in_use` names (the spools
-    /// of fills in flight).
-    async fn remove_old_temp_files(
-        &self,
-        age: Duration,
-        dry_run: bool,
-        in_use: impl Fn(&Path) -> bool,
-    ) -> Result<u64> {
+    /// Removes files in `tmp/` not written for `age`, except spools being written.
+    async fn remove_old_temp_files(&self, age: Duration, dry_run: bool) -> Result<u64> {
         let dir = self.tmp_dir();
         let cutoff = now_ms().saturating_sub(age.as_millis() as u64);
         let mut removed = 0;
@@ -203,7 +193,7 @@ impl Store {
                 .and_then(|m| m.modified().ok())
                 .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
                 .map_or(0, |d| d.as_millis() as u64);
-            if written <= cutoff && !in_use(&entry.path()) {
+            if written <= cutoff && !self.is_live_spool(&entry.path()) {
                 removed += 1;
                 if !dry_run {
                     let _ = tokio::fs::remove_file(entry.path()).await;
@@ -243,15 +233,4 @@ fn references(bytes: &[u8]) -> HashSet<Digest> {
         walk(&doc, &mut out);
     }
     out
-}
-
-fn collect_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            collect_files(&path, out);
-        } else {
-            out.push(path);
-        }
-    }
 }

@@ -1,41 +1,54 @@
-//! The disk store: a content-addressed blob store, tag records and manifest metadata, with a
-//! moka index in front. It knows nothing of HTTP or upstreams.
-//!
-//! Layout under the root:
+//! The store: a content-addressed blob store, tag records and manifest metadata, with a moka
+//! index in front. It knows nothing of HTTP or upstreams, and nothing of where bytes live: a
+//! [`Backend`] (a directory, or an S3 bucket) keeps the objects under these keys:
 //! ```text
 //! blobs/<algorithm>/ab/<hex>         layers, configs and manifests, only ever complete and
 //!                                   verified (algorithm: sha256 or sha512)
 //! meta/<algorithm>/ab/<hex>.json    media type of a manifest blob
 //! tags/<upstream>/<repo>/_tags/<tag>.json   tag records (`_local` for pushed tags)
-//! pins/<algorithm>/ab/<hex>/<holder>  pushed content, never evicted: one file per repository
+//! pins/<algorithm>/ab/<hex>/<holder>  pushed content, never evicted: one object per repository
 //!                                   that holds it (pushed, or referenced by a pushed manifest)
 //! referrers/<algorithm>/ab/<subject hex>/<referrer hex>.json   referrers API index
 //! deleted/<algorithm>/ab/<hex>/<holder>   a repository deleted a blob others still hold
-//! uploads/<uuid>/{repo,data}        push sessions
-//! tmp/                              spools and temp files; emptied at start
+//! access.json                       last access times, saved now and then
+//! _index/                           the index of a remote backend (see `index`)
 //! ```
+//! What is always local, under the staging directory (`[storage] path`):
+//! ```text
+//! tmp/                              spools and temp files; emptied at start
+//! uploads/<uuid>/{repo,owner,data}  push sessions
+//! cache/                            the hot cache of a remote backend (see `hot`)
+//! ```
+//! With the filesystem backend the staging directory is the backend's directory too.
 
+pub mod backend;
 mod blobs;
 mod gc;
+mod hot;
+mod index;
 mod local;
 pub mod reads;
 mod tags;
 mod uploads;
 mod usage;
 
+use std::collections::HashSet;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use moka::sync::Cache;
 
 use crate::oci::Digest;
-use crate::oci::digest::Algorithm;
 
-pub use blobs::{Spool, VerifiedSpool};
+pub use backend::{Backend, BackendError, FsBackend, S3Backend, S3Settings};
+pub use blobs::{OpenBlob, Spool, VerifiedSpool};
 pub use gc::{EvictionReport, GcReport};
+pub use hot::HotCacheStats;
 pub use local::{IMPORT_HOLDER, LOCAL, Referrer};
+pub use reads::BlobReader;
 pub use tags::{TagKey, TagRecord};
 pub use uploads::{UploadError, UploadId, UploadLimits};
 pub use usage::{BlobEntry, ReadGuard};
@@ -43,7 +56,7 @@ pub use usage::{BlobEntry, ReadGuard};
 /// Errors of the store layer.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// A filesystem operation failed.
+    /// A local (staging) file operation failed.
     #[error("store I/O error on {path}: {source}")]
     Io {
         /// The file or directory.
@@ -51,6 +64,9 @@ pub enum StoreError {
         /// The OS error.
         source: io::Error,
     },
+    /// The backend failed.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
     /// Bytes offered for a digest hash to something else; nothing was kept.
     #[error("content does not match digest: expected {expected}, got {actual}")]
     DigestMismatch {
@@ -60,10 +76,10 @@ pub enum StoreError {
         actual: Digest,
     },
     /// A stored record could not be decoded.
-    #[error("corrupt record {path}: {message}")]
+    #[error("corrupt record {key}: {message}")]
     Corrupt {
-        /// The file.
-        path: PathBuf,
+        /// The object's key.
+        key: String,
         /// The decoder's message.
         message: String,
     },
@@ -74,9 +90,16 @@ impl StoreError {
     pub fn is_disk_full(&self) -> bool {
         const ENOSPC: i32 = 28;
         const EDQUOT: i32 = 122;
-        matches!(self, StoreError::Io { source, .. }
-            if matches!(source.raw_os_error(), Some(ENOSPC | EDQUOT))
-                || source.kind() == io::ErrorKind::StorageFull)
+        let source = match self {
+            StoreError::Io { source, .. } => source,
+            StoreError::Backend(e) => match e.io() {
+                Some(source) => source,
+                None => return false,
+            },
+            _ => return false,
+        };
+        matches!(source.raw_os_error(), Some(ENOSPC | EDQUOT))
+            || source.kind() == io::ErrorKind::StorageFull
     }
 }
 
@@ -102,131 +125,140 @@ pub struct StoredManifest {
     pub media_type: String,
 }
 
+/// How a store is opened.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// The memory the moka index may use.
+    pub index_bytes: u64,
+    /// With a remote backend: the bytes the local hot cache may hold.
+    pub hot_cache_bytes: u64,
+    /// With a remote backend that can presign: blob GETs are redirected to the bucket.
+    pub redirect: bool,
+}
+
 /// The store. Cheap to share behind an `Arc`.
 pub struct Store {
-    root: PathBuf,
+    backend: Arc<dyn Backend>,
+    /// The local directory: spools, uploads, and the hot cache.
+    staging: PathBuf,
+    /// The local copies of a remote backend's blobs (`None` when the backend is local).
+    hot: Option<hot::HotCache>,
+    /// What the backend holds, without asking it (see `index`).
+    index: index::Index,
+    redirect: bool,
     usage: usage::Usage,
     /// Notified whenever a blob is added, so eviction runs promptly.
     grew: tokio::sync::Notify,
     /// Tag records, and tags known to be absent. Entries expire after a minute so that changes
     /// made by another process (`regmirror import` beside a server) are seen.
     tags: Cache<TagKey, Option<TagRecord>>,
-    blob_sizes: Cache<Digest, u64>,
     manifests: Cache<Digest, Arc<StoredManifest>>,
     /// What unfinished uploads hold.
-    uploads: std::sync::Mutex<uploads::UploadBook>,
-    /// Blobs that some repository deleted while others still hold them (see
-    /// [`Store::mark_deleted`]): checked in memory first, so reads of other blobs pay nothing.
-    tombstoned: std::sync::Mutex<std::collections::HashSet<Digest>>,
+    uploads: Mutex<uploads::UploadBook>,
+    /// Spool files being written: GC leaves them alone.
+    live_spools: Arc<Mutex<HashSet<PathBuf>>>,
 }
 
 /// Manifests up to this size are kept in memory by the index.
 const MAX_INDEXED_MANIFEST: usize = 256 * 1024;
 
 impl Store {
-    /// Opens (creating if needed) the store at `root` for a server, removing temp files a
-    /// previous run left. `index_bytes` bounds the memory the index may use.
-    pub async fn open(root: &Path, index_bytes: u64) -> Result<Store> {
-        let store = Store::open_shared(root, index_bytes).await?;
+    /// Opens (creating if needed) a store on a local directory, as a server does with the
+    /// filesystem backend: the directory is both backend and staging.
+    pub async fn open_fs(root: &Path, index_bytes: u64) -> Result<Store> {
+        let backend = Arc::new(FsBackend::new(root, &root.join("tmp")));
+        let options = StoreOptions {
+            index_bytes,
+            hot_cache_bytes: 0,
+            redirect: false,
+        };
+        let store = Store::open_shared(backend, root, options).await?;
+        store.clean_tmp().await?;
+        Ok(store)
+    }
+
+    /// Opens the store for a server, removing temp files a previous run left.
+    pub async fn open(
+        backend: Arc<dyn Backend>,
+        staging: &Path,
+        options: StoreOptions,
+    ) -> Result<Store> {
+        let store = Store::open_shared(backend, staging, options).await?;
         store.clean_tmp().await?;
         Ok(store)
     }
 
     /// Opens the store without touching `tmp/`, for maintenance commands that may run beside a
     /// server (`gc`, `import`, `export`).
-    pub async fn open_shared(root: &Path, index_bytes: u64) -> Result<Store> {
-        let per_algorithm = ["blobs", "meta", "pins", "deleted"]
-            .iter()
-            .flat_map(|area| Algorithm::ALL.map(|a| format!("{area}/{}", a.name())));
-        let plain = ["tags", "tmp", "uploads"].map(str::to_owned);
-        for dir in per_algorithm.chain(plain) {
-            let path = root.join(dir);
+    pub async fn open_shared(
+        backend: Arc<dyn Backend>,
+        staging: &Path,
+        options: StoreOptions,
+    ) -> Result<Store> {
+        for dir in ["tmp", "uploads"] {
+            let path = staging.join(dir);
             tokio::fs::create_dir_all(&path)
                 .await
                 .map_err(io_err(&path))?;
         }
+        let hot = if backend.lists_cheaply() {
+            None
+        } else {
+            Some(hot::HotCache::open_dir(&staging.join("cache"), options.hot_cache_bytes).await?)
+        };
+        let index_bytes = options.index_bytes;
         let store = Store {
-            root: root.to_owned(),
+            index: index::Index::load(backend.as_ref()).await?,
+            backend,
+            staging: staging.to_owned(),
+            hot,
+            redirect: options.redirect,
             usage: usage::Usage::default(),
             grew: tokio::sync::Notify::new(),
             tags: Cache::builder()
                 .max_capacity(index_bytes / 4 / 256)
-                .time_to_live(std::time::Duration::from_secs(60))
+                .time_to_live(Duration::from_secs(60))
                 .build(),
-            blob_sizes: Cache::builder().max_capacity(index_bytes / 4 / 128).build(),
             manifests: Cache::builder()
                 .weigher(|_, m: &Arc<StoredManifest>| {
                     u32::try_from(m.bytes.len() + 256).unwrap_or(u32::MAX)
                 })
                 .max_capacity(index_bytes / 2)
                 .build(),
-            uploads: std::sync::Mutex::default(),
-            tombstoned: std::sync::Mutex::default(),
+            uploads: Mutex::default(),
+            live_spools: Arc::default(),
         };
-        store.load_usage().await?;
+        store.load_access().await?;
         store.load_uploads().await?;
-        store.load_tombstones().await?;
         Ok(store)
     }
 
-    /// Where `area` (`blobs`, `meta`, `pins`, `referrers`) keeps what belongs to `digest`:
-    /// `<area>/<algorithm>/<first 2 hex>/<hex>`.
-    fn digest_path(&self, area: &str, digest: &Digest) -> PathBuf {
-        let hex = digest.hex();
-        self.root
-            .join(area)
-            .join(digest.algorithm().name())
-            .join(&hex[..2])
-            .join(hex)
+    /// `fs` or `s3`.
+    pub fn backend_kind(&self) -> &'static str {
+        self.backend.kind()
     }
 
-    /// Every entry `<area>/<algorithm>/<2 hex>/<hex>` whose name is a valid digest, turned into
-    /// a `T` by `keep` (or left out with `None`), listed on the blocking pool. Any I/O error
-    /// is an error (callers that delete must not guess); with `strict = false`, stray files
-    /// where a `<2 hex>` directory belongs are passed over instead.
-    pub(crate) async fn digest_entries<T, F>(
-        &self,
-        area: &'static str,
-        strict: bool,
-        keep: F,
-    ) -> Result<Vec<T>>
-    where
-        T: Send + 'static,
-        F: Fn(&std::fs::DirEntry, Digest) -> io::Result<Option<T>> + Send + 'static,
-    {
-        let root = self.root.join(area);
-        let walk =
-            {
-                let root = root.clone();
-                move || -> io::Result<Vec<T>> {
-                    let mut out = Vec::new();
-                    for algorithm in Algorithm::ALL {
-                        for prefix in std::fs::read_dir(root.join(algorithm.name()))? {
-                            let prefix = prefix?;
-                            if !strict && !prefix.file_type()?.is_dir() {
-                                continue;
-                            }
-                            for entry in std::fs::read_dir(prefix.path())? {
-                                let entry = entry?;
-                                let Some(digest) = entry.file_name().to_str().and_then(|name| {
-                                    Digest::from_parts(algorithm.name(), name).ok()
-                                }) else {
-                                    continue;
-                                };
-                                out.extend(keep(&entry, digest)?);
-                            }
-                        }
-                    }
-                    Ok(out)
-                }
-            };
-        tokio::task::spawn_blocking(walk)
-            .await
-            .map_err(|e| StoreError::Io {
-                path: root.clone(),
-                source: io::Error::other(e),
-            })?
-            .map_err(io_err(&root))
+    /// Where the backend keeps its objects, for logs.
+    pub fn describe_backend(&self) -> String {
+        self.backend.describe()
+    }
+
+    /// The key under which `area` (`blobs`, `meta`, `pins`, `referrers`, `deleted`) keeps what
+    /// belongs to `digest`: `<area>/<algorithm>/<first 2 hex>/<hex>`.
+    fn digest_key(area: &str, digest: &Digest) -> String {
+        let hex = digest.hex();
+        format!("{area}/{}/{}/{hex}", digest.algorithm().name(), &hex[..2])
+    }
+
+    /// Parses `<area>/<algorithm>/<2 hex>/<hex><rest>` back into the digest and `<rest>`;
+    /// `None` for keys of another shape.
+    fn parse_digest_key<'k>(area: &str, key: &'k str) -> Option<(Digest, &'k str)> {
+        let rest = key.strip_prefix(area)?.strip_prefix('/')?;
+        let (algorithm, rest) = rest.split_once('/')?;
+        let (prefix, rest) = rest.split_once('/')?;
+        let end = rest.find(['/', '.']).unwrap_or(rest.len());
+        let digest = Digest::from_parts(algorithm, &rest[..end]).ok()?;
+        (digest.hex().starts_with(prefix)).then_some((digest, &rest[end..]))
     }
 
     /// Waits until a blob is added.
@@ -234,14 +266,9 @@ impl Store {
         self.grew.notified().await;
     }
 
-    /// The root directory.
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     /// Where temp files and spools live.
-    pub fn tmp_dir(&self) -> PathBuf {
-        self.root.join("tmp")
+    fn tmp_dir(&self) -> PathBuf {
+        self.staging.join("tmp")
     }
 
     /// Removes every file in `tmp/` (at start: what a run that died mid-write left; at
@@ -267,12 +294,17 @@ impl Store {
         Ok(())
     }
 
-    /// Writes, syncs and removes a small file in `tmp/`: whether the store can take writes.
+    /// Whether the store can take writes: the staging directory, and the backend (for a bucket:
+    /// reachable, the credentials work, writes are accepted).
     pub async fn check_writable(&self) -> Result<()> {
         let path = self.temp_path("ready");
-        let result = self.write_atomic(&path, b"ok").await;
+        let local = tokio::fs::write(&path, b"ok").await.map_err(io_err(&path));
         let _ = tokio::fs::remove_file(&path).await;
-        result
+        local?;
+        if !self.backend.lists_cheaply() {
+            self.backend.check().await?;
+        }
+        Ok(())
     }
 
     /// A path for a new temp file.
@@ -284,47 +316,25 @@ impl Store {
             .join(format!("{purpose}-{}-{n}", std::process::id()))
     }
 
-    /// Writes `bytes` to `path` atomically: temp file, fsync, rename.
-    pub(crate) async fn write_atomic(&self, path: &Path, bytes: &[u8]) -> Result<()> {
-        // One trip to the blocking pool for the whole sequence, not one per call: a cold
-        // manifest writes three files on the client's path.
-        let tmp = self.temp_path("write");
-        let (target, bytes) = (path.to_owned(), bytes.to_vec());
-        tokio::task::spawn_blocking(move || write_atomic_blocking(&tmp, &target, &bytes))
-            .await
-            .map_err(|e| StoreError::Io {
-                path: path.to_owned(),
-                source: io::Error::other(e),
-            })?
+    /// Reads a small object, mapping "not there" to `None`.
+    async fn get_object(&self, key: &str) -> Result<Option<Bytes>> {
+        Ok(self.backend.get(key).await?)
     }
-}
 
-/// Writes `bytes` to `tmp`, syncs it and renames it to `path`; removes `tmp` on failure.
-fn write_atomic_blocking(tmp: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+    /// Writes a small object whole.
+    async fn put_object(&self, key: &str, bytes: impl Into<Bytes>) -> Result<()> {
+        Ok(self.backend.put(key, bytes.into()).await?)
     }
-    let result = (|| {
-        let mut file = std::fs::File::create(tmp).map_err(io_err(tmp))?;
-        file.write_all(bytes).map_err(io_err(tmp))?;
-        file.sync_all().map_err(io_err(tmp))?;
-        std::fs::rename(tmp, path).map_err(io_err(path))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(tmp);
-    }
-    result
-}
 
-/// Reads a file, mapping "not found" to `None`.
-async fn read_optional(path: &Path) -> Result<Option<Vec<u8>>> {
-    match tokio::fs::read(path).await {
-        Ok(bytes) => Ok(Some(bytes)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(StoreError::Io {
-            path: path.to_owned(),
-            source,
-        }),
+    /// Removes an object; whether it existed.
+    async fn delete_object(&self, key: &str) -> Result<bool> {
+        Ok(self.backend.delete(key).await?)
+    }
+
+    /// Saves what is only in memory so far: access times, and a remote backend's index
+    /// (folding its journal into one snapshot).
+    pub async fn save_state(&self) -> Result<()> {
+        self.save_access().await?;
+        self.index.save(self.backend.as_ref()).await
     }
 }

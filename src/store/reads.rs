@@ -17,9 +17,29 @@ use bytes::Bytes;
 /// nothing).
 pub const READ_CHUNK: usize = 256 * 1024;
 
+/// A local file of a blob (committed, in the hot cache, or a spool being filled), read a
+/// chunk at a time with positional reads: any number of readers share it.
+#[derive(Clone)]
+pub struct BlobReader(Arc<File>);
+
+impl BlobReader {
+    pub(super) fn new(file: File) -> BlobReader {
+        BlobReader(Arc::new(file))
+    }
+
+    pub(super) fn shared(file: &Arc<File>) -> BlobReader {
+        BlobReader(Arc::clone(file))
+    }
+
+    /// Reads up to `len` bytes at `offset` (see [`read_chunk`]).
+    pub async fn read_chunk(&self, offset: u64, len: usize) -> io::Result<Bytes> {
+        read_chunk(&self.0, offset, len).await
+    }
+}
+
 /// Reads up to `len` bytes at `offset` of `file`. Never returns an empty chunk: reading at or
 /// past the end of the file is an error.
-pub async fn read_chunk(file: &Arc<File>, offset: u64, len: usize) -> io::Result<Bytes> {
+async fn read_chunk(file: &Arc<File>, offset: u64, len: usize) -> io::Result<Bytes> {
     match read_cached(file, offset, len)? {
         Some(bytes) => Ok(bytes),
         None => read_blocking(Arc::clone(file), offset, len).await,

@@ -1,11 +1,11 @@
 //! Tag records: which digest a tag of an upstream repository pointed to, and when we last knew.
 
-use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Result, Store, StoreError, read_optional};
+use super::index::{Change, TagPlace};
+use super::{Result, Store, StoreError};
 use crate::oci::{Digest, RepoName, Tag};
 
 /// Identifies a tag: the upstream it came from, the repository there, and the tag.
@@ -70,15 +70,19 @@ fn now_ms() -> u64 {
 }
 
 impl Store {
-    pub(super) fn tag_path(&self, key: &TagKey) -> PathBuf {
-        // Valid repository components and tags never start with '_' or '.', so `_tags` cannot
-        // collide with a repository component and no part can climb out of the root.
-        self.root
-            .join("tags")
-            .join(&key.upstream)
-            .join(key.repo.as_str())
-            .join("_tags")
-            .join(format!("{}.json", key.tag))
+    /// `tags/<upstream>/<repo>/_tags/<tag>.json`. Valid repository components and tags never
+    /// start with '_' or '.', so `_tags` cannot collide with a repository component and no part
+    /// can climb out of the store.
+    pub(super) fn tag_key(key: &TagKey) -> String {
+        format!("tags/{}/{}/_tags/{}.json", key.upstream, key.repo, key.tag)
+    }
+
+    fn tag_place(key: &TagKey) -> TagPlace {
+        (
+            key.upstream.clone(),
+            key.repo.as_str().to_owned(),
+            key.tag.to_string(),
+        )
     }
 
     /// The record of a tag, if the store has one.
@@ -86,15 +90,15 @@ impl Store {
         if let Some(record) = self.tags.get(key) {
             return Ok(record);
         }
-        let path = self.tag_path(key);
-        let Some(bytes) = read_optional(&path).await? else {
+        let object = Store::tag_key(key);
+        let Some(bytes) = self.get_object(&object).await? else {
             // Remembered too: every pull looks for a pushed tag first, and most find none.
             self.tags.insert(key.clone(), None);
             return Ok(None);
         };
         let record: TagRecord =
             serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
-                path: path.clone(),
+                key: object,
                 message: e.to_string(),
             })?;
         self.tags.insert(key.clone(), Some(record.clone()));
@@ -103,13 +107,40 @@ impl Store {
 
     /// Writes a tag record (atomically) and indexes it.
     pub async fn put_tag(&self, key: &TagKey, record: &TagRecord) -> Result<()> {
-        let path = self.tag_path(key);
+        let object = Store::tag_key(key);
         let bytes = serde_json::to_vec(record).map_err(|e| StoreError::Corrupt {
-            path: path.clone(),
+            key: object.clone(),
             message: e.to_string(),
         })?;
-        self.write_atomic(&path, &bytes).await?;
+        self.put_object(&object, bytes).await?;
         self.tags.insert(key.clone(), Some(record.clone()));
+        let place = Store::tag_place(key);
+        if !self.index.has_tag(&place) {
+            self.index
+                .record(self.backend.as_ref(), Change::AddTag { place })
+                .await?;
+        }
         Ok(())
     }
+
+    /// Removes a tag record; whether it existed.
+    pub async fn delete_tag(&self, key: &TagKey) -> Result<bool> {
+        self.tags.invalidate(key);
+        let existed = self.delete_object(&Store::tag_key(key)).await?;
+        let place = Store::tag_place(key);
+        if self.index.has_tag(&place) {
+            self.index
+                .record(self.backend.as_ref(), Change::RemoveTag { place })
+                .await?;
+        }
+        Ok(existed)
+    }
+}
+
+/// The place of a tag record's key, `None` for keys of another shape.
+pub(super) fn parse_tag_key(key: &str) -> Option<TagPlace> {
+    let rest = key.strip_prefix("tags/")?.strip_suffix(".json")?;
+    let (upstream, rest) = rest.split_once('/')?;
+    let (repo, tag) = rest.rsplit_once("/_tags/")?;
+    Some((upstream.to_owned(), repo.to_owned(), tag.to_owned()))
 }

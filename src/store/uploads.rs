@@ -1,5 +1,6 @@
-//! Upload sessions for pushes: `uploads/<id>/data` grows with each chunk; completing a session
-//! hashes the data and renames it into `blobs/` only if it matches the digest.
+//! Upload sessions for pushes, always in the local staging directory: `uploads/<id>/data`
+//! grows with each chunk; completing a session hashes the data and commits it to the backend
+//! only if it matches the digest.
 //!
 //! A session belongs to the repository and the client (`owner`) that opened it: nobody else
 //! can see, extend, complete or cancel it. What uploads may hold is bounded: a blob's size, the
@@ -124,7 +125,7 @@ impl UploadId {
 
 impl Store {
     fn upload_dir(&self, id: &UploadId) -> PathBuf {
-        self.root.join("uploads").join(id.as_str())
+        self.staging.join("uploads").join(id.as_str())
     }
 
     pub(super) fn upload_book(&self) -> std::sync::MutexGuard<'_, UploadBook> {
@@ -138,7 +139,7 @@ impl Store {
 
     /// Counts what the sessions on disk hold (at start).
     pub(super) async fn load_uploads(&self) -> Result<()> {
-        let root = self.root.join("uploads");
+        let root = self.staging.join("uploads");
         let mut entries = tokio::fs::read_dir(&root).await.map_err(io_err(&root))?;
         let mut book = UploadBook::default();
         while let Some(entry) = entries.next_entry().await.map_err(io_err(&root))? {
@@ -326,7 +327,7 @@ impl Store {
         result
     }
 
-    /// Moves a verified file into `blobs/`, pinned for `holder`.
+    /// Commits a verified file as a blob pinned for `holder`.
     async fn commit_file(
         self: &Arc<Self>,
         file: &std::path::Path,
@@ -334,25 +335,9 @@ impl Store {
         size: u64,
         holder: &str,
     ) -> Result<()> {
-        let target = self.blob_path(digest);
-        if let Some(parent) = target.parent() {
-            tokio::fs::create_dir_all(parent)
-                .await
-                .map_err(io_err(parent))?;
-        }
-        let f = tokio::fs::File::open(file).await.map_err(io_err(file))?;
-        f.sync_all().await.map_err(io_err(file))?;
-        let existed = tokio::fs::metadata(&target).await.is_ok();
         // Pinned before it appears, so eviction never sees it unpinned.
         self.pin(digest, holder).await?;
-        tokio::fs::rename(file, &target)
-            .await
-            .map_err(io_err(&target))?;
-        self.note_blob_size(digest, size);
-        if !existed {
-            self.added_blob(digest, size);
-        }
-        Ok(())
+        self.commit_local_file(file, digest, size).await
     }
 
     /// Removes a session.
@@ -379,7 +364,7 @@ impl Store {
 
     /// Like [`Store::expire_uploads`]; with `dry_run`, only counts.
     pub(super) async fn expire_uploads_dry(&self, ttl: Duration, dry_run: bool) -> Result<usize> {
-        let root = self.root.join("uploads");
+        let root = self.staging.join("uploads");
         let mut entries = match tokio::fs::read_dir(&root).await {
             Ok(entries) => entries,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),

@@ -1,10 +1,9 @@
-//! What the store holds and how it is used: total bytes and blobs (computed from the disk at
-//! start, kept up to date in memory), last access per blob (in memory, saved to `access.json`
-//! now and then, so a restart keeps the order roughly right), and blobs being read.
+//! How the store is used: last access per blob (in memory, saved to `access.json` now and
+//! then, so a restart keeps the order roughly right), and blobs being read. What it holds is
+//! the index's to say.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -14,14 +13,12 @@ use crate::oci::Digest;
 /// Counters and access times.
 #[derive(Default)]
 pub struct Usage {
-    bytes: AtomicU64,
-    blobs: AtomicU64,
     access: Mutex<HashMap<Digest, u64>>,
     dirty: AtomicBool,
     readers: Mutex<HashMap<Digest, usize>>,
 }
 
-/// A blob on disk, as listed by [`Store::list_blobs`].
+/// A stored blob, as listed by [`Store::list_blobs`].
 #[derive(Debug, Clone)]
 pub struct BlobEntry {
     /// Its digest.
@@ -68,37 +65,23 @@ impl Drop for ReadGuard {
     }
 }
 
+/// Where access times are saved.
+const ACCESS: &str = "access.json";
+
 impl Store {
     /// Bytes and number of blobs in the store.
     pub fn usage(&self) -> (u64, u64) {
-        (
-            self.usage.bytes.load(Ordering::Relaxed),
-            self.usage.blobs.load(Ordering::Relaxed),
-        )
+        self.index.usage()
     }
 
-    /// Records that a new blob of `size` bytes was committed (and accessed now).
-    pub(super) fn added_blob(&self, digest: &Digest, size: u64) {
-        self.usage.bytes.fetch_add(size, Ordering::Relaxed);
-        self.usage.blobs.fetch_add(1, Ordering::Relaxed);
+    /// Records that a new blob was committed (and accessed now).
+    pub(super) fn added_blob(&self, digest: &Digest) {
         self.touch(digest);
         self.grew.notify_one();
     }
 
-    /// Records that a blob of `size` bytes was removed.
-    pub(super) fn removed_blob(&self, digest: &Digest, size: u64) {
-        let _ = self
-            .usage
-            .bytes
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
-                Some(b.saturating_sub(size))
-            });
-        let _ = self
-            .usage
-            .blobs
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
-                Some(b.saturating_sub(1))
-            });
+    /// Records that a blob was removed.
+    pub(super) fn removed_blob(&self, digest: &Digest) {
         self.usage.lock_access().remove(digest);
         self.usage.dirty.store(true, Ordering::Relaxed);
     }
@@ -128,10 +111,6 @@ impl Store {
         self.usage.lock_readers().contains_key(digest)
     }
 
-    fn access_path(&self) -> PathBuf {
-        self.root.join("access.json")
-    }
-
     /// Saves access times if they changed since the last save.
     pub async fn save_access(&self) -> Result<()> {
         if !self.usage.dirty.swap(false, Ordering::Relaxed) {
@@ -144,50 +123,40 @@ impl Store {
             .map(|(d, t)| (d.to_string(), *t))
             .collect();
         let bytes = serde_json::to_vec(&snapshot).unwrap_or_default();
-        self.write_atomic(&self.access_path(), &bytes).await
+        self.put_object(ACCESS, bytes).await
     }
 
-    /// Computes usage from the disk and loads saved access times.
-    pub(super) async fn load_usage(&self) -> Result<()> {
-        let blobs = self.list_blobs().await?;
-        let bytes = blobs.iter().map(|b| b.size).sum();
-        self.usage.bytes.store(bytes, Ordering::Relaxed);
-        self.usage
-            .blobs
-            .store(blobs.len() as u64, Ordering::Relaxed);
-        if let Ok(text) = tokio::fs::read(self.access_path()).await {
-            let saved: HashMap<String, u64> = serde_json::from_slice(&text).unwrap_or_default();
-            let mut access = self.usage.lock_access();
-            for (hex, t) in saved {
-                // Older files name sha256 blobs by their hex alone.
-                let text = if hex.contains(':') {
-                    hex
-                } else {
-                    format!("sha256:{hex}")
-                };
-                if let Ok(d) = text.parse::<Digest>() {
-                    access.insert(d, t);
-                }
+    /// Loads saved access times.
+    pub(super) async fn load_access(&self) -> Result<()> {
+        let Some(text) = self.get_object(ACCESS).await? else {
+            return Ok(());
+        };
+        let saved: HashMap<String, u64> = serde_json::from_slice(&text).unwrap_or_default();
+        let mut access = self.usage.lock_access();
+        for (hex, t) in saved {
+            // Older files name sha256 blobs by their hex alone.
+            let text = if hex.contains(':') {
+                hex
+            } else {
+                format!("sha256:{hex}")
+            };
+            if let Ok(d) = text.parse::<Digest>() {
+                access.insert(d, t);
             }
         }
         Ok(())
     }
 
-    /// Every committed blob with its size and write time.
-    pub async fn list_blobs(&self) -> Result<Vec<BlobEntry>> {
-        self.digest_entries("blobs", false, |entry, digest| {
-            let meta = entry.metadata()?;
-            let written = meta
-                .modified()
-                .ok()
-                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-                .map_or(0, |d| d.as_millis() as u64);
-            Ok(Some(BlobEntry {
+    /// Every committed blob with its size and write time (from the index).
+    pub fn list_blobs(&self) -> Vec<BlobEntry> {
+        self.index
+            .blobs()
+            .into_iter()
+            .map(|(digest, blob)| BlobEntry {
                 digest,
-                size: meta.len(),
-                written,
-            }))
-        })
-        .await
+                size: blob.size,
+                written: blob.written,
+            })
+            .collect()
     }
 }

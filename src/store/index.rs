@@ -1,0 +1,382 @@
+//! The index: what the backend holds (blobs with their sizes, which of them are manifests, tag
+//! records, tombstones), in memory, so that usage, eviction, GC and the catalog never list the
+//! backend on the request path.
+//!
+//! A local directory is listed cheaply, so the filesystem backend rebuilds the index at every
+//! start (objects changed while the server was stopped are seen). A bucket is not: there the
+//! index is kept in the bucket itself, as a snapshot (`_index/snapshot.json`) and a journal of
+//! changes since (`_index/journal/<ms>-<uuid>.json`, one small object per change, written as the
+//! change commits). A start reads the snapshot and the journal, never the whole bucket;
+//! [`Index::save`] folds the journal into a new snapshot now and then. Only the very first start
+//! on a bucket without a snapshot lists it, once.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::backend::Backend;
+use super::{Result, Store, StoreError};
+use crate::oci::Digest;
+
+const SNAPSHOT: &str = "_index/snapshot.json";
+const JOURNAL: &str = "_index/journal/";
+
+/// A blob as the index knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexedBlob {
+    /// Its size.
+    pub size: u64,
+    /// When it was committed, in milliseconds since the epoch.
+    pub written: u64,
+    /// Whether it is a manifest (has a media type record).
+    pub manifest: bool,
+}
+
+/// A tag record's place: upstream (or `_local`), repository, tag.
+pub type TagPlace = (String, String, String);
+
+/// One change to what the backend holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Change {
+    /// A blob was committed.
+    AddBlob {
+        /// Its digest.
+        digest: String,
+        /// What the index knows of it.
+        blob: IndexedBlob,
+    },
+    /// A blob was removed.
+    RemoveBlob {
+        /// Its digest.
+        digest: String,
+    },
+    /// A tag record was written for the first time.
+    AddTag {
+        /// Where.
+        place: TagPlace,
+    },
+    /// A tag record was removed.
+    RemoveTag {
+        /// Where.
+        place: TagPlace,
+    },
+    /// Some repository deleted the blob while others hold it.
+    Tombstone {
+        /// Its digest.
+        digest: String,
+    },
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct State {
+    blobs: HashMap<String, IndexedBlob>,
+    /// The blobs' bytes together (kept, not summed on each call).
+    #[serde(skip)]
+    bytes: u64,
+    tags: BTreeSet<TagPlace>,
+    tombstoned: HashSet<String>,
+}
+
+impl State {
+    fn recount(&mut self) {
+        self.bytes = self.blobs.values().map(|b| b.size).sum();
+    }
+
+    fn apply(&mut self, change: &Change) {
+        match change {
+            Change::AddBlob { digest, blob } => {
+                let old = self.blobs.insert(digest.clone(), *blob);
+                self.bytes = self.bytes - old.map_or(0, |b| b.size) + blob.size;
+            }
+            Change::RemoveBlob { digest } => {
+                if let Some(old) = self.blobs.remove(digest) {
+                    self.bytes -= old.size;
+                }
+                self.tombstoned.remove(digest);
+            }
+            Change::AddTag { place } => {
+                self.tags.insert(place.clone());
+            }
+            Change::RemoveTag { place } => {
+                self.tags.remove(place);
+            }
+            Change::Tombstone { digest } => {
+                self.tombstoned.insert(digest.clone());
+            }
+        }
+    }
+}
+
+/// A snapshot as stored: the state, and the journal entries already folded into it (a crash
+/// between writing the snapshot and deleting them must not apply them twice).
+#[derive(Default, Serialize, Deserialize)]
+struct Snapshot {
+    state: State,
+    folded: Vec<String>,
+}
+
+/// The index of one store.
+pub struct Index {
+    state: Mutex<State>,
+    /// Whether changes are journaled to the backend (remote backends).
+    journaled: bool,
+    /// Journal entries that the next snapshot folds in.
+    unfolded: Mutex<Vec<String>>,
+}
+
+impl Index {
+    /// Loads the index of `backend`: by listing it when that is cheap, else from its snapshot
+    /// and journal (listing it once when there is no snapshot yet).
+    pub async fn load(backend: &dyn Backend) -> Result<Index> {
+        let journaled = !backend.lists_cheaply();
+        let index = Index {
+            state: Mutex::default(),
+            journaled,
+            unfolded: Mutex::default(),
+        };
+        if !journaled {
+            let mut state = rebuild(backend).await?;
+            state.recount();
+            *index.lock() = state;
+            return Ok(index);
+        }
+        let started = std::time::Instant::now();
+        let snapshot = match backend.get(SNAPSHOT).await? {
+            Some(bytes) => {
+                serde_json::from_slice::<Snapshot>(&bytes).map_err(|e| StoreError::Corrupt {
+                    key: SNAPSHOT.into(),
+                    message: e.to_string(),
+                })?
+            }
+            None => {
+                tracing::info!(backend = %backend.describe(), "no index in the backend yet: listing it once to build one");
+                let snapshot = Snapshot {
+                    state: rebuild(backend).await?,
+                    folded: Vec::new(),
+                };
+                write_snapshot(backend, &snapshot).await?;
+                snapshot
+            }
+        };
+        let folded: HashSet<String> = snapshot.folded.into_iter().collect();
+        let mut state = snapshot.state;
+        let mut entries = backend.list(JOURNAL).await?;
+        entries.sort_by(|a, b| a.key.cmp(&b.key));
+        let mut unfolded = Vec::new();
+        for entry in entries {
+            if folded.contains(&entry.key) {
+                // Folded already; its deletion was cut short.
+                unfolded.push(entry.key);
+                continue;
+            }
+            let Some(bytes) = backend.get(&entry.key).await? else {
+                continue;
+            };
+            match serde_json::from_slice::<Change>(&bytes) {
+                Ok(change) => state.apply(&change),
+                Err(e) => {
+                    tracing::warn!(key = %entry.key, error = %e, "unreadable index journal entry skipped")
+                }
+            }
+            unfolded.push(entry.key);
+        }
+        tracing::info!(
+            blobs = state.blobs.len(),
+            journal = unfolded.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "index loaded from the backend"
+        );
+        state.recount();
+        *index.lock() = state;
+        *index.lock_unfolded() = unfolded;
+        Ok(index)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_unfolded(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
+        self.unfolded.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies a change that has just committed, journaling it for a remote backend.
+    pub async fn record(&self, backend: &dyn Backend, change: Change) -> Result<()> {
+        self.lock().apply(&change);
+        if self.journaled {
+            let key = format!(
+                "{JOURNAL}{:013}-{}.json",
+                super::usage::now_ms(),
+                uuid::Uuid::new_v4()
+            );
+            let bytes = serde_json::to_vec(&change).map_err(|e| StoreError::Corrupt {
+                key: key.clone(),
+                message: e.to_string(),
+            })?;
+            backend.put(&key, Bytes::from(bytes)).await?;
+            self.lock_unfolded().push(key);
+        }
+        Ok(())
+    }
+
+    /// Notes a blob found in the backend that the index did not list (another process
+    /// committed it), without journaling: it is in the backend already.
+    pub fn learn(&self, digest: &Digest, blob: IndexedBlob) {
+        self.lock().apply(&Change::AddBlob {
+            digest: digest.to_string(),
+            blob,
+        });
+    }
+
+    /// Drops a blob the backend turned out not to have (removed behind our back).
+    pub fn forget(&self, digest: &Digest) {
+        self.lock().apply(&Change::RemoveBlob {
+            digest: digest.to_string(),
+        });
+    }
+
+    /// Folds the journal into a new snapshot (remote backends; nothing to do otherwise).
+    /// Entries other processes wrote (`regmirror import` or `gc` beside the server) are read
+    /// and applied first, so the snapshot loses none of their changes.
+    pub async fn save(&self, backend: &dyn Backend) -> Result<()> {
+        if !self.journaled {
+            return Ok(());
+        }
+        self.catch_up(backend).await?;
+        let folded = self.lock_unfolded().clone();
+        if folded.is_empty() {
+            return Ok(());
+        }
+        let snapshot = {
+            let state = self.lock();
+            serde_json::to_vec(&SnapshotRef {
+                state: &state,
+                folded: &folded,
+            })
+        }
+        .map_err(|e| StoreError::Corrupt {
+            key: SNAPSHOT.into(),
+            message: e.to_string(),
+        })?;
+        backend.put(SNAPSHOT, Bytes::from(snapshot)).await?;
+        for key in &folded {
+            backend.delete(key).await?;
+        }
+        self.lock_unfolded().retain(|k| !folded.contains(k));
+        Ok(())
+    }
+
+    /// Applies journal entries written by other processes since this one last looked.
+    async fn catch_up(&self, backend: &dyn Backend) -> Result<()> {
+        let mut entries = backend.list(JOURNAL).await?;
+        entries.sort_by(|a, b| a.key.cmp(&b.key));
+        for entry in entries {
+            if self.lock_unfolded().contains(&entry.key) {
+                continue;
+            }
+            if let Some(bytes) = backend.get(&entry.key).await?
+                && let Ok(change) = serde_json::from_slice::<Change>(&bytes)
+            {
+                self.lock().apply(&change);
+            }
+            self.lock_unfolded().push(entry.key);
+        }
+        Ok(())
+    }
+
+    /// The blob, if indexed.
+    pub fn blob(&self, digest: &Digest) -> Option<IndexedBlob> {
+        self.lock().blobs.get(&digest.to_string()).copied()
+    }
+
+    /// Every indexed blob.
+    pub fn blobs(&self) -> Vec<(Digest, IndexedBlob)> {
+        self.lock()
+            .blobs
+            .iter()
+            .filter_map(|(d, b)| Some((d.parse().ok()?, *b)))
+            .collect()
+    }
+
+    /// Bytes and number of blobs.
+    pub fn usage(&self) -> (u64, u64) {
+        let state = self.lock();
+        (state.bytes, state.blobs.len() as u64)
+    }
+
+    /// Whether the tag place is indexed.
+    pub fn has_tag(&self, place: &TagPlace) -> bool {
+        self.lock().tags.contains(place)
+    }
+
+    /// Every tag place, sorted.
+    pub fn tags(&self) -> Vec<TagPlace> {
+        self.lock().tags.iter().cloned().collect()
+    }
+
+    /// The tags of one repository under one origin, sorted.
+    pub fn tags_of(&self, origin: &str, repo: &str) -> Vec<String> {
+        let from = (origin.to_owned(), repo.to_owned(), String::new());
+        self.lock()
+            .tags
+            .range(from..)
+            .take_while(|(o, r, _)| o == origin && r == repo)
+            .map(|(_, _, t)| t.clone())
+            .collect()
+    }
+
+    /// Whether some repository deleted this blob while others hold it.
+    pub fn is_tombstoned(&self, digest: &Digest) -> bool {
+        let state = self.lock();
+        !state.tombstoned.is_empty() && state.tombstoned.contains(&digest.to_string())
+    }
+}
+
+#[derive(Serialize)]
+struct SnapshotRef<'a> {
+    state: &'a State,
+    folded: &'a [String],
+}
+
+async fn write_snapshot(backend: &dyn Backend, snapshot: &Snapshot) -> Result<()> {
+    let bytes = serde_json::to_vec(snapshot).map_err(|e| StoreError::Corrupt {
+        key: SNAPSHOT.into(),
+        message: e.to_string(),
+    })?;
+    Ok(backend.put(SNAPSHOT, Bytes::from(bytes)).await?)
+}
+
+/// Builds the state by listing the backend's blobs, manifest records, tags and tombstones.
+async fn rebuild(backend: &dyn Backend) -> Result<State> {
+    let mut state = State::default();
+    let manifests: HashSet<Digest> = backend
+        .list("meta/")
+        .await?
+        .iter()
+        .filter_map(|o| Store::parse_digest_key("meta", &o.key).map(|(d, _)| d))
+        .collect();
+    for object in backend.list("blobs/").await? {
+        if let Some((digest, "")) = Store::parse_digest_key("blobs", &object.key) {
+            let blob = IndexedBlob {
+                size: object.size,
+                written: object.modified_ms,
+                manifest: manifests.contains(&digest),
+            };
+            state.blobs.insert(digest.to_string(), blob);
+        }
+    }
+    for object in backend.list("tags/").await? {
+        if let Some(place) = super::tags::parse_tag_key(&object.key) {
+            state.tags.insert(place);
+        }
+    }
+    for object in backend.list("deleted/").await? {
+        if let Some((digest, _)) = Store::parse_digest_key("deleted", &object.key) {
+            state.tombstoned.insert(digest.to_string());
+        }
+    }
+    Ok(state)
+}
