@@ -123,6 +123,7 @@ async fn expire_uploads(mirror: Arc<Mirror>, ttl: Duration) {
 /// reads a short journal.
 async fn save_state(mirror: Arc<Mirror>) {
     let mut ticker = tokio::time::interval(Duration::from_secs(60));
+    ticker.tick().await; // Nothing to save at start.
     loop {
         ticker.tick().await;
         if let Err(e) = mirror.store.save_state().await {

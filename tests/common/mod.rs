@@ -4,6 +4,7 @@
 pub mod binary;
 pub mod dockerd;
 pub mod fake_upstream;
+pub mod garage;
 pub mod images;
 pub mod registry;
 

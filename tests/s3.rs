@@ -1,0 +1,414 @@
+//! The S3 backend on a real Garage: pull-through, pushes, a restart from the bucket alone (the
+//! local directory wiped, the upstream down), the hot cache and its one bucket read per blob,
+//! redirects to presigned URLs, `kill -9` mid-fill, and clear start-up errors. Skipped (with a
+//! message) when `garage` is not installed, unless REGMIRROR_REQUIRE_E2E=1.
+
+mod common;
+
+use common::binary::Regmirror;
+use common::fake_upstream::{Auth, FakeUpstream, Fault, sha256};
+use common::garage::Garage;
+use common::{TestMirror, random_bytes};
+use regmirror::store::Backend;
+
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+
+fn upstream(fake: &FakeUpstream) -> String {
+    format!(
+        "[auth]\nanonymous_push = true\n[[upstream]]\nname = \"docker.io\"\nurl = \"{}\"\ndefault = true\ntag_ttl = \"1s\"\n",
+        fake.url()
+    )
+}
+
+fn image_manifest(config: &str, layers: &[&str]) -> String {
+    serde_json::json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": 1},
+        "layers": layers.iter().map(|d| serde_json::json!({
+            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": d, "size": 1
+        })).collect::<Vec<_>>()})
+    .to_string()
+}
+
+async fn start(garage: &Garage, dir: tempfile::TempDir, prefix: &str, rest: &str) -> TestMirror {
+    TestMirror::start_storage(dir, &garage.storage_keys(prefix, ""), rest).await
+}
+
+async fn get_bytes(m: &TestMirror, path: &str) -> Vec<u8> {
+    let r = m.get(path).await;
+    assert_eq!(r.status(), 200, "GET {path}");
+    r.bytes().await.unwrap().to_vec()
+}
+
+/// A push of one blob: chunked (POST, PATCH, PUT) when `chunked`, else monolithic.
+async fn push_blob(m: &TestMirror, repo: &str, bytes: &[u8], chunked: bool) -> String {
+    let digest = sha256(bytes);
+    if !chunked {
+        let r = m
+            .client
+            .post(m.url(&format!("/v2/{repo}/blobs/uploads/?digest={digest}")))
+            .body(bytes.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        return digest;
+    }
+    let r = m
+        .client
+        .post(m.url(&format!("/v2/{repo}/blobs/uploads/")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let mut location = r.headers()["location"].to_str().unwrap().to_owned();
+    let half = bytes.len() / 2;
+    for (i, part) in [&bytes[..half], &bytes[half..]].into_iter().enumerate() {
+        let start = if i == 0 { 0 } else { half };
+        let r = m
+            .client
+            .patch(m.url(&location))
+            .header(
+                "content-range",
+                format!("{start}-{}", start + part.len() - 1),
+            )
+            .header("content-type", "application/octet-stream")
+            .body(part.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+        location = r.headers()["location"].to_str().unwrap().to_owned();
+    }
+    let sep = if location.contains('?') { '&' } else { '?' };
+    let r = m
+        .client
+        .put(m.url(&format!("{location}{sep}digest={digest}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    digest
+}
+
+/// Every blob object in the bucket hashes to its key.
+async fn assert_bucket_blobs_verify(garage: &Garage, prefix: &str) -> usize {
+    let bucket = garage.backend(prefix);
+    let objects = bucket.list("blobs/").await.unwrap();
+    for object in &objects {
+        let hex = object.key.rsplit('/').next().unwrap();
+        let bytes = bucket.get(&object.key).await.unwrap().unwrap();
+        assert_eq!(sha256(&bytes), format!("sha256:{hex}"), "{}", object.key);
+    }
+    objects.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_and_pushed_images_survive_a_wiped_local_directory_with_the_upstream_down() {
+    let test = "cached_and_pushed_images_survive_a_wiped_local_directory_with_the_upstream_down";
+    let Some(garage) = Garage::start(test).await else {
+        return;
+    };
+    let fake = FakeUpstream::start(Auth::None).await;
+    // 12 MiB: more than one part, so the commit is a multipart upload.
+    let layer = random_bytes(12 * 1024 * 1024);
+    let config = random_bytes(2_000);
+    let (dl, dc) = (fake.put_blob(layer.clone()), fake.put_blob(config.clone()));
+    let manifest = image_manifest(&dc, &[&dl]);
+    fake.put_manifest("library/app", "v1", manifest.clone(), OCI_MANIFEST);
+
+    let m = start(
+        &garage,
+        tempfile::tempdir().unwrap(),
+        "wipe",
+        &upstream(&fake),
+    )
+    .await;
+    assert_eq!(
+        get_bytes(&m, "/v2/app/manifests/v1").await,
+        manifest.as_bytes()
+    );
+    assert_eq!(get_bytes(&m, &format!("/v2/app/blobs/{dl}")).await, layer);
+    assert_eq!(get_bytes(&m, &format!("/v2/app/blobs/{dc}")).await, config);
+    // Pushes: one blob monolithic, one chunked, and a manifest tagging them.
+    let (pushed_layer, pushed_config) = (random_bytes(3_000_000), random_bytes(500));
+    let pl = push_blob(&m, "team/app", &pushed_layer, true).await;
+    let pc = push_blob(&m, "team/app", &pushed_config, false).await;
+    let pushed_manifest = image_manifest(&pc, &[&pl]);
+    let r = m
+        .client
+        .put(m.url("/v2/team/app/manifests/v1"))
+        .header("content-type", OCI_MANIFEST)
+        .body(pushed_manifest.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    m.fills_settled().await;
+    let dir = m.stop().await;
+    // Cached: layer, config, manifest; pushed: two blobs and a manifest.
+    assert_eq!(assert_bucket_blobs_verify(&garage, "wipe").await, 6);
+
+    // The local directory goes, the upstream is down: everything comes from the bucket.
+    drop(dir);
+    fake.set_down(true);
+    let m = start(
+        &garage,
+        tempfile::tempdir().unwrap(),
+        "wipe",
+        &upstream(&fake),
+    )
+    .await;
+    // A start reads the index (snapshot and journal), never lists the blobs.
+    assert_eq!(
+        m.metric("regmirror_backend_requests_total{backend=\"s3\",op=\"list\",outcome=\"ok\"}")
+            .await,
+        1.0,
+        "a start lists only the index journal"
+    );
+    assert_eq!(
+        get_bytes(&m, "/v2/app/manifests/v1").await,
+        manifest.as_bytes()
+    );
+    assert_eq!(
+        get_bytes(&m, "/v2/team/app/manifests/v1").await,
+        pushed_manifest.as_bytes()
+    );
+    // Four concurrent cold reads of the big layer: one read of the bucket.
+    let path = format!("/v2/app/blobs/{dl}");
+    let reads = (0..4).map(|_| get_bytes(&m, &path));
+    for body in futures_util::future::join_all(reads).await {
+        assert_eq!(body, layer);
+    }
+    m.fills_settled().await;
+    assert_eq!(
+        m.metric("regmirror_backend_read_bytes_total").await,
+        layer.len() as f64,
+        "the bucket was read once for four clients"
+    );
+    // Warm now: from the hot cache, a range too.
+    let r = m
+        .client
+        .get(m.url(&format!("/v2/app/blobs/{dl}")))
+        .header("range", "bytes=100-199")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(r.bytes().await.unwrap().as_ref(), &layer[100..200]);
+    assert!(m.metric("regmirror_hot_cache_hits_total").await >= 1.0);
+    assert_eq!(
+        get_bytes(&m, &format!("/v2/team/app/blobs/{pl}")).await,
+        pushed_layer
+    );
+    assert_eq!(
+        get_bytes(&m, &format!("/v2/team/app/blobs/{pc}")).await,
+        pushed_config
+    );
+    let tags: serde_json::Value = m.get("/v2/team/app/tags/list").await.json().await.unwrap();
+    assert_eq!(tags["tags"], serde_json::json!(["v1"]));
+    let catalog: serde_json::Value = m.get("/v2/_catalog").await.json().await.unwrap();
+    assert!(
+        catalog["repositories"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r == "team/app"),
+        "{catalog}"
+    );
+    // Nothing came from the upstream.
+    assert_eq!(
+        fake.count("GET", "/blobs/"),
+        2,
+        "only the first mirror's two fills"
+    );
+    m.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletes_and_gc_work_on_the_bucket() {
+    let test = "deletes_and_gc_work_on_the_bucket";
+    let Some(garage) = Garage::start(test).await else {
+        return;
+    };
+    let fake = FakeUpstream::start(Auth::None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let keys = format!("delete = true\n{}", garage.storage_keys("del", ""));
+    let m = TestMirror::start_storage(dir, &keys, &upstream(&fake)).await;
+    let blob = random_bytes(100_000);
+    let digest = push_blob(&m, "team/app", &blob, false).await;
+    let r = m
+        .client
+        .delete(m.url(&format!("/v2/team/app/blobs/{digest}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    assert_eq!(
+        m.get(&format!("/v2/team/app/blobs/{digest}"))
+            .await
+            .status(),
+        404
+    );
+    let bucket = garage.backend("del");
+    assert!(bucket.list("blobs/").await.unwrap().is_empty());
+    assert!(bucket.list("pins/").await.unwrap().is_empty());
+    // An unreferenced cached blob, old enough: GC removes it from the bucket.
+    let orphan = fake.put_blob(random_bytes(10_000));
+    assert_eq!(
+        m.get(&format!("/v2/app/blobs/{orphan}")).await.status(),
+        200
+    );
+    m.fills_settled().await;
+    assert_eq!(bucket.list("blobs/").await.unwrap().len(), 1);
+    let report = m
+        .server
+        .mirror
+        .store
+        .gc(
+            std::time::Duration::ZERO,
+            std::time::Duration::from_secs(3600),
+            false,
+            |_| false,
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.blobs, 1);
+    assert!(bucket.list("blobs/").await.unwrap().is_empty());
+    m.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirect_mode_sends_clients_to_presigned_bucket_urls() {
+    let test = "redirect_mode_sends_clients_to_presigned_bucket_urls";
+    let Some(garage) = Garage::start(test).await else {
+        return;
+    };
+    let fake = FakeUpstream::start(Auth::None).await;
+    let keys = garage.storage_keys("redirect", "redirect = true");
+    let m = TestMirror::start_storage(tempfile::tempdir().unwrap(), &keys, &upstream(&fake)).await;
+    let blob = random_bytes(200_000);
+    let digest = push_blob(&m, "team/app", &blob, false).await;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = client
+        .get(m.url(&format!("/v2/team/app/blobs/{digest}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 307);
+    let location = r.headers()["location"].to_str().unwrap().to_owned();
+    assert!(location.starts_with(&garage.endpoint), "{location}");
+    assert!(location.contains("X-Amz-Signature"), "{location}");
+    // The client fetches the bytes from the bucket itself.
+    let from_bucket = client.get(&location).send().await.unwrap();
+    assert_eq!(from_bucket.status(), 200);
+    assert_eq!(from_bucket.bytes().await.unwrap().as_ref(), &blob[..]);
+    // HEAD is still answered here, with the size.
+    let head = m.head(&format!("/v2/team/app/blobs/{digest}")).await;
+    assert_eq!(head.status(), 200);
+    assert_eq!(
+        head.headers()["content-length"],
+        blob.len().to_string().as_str()
+    );
+    m.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_credentials_or_a_missing_bucket_fail_at_start_with_a_clear_error() {
+    let test = "bad_credentials_or_a_missing_bucket_fail_at_start_with_a_clear_error";
+    let Some(garage) = Garage::start(test).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let try_start = |storage: String| {
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\npath = \"{}\"\n{storage}",
+            dir.path().join("store").display()
+        );
+        async move {
+            let config = regmirror::config::Config::parse(&text, "test").unwrap();
+            match regmirror::start(&config).await {
+                Ok(_) => panic!("started against an unusable bucket"),
+                Err(e) => e.to_string(),
+            }
+        }
+    };
+    let wrong_secret = garage
+        .storage_keys("x", "")
+        .replace(&garage.secret, &"0".repeat(64));
+    let error = try_start(wrong_secret).await;
+    assert!(error.contains("bucket regmirror"), "{error}");
+    assert!(error.contains(&garage.key_id), "{error}");
+    let missing = garage
+        .storage_keys("x", "")
+        .replace("bucket = \"regmirror\"", "bucket = \"no-such-bucket\"");
+    let error = try_start(missing).await;
+    assert!(error.contains("no-such-bucket"), "{error}");
+}
+
+/// `kill -9` in the middle of a fill leaves no object in the bucket; the next start fetches
+/// the blob again and commits it whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_fill_leaves_no_object_in_the_bucket() {
+    let test = "kill_9_mid_fill_leaves_no_object_in_the_bucket";
+    let Some(garage) = Garage::start(test).await else {
+        return;
+    };
+    let fake = FakeUpstream::start(Auth::None).await;
+    let blob = random_bytes(4 * 1024 * 1024);
+    let digest = fake.put_blob(blob.clone());
+    fake.set_fault(
+        &digest,
+        Some(Fault::Paced {
+            chunk: 256 * 1024,
+            delay_ms: 50,
+        }),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("mirror.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[storage]\npath = \"{}\"\n{}\n{}",
+            dir.path().join("store").display(),
+            garage.storage_keys("kill", ""),
+            upstream(&fake)
+        ),
+    )
+    .unwrap();
+    let mut mirror = Regmirror::start(&config).await;
+    let mut response = reqwest::get(mirror.url(&format!("/v2/app/blobs/{digest}")))
+        .await
+        .unwrap();
+    let mut received = 0;
+    while received < 1024 * 1024 {
+        received += response.chunk().await.unwrap().unwrap().len();
+    }
+    mirror.kill9();
+    let bucket = garage.backend("kill");
+    assert!(
+        bucket.list("blobs/").await.unwrap().is_empty(),
+        "a partial blob reached the bucket"
+    );
+    fake.set_fault(&digest, None);
+    let mirror = Regmirror::start(&config).await;
+    let body = reqwest::get(mirror.url(&format!("/v2/app/blobs/{digest}")))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(body.as_ref(), &blob[..]);
+    common::eventually_async(10, "the blob to be committed to the bucket", || async {
+        !garage
+            .backend("kill")
+            .list("blobs/")
+            .await
+            .unwrap()
+            .is_empty()
+    })
+    .await;
+    assert_eq!(assert_bucket_blobs_verify(&garage, "kill").await, 1);
+}
