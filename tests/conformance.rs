@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::binary::Regmirror;
+use common::garage::Garage;
 use common::images::{Descriptor, Layout, OCI_INDEX, OCI_MANIFEST, push_http};
 use common::registry::Registry;
 
@@ -34,11 +35,12 @@ fn suite(file: &str, test: &str) -> Option<PathBuf> {
     None
 }
 
-/// Starts regmirror with `config` (the `[storage] path` and `delete` are added) and its log
-/// in `dir`; also makes the suite's results directory, `dir/results`.
-async fn start(dir: &Path, config: &str, delete: bool) -> (Regmirror, PathBuf) {
+/// Starts regmirror with `config` (the `[storage] path` and `delete` are added, then the
+/// `storage` keys: a bucket's, or none for the filesystem) and its log in `dir`; also makes
+/// the suite's results directory, `dir/results`.
+async fn start(dir: &Path, config: &str, delete: bool, storage: &str) -> (Regmirror, PathBuf) {
     let text = format!(
-        "{config}\n[storage]\npath = \"{}\"\ndelete = {delete}\n",
+        "{config}\n[storage]\npath = \"{}\"\ndelete = {delete}\n{storage}\n",
         dir.join("store").display()
     );
     let path = dir.join("mirror.toml");
@@ -115,11 +117,25 @@ fn registry_config() -> &'static str {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_v1_1_1_suite_passes_completely() {
     let test = "the_v1_1_1_suite_passes_completely";
+    if let Some(binary) = suite("conformance.test", test) {
+        run_v1_1_1(&binary, "").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_v1_1_1_suite_passes_completely_on_s3() {
+    let test = "the_v1_1_1_suite_passes_completely_on_s3";
     let Some(binary) = suite("conformance.test", test) else {
         return;
     };
+    if let Some(garage) = Garage::start(test).await {
+        run_v1_1_1(&binary, &garage.storage_keys("", "")).await;
+    }
+}
+
+async fn run_v1_1_1(binary: &Path, storage: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let (mirror, results) = start(dir.path(), registry_config(), true).await;
+    let (mirror, results) = start(dir.path(), registry_config(), true, storage).await;
     let env = [
         ("OCI_ROOT_URL", mirror.url("")),
         ("OCI_NAMESPACE", "conformance/repo1".into()),
@@ -132,7 +148,7 @@ async fn the_v1_1_1_suite_passes_completely() {
         ("OCI_REPORT_DIR", results.display().to_string()),
     ];
     let output =
-        tokio::task::block_in_place(|| run(&binary, &["-ginkgo.no-color"], dir.path(), &env));
+        tokio::task::block_in_place(|| run(binary, &["-ginkgo.no-color"], dir.path(), &env));
     let passed = count(&output, "Passed", true);
     let failed = count(&output, "Failed", true);
     if failed != Some(0) || passed.unwrap_or(0) < 74 {
@@ -141,7 +157,8 @@ async fn the_v1_1_1_suite_passes_completely() {
             .filter(|l| l.trim_start().starts_with("[FAIL]"))
             .collect();
         panic!(
-            "v1.1.1: {passed:?} passed, {failed:?} failed:\n{}\n\n(whole output:)\n{output}",
+            "v1.1.1 ({}): {passed:?} passed, {failed:?} failed:\n{}\n\n(whole output:)\n{output}",
+            if storage.is_empty() { "fs" } else { "s3" },
             failing.join("\n")
         );
     }
@@ -150,11 +167,25 @@ async fn the_v1_1_1_suite_passes_completely() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_2026_suite_passes_completely_sha512_included() {
     let test = "the_2026_suite_passes_completely_sha512_included";
+    if let Some(binary) = suite("conformance-head.test", test) {
+        run_2026(&binary, "").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_2026_suite_passes_completely_on_s3() {
+    let test = "the_2026_suite_passes_completely_on_s3";
     let Some(binary) = suite("conformance-head.test", test) else {
         return;
     };
+    if let Some(garage) = Garage::start(test).await {
+        run_2026(&binary, &garage.storage_keys("", "")).await;
+    }
+}
+
+async fn run_2026(binary: &Path, storage: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let (mirror, results) = start(dir.path(), registry_config(), true).await;
+    let (mirror, results) = start(dir.path(), registry_config(), true, storage).await;
     let env = [
         ("OCI_REGISTRY", mirror.addr.to_string()),
         ("OCI_TLS", "disabled".into()),
@@ -162,8 +193,13 @@ async fn the_2026_suite_passes_completely_sha512_included() {
         ("OCI_REPO2", "conformance/repo2".into()),
         ("OCI_RESULTS_DIR", results.display().to_string()),
     ];
-    let output = tokio::task::block_in_place(|| run(&binary, &[], &results, &env));
-    let passed = check_head(&output, "2026 suite");
+    let output = tokio::task::block_in_place(|| run(binary, &[], &results, &env));
+    let what = if storage.is_empty() {
+        "2026 suite"
+    } else {
+        "2026 suite on s3"
+    };
+    let passed = check_head(&output, what);
     assert!(passed >= 800, "only {passed} tests ran:\n{output}");
     assert!(
         output.contains("sha512"),
@@ -268,6 +304,7 @@ async fn the_read_only_suite_passes_through_the_pull_through_path() {
             registry.url()
         ),
         false,
+        "",
     )
     .await;
     let env = [

@@ -611,3 +611,95 @@ async fn prefetch_warms_the_cache_for_one_platform() {
     let second = tokio::task::block_in_place(run);
     assert!(second.contains(" 0 bytes fetched"), "{second}");
 }
+
+/// The same real parts on the S3 backend (a Garage bucket): skopeo pulls through from
+/// Distribution and pushes with credentials; then the local directory is wiped and, offline,
+/// every image is pulled again from the bucket alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skopeo_pulls_and_pushes_through_regmirror_on_s3() {
+    let test = "skopeo_pulls_and_pushes_through_regmirror_on_s3";
+    let (Some(skopeo_bin), Some(registry_bin)) = (
+        common::require_tool("skopeo", test),
+        common::require_tool("docker-registry", test),
+    ) else {
+        return;
+    };
+    let Some(garage) = common::garage::Garage::start(test).await else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let registry = Registry::start(&registry_bin).await;
+    let pushed = {
+        let (skopeo_bin, work) = (skopeo_bin.clone(), work.path().to_owned());
+        let registry = &registry;
+        tokio::task::block_in_place(|| build_and_push(&skopeo_bin, registry, &work))
+    };
+    let mut layout = Layout::new(&work.path().join("own"));
+    let own = layout.add_image("amd64", &[9 * 1024 * 1024, 4096], false);
+    layout.tag("own", &own);
+    let config = format!(
+        "[auth]\nanonymous_push = true\n{}",
+        mirror_config(&registry)
+    );
+    let storage = garage.storage_keys("skopeo", "");
+    let mirror = TestMirror::start_storage(tempfile::tempdir().unwrap(), &storage, &config).await;
+    let out = work.path().join("out");
+    let blocking = |f: &dyn Fn() -> String| tokio::task::block_in_place(f);
+    let round = |mirror: &TestMirror| {
+        assert_eq!(
+            blocking(&|| pull(&skopeo_bin, mirror, "big:v1", &[], &out)),
+            pushed.big
+        );
+        assert_eq!(
+            blocking(&|| pull(&skopeo_bin, mirror, "library/multi:v1", &["--all"], &out)),
+            pushed.multi
+        );
+        assert_eq!(
+            blocking(&|| pull_dir(&skopeo_bin, mirror, "team/dlist:v1", &["--all"], &out)),
+            pushed.dlist
+        );
+    };
+    let before = registry.blob_gets().await;
+    round(&mirror);
+    assert_eq!(
+        registry.blob_gets().await - before,
+        12,
+        "each blob fetched once"
+    );
+    let dest = format!("docker://{}/team/own:v1", mirror.server.addr);
+    let src = format!("oci:{}:own", layout.dir.display());
+    blocking(&|| {
+        skopeo(
+            &skopeo_bin,
+            &[
+                "copy",
+                "--preserve-digests",
+                "--dest-tls-verify=false",
+                &src,
+                &dest,
+            ],
+        );
+        String::new()
+    });
+    mirror.fills_settled().await;
+    drop(mirror.stop().await);
+
+    // A new local directory, offline: the bucket alone serves everything.
+    let mirror = TestMirror::start_config(
+        tempfile::tempdir().unwrap(),
+        "offline = true",
+        &storage,
+        &config,
+    )
+    .await;
+    round(&mirror);
+    assert_eq!(
+        blocking(&|| pull(&skopeo_bin, &mirror, "team/own:v1", &[], &out)),
+        own.digest
+    );
+    assert_eq!(
+        registry.blob_gets().await - before,
+        12,
+        "the second mirror fetched from the upstream"
+    );
+}

@@ -83,25 +83,39 @@ impl Garage {
 
     /// Runs the CLI; its stdout, or `None` if it failed.
     fn cli(&self, args: &[&str]) -> Option<String> {
+        self.run(args).ok()
+    }
+
+    /// Runs the CLI; its stdout, or its stderr if it failed.
+    fn run(&self, args: &[&str]) -> Result<String, String> {
         let output = Command::new(&self.binary)
             .arg("-c")
             .arg(&self.config)
             .args(args)
             .output()
             .unwrap();
-        output
-            .status
-            .success()
-            .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+        if output.status.success() {
+            Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&output.stderr).into_owned())
+        }
     }
 
-    fn must(&self, args: &[&str]) -> String {
-        self.cli(args).unwrap_or_else(|| {
-            panic!(
-                "garage {args:?} failed; log:\n{}",
-                std::fs::read_to_string(self.dir.path().join("garage.log")).unwrap_or_default()
-            )
-        })
+    /// Runs the CLI until it succeeds: right after start, and after a layout change, Garage
+    /// refuses some commands for a moment.
+    async fn must(&self, args: &[&str]) -> String {
+        let mut last = String::new();
+        for _ in 0..200 {
+            match self.run(args) {
+                Ok(out) => return out,
+                Err(e) => last = e,
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "garage {args:?} failed: {last}\nlog:\n{}",
+            std::fs::read_to_string(self.dir.path().join("garage.log")).unwrap_or_default()
+        )
     }
 
     async fn set_up(&mut self) {
@@ -116,19 +130,11 @@ impl Garage {
         }
         let node = node.expect("garage did not come up");
         let id = node.trim().split('@').next().unwrap().to_owned();
-        self.must(&["layout", "assign", "-z", "dc1", "-c", "1G", &id]);
-        self.must(&["layout", "apply", "--version", "1"]);
-        // The new layout takes a moment to be in force: retry until the bucket is created.
-        let mut created = false;
-        for _ in 0..200 {
-            if self.cli(&["bucket", "create", &self.bucket]).is_some() {
-                created = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        assert!(created, "garage would not create the bucket");
-        let key = self.must(&["key", "create", "regmirror-test"]);
+        self.must(&["layout", "assign", "-z", "dc1", "-c", "1G", &id])
+            .await;
+        self.must(&["layout", "apply", "--version", "1"]).await;
+        self.must(&["bucket", "create", &self.bucket]).await;
+        let key = self.must(&["key", "create", "regmirror-test"]).await;
         let field = |name: &str| {
             key.lines()
                 .find_map(|l| l.strip_prefix(name))
@@ -146,7 +152,8 @@ impl Garage {
             &self.bucket,
             "--key",
             &self.key_id,
-        ]);
+        ])
+        .await;
     }
 
     /// The `[storage]` keys and `[storage.s3]` table of a mirror on this bucket, every key
