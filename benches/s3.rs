@@ -1,0 +1,207 @@
+//! The S3 backend against the filesystem backend and Garage itself, on this machine:
+//! - a warm 200 MiB blob from the hot cache against the same blob on the filesystem backend;
+//! - the same blob with an empty hot cache (read from the bucket) against a direct GET of the
+//!   object from Garage;
+//! - a cold pull: bytes fetched from the upstream and objects written to the bucket against the
+//!   image;
+//! - start-up with an index of 100,000 blobs against one of 1,000.
+//!
+//! Run: `cargo bench --bench s3` (needs `garage`: `cargo install garage --locked`). Ratios come
+//! from one run; nothing here is asserted.
+
+#[path = "../tests/common/mod.rs"]
+#[allow(unused_imports)]
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::fake_upstream::{Auth, FakeUpstream, sha256};
+use common::garage::Garage;
+use regmirror::store::Backend;
+
+const MIB: usize = 1024 * 1024;
+
+async fn start(storage: &str, rest: &str) -> (regmirror::Server, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\npath = \"{}\"\nmax_upload_size = \"1GiB\"\n{storage}\n[auth]\nanonymous_push = true\n{rest}",
+        dir.path().join("store").display()
+    );
+    let config = regmirror::config::Config::parse(&text, "bench").unwrap();
+    (regmirror::start(&config).await.unwrap(), dir)
+}
+
+/// MiB/s of `rounds` GETs of `url`, each read to the end.
+async fn throughput(client: &reqwest::Client, url: &str, size: usize, rounds: usize) -> f64 {
+    let started = Instant::now();
+    for _ in 0..rounds {
+        let mut response = client.get(url).send().await.unwrap();
+        assert!(
+            response.status().is_success(),
+            "{url}: {}",
+            response.status()
+        );
+        let mut n = 0;
+        while let Some(chunk) = response.chunk().await.unwrap() {
+            n += chunk.len();
+        }
+        assert_eq!(n, size);
+    }
+    (size * rounds) as f64 / MIB as f64 / started.elapsed().as_secs_f64()
+}
+
+async fn push(client: &reqwest::Client, server: &regmirror::Server, blob: &Bytes) -> String {
+    let digest = sha256(blob);
+    let url = format!(
+        "http://{}/v2/bench/blobs/uploads/?digest={digest}",
+        server.addr
+    );
+    let r = client.post(url).body(blob.clone()).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    digest
+}
+
+fn metric(text: &str, sample: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            (name == sample).then(|| value.parse().unwrap())
+        })
+        .unwrap_or(0.0)
+}
+
+/// Seconds to open a mirror whose bucket index lists `blobs` blobs.
+async fn startup_with_index(garage: &Garage, blobs: usize) -> f64 {
+    let prefix = format!("startup-{blobs}");
+    let mut state = serde_json::Map::new();
+    for i in 0..blobs {
+        let digest = sha256(&(i as u64).to_le_bytes());
+        state.insert(
+            digest,
+            serde_json::json!({"size": 1000, "written": 0, "manifest": false}),
+        );
+    }
+    let snapshot = serde_json::json!({
+        "state": {"blobs": state, "tags": [], "tombstoned": []},
+        "folded": []
+    });
+    garage
+        .backend(&prefix)
+        .put(
+            "_index/snapshot.json",
+            Bytes::from(serde_json::to_vec(&snapshot).unwrap()),
+        )
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let (server, _dir) = start(&garage.storage_keys(&prefix, ""), "").await;
+    let elapsed = started.elapsed().as_secs_f64();
+    assert_eq!(server.mirror.store.usage().1, blobs as u64);
+    server.stop().await;
+    elapsed
+}
+
+#[tokio::main]
+async fn main() {
+    let Some(garage) = Garage::start("bench s3").await else {
+        return;
+    };
+    let client = reqwest::Client::new();
+    let size = 200 * MIB;
+    let blob = Bytes::from(common::random_bytes(size));
+
+    // Warm: the filesystem backend, and the hot cache of the S3 backend.
+    let (fs, _fs_dir) = start("", "").await;
+    let digest = push(&client, &fs, &blob).await;
+    let fs_url = format!("http://{}/v2/bench/blobs/{digest}", fs.addr);
+    throughput(&client, &fs_url, size, 1).await;
+    let fs_warm = throughput(&client, &fs_url, size, 5).await;
+    let s3_keys = garage.storage_keys("bench", "");
+    let (s3, _s3_dir) = start(&s3_keys, "").await;
+    push(&client, &s3, &blob).await;
+    let s3_url = format!("http://{}/v2/bench/blobs/{digest}", s3.addr);
+    throughput(&client, &s3_url, size, 1).await;
+    let s3_warm = throughput(&client, &s3_url, size, 5).await;
+    s3.stop().await;
+
+    // Cold hot cache: a new local directory, the blob read from the bucket; against a direct
+    // GET of the object from Garage.
+    let mut cold = Vec::new();
+    for _ in 0..3 {
+        let (s3, _dir) = start(&s3_keys, "").await;
+        let url = format!("http://{}/v2/bench/blobs/{digest}", s3.addr);
+        cold.push(throughput(&client, &url, size, 1).await);
+        s3.stop().await;
+    }
+    let bucket = garage.backend("bench");
+    let key = format!("blobs/sha256/{}/{}", &digest[7..9], &digest[7..]);
+    let presigned = bucket
+        .presigned_get(&key, Duration::from_secs(600))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut direct = Vec::new();
+    for _ in 0..3 {
+        direct.push(throughput(&client, presigned.as_str(), size, 1).await);
+    }
+    let best = |v: &[f64]| v.iter().cloned().fold(0.0, f64::max);
+
+    // Cold pull through the S3 backend: upstream bytes and bucket objects against the image.
+    let fake = FakeUpstream::start(Auth::None).await;
+    let layers: Vec<Bytes> = [30 * MIB, 5 * MIB, 100_000]
+        .iter()
+        .map(|n| Bytes::from(common::random_bytes(*n)))
+        .collect();
+    let image_bytes: usize = layers.iter().map(|l| l.len()).sum();
+    let digests: Vec<String> = layers.iter().map(|l| fake.put_blob(l.clone())).collect();
+    let upstream = format!(
+        "[[upstream]]\nname = \"docker.io\"\nurl = \"{}\"\ndefault = true\n",
+        fake.url()
+    );
+    let (s3, _dir) = start(&garage.storage_keys("cold", ""), &upstream).await;
+    let gets = digests.iter().flat_map(|d| {
+        let url = format!("http://{}/v2/app/blobs/{d}", s3.addr);
+        let client = client.clone();
+        (0..4).map(move |_| {
+            let (client, url) = (client.clone(), url.clone());
+            async move { client.get(url).send().await.unwrap().bytes().await.unwrap() }
+        })
+    });
+    futures_util::future::join_all(gets).await;
+    s3.mirror.fills.wait_idle().await;
+    let metrics = String::from_utf8(s3.mirror.metrics.render()).unwrap();
+    let upstream_bytes = metric(
+        &metrics,
+        "regmirror_upstream_fetched_bytes_total{upstream=\"docker.io\"}",
+    );
+    let bucket_objects = garage.backend("cold").list("blobs/").await.unwrap();
+    let bucket_bytes: u64 = bucket_objects.iter().map(|o| o.size).sum();
+    s3.stop().await;
+
+    let small = startup_with_index(&garage, 1_000).await;
+    let large = startup_with_index(&garage, 100_000).await;
+
+    let report = format!(
+        "| S3 backend (Garage, one node, this machine) | result |\n|---|---|\n\
+         | warm 200 MiB blob, hot cache vs filesystem backend | {:.2}x ({s3_warm:.0} vs {fs_warm:.0} MiB/s) |\n\
+         | 200 MiB blob, empty hot cache vs direct GET from Garage | {:.2}x ({:.0} vs {:.0} MiB/s, best of 3) |\n\
+         | cold pull (4 clients per layer): upstream bytes / image | {:.2}x |\n\
+         | cold pull: bucket bytes written / image ({} objects for {} blobs) | {:.2}x |\n\
+         | start-up, index of 100,000 blobs vs 1,000 | {:.2}x ({:.2} s vs {:.2} s) |\n",
+        s3_warm / fs_warm,
+        best(&cold) / best(&direct),
+        best(&cold),
+        best(&direct),
+        upstream_bytes / image_bytes as f64,
+        bucket_objects.len(),
+        layers.len(),
+        bucket_bytes as f64 / image_bytes as f64,
+        large / small,
+        large,
+        small,
+    );
+    println!("{report}");
+    std::fs::write("bench-s3-results.md", &report).unwrap();
+    fs.stop().await;
+}
