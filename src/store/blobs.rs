@@ -275,7 +275,7 @@ impl Store {
         digest: &Digest,
         size: u64,
     ) -> Result<()> {
-        let existed = self.index.blob(digest).is_some();
+        let known = self.index.blob(digest);
         match self
             .backend
             .commit_file(&Store::blob_key(digest), file)
@@ -289,7 +289,7 @@ impl Store {
                 }
             },
         }
-        let manifest = self.index.blob(digest).is_some_and(|b| b.manifest);
+        let manifest = known.is_some_and(|b| b.manifest);
         self.index
             .record(
                 self.backend.as_ref(),
@@ -303,7 +303,7 @@ impl Store {
                 },
             )
             .await?;
-        if !existed {
+        if known.is_none() {
             self.added_blob(digest);
         }
         Ok(())
