@@ -7,12 +7,12 @@ use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::metrics::CacheResult;
-use crate::oci::image_ref::ImageRef;
+use crate::oci::image_ref::{ImageRef, ImageRefError};
 use crate::oci::manifest::Manifest;
-use crate::oci::{Digest, Reference, RepoName, media};
+use crate::oci::{Digest, DigestError, Reference, RepoName, media};
+use crate::proxy::CacheResult;
 use crate::proxy::{BlobBody, Mirror, ProxyError};
-use crate::store::{IMPORT_HOLDER, Store, StoredManifest, TagRecord};
+use crate::store::{IMPORT_HOLDER, Store, StoreError, StoredManifest, TagRecord};
 
 /// Errors of whole-image operations.
 #[derive(Debug, thiserror::Error)]
@@ -36,13 +36,58 @@ pub enum ImageError {
         message: String,
     },
     /// Reading or writing the bundle failed.
-    #[error("bundle {path}: {message}")]
+    #[error("bundle {path}: {source}")]
     Bundle {
         /// The tar file.
         path: String,
         /// Why.
-        message: String,
+        source: BundleError,
     },
+}
+
+/// Why an OCI image-layout tar could not be written or loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    /// Reading or writing the tar file.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// The store refused or failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Fetching or recording content through the mirror.
+    #[error(transparent)]
+    Proxy(#[from] ProxyError),
+    /// A `blobs/<algorithm>/<hex>` entry does not name a valid digest.
+    #[error("{entry}: {source}")]
+    BlobEntry {
+        /// The tar entry.
+        entry: String,
+        /// Why.
+        source: DigestError,
+    },
+    /// The tar has no `index.json`.
+    #[error("no index.json in the bundle")]
+    NoIndex,
+    /// `index.json` is not JSON.
+    #[error("index.json: {0}")]
+    Index(serde_json::Error),
+    /// An `index.json` entry has no valid digest.
+    #[error("index.json entry without a valid digest")]
+    IndexEntry,
+    /// A `ref.name` annotation is not `[host/]repo:tag`.
+    #[error("ref.name {name:?} is not [host/]repo:tag: {source}")]
+    RefName {
+        /// The annotation.
+        name: String,
+        /// Why.
+        source: ImageRefError,
+    },
+    /// `index.json` names a manifest the bundle does not hold.
+    #[error("{0} named in index.json is not in the bundle")]
+    Missing(Digest),
+    /// The blocking task writing or reading the tar panicked.
+    #[error("the bundle task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 /// A platform filter, `os/arch[/variant]`.
@@ -246,13 +291,16 @@ pub async fn export(
     let count = blobs.len();
     let shown = out.display().to_string();
     let (store, runtime) = (Arc::clone(&mirror.store), tokio::runtime::Handle::current());
-    tokio::task::spawn_blocking(move || write_layout_tar(&store, &runtime, &out, &index, &blobs))
-        .await
-        .map_err(|e| e.to_string())
-        .and_then(|r| r.map_err(|e| e.to_string()))
-        .map_err(|message| ImageError::Bundle {
+    let written = tokio::task::spawn_blocking(move || {
+        write_layout_tar(&store, &runtime, &out, &index, &blobs)
+    })
+    .await;
+    written
+        .map_err(BundleError::from)
+        .and_then(|r| r.map_err(BundleError::from))
+        .map_err(|source| ImageError::Bundle {
             path: shown,
-            message,
+            source,
         })?;
     Ok(count)
 }
@@ -310,21 +358,21 @@ pub struct Imported {
 /// Loads an OCI image-layout tar as pushed (pinned) content: every blob's digest verified,
 /// each `ref.name` annotation (`[host/]repo:tag`) becoming a tag.
 pub async fn import(mirror: &Arc<Mirror>, bundle: &Path) -> Result<Imported, ImageError> {
-    let shown = bundle.display().to_string();
-    let bundle_err = |message: String| ImageError::Bundle {
-        path: shown.clone(),
-        message,
-    };
+    import_bundle(mirror, bundle)
+        .await
+        .map_err(|source| ImageError::Bundle {
+            path: bundle.display().to_string(),
+            source,
+        })
+}
+
+async fn import_bundle(mirror: &Arc<Mirror>, bundle: &Path) -> Result<Imported, BundleError> {
     let store = Arc::clone(&mirror.store);
     let path = bundle.to_owned();
     let runtime = tokio::runtime::Handle::current();
     let (blobs, index) =
-        tokio::task::spawn_blocking(move || read_layout_tar(&store, &runtime, &path))
-            .await
-            .map_err(|e| bundle_err(e.to_string()))?
-            .map_err(bundle_err)?;
-    let index: serde_json::Value =
-        serde_json::from_slice(&index).map_err(|e| bundle_err(format!("index.json: {e}")))?;
+        tokio::task::spawn_blocking(move || read_layout_tar(&store, &runtime, &path)).await??;
+    let index: serde_json::Value = serde_json::from_slice(&index).map_err(BundleError::Index)?;
     let mut imported = Imported {
         blobs,
         images: Vec::new(),
@@ -333,16 +381,15 @@ pub async fn import(mirror: &Arc<Mirror>, bundle: &Path) -> Result<Imported, Ima
         let digest: Digest = entry["digest"]
             .as_str()
             .and_then(|d| d.parse().ok())
-            .ok_or_else(|| bundle_err("index.json entry without a valid digest".into()))?;
-        record_manifests(mirror, &digest, entry["mediaType"].as_str())
-            .await
-            .map_err(|e| bundle_err(e.to_string()))?;
+            .ok_or(BundleError::IndexEntry)?;
+        record_manifests(mirror, &digest, entry["mediaType"].as_str()).await?;
         let Some(name) = entry["annotations"]["org.opencontainers.image.ref.name"].as_str() else {
             continue;
         };
-        let image: ImageRef = name
-            .parse()
-            .map_err(|e| bundle_err(format!("ref.name {name:?} is not [host/]repo:tag: {e}")))?;
+        let image: ImageRef = name.parse().map_err(|source| BundleError::RefName {
+            name: name.to_owned(),
+            source,
+        })?;
         let Reference::Tag(tag) = &image.reference else {
             continue;
         };
@@ -350,17 +397,13 @@ pub async fn import(mirror: &Arc<Mirror>, bundle: &Path) -> Result<Imported, Ima
         let m = mirror
             .store
             .read_manifest(&digest)
-            .await
-            .map_err(|e| bundle_err(e.to_string()))?
-            .ok_or_else(|| {
-                bundle_err(format!("{digest} named in index.json is not in the bundle"))
-            })?;
+            .await?
+            .ok_or_else(|| BundleError::Missing(digest.clone()))?;
         let record = TagRecord::new(&digest, &m.media_type, m.bytes.len() as u64);
         mirror
             .store
             .put_tag(&Store::local_tag_key(&local, tag), &record)
-            .await
-            .map_err(|e| bundle_err(e.to_string()))?;
+            .await?;
         imported.images.push(image.to_string());
     }
     Ok(imported)
@@ -415,22 +458,21 @@ fn read_layout_tar(
     store: &Store,
     runtime: &tokio::runtime::Handle,
     path: &Path,
-) -> Result<(usize, Vec<u8>), String> {
-    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+) -> Result<(usize, Vec<u8>), BundleError> {
+    let file = std::fs::File::open(path)?;
     let mut archive = tar::Archive::new(std::io::BufReader::new(file));
     let mut index = None;
     let mut blobs = 0;
-    for entry in archive.entries().map_err(|e| e.to_string())? {
-        let mut entry = entry.map_err(|e| e.to_string())?;
+    for entry in archive.entries()? {
+        let mut entry = entry?;
         let name = entry
-            .path()
-            .map_err(|e| e.to_string())?
+            .path()?
             .to_string_lossy()
             .trim_start_matches("./")
             .to_owned();
         if name == "index.json" {
             let mut bytes = Vec::new();
-            entry.read_to_end(&mut bytes).map_err(|e| e.to_string())?;
+            entry.read_to_end(&mut bytes)?;
             index = Some(bytes);
             continue;
         }
@@ -443,24 +485,24 @@ fn read_layout_tar(
         if hex.is_empty() {
             continue;
         }
-        let digest = Digest::from_parts(algorithm, hex).map_err(|e| format!("{name}: {e}"))?;
+        let digest =
+            Digest::from_parts(algorithm, hex).map_err(|source| BundleError::BlobEntry {
+                entry: name.clone(),
+                source,
+            })?;
         // Pinned before it appears, so eviction never sees it unpinned.
-        runtime
-            .block_on(store.pin(&digest, IMPORT_HOLDER))
-            .map_err(|e| e.to_string())?;
-        let mut spool = store.create_spool(&digest).map_err(|e| e.to_string())?;
+        runtime.block_on(store.pin(&digest, IMPORT_HOLDER))?;
+        let mut spool = store.create_spool(&digest)?;
         let mut buf = vec![0u8; 1 << 20];
         loop {
-            let n = entry.read(&mut buf).map_err(|e| e.to_string())?;
+            let n = entry.read(&mut buf)?;
             if n == 0 {
                 break;
             }
-            spool.append(&buf[..n]).map_err(|e| e.to_string())?;
+            spool.append(&buf[..n])?;
         }
-        runtime
-            .block_on(store.commit_spool(spool, &digest))
-            .map_err(|e| format!("{name}: {e}"))?;
+        runtime.block_on(store.commit_spool(spool, &digest))?;
         blobs += 1;
     }
-    Ok((blobs, index.ok_or("no index.json in the bundle")?))
+    Ok((blobs, index.ok_or(BundleError::NoIndex)?))
 }

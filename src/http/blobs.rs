@@ -5,9 +5,9 @@ use http::{HeaderValue, Response, StatusCode, header};
 use super::body::{empty, file_range, streamed};
 use super::errors::{ApiError, Resource, proxy_error};
 use super::{Answer, Ctx, echo_namespace};
-use crate::metrics::{CacheResult, Source};
-use crate::oci::{Digest, ErrorCode, RepoName};
-use crate::proxy::{BlobBody, ByteRange};
+use crate::oci::{ByteRange, Digest, ErrorCode, RepoName};
+use crate::proxy::BlobBody;
+use crate::proxy::{CacheResult, Source};
 
 /// Answers a blob request.
 pub async fn get(ctx: &Ctx<'_>, name: &RepoName, digest: &Digest) -> Answer {

@@ -13,7 +13,8 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 
-use crate::metrics::{Metrics, Source};
+use crate::metrics::Metrics;
+use crate::proxy::Source;
 use crate::store::{BlobReader, ReadGuard, reads};
 
 /// The error type of response bodies.

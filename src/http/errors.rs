@@ -3,7 +3,7 @@
 use http::{HeaderValue, Response, header};
 
 use super::body::{Body, full};
-use super::routes::RouteError;
+use super::routes::PathError;
 use crate::oci::ErrorCode;
 use crate::proxy::{FillError, ProxyError};
 use crate::upstream::{self, UpstreamError};
@@ -44,15 +44,12 @@ impl ApiError {
         self
     }
 
-    /// The response: status from the code, JSON body.
-    pub fn into_response(self, head: bool) -> Response<Body> {
+    /// The response: status from the code, JSON body (a HEAD's body is dropped where every
+    /// answer's is, keeping its `Content-Length`).
+    pub fn into_response(self) -> Response<Body> {
         let body = crate::oci::error::error_body(self.code, &self.message, None);
         let len = body.len();
-        let mut response = Response::new(if head {
-            super::body::empty()
-        } else {
-            full(body)
-        });
+        let mut response = Response::new(full(body));
         *response.status_mut() = self.status.unwrap_or_else(|| self.code.status());
         let headers = response.headers_mut();
         headers.insert(
@@ -91,16 +88,17 @@ impl Resource {
     }
 }
 
-impl From<RouteError> for ApiError {
-    fn from(e: RouteError) -> ApiError {
+impl From<PathError> for ApiError {
+    fn from(e: PathError) -> ApiError {
         let code = match &e {
-            RouteError::NotFound => {
+            PathError::NotFound => {
                 return ApiError::new(ErrorCode::NameUnknown, "no such API endpoint");
             }
-            RouteError::Name(_) => ErrorCode::NameInvalid,
-            RouteError::Reference(crate::oci::ReferenceError::Tag(_)) => ErrorCode::ManifestInvalid,
-            RouteError::Reference(crate::oci::ReferenceError::Digest(_))
-            | RouteError::Digest(_) => ErrorCode::DigestInvalid,
+            PathError::Name(_) => ErrorCode::NameInvalid,
+            PathError::Reference(crate::oci::ReferenceError::Tag(_)) => ErrorCode::ManifestInvalid,
+            PathError::Reference(crate::oci::ReferenceError::Digest(_)) | PathError::Digest(_) => {
+                ErrorCode::DigestInvalid
+            }
         };
         ApiError::new(code, e.to_string())
     }
@@ -224,7 +222,7 @@ mod tests {
         };
         let e = store_error(&full);
         assert_eq!(e.code, ErrorCode::StorageFull);
-        assert_eq!(e.into_response(false).status(), 507);
+        assert_eq!(e.into_response().status(), 507);
         let other = crate::store::StoreError::Io {
             path: "blobs/x".into(),
             source: std::io::Error::from_raw_os_error(5),

@@ -5,8 +5,8 @@ use http::{HeaderValue, Response, header};
 use super::body::{empty, full};
 use super::errors::{ApiError, Resource, proxy_error, push_error};
 use super::{Answer, Ctx, echo_namespace};
-use crate::metrics::Source;
 use crate::oci::{ErrorCode, Reference, RepoName};
+use crate::proxy::Source;
 
 /// Answers a manifest request.
 pub async fn get(ctx: &Ctx<'_>, name: &RepoName, reference: &Reference) -> Answer {
@@ -40,7 +40,7 @@ pub async fn get(ctx: &Ctx<'_>, name: &RepoName, reference: &Reference) -> Answe
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(answer.size));
     echo_namespace(ctx, &mut response);
     let source = match answer.cache {
-        crate::metrics::CacheResult::Miss => Source::Upstream,
+        crate::proxy::CacheResult::Miss => Source::Upstream,
         _ => Source::Cache,
     };
     Answer {

@@ -28,9 +28,9 @@ use body::{Body, LogInfo, Logged, full};
 use errors::ApiError;
 use routes::{Query, Route};
 
-use crate::metrics::{CacheResult, Source};
 use crate::oci::ErrorCode;
 use crate::proxy::Mirror;
+use crate::proxy::{CacheResult, Source};
 
 /// Header naming how a lookup was answered: `hit`, `revalidated`, `miss`, `coalesced` or
 /// `stale` (a cached tag served because the upstream could not be asked; a `Warning: 110`
@@ -71,7 +71,7 @@ impl Answer {
 
 impl From<ApiError> for Answer {
     fn from(e: ApiError) -> Answer {
-        Answer::plain(e.into_response(false))
+        Answer::plain(e.into_response())
     }
 }
 
@@ -493,7 +493,7 @@ async fn dispatch(app: &App, request: Request<Incoming>, conn: &ConnInfo) -> Ans
         Ok(route) => route,
         // A tag that cannot exist is not found (what the spec's conformance suite expects of
         // GET and HEAD); pushing to it is invalid.
-        Err(routes::RouteError::Reference(crate::oci::ReferenceError::Tag(_)))
+        Err(routes::PathError::Reference(crate::oci::ReferenceError::Tag(_)))
             if matches!(parts.method, Method::GET | Method::HEAD) =>
         {
             return ApiError::new(ErrorCode::ManifestUnknown, "no such manifest").into();

@@ -60,7 +60,7 @@ pub enum Route {
 
 /// Why a path is not a route.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RouteError {
+pub enum PathError {
     /// Nothing lives at this path.
     #[error("not found")]
     NotFound,
@@ -76,7 +76,7 @@ pub enum RouteError {
 }
 
 /// Parses a request path (without the query).
-pub fn parse(path: &str) -> Result<Route, RouteError> {
+pub fn parse(path: &str) -> Result<Route, PathError> {
     match path {
         "/v2" | "/v2/" => return Ok(Route::Base),
         "/metrics" => return Ok(Route::Metrics),
@@ -91,7 +91,7 @@ pub fn parse(path: &str) -> Result<Route, RouteError> {
     if let Some(page) = super::ui::Page::from_path(path) {
         return Ok(Route::Ui(page));
     }
-    let rest = path.strip_prefix("/v2/").ok_or(RouteError::NotFound)?;
+    let rest = path.strip_prefix("/v2/").ok_or(PathError::NotFound)?;
     if let Some(name) = rest.strip_suffix("/tags/list") {
         return Ok(Route::TagsList {
             name: name.parse()?,
@@ -100,7 +100,7 @@ pub fn parse(path: &str) -> Result<Route, RouteError> {
     if let Some((name, session)) = split_last(rest, "/blobs/uploads") {
         let session = match session.strip_prefix('/').unwrap_or(session) {
             "" => None,
-            id if id.contains('/') => return Err(RouteError::NotFound),
+            id if id.contains('/') => return Err(PathError::NotFound),
             id => Some(id.to_owned()),
         };
         return Ok(Route::Upload {
@@ -110,7 +110,7 @@ pub fn parse(path: &str) -> Result<Route, RouteError> {
     }
     if let Some((name, digest)) = split_last(rest, "/referrers/") {
         if digest.is_empty() || digest.contains('/') {
-            return Err(RouteError::NotFound);
+            return Err(PathError::NotFound);
         }
         return Ok(Route::Referrers {
             name: name.parse()?,
@@ -119,23 +119,23 @@ pub fn parse(path: &str) -> Result<Route, RouteError> {
     }
     if let Some((name, reference)) = split_last(rest, "/manifests/") {
         if reference.is_empty() || reference.contains('/') {
-            return Err(RouteError::NotFound);
+            return Err(PathError::NotFound);
         }
         return Ok(Route::Manifest {
             name: name.parse()?,
-            reference: reference.parse().map_err(RouteError::Reference)?,
+            reference: reference.parse().map_err(PathError::Reference)?,
         });
     }
     if let Some((name, digest)) = split_last(rest, "/blobs/") {
         if digest.is_empty() || digest.contains('/') {
-            return Err(RouteError::NotFound);
+            return Err(PathError::NotFound);
         }
         return Ok(Route::Blob {
             name: name.parse()?,
             digest: digest.parse()?,
         });
     }
-    Err(RouteError::NotFound)
+    Err(PathError::NotFound)
 }
 
 /// Splits at the last occurrence of `sep` (names may contain `manifests` or `blobs` components).
@@ -252,34 +252,34 @@ mod tests {
 
     #[test]
     fn rejects_bad_paths() {
-        assert_eq!(parse("/"), Err(RouteError::NotFound));
-        assert_eq!(parse("/v2/alpine"), Err(RouteError::NotFound));
+        assert_eq!(parse("/"), Err(PathError::NotFound));
+        assert_eq!(parse("/v2/alpine"), Err(PathError::NotFound));
         assert!(matches!(
             parse("/v2/Alpine/manifests/latest"),
-            Err(RouteError::Name(_))
+            Err(PathError::Name(_))
         ));
         assert!(matches!(
             parse("/v2/../etc/manifests/latest"),
-            Err(RouteError::Name(_))
+            Err(PathError::Name(_))
         ));
         assert!(matches!(
             parse("/v2/a/manifests/..%2f"),
-            Err(RouteError::Reference(_))
+            Err(PathError::Reference(_))
         ));
         assert!(matches!(
             parse("/v2/a/manifests/sha256:zz"),
-            Err(RouteError::Reference(_))
+            Err(PathError::Reference(_))
         ));
         assert!(matches!(
             parse("/v2/a/blobs/sha256:abc"),
-            Err(RouteError::Digest(_))
+            Err(PathError::Digest(_))
         ));
         assert!(matches!(
             parse("/v2/a/blobs/latest"),
-            Err(RouteError::Digest(_))
+            Err(PathError::Digest(_))
         ));
-        assert_eq!(parse("/v2/a/manifests/"), Err(RouteError::NotFound));
-        assert_eq!(parse("/v2/a/blobs/x/y"), Err(RouteError::NotFound));
+        assert_eq!(parse("/v2/a/manifests/"), Err(PathError::NotFound));
+        assert_eq!(parse("/v2/a/blobs/x/y"), Err(PathError::NotFound));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use hyper::body::Incoming;
 use super::body::empty;
 use super::errors::{ApiError, upload_error};
 use super::{Answer, Ctx};
-use crate::oci::{Digest, ErrorCode, RepoName};
+use crate::oci::{ContentRange, Digest, ErrorCode, RepoName};
 use crate::store::UploadId;
 
 /// The request body as a stream of bytes.
@@ -144,30 +144,20 @@ pub async fn start(ctx: &Ctx<'_>, name: &RepoName, body: Incoming) -> Answer {
     }
 }
 
-/// Parses `Content-Range: <start>-<end>` (with or without a `bytes ` prefix).
+/// The start of an upload chunk's `Content-Range`, when the client sent one.
 fn chunk_start(ctx: &Ctx<'_>) -> Result<Option<u64>, ApiError> {
     let Some(value) = ctx.headers.get(header::CONTENT_RANGE) else {
         return Ok(None);
     };
-    let invalid = || {
-        ApiError::new(ErrorCode::BlobUploadInvalid, "malformed Content-Range")
-            .with_status(StatusCode::RANGE_NOT_SATISFIABLE)
-    };
-    let text = value.to_str().map_err(|_| invalid())?;
-    let text = text.trim().strip_prefix("bytes ").unwrap_or(text.trim());
-    let (start, end) = text.split_once('-').ok_or_else(invalid)?;
-    let start: u64 = start.trim().parse().map_err(|_| invalid())?;
-    let end: u64 = end
-        .trim()
-        .split('/')
-        .next()
-        .unwrap_or("")
-        .parse()
-        .map_err(|_| invalid())?;
-    if end < start {
-        return Err(invalid());
-    }
-    Ok(Some(start))
+    value
+        .to_str()
+        .ok()
+        .and_then(|text| ContentRange::parse(text).ok())
+        .map(|range| Some(range.start))
+        .ok_or_else(|| {
+            ApiError::new(ErrorCode::BlobUploadInvalid, "malformed Content-Range")
+                .with_status(StatusCode::RANGE_NOT_SATISFIABLE)
+        })
 }
 
 /// Requests on an existing session.

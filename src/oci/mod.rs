@@ -7,9 +7,11 @@ pub mod image_ref;
 pub mod manifest;
 pub mod media;
 pub mod name;
+pub mod range;
 pub mod reference;
 
 pub use digest::{Digest, DigestError};
 pub use error::ErrorCode;
 pub use name::{NameError, RepoName, Tag};
+pub use range::{ByteRange, ContentRange, MalformedRange};
 pub use reference::{Reference, ReferenceError};

@@ -7,8 +7,8 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::{Mirror, ProxyError};
-use crate::metrics::{CacheResult, Kind};
 use crate::oci::{Digest, Reference, RepoName, Tag, media};
+use crate::proxy::{CacheResult, Kind};
 use crate::store::{LOCAL, StoredManifest, TagKey, TagRecord};
 use crate::upstream::{Resolved, UpstreamError};
 

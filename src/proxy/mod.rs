@@ -10,6 +10,7 @@ pub mod fill;
 pub mod inventory;
 pub mod local;
 mod manifests;
+mod outcome;
 pub mod search;
 pub mod singleflight;
 mod uploads;
@@ -20,9 +21,10 @@ use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
 use crate::upstream::{RouteError, UpstreamError, Upstreams};
 
-pub use blobs::{BlobAnswer, BlobBody, ByteRange};
+pub use blobs::{BlobAnswer, BlobBody};
 pub use fill::{FillError, Fills};
 pub use manifests::ManifestAnswer;
+pub use outcome::{CacheResult, Kind, Source};
 pub use singleflight::Singleflight;
 
 /// Errors of the pull-through layer. Cloneable, so that coalesced requests share one.

@@ -20,7 +20,7 @@ use super::UpstreamError;
 use super::auth::{Challenge, TokenCache, TokenResponse, parse_challenge};
 use crate::config::UpstreamConfig;
 use crate::metrics::Metrics;
-use crate::oci::{Digest, Reference, RepoName, media};
+use crate::oci::{ContentRange, Digest, Reference, RepoName, media};
 
 /// The largest manifest accepted from an upstream.
 pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
@@ -299,9 +299,8 @@ impl UpstreamClient {
         let range_start = (response.status() == StatusCode::PARTIAL_CONTENT)
             .then(|| header_str(response.headers(), header::CONTENT_RANGE.as_str()))
             .flatten()
-            .and_then(|v| v.strip_prefix("bytes "))
-            .and_then(|v| v.split('-').next())
-            .and_then(|v| v.trim().parse().ok());
+            .and_then(|v| ContentRange::parse(v).ok())
+            .map(|range| range.start);
         Ok(BlobBody {
             length: declared_length(response.headers()),
             range_start,
