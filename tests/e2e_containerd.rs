@@ -85,13 +85,34 @@ impl Containerd {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn containerd_pulls_through_regmirror_as_its_docker_io_mirror() {
     let test = "containerd_pulls_through_regmirror_as_its_docker_io_mirror";
-    let (Some(containerd_bin), Some(_), Some(registry_bin)) = (
-        common::require_tool("containerd", test),
-        common::require_tool("ctr", test),
-        common::require_tool("docker-registry", test),
-    ) else {
+    let Some(tools) = tools(test) else { return };
+    pull_as_docker_io_mirror(tools, None).await;
+}
+
+/// The same with the mirror storing in a bucket (Garage): every blob containerd fetched is an
+/// object in the bucket afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containerd_pulls_through_regmirror_on_s3() {
+    let test = "containerd_pulls_through_regmirror_on_s3";
+    let Some(tools) = tools(test) else { return };
+    let Some(garage) = common::garage::Garage::start(test).await else {
         return;
     };
+    pull_as_docker_io_mirror(tools, Some(&garage)).await;
+}
+
+/// containerd, ctr and docker-registry, or `None` (skipped) when one is missing.
+fn tools(test: &str) -> Option<(PathBuf, PathBuf)> {
+    let containerd = common::require_tool("containerd", test)?;
+    common::require_tool("ctr", test)?;
+    let registry = common::require_tool("docker-registry", test)?;
+    Some((containerd, registry))
+}
+
+async fn pull_as_docker_io_mirror(
+    (containerd_bin, registry_bin): (PathBuf, PathBuf),
+    garage: Option<&common::garage::Garage>,
+) {
     let work = tempfile::tempdir().unwrap();
     let registry = Registry::start(&registry_bin).await;
     let mut layout = Layout::new(&work.path().join("src"));
@@ -101,11 +122,13 @@ async fn containerd_pulls_through_regmirror_as_its_docker_io_mirror() {
     push_http(&registry.url(), "library/app", "v1", &layout.dir, &index).await;
 
     // docker.io is reachable only by `ns=docker.io`: no default upstream.
-    let mirror = TestMirror::start(&format!(
+    let upstream = format!(
         "[[upstream]]\nname = \"docker.io\"\nurl = \"{}\"\n",
         registry.url()
-    ))
-    .await;
+    );
+    let storage = garage.map(|g| g.storage_keys("containerd", ""));
+    let dir = tempfile::tempdir().unwrap();
+    let mirror = TestMirror::start_storage(dir, storage.as_deref().unwrap_or(""), &upstream).await;
     let plain = mirror.get("/v2/library/app/manifests/v1").await;
     assert_eq!(plain.status(), 404, "without ns the name routes nowhere");
 
@@ -162,4 +185,21 @@ async fn containerd_pulls_through_regmirror_as_its_docker_io_mirror() {
         5,
         "the second fetch reached the upstream"
     );
+
+    // On S3 the bucket holds every blob containerd fetched, whole.
+    if let Some(garage) = garage {
+        use regmirror::store::Backend;
+        let bucket = garage.backend("containerd");
+        let fetched: Vec<&str> = listed
+            .lines()
+            .filter(|l| l.starts_with("sha256:"))
+            .collect();
+        assert!(fetched.len() >= 8, "containerd listed {fetched:?}");
+        for digest in fetched {
+            let hex = &digest["sha256:".len()..];
+            let key = format!("blobs/sha256/{}/{hex}", &hex[..2]);
+            let object = bucket.stat(&key).await.unwrap();
+            assert!(object.is_some(), "{key} is not in the bucket");
+        }
+    }
 }
