@@ -59,6 +59,72 @@ pub struct Config {
     /// mirrors Docker Hub.
     #[serde(default, rename = "upstream")]
     pub upstreams: Vec<UpstreamConfig>,
+    /// `[cluster]`: what replicas sharing one bucket share besides it.
+    #[serde(default)]
+    pub cluster: ClusterConfig,
+}
+
+/// `[cluster]`: several replicas on one bucket acting as one registry. Its `Debug` hides the
+/// secret.
+#[derive(Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// The secret every replica shares: it signs tokens and upload sessions, so that any
+    /// replica accepts what another issued. Never written back out. Without it (and without
+    /// `secret_env`) each process makes a random one, which suits a single replica only.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "hidden"
+    )]
+    pub secret: Option<String>,
+    /// An environment variable holding the secret (e.g. from a Kubernetes Secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_env: Option<String>,
+    /// Redis for cluster-wide coordination: one upstream fetch per blob for the whole
+    /// cluster, and changes (tags, deletes) announced to every replica at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis_url: Option<String>,
+    /// How the other replicas reach this one (`http://<pod-ip>:5000`), to read a fill it leads.
+    /// Default: `http://` + the listen address, or `http://$POD_IP:<port>` when the listen
+    /// address is unspecified and `POD_IP` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advertise_url: Option<Url>,
+}
+
+impl std::fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field("secret", &self.secret.as_ref().map(|_| HIDDEN))
+            .field("secret_env", &self.secret_env)
+            .field("redis_url", &self.redis_url)
+            .field("advertise_url", &self.advertise_url)
+            .finish()
+    }
+}
+
+/// The smallest cluster secret accepted: shorter ones are guessable.
+pub const MIN_CLUSTER_SECRET: usize = 16;
+
+impl ClusterConfig {
+    /// The shared secret from the config or the environment; `None` when neither is set.
+    pub fn secret(&self) -> Result<Option<Vec<u8>>, ConfigError> {
+        let secret = match (&self.secret, &self.secret_env) {
+            (Some(secret), _) => secret.clone(),
+            (None, Some(var)) => std::env::var(var).map_err(|_| ConfigError::Invalid {
+                key: "cluster.secret_env".into(),
+                message: format!("the environment variable {var} is not set"),
+            })?,
+            (None, None) => return Ok(None),
+        };
+        if secret.len() < MIN_CLUSTER_SECRET {
+            return Err(ConfigError::Invalid {
+                key: "cluster.secret".into(),
+                message: format!("must be at least {MIN_CLUSTER_SECRET} characters"),
+            });
+        }
+        Ok(Some(secret.into_bytes()))
+    }
 }
 
 /// `[server]`.
@@ -268,8 +334,12 @@ pub struct S3Config {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_key_id: Option<String>,
     /// The secret access key; else the variable `secret_access_key_env` names, else
-    /// `AWS_SECRET_ACCESS_KEY`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// `AWS_SECRET_ACCESS_KEY`. Never written back out.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "hidden"
+    )]
     pub secret_access_key: Option<String>,
     /// An environment variable holding the secret access key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -703,6 +773,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             log: LogConfig::default(),
             upstreams: vec![UpstreamConfig::docker_hub()],
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -771,6 +842,29 @@ impl Config {
                 }
             }
             (BackendKind::Fs, _) => {}
+        }
+        let cluster = &self.cluster;
+        if cluster.secret.is_some() && cluster.secret_env.is_some() {
+            return Err(invalid(
+                "cluster.secret_env".into(),
+                "set secret or secret_env, not both",
+            ));
+        }
+        if let Some(secret) = &cluster.secret
+            && secret.len() < MIN_CLUSTER_SECRET
+        {
+            return Err(invalid(
+                "cluster.secret".into(),
+                &format!("must be at least {MIN_CLUSTER_SECRET} characters"),
+            ));
+        }
+        if let Some(redis) = &cluster.redis_url
+            && !(redis.starts_with("redis://") || redis.starts_with("rediss://"))
+        {
+            return Err(invalid(
+                "cluster.redis_url".into(),
+                "must be a redis:// or rediss:// URL",
+            ));
         }
         let mut seen_default = None;
         for (i, up) in self.upstreams.iter().enumerate() {

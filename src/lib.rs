@@ -9,6 +9,7 @@
 //! - [`upstream`]: the upstream client, auth, and routing of names to upstreams.
 //! - [`metrics`]: every Prometheus metric.
 
+pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod images;
@@ -186,11 +187,13 @@ pub async fn start(config: &Config) -> Result<Server, StartError> {
         ),
         None => None,
     };
-    let auth = http::auth::Authenticator::new(
-        &config.auth,
-        htpasswd,
-        http::auth::Authenticator::random_key(),
-    );
+    let keys = cluster::ClusterKeys::from_config(&config.cluster)?;
+    if !keys.is_shared() && mirror.store.uploads_shared() {
+        tracing::info!(
+            "no [cluster] secret: tokens and upload sessions are this replica's own; set one to run several replicas on the bucket"
+        );
+    }
+    let auth = http::auth::Authenticator::new(&config.auth, htpasswd, keys.derive("token"));
     let app = Arc::new(http::App {
         mirror: Arc::clone(&mirror),
         auth,
@@ -200,6 +203,7 @@ pub async fn start(config: &Config) -> Result<Server, StartError> {
             max_total: config.storage.max_uploads_size.0,
             max_sessions_per_client: config.storage.max_upload_sessions_per_client,
         },
+        upload_signer: http::uploads::UploadSigner::new(keys.derive("upload")),
         public_url: config.server.public_url.as_ref().map(|u| u.to_string()),
         trusted_proxies: config.server.trusted_proxies.clone(),
     });

@@ -104,10 +104,18 @@ pub async fn gc_now(mirror: &Mirror, storage: &StorageConfig) -> Result<GcReport
     Ok(report)
 }
 
-/// Removes upload sessions idle for longer than `ttl`, checking a few times per TTL.
+/// Removes upload sessions idle for longer than `ttl`, checking a few times per TTL. Shared
+/// sessions are checked every half minute too, so that the local copies of sessions completed
+/// on another replica do not hold this one's upload space for long.
 async fn expire_uploads(mirror: Arc<Mirror>, ttl: Duration) {
-    let period = (ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(600));
+    let most = if mirror.store.uploads_shared() {
+        Duration::from_secs(30)
+    } else {
+        Duration::from_secs(600)
+    };
+    let period = (ttl / 4).clamp(Duration::from_secs(1), most);
     let mut ticker = tokio::time::interval(period);
+    ticker.tick().await; // Not at start: nothing has been idle for a period yet.
     loop {
         ticker.tick().await;
         match mirror.store.expire_uploads(ttl).await {

@@ -191,7 +191,7 @@ async fn chunked_upload_status_out_of_order_and_cancel() {
     let wrong = sha256(b"wrong");
     let r = m
         .client
-        .put(m.url(&format!("{location}?digest={wrong}")))
+        .put(m.url(&format!("{location}&digest={wrong}")))
         .body(blob[200_000..].to_vec())
         .send()
         .await
@@ -219,7 +219,7 @@ async fn chunked_upload_status_out_of_order_and_cancel() {
         .unwrap();
     let r = m
         .client
-        .put(m.url(&format!("{location}?digest={digest}")))
+        .put(m.url(&format!("{location}&digest={digest}")))
         .body(blob[150_000..].to_vec())
         .send()
         .await
@@ -976,7 +976,7 @@ async fn upload_sessions_are_owned_and_bounded() {
             .client
             .request(
                 reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
-                format!("{location}?digest={}", sha256(b"x")),
+                format!("{location}&digest={}", sha256(b"x")),
             )
             .basic_auth("b", Some("pw-b"))
             .body(b"x".to_vec())
@@ -1188,4 +1188,55 @@ async fn deletes_through_one_repository_leave_the_others_alone() {
         assert!(!m.blob_path(d).exists(), "{d}");
     }
     assert!(!m.blob_path(&dm).exists());
+}
+
+/// A session's `Location` carries its signature (`_state`): without it, with another
+/// session's, or with a forged one, the session is unknown, and it is left as it was.
+#[tokio::test]
+async fn upload_sessions_need_their_signed_state() {
+    let fake = FakeUpstream::start(Auth::None).await;
+    let m = mirror_with(&fake, "", "").await;
+    let open = || async {
+        let r = m
+            .client
+            .post(m.url("/v2/team/app/blobs/uploads/"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+        r.headers()["location"].to_str().unwrap().to_owned()
+    };
+    let (first, second) = (open().await, open().await);
+    let (path, state) = first.split_once("?_state=").expect("a signed location");
+    assert_eq!(state.len(), 32, "{first}");
+    let other_state = second.split_once("?_state=").unwrap().1;
+    let forged = format!(
+        "{}{}",
+        &state[..31],
+        if state.ends_with('0') { '1' } else { '0' }
+    );
+    for url in [
+        path.to_owned(),
+        format!("{path}?_state={other_state}"),
+        format!("{path}?_state={forged}"),
+        format!("{path}?_state=zz"),
+        // The same session under another repository's name.
+        format!("{}?_state={state}", path.replace("team/app", "team/other")),
+    ] {
+        let r = m
+            .client
+            .patch(m.url(&url))
+            .body(b"abc".to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            code(r).await,
+            (404, "BLOB_UPLOAD_UNKNOWN".to_owned()),
+            "{url}"
+        );
+    }
+    let status = m.client.get(m.url(&first)).send().await.unwrap();
+    assert_eq!(status.status(), 204);
+    assert_eq!(status.headers()["range"], "0-0", "nothing was appended");
 }

@@ -288,14 +288,6 @@ impl Authenticator {
         }
     }
 
-    /// A random key for signing tokens.
-    pub fn random_key() -> Vec<u8> {
-        let mut key = Vec::with_capacity(32);
-        key.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
-        key.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
-        key
-    }
-
     /// Whether clients authenticate at all (an htpasswd file is configured).
     pub fn has_users(&self) -> bool {
         self.htpasswd.is_some()

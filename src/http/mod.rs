@@ -15,7 +15,7 @@ mod search;
 pub mod server;
 mod tags;
 pub mod ui;
-mod uploads;
+pub mod uploads;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -85,6 +85,8 @@ pub struct App {
     pub delete_enabled: bool,
     /// Limits on pushes.
     pub uploads: crate::store::UploadLimits,
+    /// Signs upload sessions so that every replica continues them.
+    pub upload_signer: uploads::UploadSigner,
     /// Where clients reach the mirror (`[server] public_url`), for the token realm.
     pub public_url: Option<String>,
     /// Proxies whose `X-Forwarded-*` headers are believed.

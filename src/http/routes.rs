@@ -171,6 +171,8 @@ pub struct Query {
     pub origin: Option<String>,
     /// `name=` of a UI repository page.
     pub repo: Option<String>,
+    /// `_state=` of an upload session: its signature (see `uploads::UploadSigner`).
+    pub state: Option<String>,
 }
 
 impl Query {
@@ -194,6 +196,7 @@ impl Query {
                 "origin" => &mut q.origin,
                 "name" => &mut q.repo,
                 "page" => &mut q.page,
+                "_state" => &mut q.state,
                 _ => continue,
             };
             *slot = Some(value.into_owned());

@@ -13,6 +13,50 @@ use super::{Answer, Ctx};
 use crate::oci::{ContentRange, Digest, ErrorCode, RepoName};
 use crate::store::UploadId;
 
+/// Signs upload sessions with the cluster's upload key: the `_state` parameter of a session's
+/// `Location` proves that a replica of this cluster opened the session for this repository,
+/// so any replica continues it, and a guessed or forged id is refused before the store is
+/// asked about it.
+pub struct UploadSigner {
+    key: Vec<u8>,
+}
+
+impl UploadSigner {
+    /// A signer with `key` (derived from the cluster secret).
+    pub fn new(key: Vec<u8>) -> UploadSigner {
+        UploadSigner { key }
+    }
+
+    fn mac(&self, name: &RepoName, id: &UploadId) -> hmac::Hmac<sha2::Sha256> {
+        use hmac::{KeyInit, Mac};
+        // HMAC takes keys of any length: this cannot fail.
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.key)
+            .unwrap_or_else(|_| unreachable!());
+        mac.update(id.as_str().as_bytes());
+        mac.update(b"\0");
+        mac.update(name.as_str().as_bytes());
+        mac
+    }
+
+    /// The `_state` of session `id` of `name`.
+    pub fn sign(&self, name: &RepoName, id: &UploadId) -> String {
+        use hmac::Mac;
+        hex::encode(&self.mac(name, id).finalize().into_bytes()[..STATE_BYTES])
+    }
+
+    /// Whether `state` is the `_state` of session `id` of `name` (compared in constant time).
+    pub fn verify(&self, name: &RepoName, id: &UploadId, state: Option<&str>) -> bool {
+        use hmac::Mac;
+        let Some(Ok(state)) = state.map(hex::decode) else {
+            return false;
+        };
+        state.len() == STATE_BYTES && self.mac(name, id).verify_truncated_left(&state).is_ok()
+    }
+}
+
+/// Bytes of HMAC in a `_state`: 128 bits cannot be guessed.
+const STATE_BYTES: usize = 16;
+
 /// The request body as a stream of bytes.
 fn body_stream(
     body: Incoming,
@@ -69,7 +113,13 @@ fn created(name: &RepoName, digest: &Digest) -> Answer {
 }
 
 /// `202`/`204` describing a session: where to send the next chunk and what is there.
-fn session_status(name: &RepoName, id: &UploadId, len: u64, status: StatusCode) -> Answer {
+fn session_status(
+    ctx: &Ctx<'_>,
+    name: &RepoName,
+    id: &UploadId,
+    len: u64,
+    status: StatusCode,
+) -> Answer {
     let mut response = Response::new(empty());
     *response.status_mut() = status;
     let headers = response.headers_mut();
@@ -78,7 +128,11 @@ fn session_status(name: &RepoName, id: &UploadId, len: u64, status: StatusCode) 
     for (key, value) in [
         (
             header::LOCATION,
-            format!("/v2/{name}/blobs/uploads/{}", id.as_str()),
+            format!(
+                "/v2/{name}/blobs/uploads/{}?_state={}",
+                id.as_str(),
+                ctx.app.upload_signer.sign(name, id)
+            ),
         ),
         (header::RANGE, range),
         (
@@ -125,7 +179,7 @@ pub async fn start(ctx: &Ctx<'_>, name: &RepoName, body: Incoming) -> Answer {
         Err(e) => return upload_error(e).into(),
     };
     let Some(digest) = digest else {
-        return session_status(name, &id, 0, StatusCode::ACCEPTED);
+        return session_status(ctx, name, &id, 0, StatusCode::ACCEPTED);
     };
     // Monolithic: the whole blob in this request.
     let result = async {
@@ -168,7 +222,11 @@ pub async fn session(
     method: Method,
     body: Incoming,
 ) -> Answer {
-    let Some(id) = UploadId::parse(id) else {
+    let Some(id) = UploadId::parse(id).filter(|id| {
+        ctx.app
+            .upload_signer
+            .verify(name, id, ctx.query.state.as_deref())
+    }) else {
         return ApiError::new(ErrorCode::BlobUploadUnknown, "no such upload session").into();
     };
     let mirror = ctx.mirror;
@@ -177,7 +235,7 @@ pub async fn session(
     let limits = &ctx.app.uploads;
     match method {
         Method::GET | Method::HEAD => match mirror.upload_status(name, &owner, &id).await {
-            Ok(len) => session_status(name, &id, len, StatusCode::NO_CONTENT),
+            Ok(len) => session_status(ctx, name, &id, len, StatusCode::NO_CONTENT),
             Err(e) => upload_error(e).into(),
         },
         Method::PATCH => {
@@ -190,7 +248,7 @@ pub async fn session(
                 .append_upload(name, &owner, &id, start, body_stream(body), limits)
                 .await
             {
-                Ok(len) => session_status(name, &id, len, StatusCode::ACCEPTED),
+                Ok(len) => session_status(ctx, name, &id, len, StatusCode::ACCEPTED),
                 Err(e) => upload_error(e).into(),
             }
         }

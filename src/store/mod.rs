@@ -12,11 +12,14 @@
 //! deleted/<algorithm>/ab/<hex>/<holder>   a repository deleted a blob others still hold
 //! access.json                       last access times, saved now and then
 //! _index/                           the index of a remote backend (see `index`)
+//! _uploads/<uuid>/                  a remote backend's push sessions, which every replica
+//!                                   can continue (see `shared_uploads`)
 //! ```
 //! What is always local, under the staging directory (`[storage] path`):
 //! ```text
 //! tmp/                              spools and temp files; emptied at start
-//! uploads/<uuid>/{repo,owner,data}  push sessions
+//! uploads/<uuid>/{repo,owner,data}  push sessions (with a remote backend: local copies of
+//!                                   the sessions in `_uploads/`, see `shared_uploads`)
 //! cache/                            the hot cache of a remote backend (see `hot`)
 //! ```
 //! With the filesystem backend the staging directory is the backend's directory too.
@@ -28,6 +31,7 @@ mod hot;
 mod index;
 mod local;
 pub mod reads;
+mod shared_uploads;
 mod tags;
 mod uploads;
 mod usage;

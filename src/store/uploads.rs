@@ -74,6 +74,16 @@ pub enum UploadError {
     Store(#[from] StoreError),
 }
 
+impl From<super::BackendError> for UploadError {
+    fn from(e: super::BackendError) -> UploadError {
+        UploadError::Store(e.into())
+    }
+}
+
+/// How long a local copy of a shared session must have been idle before it is removed for no
+/// longer being in the bucket.
+const LEFTOVER_AGE: Duration = Duration::from_secs(10);
+
 /// Bounds on what uploads may hold.
 #[derive(Debug, Clone, Copy)]
 pub struct UploadLimits {
@@ -124,7 +134,7 @@ impl UploadId {
 }
 
 impl Store {
-    fn upload_dir(&self, id: &UploadId) -> PathBuf {
+    pub(super) fn upload_dir(&self, id: &UploadId) -> PathBuf {
         self.staging.join("uploads").join(id.as_str())
     }
 
@@ -169,6 +179,26 @@ impl Store {
         }
     }
 
+    /// Counts a session this replica holds a copy of because another one started it.
+    pub(super) fn upload_adopted(&self, owner: &str) {
+        *self
+            .upload_book()
+            .sessions
+            .entry(owner.to_owned())
+            .or_default() += 1;
+    }
+
+    /// Counts bytes written to a session's local copy outside [`Store::append_upload`].
+    pub(super) fn upload_bytes_added(&self, n: u64) {
+        self.upload_book().bytes += n;
+    }
+
+    /// Gives back bytes cut from a session's local copy.
+    pub(super) fn upload_bytes_released(&self, n: u64) {
+        let mut book = self.upload_book();
+        book.bytes = book.bytes.saturating_sub(n);
+    }
+
     /// Starts a session for `repo`, owned by `owner`.
     pub async fn create_upload(
         &self,
@@ -196,6 +226,9 @@ impl Store {
                 let path = dir.join(file);
                 tokio::fs::write(&path, text).await.map_err(io_err(&path))?;
             }
+            if self.uploads_shared() {
+                self.publish_session(repo, owner, &id).await?;
+            }
             Ok::<_, StoreError>(())
         }
         .await;
@@ -209,6 +242,20 @@ impl Store {
 
     /// The session's size so far, if it exists and belongs to `repo` and `owner`.
     pub async fn upload_len(
+        &self,
+        repo: &RepoName,
+        owner: &str,
+        id: &UploadId,
+    ) -> std::result::Result<u64, UploadError> {
+        if self.uploads_shared() {
+            let chunks = self.shared_chunks(repo, owner, id).await?;
+            return Ok(chunks.last().map_or(0, |c| c.end));
+        }
+        self.local_upload_len(repo, owner, id).await
+    }
+
+    /// The local session's size, if it exists and belongs to `repo` and `owner`.
+    async fn local_upload_len(
         &self,
         repo: &RepoName,
         owner: &str,
@@ -231,6 +278,22 @@ impl Store {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Err(UploadError::Unknown),
             Err(source) => Err(StoreError::Io { path: data, source }.into()),
         }
+    }
+
+    /// The session's size, with its local copy brought up to date from the bucket first when
+    /// sessions are shared.
+    async fn upload_len_here(
+        &self,
+        repo: &RepoName,
+        owner: &str,
+        id: &UploadId,
+    ) -> std::result::Result<u64, UploadError> {
+        if !self.uploads_shared() {
+            return self.local_upload_len(repo, owner, id).await;
+        }
+        let chunks = self.shared_chunks(repo, owner, id).await?;
+        self.materialize(repo, owner, id, &chunks).await?;
+        Ok(chunks.last().map_or(0, |c| c.end))
     }
 
     /// Claims a session for one writer.
@@ -260,7 +323,7 @@ impl Store {
         E: std::fmt::Display,
     {
         let _writing = self.start_writing(id)?;
-        let len = self.upload_len(repo, owner, id).await?;
+        let len = self.upload_len_here(repo, owner, id).await?;
         if let Some(start) = start.filter(|s| *s != len) {
             return Err(UploadError::OutOfOrder {
                 expected: len,
@@ -283,6 +346,15 @@ impl Store {
         file.flush()
             .await
             .map_err(|e| UploadError::Store(io_err(&data)(e)))?;
+        // Shared: the chunk counts once it is in the bucket, where every replica sees it.
+        if self.uploads_shared()
+            && total > len
+            && let Err(e) = self.publish_chunk(id, len, total).await
+        {
+            let _ = file.set_len(len).await;
+            self.upload_bytes_released(total - len);
+            return Err(e.into());
+        }
         Ok(total)
     }
 
@@ -298,7 +370,7 @@ impl Store {
         holder: &str,
     ) -> std::result::Result<u64, UploadError> {
         let _writing = self.start_writing(id)?;
-        let len = self.upload_len(repo, owner, id).await?;
+        let len = self.upload_len_here(repo, owner, id).await?;
         let dir = self.upload_dir(id);
         let data = dir.join("data");
         let hashed = {
@@ -324,6 +396,12 @@ impl Store {
         };
         let _ = tokio::fs::remove_dir_all(&dir).await;
         self.upload_ended(owner, len);
+        if self.uploads_shared()
+            && let Err(e) = self.unpublish_session(id).await
+        {
+            // Harmless: the session is expired from the bucket later.
+            tracing::warn!(upload = id.as_str(), error = %e, "cannot remove a completed upload session from the bucket");
+        }
         result
     }
 
@@ -348,7 +426,16 @@ impl Store {
         id: &UploadId,
     ) -> std::result::Result<(), UploadError> {
         let _writing = self.start_writing(id)?;
-        let len = self.upload_len(repo, owner, id).await?;
+        if self.uploads_shared() {
+            self.shared_chunks(repo, owner, id).await?;
+            self.unpublish_session(id).await?;
+            if let Ok(len) = self.local_upload_len(repo, owner, id).await {
+                let _ = tokio::fs::remove_dir_all(self.upload_dir(id)).await;
+                self.upload_ended(owner, len);
+            }
+            return Ok(());
+        }
+        let len = self.local_upload_len(repo, owner, id).await?;
         let dir = self.upload_dir(id);
         tokio::fs::remove_dir_all(&dir)
             .await
@@ -364,6 +451,16 @@ impl Store {
 
     /// Like [`Store::expire_uploads`]; with `dry_run`, only counts.
     pub(super) async fn expire_uploads_dry(&self, ttl: Duration, dry_run: bool) -> Result<usize> {
+        let mut removed = self.expire_local_uploads(ttl, dry_run).await?;
+        if self.uploads_shared() {
+            removed += self.expire_shared_sessions(ttl, dry_run).await?;
+        }
+        Ok(removed)
+    }
+
+    /// Removes local sessions idle for longer than `ttl` and, when sessions are shared, local
+    /// copies of sessions the bucket no longer has (completed or cancelled on another replica).
+    async fn expire_local_uploads(&self, ttl: Duration, dry_run: bool) -> Result<usize> {
         let root = self.staging.join("uploads");
         let mut entries = match tokio::fs::read_dir(&root).await {
             Ok(entries) => entries,
@@ -386,12 +483,14 @@ impl Store {
             let idle = modified
                 .map(|t| now.duration_since(t).unwrap_or_default())
                 .unwrap_or_default();
-            if idle <= ttl {
+            let id = UploadId::parse(&entry.file_name().to_string_lossy());
+            let busy = id
+                .as_ref()
+                .is_some_and(|id| self.upload_book().busy.contains(id));
+            if busy {
                 continue;
             }
-            let busy = UploadId::parse(&entry.file_name().to_string_lossy())
-                .is_some_and(|id| self.upload_book().busy.contains(&id));
-            if busy {
+            if idle <= ttl && !self.is_leftover(id.as_ref(), idle).await {
                 continue;
             }
             if !dry_run {
@@ -406,6 +505,15 @@ impl Store {
             removed += 1;
         }
         Ok(removed)
+    }
+
+    /// Whether a local session is the copy of one the bucket no longer has. Sessions younger
+    /// than [`LEFTOVER_AGE`] are left alone: one being created may not be published yet.
+    async fn is_leftover(&self, id: Option<&UploadId>, idle: Duration) -> bool {
+        let Some(id) = id else { return false };
+        self.uploads_shared()
+            && idle > LEFTOVER_AGE
+            && matches!(self.session_published(id).await, Ok(false))
     }
 
     /// Copies `body` to `file`, which holds `len` bytes already; fails past the blob limit or

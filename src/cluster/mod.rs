@@ -1,0 +1,88 @@
+//! What replicas on one bucket share besides it: the secret that signs tokens and upload
+//! sessions, so any replica accepts what another issued.
+
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+
+use crate::config::{ClusterConfig, ConfigError};
+
+/// Keys derived from the cluster secret, one per purpose, so that a token can never pass for
+/// an upload signature or the other way round.
+#[derive(Clone)]
+pub struct ClusterKeys {
+    secret: Vec<u8>,
+    shared: bool,
+}
+
+impl std::fmt::Debug for ClusterKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterKeys")
+            .field("shared", &self.shared)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClusterKeys {
+    /// The keys of `[cluster] secret` (or `secret_env`); a random secret of this process's
+    /// own when neither is set.
+    pub fn from_config(config: &ClusterConfig) -> Result<ClusterKeys, ConfigError> {
+        Ok(match config.secret()? {
+            Some(secret) => ClusterKeys {
+                secret,
+                shared: true,
+            },
+            None => ClusterKeys::random(),
+        })
+    }
+
+    /// A random secret: what this process signs, no other accepts.
+    pub fn random() -> ClusterKeys {
+        let mut secret = Vec::with_capacity(32);
+        secret.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
+        secret.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
+        ClusterKeys {
+            secret,
+            shared: false,
+        }
+    }
+
+    /// Whether the secret came from the configuration (shared with other replicas).
+    pub fn is_shared(&self) -> bool {
+        self.shared
+    }
+
+    /// The key for `purpose` (`"token"`, `"upload"`): HMAC-SHA256 of the purpose under the
+    /// secret.
+    pub fn derive(&self, purpose: &str) -> Vec<u8> {
+        // HMAC takes keys of any length: this cannot fail.
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(&self.secret).unwrap_or_else(|_| unreachable!());
+        mac.update(b"regmirror/");
+        mac.update(purpose.as_bytes());
+        mac.finalize().into_bytes().to_vec()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_differ_by_purpose_and_agree_across_replicas() {
+        let config = ClusterConfig {
+            secret: Some("a shared secret of some length".into()),
+            ..ClusterConfig::default()
+        };
+        let (a, b) = (
+            ClusterKeys::from_config(&config).unwrap(),
+            ClusterKeys::from_config(&config).unwrap(),
+        );
+        assert!(a.is_shared());
+        assert_eq!(a.derive("token"), b.derive("token"));
+        assert_ne!(a.derive("token"), a.derive("upload"));
+        assert_ne!(
+            ClusterKeys::random().derive("token"),
+            ClusterKeys::random().derive("token")
+        );
+    }
+}
