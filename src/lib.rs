@@ -188,7 +188,7 @@ pub async fn start(config: &Config) -> Result<Server, StartError> {
         None => None,
     };
     let keys = cluster::ClusterKeys::from_config(&config.cluster)?;
-    if !keys.is_shared() && mirror.store.uploads_shared() {
+    if !keys.is_shared() && mirror.store.is_remote() {
         tracing::info!(
             "no [cluster] secret: tokens and upload sessions are this replica's own; set one to run several replicas on the bucket"
         );

@@ -18,6 +18,9 @@ pub fn spawn(mirror: &Arc<Mirror>, storage: &StorageConfig) -> Vec<JoinHandle<()
         tokio::spawn(save_state(Arc::clone(mirror))),
         tokio::spawn(periodic_gc(Arc::clone(mirror), storage.clone())),
     ];
+    if mirror.store.is_remote() {
+        tasks.push(tokio::spawn(follow_index(Arc::clone(mirror))));
+    }
     if let Some(max) = storage.max_size {
         let target = (max.0 as f64 * storage.low_water) as u64;
         tasks.push(tokio::spawn(evict_on_growth(
@@ -29,10 +32,47 @@ pub fn spawn(mirror: &Arc<Mirror>, storage: &StorageConfig) -> Vec<JoinHandle<()
     tasks
 }
 
+/// How often a replica on a bucket reads the index journal for what other replicas changed.
+pub const FOLLOW_INDEX_EVERY: Duration = Duration::from_secs(1);
+
+/// Reads the index journal every [`FOLLOW_INDEX_EVERY`]: tags pushed and content deleted
+/// through other replicas reach this one within that time.
+async fn follow_index(mirror: Arc<Mirror>) {
+    let mut ticker = tokio::time::interval(FOLLOW_INDEX_EVERY);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await; // The index was just loaded.
+    loop {
+        ticker.tick().await;
+        if let Err(e) = mirror.store.sync_index().await {
+            tracing::warn!(error = %e, "cannot read the index journal");
+        }
+    }
+}
+
+/// How long the replica doing GC and eviction holds that chore.
+const HOUSEKEEPING_LEASE: Duration = Duration::from_secs(600);
+
+/// Whether this replica does the shared housekeeping now (always, on a local store).
+async fn holds_housekeeping(mirror: &Mirror) -> bool {
+    match mirror
+        .store
+        .hold_lease("housekeeping", HOUSEKEEPING_LEASE)
+        .await
+    {
+        Ok(held) => held,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the housekeeping lease; skipping this round");
+            false
+        }
+    }
+}
+
 /// Runs an eviction whenever a new blob takes the store over `max`.
 async fn evict_on_growth(mirror: Arc<Mirror>, max: u64, target: u64) {
     loop {
-        if mirror.store.usage().0 + mirror.store.uploads_bytes() > max {
+        if mirror.store.usage().0 + mirror.store.uploads_bytes() > max
+            && holds_housekeeping(&mirror).await
+        {
             evict_now(&mirror, target).await;
         }
         mirror.store.grown().await;
@@ -77,6 +117,9 @@ async fn periodic_gc(mirror: Arc<Mirror>, storage: StorageConfig) {
     ticker.tick().await; // Not at start: a restart should not race the first pulls.
     loop {
         ticker.tick().await;
+        if !holds_housekeeping(&mirror).await {
+            continue;
+        }
         match gc_now(&mirror, &storage).await {
             Ok(report) => tracing::info!(%report, "gc done"),
             Err(e) => {
@@ -108,7 +151,7 @@ pub async fn gc_now(mirror: &Mirror, storage: &StorageConfig) -> Result<GcReport
 /// sessions are checked every half minute too, so that the local copies of sessions completed
 /// on another replica do not hold this one's upload space for long.
 async fn expire_uploads(mirror: Arc<Mirror>, ttl: Duration) {
-    let most = if mirror.store.uploads_shared() {
+    let most = if mirror.store.is_remote() {
         Duration::from_secs(30)
     } else {
         Duration::from_secs(600)

@@ -23,6 +23,23 @@ use crate::oci::Digest;
 const SNAPSHOT: &str = "_index/snapshot.json";
 const JOURNAL: &str = "_index/journal/";
 
+/// Journal entries younger than this stay in the bucket when folded into a snapshot, so that
+/// other replicas, which look at the journal every second, read every entry before it goes.
+const FOLD_GRACE_MS: u64 = 60_000;
+
+/// A replica that has not looked at the journal for this long may have missed entries folded
+/// and deleted meanwhile: it reloads the snapshot instead.
+const RELOAD_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// What [`Index::sync`] did.
+#[derive(Debug)]
+pub enum Synced {
+    /// Applied these changes other replicas made.
+    Changes(Vec<Change>),
+    /// Reloaded everything from the snapshot and the journal: any cached record may be stale.
+    Reloaded,
+}
+
 /// A blob as the index knows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IndexedBlob {
@@ -123,8 +140,10 @@ pub struct Index {
     state: Mutex<State>,
     /// Whether changes are journaled to the backend (remote backends).
     journaled: bool,
-    /// Journal entries that the next snapshot folds in.
+    /// Journal entries applied to the state: the next snapshot folds them in.
     unfolded: Mutex<Vec<String>>,
+    /// When the journal was last read.
+    synced: Mutex<std::time::Instant>,
 }
 
 impl Index {
@@ -136,6 +155,7 @@ impl Index {
             state: Mutex::default(),
             journaled,
             unfolded: Mutex::default(),
+            synced: Mutex::new(std::time::Instant::now()),
         };
         if !journaled {
             let mut state = rebuild(backend).await?;
@@ -143,6 +163,12 @@ impl Index {
             *index.lock() = state;
             return Ok(index);
         }
+        index.reload(backend).await?;
+        Ok(index)
+    }
+
+    /// Replaces the state with the snapshot and the journal.
+    async fn reload(&self, backend: &dyn Backend) -> Result<()> {
         let started = std::time::Instant::now();
         let snapshot = match backend.get(SNAPSHOT).await? {
             Some(bytes) => {
@@ -190,9 +216,14 @@ impl Index {
             "index loaded from the backend"
         );
         state.recount();
-        *index.lock() = state;
-        *index.lock_unfolded() = unfolded;
-        Ok(index)
+        *self.lock() = state;
+        *self.lock_unfolded() = unfolded;
+        *self.lock_synced() = started;
+        Ok(())
+    }
+
+    fn lock_synced(&self) -> std::sync::MutexGuard<'_, std::time::Instant> {
+        self.synced.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -217,7 +248,10 @@ impl Index {
                 message: e.to_string(),
             })?;
             backend.put(&key, Bytes::from(bytes)).await?;
-            self.lock_unfolded().push(key);
+            let mut unfolded = self.lock_unfolded();
+            if !unfolded.contains(&key) {
+                unfolded.push(key);
+            }
         }
         Ok(())
     }
@@ -238,17 +272,18 @@ impl Index {
         });
     }
 
-    /// Folds the journal into a new snapshot (remote backends; nothing to do otherwise).
-    /// Entries other processes wrote (`regmirror import` or `gc` beside the server) are read
-    /// and applied first, so the snapshot loses none of their changes.
-    pub async fn save(&self, backend: &dyn Backend) -> Result<()> {
+    /// Folds the journal into a new snapshot (remote backends; nothing to do otherwise): one
+    /// replica at a time does this (see `lease`). Entries other processes wrote are applied
+    /// first, so the snapshot loses none of their changes; entries younger than
+    /// [`FOLD_GRACE_MS`] stay in the journal (listed as folded) for replicas yet to read them.
+    pub async fn save(&self, backend: &dyn Backend) -> Result<Synced> {
         if !self.journaled {
-            return Ok(());
+            return Ok(Synced::Changes(Vec::new()));
         }
-        self.catch_up(backend).await?;
+        let synced = self.sync(backend).await?;
         let folded = self.lock_unfolded().clone();
         if folded.is_empty() {
-            return Ok(());
+            return Ok(synced);
         }
         let snapshot = {
             let state = self.lock();
@@ -262,18 +297,33 @@ impl Index {
             message: e.to_string(),
         })?;
         backend.put(SNAPSHOT, Bytes::from(snapshot)).await?;
-        for key in &folded {
+        let cutoff = super::usage::now_ms().saturating_sub(FOLD_GRACE_MS);
+        let old: Vec<&String> = folded
+            .iter()
+            .filter(|key| journal_entry_ms(key).is_some_and(|ms| ms < cutoff))
+            .collect();
+        for key in &old {
             backend.delete(key).await?;
         }
-        self.lock_unfolded().retain(|k| !folded.contains(k));
-        Ok(())
+        self.lock_unfolded().retain(|k| !old.contains(&k));
+        Ok(synced)
     }
 
-    /// Applies journal entries written by other processes since this one last looked.
-    async fn catch_up(&self, backend: &dyn Backend) -> Result<()> {
+    /// Applies the journal entries other processes (replicas, `regmirror import` or `gc`)
+    /// wrote since this one last looked; after a long pause, reloads everything instead.
+    pub async fn sync(&self, backend: &dyn Backend) -> Result<Synced> {
+        if !self.journaled {
+            return Ok(Synced::Changes(Vec::new()));
+        }
+        let started = std::time::Instant::now();
+        if started.duration_since(*self.lock_synced()) > RELOAD_AFTER {
+            self.reload(backend).await?;
+            return Ok(Synced::Reloaded);
+        }
         let mut entries = backend.list(JOURNAL).await?;
         entries.sort_by(|a, b| a.key.cmp(&b.key));
-        for entry in entries {
+        let mut changes = Vec::new();
+        for entry in &entries {
             if self.lock_unfolded().contains(&entry.key) {
                 continue;
             }
@@ -281,10 +331,15 @@ impl Index {
                 && let Ok(change) = serde_json::from_slice::<Change>(&bytes)
             {
                 self.lock().apply(&change);
+                changes.push(change);
             }
-            self.lock_unfolded().push(entry.key);
+            self.lock_unfolded().push(entry.key.clone());
         }
-        Ok(())
+        // Entries another replica folded and deleted are no longer this one's to fold.
+        let listed: HashSet<&str> = entries.iter().map(|e| e.key.as_str()).collect();
+        self.lock_unfolded().retain(|k| listed.contains(k.as_str()));
+        *self.lock_synced() = started;
+        Ok(Synced::Changes(changes))
     }
 
     /// The blob, if indexed.
@@ -333,6 +388,11 @@ impl Index {
         let state = self.lock();
         !state.tombstoned.is_empty() && state.tombstoned.contains(&digest.to_string())
     }
+}
+
+/// The write time of a journal entry, from its key (`<ms>-<uuid>.json`).
+fn journal_entry_ms(key: &str) -> Option<u64> {
+    key.strip_prefix(JOURNAL)?.split('-').next()?.parse().ok()
 }
 
 #[derive(Serialize)]

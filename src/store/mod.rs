@@ -29,6 +29,7 @@ mod blobs;
 mod gc;
 mod hot;
 mod index;
+mod lease;
 mod local;
 pub mod reads;
 mod shared_uploads;
@@ -161,7 +162,12 @@ pub struct Store {
     uploads: Mutex<uploads::UploadBook>,
     /// Spool files being written: GC leaves them alone.
     live_spools: Arc<Mutex<HashSet<PathBuf>>>,
+    /// This process's id among the replicas sharing a bucket (leases).
+    replica: String,
 }
+
+/// How long the replica folding the index journal holds that chore (renewed every minute).
+const INDEX_LEASE: Duration = Duration::from_secs(150);
 
 /// Manifests up to this size are kept in memory by the index.
 const MAX_INDEXED_MANIFEST: usize = 256 * 1024;
@@ -231,6 +237,7 @@ impl Store {
                 .build(),
             uploads: Mutex::default(),
             live_spools: Arc::default(),
+            replica: uuid::Uuid::new_v4().to_string(),
         };
         store.load_access().await?;
         store.load_uploads().await?;
@@ -339,6 +346,51 @@ impl Store {
     /// (folding its journal into one snapshot).
     pub async fn save_state(&self) -> Result<()> {
         self.save_access().await?;
-        self.index.save(self.backend.as_ref()).await
+        let synced = if self.hold_lease("index", INDEX_LEASE).await? {
+            self.index.save(self.backend.as_ref()).await?
+        } else {
+            self.index.sync(self.backend.as_ref()).await?
+        };
+        self.forget_changed(synced);
+        Ok(())
+    }
+
+    /// Applies what other replicas changed in the bucket since this one last looked (tags
+    /// pushed or deleted, blobs deleted), dropping what this replica cached of it.
+    pub async fn sync_index(&self) -> Result<()> {
+        let synced = self.index.sync(self.backend.as_ref()).await?;
+        self.forget_changed(synced);
+        Ok(())
+    }
+
+    fn forget_changed(&self, synced: index::Synced) {
+        let changes = match synced {
+            index::Synced::Changes(changes) => changes,
+            index::Synced::Reloaded => {
+                self.tags.invalidate_all();
+                self.manifests.invalidate_all();
+                return;
+            }
+        };
+        for change in changes {
+            match change {
+                index::Change::AddTag { place } | index::Change::RemoveTag { place } => {
+                    if let Some(key) = tags::tag_key_of(&place) {
+                        self.tags.invalidate(&key);
+                    }
+                }
+                index::Change::RemoveBlob { digest } | index::Change::Tombstone { digest } => {
+                    if let Ok(digest) = digest.parse::<Digest>() {
+                        self.manifests.invalidate(&digest);
+                        if let Some(hot) = &self.hot
+                            && self.index.blob(&digest).is_none()
+                        {
+                            hot.remove(&digest);
+                        }
+                    }
+                }
+                index::Change::AddBlob { .. } => {}
+            }
+        }
     }
 }

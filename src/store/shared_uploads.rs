@@ -60,8 +60,9 @@ fn parse_chunk_name(name: &str) -> Option<(u64, u64)> {
 }
 
 impl Store {
-    /// Whether sessions live in the backend (a bucket other replicas share).
-    pub fn uploads_shared(&self) -> bool {
+    /// Whether the backend is remote (a bucket other replicas may share): upload sessions,
+    /// leases and the index journal live in it.
+    pub fn is_remote(&self) -> bool {
         !self.backend.lists_cheaply()
     }
 

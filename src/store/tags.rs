@@ -115,7 +115,10 @@ impl Store {
         self.put_object(&object, bytes).await?;
         self.tags.insert(key.clone(), Some(record.clone()));
         let place = Store::tag_place(key);
-        if !self.index.has_tag(&place) {
+        // Pushed tags are journaled at every write, so that other replicas drop what they
+        // cached of the old record at once; cached upstream tags only when first written
+        // (each replica revalidates those by their TTL anyway).
+        if key.upstream == super::LOCAL || !self.index.has_tag(&place) {
             self.index
                 .record(self.backend.as_ref(), Change::AddTag { place })
                 .await?;
@@ -135,6 +138,15 @@ impl Store {
         }
         Ok(existed)
     }
+}
+
+/// The key of a tag place, `None` if it holds no valid name or tag.
+pub(super) fn tag_key_of((upstream, repo, tag): &TagPlace) -> Option<TagKey> {
+    Some(TagKey {
+        upstream: upstream.clone(),
+        repo: repo.parse().ok()?,
+        tag: tag.parse().ok()?,
+    })
 }
 
 /// The place of a tag record's key, `None` for keys of another shape.

@@ -226,7 +226,7 @@ impl Store {
                 let path = dir.join(file);
                 tokio::fs::write(&path, text).await.map_err(io_err(&path))?;
             }
-            if self.uploads_shared() {
+            if self.is_remote() {
                 self.publish_session(repo, owner, &id).await?;
             }
             Ok::<_, StoreError>(())
@@ -247,7 +247,7 @@ impl Store {
         owner: &str,
         id: &UploadId,
     ) -> std::result::Result<u64, UploadError> {
-        if self.uploads_shared() {
+        if self.is_remote() {
             let chunks = self.shared_chunks(repo, owner, id).await?;
             return Ok(chunks.last().map_or(0, |c| c.end));
         }
@@ -288,7 +288,7 @@ impl Store {
         owner: &str,
         id: &UploadId,
     ) -> std::result::Result<u64, UploadError> {
-        if !self.uploads_shared() {
+        if !self.is_remote() {
             return self.local_upload_len(repo, owner, id).await;
         }
         let chunks = self.shared_chunks(repo, owner, id).await?;
@@ -347,7 +347,7 @@ impl Store {
             .await
             .map_err(|e| UploadError::Store(io_err(&data)(e)))?;
         // Shared: the chunk counts once it is in the bucket, where every replica sees it.
-        if self.uploads_shared()
+        if self.is_remote()
             && total > len
             && let Err(e) = self.publish_chunk(id, len, total).await
         {
@@ -396,7 +396,7 @@ impl Store {
         };
         let _ = tokio::fs::remove_dir_all(&dir).await;
         self.upload_ended(owner, len);
-        if self.uploads_shared()
+        if self.is_remote()
             && let Err(e) = self.unpublish_session(id).await
         {
             // Harmless: the session is expired from the bucket later.
@@ -426,7 +426,7 @@ impl Store {
         id: &UploadId,
     ) -> std::result::Result<(), UploadError> {
         let _writing = self.start_writing(id)?;
-        if self.uploads_shared() {
+        if self.is_remote() {
             self.shared_chunks(repo, owner, id).await?;
             self.unpublish_session(id).await?;
             if let Ok(len) = self.local_upload_len(repo, owner, id).await {
@@ -452,7 +452,7 @@ impl Store {
     /// Like [`Store::expire_uploads`]; with `dry_run`, only counts.
     pub(super) async fn expire_uploads_dry(&self, ttl: Duration, dry_run: bool) -> Result<usize> {
         let mut removed = self.expire_local_uploads(ttl, dry_run).await?;
-        if self.uploads_shared() {
+        if self.is_remote() {
             removed += self.expire_shared_sessions(ttl, dry_run).await?;
         }
         Ok(removed)
@@ -511,7 +511,7 @@ impl Store {
     /// than [`LEFTOVER_AGE`] are left alone: one being created may not be published yet.
     async fn is_leftover(&self, id: Option<&UploadId>, idle: Duration) -> bool {
         let Some(id) = id else { return false };
-        self.uploads_shared()
+        self.is_remote()
             && idle > LEFTOVER_AGE
             && matches!(self.session_published(id).await, Ok(false))
     }

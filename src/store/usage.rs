@@ -116,6 +116,11 @@ impl Store {
         if !self.usage.dirty.swap(false, Ordering::Relaxed) {
             return Ok(());
         }
+        // Replicas on one bucket share the file: take in what the others saved first, so
+        // eviction orders by the latest access on any of them.
+        if self.is_remote() {
+            self.load_access().await?;
+        }
         let snapshot: HashMap<String, u64> = self
             .usage
             .lock_access()
@@ -141,7 +146,8 @@ impl Store {
                 format!("sha256:{hex}")
             };
             if let Ok(d) = text.parse::<Digest>() {
-                access.insert(d, t);
+                let at = access.entry(d).or_default();
+                *at = (*at).max(t);
             }
         }
         Ok(())
