@@ -144,6 +144,27 @@ fn open_backend(
     }
 }
 
+/// How the other replicas reach this one: `[cluster] advertise_url`, else the listen address
+/// when it is a specific one, else `POD_IP` (Kubernetes) with the listen port.
+fn advertise_url(config: &Config, listening: SocketAddr) -> Option<String> {
+    if let Some(url) = &config.cluster.advertise_url {
+        return Some(url.as_str().trim_end_matches('/').to_owned());
+    }
+    let scheme = if config.server.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    if !listening.ip().is_unspecified() {
+        return Some(format!("{scheme}://{listening}"));
+    }
+    let ip: std::net::IpAddr = std::env::var("POD_IP").ok()?.parse().ok()?;
+    Some(format!(
+        "{scheme}://{}",
+        SocketAddr::new(ip, listening.port())
+    ))
+}
+
 /// A running server.
 pub struct Server {
     /// The address it listens on (with the real port when 0 was asked for).
@@ -237,6 +258,16 @@ pub async fn start(config: &Config) -> Result<Server, StartError> {
     let addr = listener
         .local_addr()
         .map_err(|source| StartError::Bind { addr, source })?;
+    if let Some(redis_url) = &config.cluster.redis_url {
+        let advertise = advertise_url(config, addr);
+        let scope = match &config.storage.s3 {
+            Some(s3) => format!("{}/{}", s3.bucket, s3.prefix),
+            None => config.storage.path.display().to_string(),
+        };
+        let coordinator =
+            cluster::Coordinator::connect(redis_url, &scope, mirror.store.replica_id(), advertise)?;
+        mirror.join_cluster(Arc::new(coordinator));
+    }
     let (tx, rx) = oneshot::channel::<()>();
     let background = maintenance::spawn(&mirror, &config.storage);
     let tls = match (&config.server.tls_cert, &config.server.tls_key) {

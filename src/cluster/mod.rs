@@ -1,5 +1,10 @@
 //! What replicas on one bucket share besides it: the secret that signs tokens and upload
-//! sessions, so any replica accepts what another issued.
+//! sessions, so any replica accepts what another issued, and optionally Redis
+//! ([`Coordinator`]) to coordinate fetches and announce changes.
+
+mod coordinator;
+
+pub use coordinator::{Coordinator, FillClaim, REDIS_TIMEOUT};
 
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
@@ -60,6 +65,17 @@ impl ClusterKeys {
         mac.update(b"regmirror/");
         mac.update(purpose.as_bytes());
         mac.finalize().into_bytes().to_vec()
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::store::ClusterLink for Coordinator {
+    async fn announce_change(&self) {
+        Coordinator::announce_change(self).await;
+    }
+
+    async fn lease(&self, name: &str, ttl: std::time::Duration) -> Option<bool> {
+        Coordinator::lease(self, name, ttl).await
     }
 }
 

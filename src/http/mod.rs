@@ -533,6 +533,10 @@ async fn dispatch(app: &App, request: Request<Incoming>, conn: &ConnInfo) -> Ans
         client,
     };
     let read = method == Method::GET || method == Method::HEAD;
+    if route.reads_registry_state() {
+        // What another replica changed just before this request is visible to it.
+        app.mirror.follow_cluster().await;
+    }
     match (route, method) {
         (Route::Base, _) if read => Answer::plain(base_response()),
         (Route::Health, _) if read => Answer::plain(text_response("ok\n", "text/plain")),

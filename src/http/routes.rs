@@ -58,6 +58,23 @@ pub enum Route {
     Ui(super::ui::Page),
 }
 
+impl Route {
+    /// Whether the answer depends on tags, manifests or blobs that another replica may have
+    /// changed (everything of the registry API but the base and the token endpoint).
+    pub fn reads_registry_state(&self) -> bool {
+        matches!(
+            self,
+            Route::Manifest { .. }
+                | Route::Blob { .. }
+                | Route::Upload { .. }
+                | Route::TagsList { .. }
+                | Route::Catalog
+                | Route::Referrers { .. }
+                | Route::Ui(_)
+        )
+    }
+}
+
 /// Why a path is not a route.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PathError {

@@ -17,6 +17,7 @@ mod uploads;
 
 use std::sync::Arc;
 
+use crate::cluster::Coordinator;
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
 use crate::upstream::{RouteError, UpstreamError, Upstreams};
@@ -82,6 +83,12 @@ pub struct Mirror {
         moka::sync::Cache<(String, crate::oci::RepoName, crate::oci::Digest), crate::oci::Tag>,
     /// Upstream `docker search` answers, kept briefly.
     pub search_cache: search::SearchCache,
+    /// The other replicas (Redis), once the server joined them.
+    cluster: std::sync::OnceLock<Arc<Coordinator>>,
+    /// The cluster's change counter as of this replica's last journal read.
+    seen_changes: std::sync::atomic::AtomicU64,
+    /// One journal read at a time.
+    following: tokio::sync::Mutex<()>,
 }
 
 impl Mirror {
@@ -104,6 +111,49 @@ impl Mirror {
                 .time_to_live(std::time::Duration::from_secs(300))
                 .build(),
             search_cache: search::search_cache(),
+            cluster: std::sync::OnceLock::new(),
+            seen_changes: std::sync::atomic::AtomicU64::new(0),
+            following: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// Joins the other replicas through `cluster` (once; later calls are ignored).
+    pub fn join_cluster(&self, cluster: Arc<Coordinator>) {
+        self.store
+            .set_cluster_link(Arc::clone(&cluster) as Arc<dyn crate::store::ClusterLink>);
+        let _ = self.cluster.set(cluster);
+    }
+
+    /// The other replicas, when this one joined them.
+    pub fn cluster(&self) -> Option<&Arc<Coordinator>> {
+        self.cluster.get().filter(|c| c.has_redis())
+    }
+
+    /// Reads the index journal when the cluster's change counter moved since this replica
+    /// last did: one Redis `GET` per request, and a journal read only after a change. Without
+    /// Redis (or while it is unreachable) nothing happens here; the journal is read every
+    /// second in the background instead.
+    pub async fn follow_cluster(&self) {
+        use std::sync::atomic::Ordering;
+        let Some(cluster) = self.cluster() else {
+            return;
+        };
+        let Some(now) = cluster.changes().await else {
+            return;
+        };
+        if now <= self.seen_changes.load(Ordering::Acquire) {
+            return;
+        }
+        let _one = self.following.lock().await;
+        if now <= self.seen_changes.load(Ordering::Acquire) {
+            return; // Another request read the journal meanwhile.
+        }
+        match self.store.sync_index().await {
+            Ok(()) => self.seen_changes.fetch_max(now, Ordering::AcqRel),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the index journal");
+                return;
+            }
+        };
     }
 }

@@ -144,18 +144,24 @@ pub struct Index {
     unfolded: Mutex<Vec<String>>,
     /// When the journal was last read.
     synced: Mutex<std::time::Instant>,
+    /// The other replicas, told of each journaled change.
+    link: std::sync::Arc<std::sync::OnceLock<std::sync::Arc<dyn super::ClusterLink>>>,
 }
 
 impl Index {
     /// Loads the index of `backend`: by listing it when that is cheap, else from its snapshot
     /// and journal (listing it once when there is no snapshot yet).
-    pub async fn load(backend: &dyn Backend) -> Result<Index> {
+    pub async fn load(
+        backend: &dyn Backend,
+        link: std::sync::Arc<std::sync::OnceLock<std::sync::Arc<dyn super::ClusterLink>>>,
+    ) -> Result<Index> {
         let journaled = !backend.lists_cheaply();
         let index = Index {
             state: Mutex::default(),
             journaled,
             unfolded: Mutex::default(),
             synced: Mutex::new(std::time::Instant::now()),
+            link,
         };
         if !journaled {
             let mut state = rebuild(backend).await?;
@@ -248,9 +254,14 @@ impl Index {
                 message: e.to_string(),
             })?;
             backend.put(&key, Bytes::from(bytes)).await?;
-            let mut unfolded = self.lock_unfolded();
-            if !unfolded.contains(&key) {
-                unfolded.push(key);
+            {
+                let mut unfolded = self.lock_unfolded();
+                if !unfolded.contains(&key) {
+                    unfolded.push(key);
+                }
+            }
+            if let Some(link) = self.link.get() {
+                link.announce_change().await;
             }
         }
         Ok(())

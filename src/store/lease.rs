@@ -3,6 +3,9 @@
 //! when its claim runs out; a holder renews it each time it works, and a replica that dies
 //! simply stops renewing, so another takes over once the claim has expired.
 //!
+//! With Redis (`[cluster] redis_url`) the lease is a Redis key instead, taken atomically; the
+//! bucket's is the fallback while Redis is unreachable.
+//!
 //! An object store has no compare-and-swap every S3-compatible server implements, so a claim
 //! is written and then read back: two replicas claiming within the same instant may both
 //! believe they hold it for one round. The chores are safe to run twice (GC and eviction
@@ -33,6 +36,11 @@ impl Store {
     pub async fn hold_lease(&self, name: &str, ttl: Duration) -> Result<bool> {
         if !self.is_remote() {
             return Ok(true);
+        }
+        if let Some(link) = self.link.get()
+            && let Some(held) = link.lease(name, ttl).await
+        {
+            return Ok(held);
         }
         let key = lease_key(name);
         let now = now_ms();

@@ -58,6 +58,16 @@ pub use tags::{TagKey, TagRecord};
 pub use uploads::{UploadError, UploadId, UploadLimits};
 pub use usage::{BlobEntry, ReadGuard};
 
+/// What the store asks of the other replicas, when there are any (implemented over Redis by
+/// `cluster::Coordinator`); `None` answers mean "no one to ask", and the store does alone.
+#[async_trait::async_trait]
+pub trait ClusterLink: Send + Sync {
+    /// Tells the other replicas that the index journal has a new entry.
+    async fn announce_change(&self);
+    /// Whether this replica holds (or has just taken) the lease `name` for `ttl`.
+    async fn lease(&self, name: &str, ttl: Duration) -> Option<bool>;
+}
+
 /// Errors of the store layer.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -164,6 +174,8 @@ pub struct Store {
     live_spools: Arc<Mutex<HashSet<PathBuf>>>,
     /// This process's id among the replicas sharing a bucket (leases).
     replica: String,
+    /// The other replicas, once the server has connected to them.
+    link: Arc<std::sync::OnceLock<Arc<dyn ClusterLink>>>,
 }
 
 /// How long the replica folding the index journal holds that chore (renewed every minute).
@@ -217,8 +229,9 @@ impl Store {
             Some(hot::HotCache::open_dir(&staging.join("cache"), options.hot_cache_bytes).await?)
         };
         let index_bytes = options.index_bytes;
+        let link: Arc<std::sync::OnceLock<Arc<dyn ClusterLink>>> = Arc::default();
         let store = Store {
-            index: index::Index::load(backend.as_ref()).await?,
+            index: index::Index::load(backend.as_ref(), Arc::clone(&link)).await?,
             backend,
             staging: staging.to_owned(),
             hot,
@@ -238,10 +251,16 @@ impl Store {
             uploads: Mutex::default(),
             live_spools: Arc::default(),
             replica: uuid::Uuid::new_v4().to_string(),
+            link,
         };
         store.load_access().await?;
         store.load_uploads().await?;
         Ok(store)
+    }
+
+    /// Connects the store to the other replicas (once; later calls are ignored).
+    pub fn set_cluster_link(&self, link: Arc<dyn ClusterLink>) {
+        let _ = self.link.set(link);
     }
 
     /// `fs` or `s3`.

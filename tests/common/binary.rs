@@ -43,7 +43,7 @@ impl Regmirror {
         let server = Regmirror { child, addr };
         let client = reqwest::Client::new();
         super::eventually_async(30, "regmirror to listen", || {
-            let url = format!("http://{addr}/v2/");
+            let url = format!("http://{addr}/healthz");
             let client = client.clone();
             async move {
                 client

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod binary;
+pub mod cluster;
 pub mod dockerd;
 pub mod fake_upstream;
 pub mod garage;

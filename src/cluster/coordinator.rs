@@ -1,0 +1,229 @@
+//! Cluster-wide coordination through Redis (`[cluster] redis_url`), all of it optional: a
+//! change counter that lets every replica see a push or a delete made through another on its
+//! very next request, leases for the shared chores, and claims that make one replica of the
+//! cluster fetch a blob from the upstream while the others read it from that replica.
+//!
+//! Redis is an accelerator, never a dependency: every call is bounded by [`REDIS_TIMEOUT`],
+//! and when Redis is unreachable each answers "don't know" (`None`), on which the callers fall
+//! back to what a replica does alone (one fetch per replica, the journal read every second,
+//! leases in the bucket).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+
+use crate::config::ConfigError;
+
+/// The longest a request waits for Redis before going on without it.
+pub const REDIS_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// Who leads the cluster's fetch of a blob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FillClaim {
+    /// This replica: it fetches from the upstream.
+    Leader,
+    /// Another replica, reachable at this URL, is fetching it.
+    Follower(String),
+}
+
+/// Redis coordination for one store (keys prefixed by the bucket and prefix it serves).
+pub struct Coordinator {
+    redis: Option<ConnectionManager>,
+    keys: String,
+    /// This replica's id.
+    replica: String,
+    /// How the other replicas reach this one.
+    advertise: Option<String>,
+    /// Whether "Redis is unreachable" was logged and not yet followed by a success.
+    down: AtomicBool,
+}
+
+impl Coordinator {
+    /// Coordination without Redis: every call answers `None`.
+    pub fn alone() -> Coordinator {
+        Coordinator {
+            redis: None,
+            keys: String::new(),
+            replica: String::new(),
+            advertise: None,
+            down: AtomicBool::new(false),
+        }
+    }
+
+    /// Connects (lazily: a Redis that is down at start is retried later) to `redis_url`,
+    /// with keys under `regmirror:<scope>:`. `replica` is this process's id and `advertise`
+    /// where the other replicas reach it.
+    pub fn connect(
+        redis_url: &str,
+        scope: &str,
+        replica: &str,
+        advertise: Option<String>,
+    ) -> Result<Coordinator, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            key: "cluster.redis_url".into(),
+            message,
+        };
+        let client = redis::Client::open(redis_url).map_err(|e| invalid(e.to_string()))?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(REDIS_TIMEOUT))
+            .set_response_timeout(Some(REDIS_TIMEOUT))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(2));
+        let redis = client
+            .get_connection_manager_lazy(config)
+            .map_err(|e| invalid(e.to_string()))?;
+        Ok(Coordinator {
+            redis: Some(redis),
+            keys: format!("regmirror:{scope}:"),
+            replica: replica.to_owned(),
+            advertise,
+            down: AtomicBool::new(false),
+        })
+    }
+
+    /// Whether Redis is configured (it may still be unreachable).
+    pub fn has_redis(&self) -> bool {
+        self.redis.is_some()
+    }
+
+    /// Runs `cmd`; `None` when there is no Redis or it did not answer in time.
+    async fn run<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> Option<T> {
+        let mut conn = self.redis.clone()?;
+        let result = tokio::time::timeout(REDIS_TIMEOUT, cmd.query_async::<T>(&mut conn)).await;
+        match result {
+            Ok(Ok(value)) => {
+                if self.down.swap(false, Ordering::Relaxed) {
+                    tracing::info!("redis is reachable again: cluster coordination resumes");
+                }
+                Some(value)
+            }
+            Ok(Err(e)) => {
+                self.note_down(&e.to_string());
+                None
+            }
+            Err(_) => {
+                self.note_down("no answer in time");
+                None
+            }
+        }
+    }
+
+    fn note_down(&self, why: &str) {
+        if !self.down.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                error = why,
+                "redis is unreachable: each replica coordinates alone until it is back"
+            );
+        }
+    }
+
+    /// The cluster's change counter: it grows whenever any replica changed the index.
+    pub async fn changes(&self) -> Option<u64> {
+        let value: Option<u64> = self
+            .run(
+                redis::cmd("GET")
+                    .arg(format!("{}changes", self.keys))
+                    .clone(),
+            )
+            .await?;
+        Some(value.unwrap_or(0))
+    }
+
+    /// Tells every replica that the index changed (after the change is in the journal).
+    pub async fn announce_change(&self) {
+        let _: Option<u64> = self
+            .run(
+                redis::cmd("INCR")
+                    .arg(format!("{}changes", self.keys))
+                    .clone(),
+            )
+            .await;
+    }
+
+    /// Whether this replica holds (or has just taken) the lease `name` for `ttl`.
+    pub async fn lease(&self, name: &str, ttl: Duration) -> Option<bool> {
+        let key = format!("{}lease:{name}", self.keys);
+        let ms = ttl.as_millis() as u64;
+        let taken: Option<String> = self
+            .run(
+                redis::cmd("SET")
+                    .arg(&key)
+                    .arg(&self.replica)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ms)
+                    .clone(),
+            )
+            .await?;
+        if taken.is_some() {
+            return Some(true);
+        }
+        let holder: Option<String> = self.run(redis::cmd("GET").arg(&key).clone()).await?;
+        if holder.as_deref() != Some(self.replica.as_str()) {
+            return Some(false);
+        }
+        let _: Option<i64> = self
+            .run(redis::cmd("PEXPIRE").arg(&key).arg(ms).clone())
+            .await;
+        Some(true)
+    }
+
+    /// Claims the cluster's fetch of `digest` for `ttl` (renew with [`Coordinator::renew_fill`]
+    /// while it runs). `None` without Redis, or when this replica has no address to give.
+    pub async fn claim_fill(&self, digest: &str, ttl: Duration) -> Option<FillClaim> {
+        let me = self.advertise.clone()?;
+        let key = format!("{}fill:{digest}", self.keys);
+        let taken: Option<String> = self
+            .run(
+                redis::cmd("SET")
+                    .arg(&key)
+                    .arg(&me)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ttl.as_millis() as u64)
+                    .clone(),
+            )
+            .await?;
+        if taken.is_some() {
+            return Some(FillClaim::Leader);
+        }
+        let leader: Option<String> = self.run(redis::cmd("GET").arg(&key).clone()).await?;
+        match leader {
+            Some(url) if url != me => Some(FillClaim::Follower(url)),
+            // Ours (a claim left by this replica), or it expired in between: lead.
+            _ => Some(FillClaim::Leader),
+        }
+    }
+
+    /// Extends this replica's claim on `digest`.
+    pub async fn renew_fill(&self, digest: &str, ttl: Duration) {
+        let key = format!("{}fill:{digest}", self.keys);
+        let _: Option<i64> = self
+            .run(
+                redis::cmd("PEXPIRE")
+                    .arg(&key)
+                    .arg(ttl.as_millis() as u64)
+                    .clone(),
+            )
+            .await;
+    }
+
+    /// Gives up the claim on `digest` (the fill ended).
+    pub async fn release_fill(&self, digest: &str) {
+        let Some(me) = &self.advertise else { return };
+        let key = format!("{}fill:{digest}", self.keys);
+        // Only our own claim: another replica may have taken over after ours expired.
+        const RELEASE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
+        let _: Option<i64> = self
+            .run(
+                redis::cmd("EVAL")
+                    .arg(RELEASE)
+                    .arg(1)
+                    .arg(&key)
+                    .arg(me)
+                    .clone(),
+            )
+            .await;
+    }
+}
