@@ -149,11 +149,10 @@ impl Mirror {
             return; // Another request read the journal meanwhile.
         }
         match self.store.sync_index().await {
-            Ok(()) => self.seen_changes.fetch_max(now, Ordering::AcqRel),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the index journal");
-                return;
+            Ok(()) => {
+                self.seen_changes.fetch_max(now, Ordering::AcqRel);
             }
-        };
+            Err(e) => tracing::warn!(error = %e, "cannot read the index journal"),
+        }
     }
 }
