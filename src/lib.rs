@@ -266,7 +266,8 @@ pub async fn start(config: &Config) -> Result<Server, StartError> {
         };
         let coordinator =
             cluster::Coordinator::connect(redis_url, &scope, mirror.store.replica_id(), advertise)?;
-        mirror.join_cluster(Arc::new(coordinator));
+        let peers = cluster::Peers::new(keys.derive("peer"));
+        mirror.join_cluster(Arc::new(coordinator), Arc::new(peers));
     }
     let (tx, rx) = oneshot::channel::<()>();
     let background = maintenance::spawn(&mirror, &config.storage);

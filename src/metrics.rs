@@ -144,6 +144,12 @@ pub struct Metrics {
     /// `regmirror_backend_read_bytes_total`: blob bytes read from a remote backend into the
     /// hot cache.
     pub backend_read_bytes: IntCounter,
+    /// `regmirror_cluster_peer_read_bytes_total`: blob bytes read from the replica leading a
+    /// cluster-wide fill.
+    pub peer_read_bytes: IntCounter,
+    /// `regmirror_cluster_fills_total{role}`: cold blob fetches this replica led for the
+    /// cluster (`leader`) or read from the replica leading them (`follower`).
+    pub cluster_fills: IntCounterVec,
     /// `regmirror_hot_cache_hits_total`.
     pub hot_cache_hits: IntCounter,
     /// `regmirror_hot_cache_misses_total`.
@@ -272,6 +278,15 @@ impl Metrics {
             "regmirror_backend_read_bytes_total",
             "Blob bytes read from a remote storage backend (to fill the hot cache).",
         );
+        let peer_read_bytes = plain_counter(
+            "regmirror_cluster_peer_read_bytes_total",
+            "Blob bytes read from the replica leading a cluster-wide fill.",
+        );
+        let cluster_fills = counter_vec(
+            "regmirror_cluster_fills_total",
+            "Cold blob fetches claimed for the cluster (leader) or read from the replica that claimed them (follower).",
+            &["role"],
+        );
         let hot_cache_hits = plain_counter(
             "regmirror_hot_cache_hits_total",
             "Blob reads answered from the local hot cache of a remote backend.",
@@ -394,6 +409,8 @@ impl Metrics {
                 duration: backend_duration,
             },
             backend_read_bytes,
+            peer_read_bytes,
+            cluster_fills,
             hot_cache_hits,
             hot_cache_misses,
             hot_cache_bytes,

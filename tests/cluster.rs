@@ -12,6 +12,7 @@ use common::cluster::{Nginx, Redis, Replicas};
 use common::fake_upstream::{Auth, FakeUpstream};
 use common::garage::Garage;
 use common::images::{Layout, layout_ref, skopeo};
+use regmirror::store::Backend;
 
 const SECRET: &str = "a cluster secret for the tests, long enough";
 
@@ -225,4 +226,189 @@ async fn three_replicas_behind_round_robin_act_as_one_registry() {
             node.addr
         );
     }
+}
+
+/// Three replicas with Redis, on a fresh prefix, with `upstream` as the default upstream.
+async fn replicas_with_redis(
+    garage: &Garage,
+    redis: &Redis,
+    prefix: &str,
+    upstream: &FakeUpstream,
+    work: &Path,
+) -> Replicas {
+    let cluster = format!("secret = \"{SECRET}\"\nredis_url = \"{}\"\n", redis.url());
+    Replicas::start(
+        garage,
+        prefix,
+        3,
+        &cluster,
+        &auth_and_upstream(work, &upstream.url()),
+    )
+    .await
+}
+
+/// Reads `url` to the end; whether the upstream was still sending when the first byte came.
+async fn fetch(url: String, upstream: &FakeUpstream, digest: &str) -> (Vec<u8>, bool) {
+    let mut response = reqwest::get(&url).await.unwrap();
+    assert_eq!(response.status(), 200, "{url}");
+    let mut body = Vec::new();
+    let mut early = None;
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        early.get_or_insert_with(|| !upstream.finished_sending(digest));
+        body.extend_from_slice(&chunk);
+    }
+    (body, early.unwrap_or(false))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_cold_requests_over_all_replicas_cost_one_upstream_fetch() {
+    let test = "concurrent_cold_requests_over_all_replicas_cost_one_upstream_fetch";
+    let Some(garage) = Garage::start(test).await else {
+        return;
+    };
+    let Some(redis) = Redis::start(test).await else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let upstream = FakeUpstream::start(Auth::None).await;
+    // 8 MiB, sent slowly enough (about 1.3 s) that every request arrives during the fill.
+    let blob = common::random_bytes(8 * 1024 * 1024);
+    let digest = upstream.put_blob(blob.clone());
+    upstream.set_fault(
+        &digest,
+        Some(common::fake_upstream::Fault::Paced {
+            chunk: 256 * 1024,
+            delay_ms: 40,
+        }),
+    );
+    let replicas = replicas_with_redis(&garage, &redis, "cold", &upstream, work.path()).await;
+
+    let gets = (0..12).map(|i| {
+        let url = replicas.nodes[i % 3].url(&format!("/v2/library/app/blobs/{digest}"));
+        fetch(url, &upstream, &digest)
+    });
+    let results = futures_util::future::join_all(gets).await;
+    for (i, (body, early)) in results.iter().enumerate() {
+        assert!(body == &blob, "client {i} got other bytes");
+        assert!(
+            early,
+            "client {i} waited for the whole blob before its first byte"
+        );
+    }
+    assert_eq!(
+        upstream.count("GET", &digest),
+        1,
+        "one upstream fetch for the cluster"
+    );
+    let mut leaders = 0.0;
+    let mut followers = 0.0;
+    for node in &replicas.nodes {
+        leaders += metric(node, "regmirror_cluster_fills_total{role=\"leader\"}").await;
+        followers += metric(node, "regmirror_cluster_fills_total{role=\"follower\"}").await;
+    }
+    assert_eq!((leaders, followers), (1.0, 2.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_mid_fill_or_mid_push_loses_nothing() {
+    let test = "a_replica_killed_mid_fill_or_mid_push_loses_nothing";
+    let Some(garage) = Garage::start(test).await else {
+        return;
+    };
+    let Some(redis) = Redis::start(test).await else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let upstream = FakeUpstream::start(Auth::None).await;
+    let blob = common::random_bytes(6 * 1024 * 1024);
+    let digest = upstream.put_blob(blob.clone());
+    upstream.set_fault(
+        &digest,
+        Some(common::fake_upstream::Fault::Paced {
+            chunk: 128 * 1024,
+            delay_ms: 50,
+        }),
+    );
+    let mut replicas = replicas_with_redis(&garage, &redis, "kill", &upstream, work.path()).await;
+    let bucket = garage.backend("kill");
+    let hex = &digest["sha256:".len()..];
+    let key = format!("blobs/sha256/{}/{hex}", &hex[..2]);
+
+    // Replica 0 leads the fill; it dies once the first bytes are out.
+    let mut response =
+        reqwest::get(replicas.nodes[0].url(&format!("/v2/library/app/blobs/{digest}")))
+            .await
+            .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.chunk().await.unwrap().is_some());
+    // A push in flight on it too: a monolithic upload whose body never finishes.
+    let pushed = common::random_bytes(1024 * 1024);
+    let pushed_digest = common::fake_upstream::sha256(&pushed);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+    tx.send(Ok(pushed[..512 * 1024].to_vec())).await.unwrap();
+    let chunks = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|chunk| (chunk, rx))
+    });
+    let body = reqwest::Body::wrap_stream(chunks);
+    let push = tokio::spawn(
+        reqwest::Client::new()
+            .post(replicas.nodes[0].url(&format!(
+                "/v2/team/app/blobs/uploads/?digest={pushed_digest}"
+            )))
+            .basic_auth("ci", Some("pushme"))
+            .body(body)
+            .send(),
+    );
+    let sessions = replicas.dir.path().join("r0/uploads");
+    common::eventually(10, "the push to reach replica 0", || {
+        std::fs::read_dir(&sessions).is_ok_and(|dirs| {
+            dirs.flatten()
+                .any(|d| std::fs::metadata(d.path().join("data")).is_ok_and(|m| m.len() > 0))
+        })
+    })
+    .await;
+    replicas.nodes[0].kill9();
+    drop(tx);
+
+    // The client of the dead replica does not get a whole, silently wrong blob.
+    let mut got = 0;
+    while let Ok(Some(chunk)) = response.chunk().await {
+        got += chunk.len();
+    }
+    assert!(got < blob.len(), "the dead replica cannot have sent it all");
+    assert!(
+        push.await.unwrap().is_err(),
+        "the push to the dead replica failed"
+    );
+    // Nothing partial in the bucket.
+    assert!(
+        bucket.stat(&key).await.unwrap().is_none(),
+        "a partial blob in the bucket"
+    );
+
+    // Another replica serves the blob at once (the dead leader's claim does not stop it).
+    let started = std::time::Instant::now();
+    let (body, _) = fetch(
+        replicas.nodes[1].url(&format!("/v2/library/app/blobs/{digest}")),
+        &upstream,
+        &digest,
+    )
+    .await;
+    assert!(body == blob);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+    common::eventually_async(10, "the blob to be committed", || async {
+        bucket.stat(&key).await.unwrap().is_some()
+    })
+    .await;
+    let stored = bucket.get(&key).await.unwrap().unwrap();
+    assert_eq!(common::fake_upstream::sha256(&stored), digest);
+    // The push that died with replica 0 left nothing visible.
+    let r = reqwest::get(replicas.nodes[2].url(&format!("/v2/team/app/blobs/{pushed_digest}")))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
 }

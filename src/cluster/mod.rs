@@ -3,8 +3,10 @@
 //! ([`Coordinator`]) to coordinate fetches and announce changes.
 
 mod coordinator;
+mod peer;
 
 pub use coordinator::{Coordinator, FillClaim, REDIS_TIMEOUT};
+pub use peer::{PEER_HEADER, PeerBody, PeerError, Peers};
 
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;

@@ -6,24 +6,28 @@ use super::body::{empty, file_range, streamed};
 use super::errors::{ApiError, Resource, proxy_error};
 use super::{Answer, Ctx, echo_namespace};
 use crate::oci::{ByteRange, Digest, ErrorCode, RepoName};
-use crate::proxy::BlobBody;
+use crate::proxy::{BlobAnswer, BlobBody};
 use crate::proxy::{CacheResult, Source};
+
+/// The request's `Range`, if any.
+fn requested_range(ctx: &Ctx<'_>) -> Result<Option<ByteRange>, ApiError> {
+    match ctx.headers.get(header::RANGE).map(|v| v.to_str()) {
+        None => Ok(None),
+        Some(Ok(value)) => ByteRange::parse_header(value).map_err(|_| {
+            ApiError::new(
+                ErrorCode::RangeInvalid,
+                format!("malformed Range {value:?}"),
+            )
+        }),
+        Some(Err(_)) => Err(ApiError::new(ErrorCode::RangeInvalid, "malformed Range")),
+    }
+}
 
 /// Answers a blob request.
 pub async fn get(ctx: &Ctx<'_>, name: &RepoName, digest: &Digest) -> Answer {
-    let range = match ctx.headers.get(header::RANGE).map(|v| v.to_str()) {
-        None => None,
-        Some(Ok(value)) => match ByteRange::parse_header(value) {
-            Ok(range) => range,
-            Err(_) => {
-                return ApiError::new(
-                    ErrorCode::RangeInvalid,
-                    format!("malformed Range {value:?}"),
-                )
-                .into();
-            }
-        },
-        Some(Err(_)) => return ApiError::new(ErrorCode::RangeInvalid, "malformed Range").into(),
+    let range = match requested_range(ctx) {
+        Ok(range) => range,
+        Err(e) => return e.into(),
     };
     let ns = ctx.query.ns.as_deref();
     let upstream = ctx.upstream_label(name);
@@ -34,6 +38,37 @@ pub async fn get(ctx: &Ctx<'_>, name: &RepoName, digest: &Digest) -> Answer {
             return Answer::failed(error, upstream);
         }
     };
+    respond(ctx, digest, answer, upstream)
+}
+
+/// `GET /_cluster/blobs/<digest>`: another replica of the cluster reads a blob whose fetch
+/// this one leads (from the running fill, or the store once committed). Only for requests
+/// signed with the cluster's peer key; never from the upstream.
+pub async fn peer_get(ctx: &Ctx<'_>, digest: &Digest) -> Answer {
+    let signature = ctx
+        .headers
+        .get(crate::cluster::PEER_HEADER)
+        .and_then(|v| v.to_str().ok());
+    let signed = ctx
+        .mirror
+        .peers()
+        .is_some_and(|peers| peers.verify(digest, signature));
+    if !signed {
+        return ApiError::new(ErrorCode::Denied, "not a replica of this cluster").into();
+    }
+    let range = match requested_range(ctx) {
+        Ok(range) => range,
+        Err(e) => return e.into(),
+    };
+    let upstream = "peer".to_owned();
+    match ctx.mirror.peer_blob(digest, range).await {
+        Ok(answer) => respond(ctx, digest, answer, upstream),
+        Err(e) => Answer::failed(proxy_error(e, Resource::Blob, &upstream), upstream),
+    }
+}
+
+/// Renders a blob answer: headers, status, and the body from wherever it comes.
+fn respond(ctx: &Ctx<'_>, digest: &Digest, answer: BlobAnswer, upstream: String) -> Answer {
     let (body, source) = match answer.body {
         BlobBody::Empty => (empty(), None),
         BlobBody::Redirect(url) => return redirect(ctx, &url, answer.cache, upstream),

@@ -321,7 +321,13 @@ fn need_of<'n>(route: &Route, method: &Method, names: &'n [String]) -> Option<au
     let read = *method == Method::GET || *method == Method::HEAD;
     // Only what the API offers needs a permission; anything else is answered 405 as it is.
     let action = match (route, method) {
-        (Route::Metrics | Route::Health | Route::Ready | Route::Token, _) => return None,
+        // Peer requests carry their own signature (checked by the handler).
+        (
+            Route::Metrics | Route::Health | Route::Ready | Route::Token | Route::PeerBlob { .. },
+            _,
+        ) => {
+            return None;
+        }
         (Route::Base, _) => return Some(auth::Need::Ping),
         (Route::Catalog | Route::Search | Route::Ui(_), _) => return Some(auth::Need::Read),
         (Route::V1Ping, _) => return None,
@@ -552,6 +558,7 @@ async fn dispatch(app: &App, request: Request<Incoming>, conn: &ConnInfo) -> Ans
             manifests::delete(&ctx, &name, &reference).await
         }
         (Route::Blob { name, digest }, _) if read => blobs::get(&ctx, &name, &digest).await,
+        (Route::PeerBlob { digest }, Method::GET) => blobs::peer_get(&ctx, &digest).await,
         (Route::Blob { name, digest }, Method::DELETE) => blobs::delete(&ctx, &name, &digest).await,
         (
             Route::Upload {

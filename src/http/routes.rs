@@ -56,6 +56,11 @@ pub enum Route {
     V1Ping,
     /// `/ui/...`: the web UI.
     Ui(super::ui::Page),
+    /// `/_cluster/blobs/<digest>`: another replica reads a blob whose fetch this one leads.
+    PeerBlob {
+        /// The blob.
+        digest: Digest,
+    },
 }
 
 impl Route {
@@ -107,6 +112,11 @@ pub fn parse(path: &str) -> Result<Route, PathError> {
     }
     if let Some(page) = super::ui::Page::from_path(path) {
         return Ok(Route::Ui(page));
+    }
+    if let Some(digest) = path.strip_prefix("/_cluster/blobs/") {
+        return Ok(Route::PeerBlob {
+            digest: digest.parse()?,
+        });
     }
     let rest = path.strip_prefix("/v2/").ok_or(PathError::NotFound)?;
     if let Some(name) = rest.strip_suffix("/tags/list") {

@@ -3,12 +3,34 @@
 
 use std::sync::Arc;
 
-use super::fill::{Fill, FillSource, Joined};
+use super::fill::{Fill, FillError, FillSource, Joined};
 use super::{Mirror, ProxyError};
+use crate::cluster::FillClaim;
 use crate::oci::{ByteRange, Digest, RepoName};
 use crate::proxy::{CacheResult, Kind};
 use crate::store::{BlobReader, LOCAL, OpenBlob};
 use crate::upstream::{Resolved, UpstreamError};
+
+/// How long a replica's claim on the cluster's fetch of a blob lasts unless renewed.
+const FILL_CLAIM_TTL: std::time::Duration = std::time::Duration::from_secs(6);
+
+/// This replica's part in a cluster-wide fetch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClusterRole {
+    /// It fetches from the upstream for the cluster.
+    Leader,
+    /// It reads from the replica that does.
+    Follower,
+}
+
+impl ClusterRole {
+    fn label(self) -> &'static str {
+        match self {
+            ClusterRole::Leader => "leader",
+            ClusterRole::Follower => "follower",
+        }
+    }
+}
 
 /// Where a blob answer's body comes from.
 pub enum BlobBody {
@@ -106,11 +128,12 @@ impl Mirror {
         if head {
             return self.blob_head_upstream(route, digest, range).await;
         }
-        let source = FillSource::Upstream {
+        let upstream = FillSource::Upstream {
             client: Arc::clone(&route.upstream),
             repo: route.repo.clone(),
         };
-        let (fill, cache) = match self.fills.start_or_join(source, digest)? {
+        let (source, role) = self.cold_source(upstream.clone(), digest).await;
+        let (mut fill, mut cache) = match self.fills.start_or_join(source, digest)? {
             Joined::Leader(fill) => (fill, CacheResult::Miss),
             Joined::Follower(fill) => (fill, CacheResult::Coalesced),
             Joined::Verified(fill) => (fill, CacheResult::Hit),
@@ -121,7 +144,33 @@ impl Mirror {
                     .ok_or(ProxyError::Upstream(UpstreamError::NotFound));
             }
         };
-        let size = fill.wait_started().await?;
+        if let (Some(role), CacheResult::Miss) = (role, cache) {
+            self.metrics
+                .cluster_fills
+                .with_label_values(&[role.label()])
+                .inc();
+            if role == ClusterRole::Leader {
+                self.keep_fill_claim(&fill);
+            }
+        }
+        let mut started = fill.wait_started().await;
+        if let (Err(FillError::Peer(e)), Some(ClusterRole::Follower)) = (&started, role) {
+            // The leading replica is gone (or refuses): fetch it here rather than fail.
+            tracing::info!(%digest, error = %e, "cannot read the blob from the replica leading its fetch; fetching it from the upstream");
+            (fill, cache) = match self.fills.start_or_join(upstream, digest)? {
+                Joined::Leader(fill) => (fill, CacheResult::Miss),
+                Joined::Follower(fill) => (fill, CacheResult::Coalesced),
+                Joined::Verified(fill) => (fill, CacheResult::Hit),
+                Joined::Committed => {
+                    return self
+                        .blob_from_store(digest, head, range)
+                        .await?
+                        .ok_or(ProxyError::Upstream(UpstreamError::NotFound));
+                }
+            };
+            started = fill.wait_started().await;
+        }
+        let size = started?;
         let span = match (range, size) {
             (Some(r), Some(size)) => Some(
                 r.resolve(size)
@@ -139,6 +188,92 @@ impl Mirror {
             body: BlobBody::Fill { fill, start, end },
             cache,
         })
+    }
+
+    /// A blob for another replica that reads it from this one while this one leads its
+    /// fetch: from the running fill, else from the store. Never from the upstream.
+    pub async fn peer_blob(
+        &self,
+        digest: &Digest,
+        range: Option<ByteRange>,
+    ) -> Result<BlobAnswer, ProxyError> {
+        if let Some(fill) = self.fills.running(digest) {
+            let size = fill.wait_started().await?;
+            let span = match (range, size) {
+                (Some(r), Some(size)) => Some(
+                    r.resolve(size)
+                        .ok_or(ProxyError::RangeNotSatisfiable { size })?,
+                ),
+                _ => None,
+            };
+            let (start, end) = match span {
+                Some((s, e)) => (s, Some(e)),
+                None => (0, size),
+            };
+            return Ok(BlobAnswer {
+                size,
+                range: span,
+                body: BlobBody::Fill { fill, start, end },
+                cache: CacheResult::Coalesced,
+            });
+        }
+        self.blob_from_store(digest, false, range)
+            .await?
+            .ok_or(ProxyError::Upstream(UpstreamError::NotFound))
+    }
+
+    /// Where a cold blob comes from: the upstream, unless another replica of the cluster
+    /// already leads its fetch (then from that replica). A fill running here is joined as it
+    /// is; without Redis, or while it is unreachable, every replica fetches for itself.
+    async fn cold_source(
+        &self,
+        upstream: FillSource,
+        digest: &Digest,
+    ) -> (FillSource, Option<ClusterRole>) {
+        if self.fills.running(digest).is_some() {
+            return (upstream, None);
+        }
+        let (Some(cluster), Some(peers)) = (self.cluster(), self.peers()) else {
+            return (upstream, None);
+        };
+        match cluster
+            .claim_fill(&digest.to_string(), FILL_CLAIM_TTL)
+            .await
+        {
+            Some(FillClaim::Leader) => (upstream, Some(ClusterRole::Leader)),
+            Some(FillClaim::Follower(leader)) => (
+                FillSource::Peer {
+                    peers: Arc::clone(peers),
+                    leader,
+                },
+                Some(ClusterRole::Follower),
+            ),
+            None => (upstream, None),
+        }
+    }
+
+    /// Renews this replica's claim on the cluster's fetch of `fill`'s blob while the fill
+    /// runs, and gives it up when the fill ends. A replica killed mid-fill stops renewing:
+    /// its claim expires within [`FILL_CLAIM_TTL`] and another replica takes over.
+    fn keep_fill_claim(&self, fill: &Arc<Fill>) {
+        let Some(cluster) = self.cluster().cloned() else {
+            return;
+        };
+        let fill = Arc::clone(fill);
+        tokio::spawn(async move {
+            let digest = fill.digest.to_string();
+            let done = fill.wait_done();
+            tokio::pin!(done);
+            loop {
+                tokio::select! {
+                    _ = &mut done => break,
+                    _ = tokio::time::sleep(FILL_CLAIM_TTL / 3) => {
+                        cluster.renew_fill(&digest, FILL_CLAIM_TTL).await;
+                    }
+                }
+            }
+            cluster.release_fill(&digest).await;
+        });
     }
 
     async fn blob_from_store(

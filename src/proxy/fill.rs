@@ -21,6 +21,7 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use tokio::sync::{mpsc, watch};
 
+use crate::cluster::Peers;
 use crate::metrics::Metrics;
 use crate::oci::{Digest, RepoName};
 use crate::store::{BlobReader, Spool, Store, StoreError, VerifiedSpool, reads};
@@ -65,6 +66,9 @@ pub enum FillError {
     /// The fill's task ended without saying why (it panicked).
     #[error("the download task failed unexpectedly")]
     Aborted,
+    /// The replica leading the cluster's fetch could not give the blob.
+    #[error(transparent)]
+    Peer(crate::cluster::PeerError),
 }
 
 impl FillError {
@@ -78,6 +82,7 @@ impl FillError {
             FillError::TooLarge(_) => "too_large",
             FillError::Store(_) => "store",
             FillError::Aborted => "aborted",
+            FillError::Peer(_) => "peer",
         }
     }
 }
@@ -194,6 +199,14 @@ pub enum FillSource {
     },
     /// The store's remote backend: the blob is stored, but this machine has no local copy.
     Backend,
+    /// Another replica of the cluster, which leads the cluster's fetch of the blob from the
+    /// upstream: it commits the blob; this machine keeps a local copy.
+    Peer {
+        /// Signs and makes the requests.
+        peers: Arc<Peers>,
+        /// The leading replica's URL.
+        leader: String,
+    },
 }
 
 impl FillSource {
@@ -202,6 +215,7 @@ impl FillSource {
         match self {
             FillSource::Upstream { client, .. } => client.name(),
             FillSource::Backend => "backend",
+            FillSource::Peer { .. } => "peer",
         }
     }
 }
@@ -445,7 +459,7 @@ impl Fills {
             }
         }
         // A fill that just finished has committed before leaving the map.
-        if matches!(source, FillSource::Upstream { .. }) && self.store.has_blob(digest) {
+        if !matches!(source, FillSource::Backend) && self.store.has_blob(digest) {
             return Ok(Joined::Committed);
         }
         let spool = self.store.create_spool(digest)?;
@@ -566,7 +580,9 @@ impl FillJob {
         // Readers have every byte already; making the blob durable is off their path.
         let kept = match self.source {
             FillSource::Upstream { .. } => fills.store.commit_verified(verified).await,
-            FillSource::Backend => fills.store.keep_local_copy(verified).await,
+            FillSource::Backend | FillSource::Peer { .. } => {
+                fills.store.keep_local_copy(verified).await
+            }
         };
         kept.map_err(|e| FillError::Store(Arc::new(e)))
     }
@@ -580,6 +596,17 @@ impl FillJob {
                     length: body.length,
                     range_start: body.range_start,
                     chunks: Box::pin(body.into_stream().map(|r| r.map_err(|e| e.to_string()))),
+                })
+            }
+            FillSource::Peer { peers, leader } => {
+                let body = peers
+                    .get_blob(leader, &self.digest, from)
+                    .await
+                    .map_err(FillError::Peer)?;
+                Ok(SourceBody {
+                    length: body.length,
+                    range_start: body.range_start,
+                    chunks: body.chunks,
                 })
             }
             FillSource::Backend => {
@@ -647,7 +674,7 @@ impl FillJob {
     ) -> Result<(), FillError> {
         let idle = match &self.source {
             FillSource::Upstream { client, .. } => client.config().fill_idle_timeout,
-            FillSource::Backend => BACKEND_IDLE_TIMEOUT,
+            FillSource::Backend | FillSource::Peer { .. } => BACKEND_IDLE_TIMEOUT,
         };
         let bytes_metric = match &self.source {
             FillSource::Upstream { client, .. } => self
@@ -655,6 +682,7 @@ impl FillJob {
                 .upstream_bytes
                 .with_label_values(&[client.name()]),
             FillSource::Backend => self.metrics.backend_read_bytes.clone(),
+            FillSource::Peer { .. } => self.metrics.peer_read_bytes.clone(),
         };
         let mut body = response.chunks;
         loop {

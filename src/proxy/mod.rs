@@ -85,6 +85,8 @@ pub struct Mirror {
     pub search_cache: search::SearchCache,
     /// The other replicas (Redis), once the server joined them.
     cluster: std::sync::OnceLock<Arc<Coordinator>>,
+    /// Reads from the other replicas.
+    peers: std::sync::OnceLock<Arc<crate::cluster::Peers>>,
     /// The cluster's change counter as of this replica's last journal read.
     seen_changes: std::sync::atomic::AtomicU64,
     /// One journal read at a time.
@@ -112,16 +114,24 @@ impl Mirror {
                 .build(),
             search_cache: search::search_cache(),
             cluster: std::sync::OnceLock::new(),
+            peers: std::sync::OnceLock::new(),
             seen_changes: std::sync::atomic::AtomicU64::new(0),
             following: tokio::sync::Mutex::new(()),
         }
     }
 
-    /// Joins the other replicas through `cluster` (once; later calls are ignored).
-    pub fn join_cluster(&self, cluster: Arc<Coordinator>) {
+    /// Joins the other replicas through `cluster`, reading blobs from them with `peers`
+    /// (once; later calls are ignored).
+    pub fn join_cluster(&self, cluster: Arc<Coordinator>, peers: Arc<crate::cluster::Peers>) {
         self.store
             .set_cluster_link(Arc::clone(&cluster) as Arc<dyn crate::store::ClusterLink>);
         let _ = self.cluster.set(cluster);
+        let _ = self.peers.set(peers);
+    }
+
+    /// Reads from the other replicas, once joined.
+    pub fn peers(&self) -> Option<&Arc<crate::cluster::Peers>> {
+        self.peers.get()
     }
 
     /// The other replicas, when this one joined them.
