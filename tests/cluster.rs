@@ -11,13 +11,18 @@ use common::binary::Regmirror;
 use common::cluster::{Nginx, Redis, Replicas};
 use common::fake_upstream::{Auth, FakeUpstream};
 use common::garage::Garage;
-use common::images::{Layout, layout_ref, skopeo};
+use common::images::{Layout, OCI_MANIFEST, layout_ref, skopeo};
 use regmirror::store::Backend;
 
 const SECRET: &str = "a cluster secret for the tests, long enough";
 
 /// htpasswd with `ci:pushme`, anonymous pulls allowed, and `upstream` as the default.
 fn auth_and_upstream(dir: &Path, upstream: &str) -> String {
+    auth_and_upstream_with(dir, upstream, "")
+}
+
+/// Like [`auth_and_upstream`], with more `[[upstream]]` keys.
+fn auth_and_upstream_with(dir: &Path, upstream: &str, keys: &str) -> String {
     let htpasswd = dir.join("htpasswd");
     std::fs::write(
         &htpasswd,
@@ -26,7 +31,7 @@ fn auth_and_upstream(dir: &Path, upstream: &str) -> String {
     .unwrap();
     format!(
         "[auth]\nhtpasswd = \"{}\"\nanonymous_pull = true\n\
-         [[upstream]]\nname = \"docker.io\"\nurl = \"{upstream}\"\ndefault = true\n",
+         [[upstream]]\nname = \"docker.io\"\nurl = \"{upstream}\"\ndefault = true\n{keys}\n",
         htpasswd.display()
     )
 }
@@ -411,4 +416,62 @@ async fn a_replica_killed_mid_fill_or_mid_push_loses_nothing() {
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manifest_fetches_and_revalidations_are_coalesced_over_the_cluster() {
+    let test = "manifest_fetches_and_revalidations_are_coalesced_over_the_cluster";
+    let Some(garage) = Garage::start(test).await else {
+        return;
+    };
+    let Some(redis) = Redis::start(test).await else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let upstream = FakeUpstream::start(Auth::None).await;
+    let config = common::random_bytes(300);
+    let config_digest = upstream.put_blob(config);
+    let manifest = serde_json::json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": 300},
+        "layers": []})
+    .to_string();
+    upstream.put_manifest("library/app", "v1", manifest.clone(), OCI_MANIFEST);
+    let cluster = format!("secret = \"{SECRET}\"\nredis_url = \"{}\"\n", redis.url());
+    let replicas = Replicas::start(
+        &garage,
+        "manifests",
+        3,
+        &cluster,
+        &auth_and_upstream_with(work.path(), &upstream.url(), "tag_ttl = \"2s\""),
+    )
+    .await;
+    // Slow enough that every request arrives while the first lookup is still out.
+    upstream.set_latency(400);
+    let expected = common::fake_upstream::sha256(manifest.as_bytes());
+    let all = |round: &'static str| {
+        let nodes = &replicas.nodes;
+        futures_util::future::join_all((0..9).map(move |i| async move {
+            let got = served(&nodes[i % 3], "library/app", "v1").await;
+            (round, got)
+        }))
+    };
+    for (round, got) in all("cold").await {
+        assert_eq!(got, Ok(expected.clone()), "{round}");
+    }
+    assert_eq!(
+        upstream.count("GET", "/manifests/v1"),
+        1,
+        "one manifest fetch for the cluster"
+    );
+    // Past the TTL: one revalidation (a HEAD) for the cluster.
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    for (round, got) in all("revalidated").await {
+        assert_eq!(got, Ok(expected.clone()), "{round}");
+    }
+    assert_eq!(
+        upstream.count("HEAD", "/manifests/v1"),
+        1,
+        "one revalidation for the cluster"
+    );
+    assert_eq!(upstream.count("GET", "/manifests/v1"), 1);
 }

@@ -18,7 +18,7 @@ use crate::config::ConfigError;
 /// The longest a request waits for Redis before going on without it.
 pub const REDIS_TIMEOUT: Duration = Duration::from_millis(250);
 
-/// Who leads the cluster's fetch of a blob.
+/// Who leads the cluster's fetch of a blob or a manifest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FillClaim {
     /// This replica: it fetches from the upstream.
@@ -37,7 +37,13 @@ pub struct Coordinator {
     advertise: Option<String>,
     /// Whether "Redis is unreachable" was logged and not yet followed by a success.
     down: AtomicBool,
+    /// While Redis is failing, it is not asked again before this instant, so that a Redis
+    /// that times out does not add [`REDIS_TIMEOUT`] to every request.
+    pause_until: std::sync::Mutex<Option<std::time::Instant>>,
 }
+
+/// How long a failing Redis is left alone before it is tried again.
+const PAUSE_AFTER_FAILURE: Duration = Duration::from_secs(2);
 
 impl Coordinator {
     /// Coordination without Redis: every call answers `None`.
@@ -48,6 +54,7 @@ impl Coordinator {
             replica: String::new(),
             advertise: None,
             down: AtomicBool::new(false),
+            pause_until: std::sync::Mutex::new(None),
         }
     }
 
@@ -79,6 +86,7 @@ impl Coordinator {
             replica: replica.to_owned(),
             advertise,
             down: AtomicBool::new(false),
+            pause_until: std::sync::Mutex::new(None),
         })
     }
 
@@ -89,6 +97,9 @@ impl Coordinator {
 
     /// Runs `cmd`; `None` when there is no Redis or it did not answer in time.
     async fn run<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> Option<T> {
+        if self.paused() {
+            return None;
+        }
         let mut conn = self.redis.clone()?;
         let result = tokio::time::timeout(REDIS_TIMEOUT, cmd.query_async::<T>(&mut conn)).await;
         match result {
@@ -109,7 +120,21 @@ impl Coordinator {
         }
     }
 
+    fn paused(&self) -> bool {
+        let mut until = self.pause_until.lock().unwrap_or_else(|p| p.into_inner());
+        match *until {
+            Some(t) if std::time::Instant::now() < t => true,
+            Some(_) => {
+                *until = None;
+                false
+            }
+            None => false,
+        }
+    }
+
     fn note_down(&self, why: &str) {
+        *self.pause_until.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(std::time::Instant::now() + PAUSE_AFTER_FAILURE);
         if !self.down.swap(true, Ordering::Relaxed) {
             tracing::warn!(
                 error = why,
@@ -169,11 +194,12 @@ impl Coordinator {
         Some(true)
     }
 
-    /// Claims the cluster's fetch of `digest` for `ttl` (renew with [`Coordinator::renew_fill`]
-    /// while it runs). `None` without Redis, or when this replica has no address to give.
-    pub async fn claim_fill(&self, digest: &str, ttl: Duration) -> Option<FillClaim> {
+    /// Claims the cluster's fetch of `what` (`blob:<digest>`, `manifest:<upstream>/<repo>:<ref>`)
+    /// for `ttl` (renew with [`Coordinator::renew`] while it runs). `None` without Redis, or
+    /// when this replica has no address to give.
+    pub async fn claim(&self, what: &str, ttl: Duration) -> Option<FillClaim> {
         let me = self.advertise.clone()?;
-        let key = format!("{}fill:{digest}", self.keys);
+        let key = format!("{}claim:{what}", self.keys);
         let taken: Option<String> = self
             .run(
                 redis::cmd("SET")
@@ -196,9 +222,16 @@ impl Coordinator {
         }
     }
 
-    /// Extends this replica's claim on `digest`.
-    pub async fn renew_fill(&self, digest: &str, ttl: Duration) {
-        let key = format!("{}fill:{digest}", self.keys);
+    /// Whether someone still holds the claim on `what`; `None` when Redis cannot tell.
+    pub async fn claimed(&self, what: &str) -> Option<bool> {
+        let key = format!("{}claim:{what}", self.keys);
+        let n: i64 = self.run(redis::cmd("EXISTS").arg(&key).clone()).await?;
+        Some(n > 0)
+    }
+
+    /// Extends this replica's claim on `what`.
+    pub async fn renew(&self, what: &str, ttl: Duration) {
+        let key = format!("{}claim:{what}", self.keys);
         let _: Option<i64> = self
             .run(
                 redis::cmd("PEXPIRE")
@@ -209,10 +242,10 @@ impl Coordinator {
             .await;
     }
 
-    /// Gives up the claim on `digest` (the fill ended).
-    pub async fn release_fill(&self, digest: &str) {
+    /// Gives up the claim on `what` (the fetch ended).
+    pub async fn release(&self, what: &str) {
         let Some(me) = &self.advertise else { return };
-        let key = format!("{}fill:{digest}", self.keys);
+        let key = format!("{}claim:{what}", self.keys);
         // Only our own claim: another replica may have taken over after ours expired.
         const RELEASE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
         let _: Option<i64> = self

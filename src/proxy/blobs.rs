@@ -237,7 +237,7 @@ impl Mirror {
             return (upstream, None);
         };
         match cluster
-            .claim_fill(&digest.to_string(), FILL_CLAIM_TTL)
+            .claim(&format!("blob:{digest}"), FILL_CLAIM_TTL)
             .await
         {
             Some(FillClaim::Leader) => (upstream, Some(ClusterRole::Leader)),
@@ -261,18 +261,18 @@ impl Mirror {
         };
         let fill = Arc::clone(fill);
         tokio::spawn(async move {
-            let digest = fill.digest.to_string();
+            let what = format!("blob:{}", fill.digest);
             let done = fill.wait_done();
             tokio::pin!(done);
             loop {
                 tokio::select! {
                     _ = &mut done => break,
                     _ = tokio::time::sleep(FILL_CLAIM_TTL / 3) => {
-                        cluster.renew_fill(&digest, FILL_CLAIM_TTL).await;
+                        cluster.renew(&what, FILL_CLAIM_TTL).await;
                     }
                 }
             }
-            cluster.release_fill(&digest).await;
+            cluster.release(&what).await;
         });
     }
 

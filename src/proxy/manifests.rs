@@ -7,6 +7,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::{Mirror, ProxyError};
+use crate::cluster::FillClaim;
 use crate::oci::{Digest, Reference, RepoName, Tag, media};
 use crate::proxy::{CacheResult, Kind};
 use crate::store::{LOCAL, StoredManifest, TagKey, TagRecord};
@@ -58,6 +59,13 @@ impl FlightKey {
         }
     }
 }
+
+/// How long a replica's claim on a manifest lookup for the cluster lasts (a lookup is one or
+/// two upstream requests, bounded by the upstream's response timeout).
+const MANIFEST_CLAIM_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How often a replica waiting for another's manifest lookup asks whether it is done.
+const CLUSTER_POLL: std::time::Duration = std::time::Duration::from_millis(20);
 
 impl Mirror {
     /// Answers a manifest GET (`head = false`) or HEAD of `name` as the client named it (with
@@ -196,6 +204,65 @@ impl Mirror {
         if let Some(answer) = self.manifest_from_store(route, reference, head).await? {
             return Ok(answer);
         }
+        let what = format!(
+            "manifest:{}/{}:{reference}",
+            route.upstream.name(),
+            route.repo
+        );
+        let claim = match self.cluster() {
+            Some(cluster) => cluster.claim(&what, MANIFEST_CLAIM_TTL).await,
+            None => None,
+        };
+        if let Some(FillClaim::Follower(_)) = claim
+            && let Some(mut answer) = self
+                .manifest_from_cluster(route, reference, head, &what)
+                .await?
+        {
+            answer.cache = CacheResult::Coalesced;
+            return Ok(answer);
+        }
+        let result = self.manifest_upstream_lookup(route, reference, head).await;
+        if let (Some(FillClaim::Leader), Some(cluster)) = (&claim, self.cluster()) {
+            cluster.release(&what).await;
+        }
+        result
+    }
+
+    /// Waits while another replica fetches or revalidates the manifest, then answers from
+    /// what it stored; `None` when it did not (it failed, or took too long): look it up here.
+    async fn manifest_from_cluster(
+        &self,
+        route: &Resolved,
+        reference: &Reference,
+        head: bool,
+        what: &str,
+    ) -> Result<Option<ManifestAnswer>, ProxyError> {
+        let Some(cluster) = self.cluster() else {
+            return Ok(None);
+        };
+        let deadline = Instant::now() + MANIFEST_CLAIM_TTL;
+        while Instant::now() < deadline {
+            match cluster.claimed(what).await {
+                Some(true) => tokio::time::sleep(CLUSTER_POLL).await,
+                Some(false) => break,
+                None => return Ok(None),
+            }
+        }
+        // What the leader wrote: its journal entries, and the tag record it refreshed.
+        self.follow_cluster().await;
+        if let Reference::Tag(tag) = reference {
+            self.store.forget_cached_tag(&Self::tag_key(route, tag));
+        }
+        self.manifest_from_store(route, reference, head).await
+    }
+
+    /// The upstream lookup itself (by digest or by tag); remembers upstream 404s.
+    async fn manifest_upstream_lookup(
+        &self,
+        route: &Resolved,
+        reference: &Reference,
+        head: bool,
+    ) -> Result<ManifestAnswer, ProxyError> {
         let result = match reference {
             Reference::Digest(digest) => self.manifest_by_digest(route, digest, head).await,
             Reference::Tag(tag) => self.manifest_by_tag(route, tag, head).await,

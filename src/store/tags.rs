@@ -105,6 +105,12 @@ impl Store {
         Ok(Some(record))
     }
 
+    /// Drops what this process cached of a tag record: the next read goes to the backend
+    /// (another replica just wrote it).
+    pub fn forget_cached_tag(&self, key: &TagKey) {
+        self.tags.invalidate(key);
+    }
+
     /// Writes a tag record (atomically) and indexes it.
     pub async fn put_tag(&self, key: &TagKey, record: &TagRecord) -> Result<()> {
         let object = Store::tag_key(key);

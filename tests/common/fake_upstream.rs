@@ -105,6 +105,8 @@ pub struct FakeUpstream {
     down: Arc<std::sync::atomic::AtomicBool>,
     /// Accept requests, then never answer them (no headers).
     hang: Arc<std::sync::atomic::AtomicBool>,
+    /// Wait this long before answering each request.
+    latency_ms: Arc<std::sync::atomic::AtomicU64>,
     auth: Arc<Mutex<Auth>>,
     tokens: Arc<AtomicUsize>,
 }
@@ -124,10 +126,12 @@ impl FakeUpstream {
             tokens: Arc::default(),
             down: Arc::default(),
             hang: Arc::default(),
+            latency_ms: Arc::default(),
         };
         let (state, auth, tokens) = (fake.state.clone(), fake.auth.clone(), fake.tokens.clone());
         let down = fake.down.clone();
         let hang = fake.hang.clone();
+        let latency = fake.latency_ms.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -139,13 +143,17 @@ impl FakeUpstream {
                     continue;
                 }
                 let (state, auth, tokens) = (state.clone(), auth.clone(), tokens.clone());
-                let (down, hang) = (down.clone(), hang.clone());
+                let (down, hang, latency) = (down.clone(), hang.clone(), latency.clone());
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req| {
                         let (state, auth, tokens) = (state.clone(), auth.clone(), tokens.clone());
                         let down = down.load(Ordering::SeqCst);
                         let hang = hang.load(Ordering::SeqCst);
+                        let latency = latency.load(Ordering::SeqCst);
                         async move {
+                            if latency > 0 {
+                                tokio::time::sleep(std::time::Duration::from_millis(latency)).await;
+                            }
                             if hang {
                                 // Record the request, then never send headers.
                                 record(&req, &state);
@@ -239,6 +247,11 @@ impl FakeUpstream {
     }
 
     /// Accept connections and requests but never answer (or behave again, with `false`).
+    /// Answers every request only after `ms` milliseconds.
+    pub fn set_latency(&self, ms: u64) {
+        self.latency_ms.store(ms, Ordering::SeqCst);
+    }
+
     pub fn set_hang(&self, hang: bool) {
         self.hang.store(hang, Ordering::SeqCst);
     }
