@@ -21,6 +21,9 @@ pub fn spawn(mirror: &Arc<Mirror>, storage: &StorageConfig) -> Vec<JoinHandle<()
     if mirror.store.is_remote() {
         tasks.push(tokio::spawn(follow_index(Arc::clone(mirror))));
     }
+    if mirror.cluster().is_some() {
+        tasks.push(tokio::spawn(ping_redis(Arc::clone(mirror))));
+    }
     if let Some(max) = storage.max_size {
         let target = (max.0 as f64 * storage.low_water) as u64;
         tasks.push(tokio::spawn(evict_on_growth(
@@ -45,6 +48,19 @@ async fn follow_index(mirror: Arc<Mirror>) {
         ticker.tick().await;
         if let Err(e) = mirror.store.sync_index().await {
             tracing::warn!(error = %e, "cannot read the index journal");
+        }
+    }
+}
+
+/// Pings Redis every two seconds: `regmirror_cluster_redis_up` stays true, and coordination
+/// resumes soon after an outage even on an idle replica.
+async fn ping_redis(mirror: Arc<Mirror>) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(2));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        if let Some(cluster) = mirror.cluster() {
+            cluster.ping().await;
         }
     }
 }

@@ -150,6 +150,9 @@ pub struct Metrics {
     /// `regmirror_cluster_fills_total{role}`: cold blob fetches this replica led for the
     /// cluster (`leader`) or read from the replica leading them (`follower`).
     pub cluster_fills: IntCounterVec,
+    /// `regmirror_cluster_redis_up`: 1 while Redis answers, 0 while it does not (absent
+    /// without `[cluster] redis_url`).
+    pub redis_up: IntGauge,
     /// `regmirror_hot_cache_hits_total`.
     pub hot_cache_hits: IntCounter,
     /// `regmirror_hot_cache_misses_total`.
@@ -161,6 +164,11 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Registers `regmirror_cluster_redis_up` (only a server with Redis has it).
+    pub fn register_redis_up(&self) {
+        let _ = self.registry.register(Box::new(self.redis_up.clone()));
+    }
+
     /// Creates and registers every metric.
     pub fn new() -> Metrics {
         let registry = Registry::new();
@@ -287,6 +295,11 @@ impl Metrics {
             "Cold blob fetches claimed for the cluster (leader) or read from the replica that claimed them (follower).",
             &["role"],
         );
+        let redis_up = IntGauge::new(
+            "regmirror_cluster_redis_up",
+            "1 while the cluster's Redis answers, 0 while it does not.",
+        )
+        .unwrap_or_else(|e| panic!("metric regmirror_cluster_redis_up: {e}"));
         let hot_cache_hits = plain_counter(
             "regmirror_hot_cache_hits_total",
             "Blob reads answered from the local hot cache of a remote backend.",
@@ -411,6 +424,7 @@ impl Metrics {
             backend_read_bytes,
             peer_read_bytes,
             cluster_fills,
+            redis_up,
             hot_cache_hits,
             hot_cache_misses,
             hot_cache_bytes,

@@ -475,3 +475,85 @@ async fn manifest_fetches_and_revalidations_are_coalesced_over_the_cluster() {
     );
     assert_eq!(upstream.count("GET", "/manifests/v1"), 1);
 }
+
+/// 9 concurrent GETs of a new, slowly sent blob over the replicas; how many upstream GETs
+/// they cost.
+async fn cold_round(replicas: &Replicas, upstream: &FakeUpstream, blob: &[u8]) -> usize {
+    let digest = upstream.put_blob(blob.to_vec());
+    upstream.set_fault(
+        &digest,
+        Some(common::fake_upstream::Fault::Paced {
+            chunk: 256 * 1024,
+            delay_ms: 30,
+        }),
+    );
+    let gets = (0..9).map(|i| {
+        let url = replicas.nodes[i % 3].url(&format!("/v2/library/app/blobs/{digest}"));
+        let digest = digest.clone();
+        async move { fetch(url, upstream, &digest).await.0 }
+    });
+    for body in futures_util::future::join_all(gets).await {
+        assert!(body == blob, "a client got other bytes");
+    }
+    upstream.count("GET", &digest)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_going_away_degrades_to_one_fetch_per_replica_never_to_errors() {
+    let test = "redis_going_away_degrades_to_one_fetch_per_replica_never_to_errors";
+    let Some(garage) = Garage::start(test).await else {
+        return;
+    };
+    let Some(mut redis) = Redis::start(test).await else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let upstream = FakeUpstream::start(Auth::None).await;
+    let replicas = replicas_with_redis(&garage, &redis, "noredis", &upstream, work.path()).await;
+    redis.stop();
+    // Without Redis: every request still answered, at most one fetch per replica.
+    let blob = common::random_bytes(4 * 1024 * 1024);
+    let fetches = cold_round(&replicas, &upstream, &blob).await;
+    assert!((1..=3).contains(&fetches), "{fetches} upstream fetches");
+    // A push through one replica reaches the others by the journal, within seconds.
+    let layer = common::random_bytes(1000);
+    let layer_digest = common::fake_upstream::sha256(&layer);
+    let r = reqwest::Client::new()
+        .post(replicas.nodes[0].url(&format!(
+            "/v2/team/app/blobs/uploads/?digest={layer_digest}"
+        )))
+        .basic_auth("ci", Some("pushme"))
+        .body(layer.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    for node in &replicas.nodes {
+        let url = node.url(&format!("/v2/team/app/blobs/{layer_digest}"));
+        common::eventually_async(5, "the pushed blob on every replica", || {
+            let url = url.clone();
+            async move { reqwest::get(url).await.is_ok_and(|r| r.status() == 200) }
+        })
+        .await;
+    }
+
+    // Redis is back: one fetch for the cluster again.
+    redis.resume().await;
+    let blob = common::random_bytes(4 * 1024 * 1024);
+    common::eventually_async(10, "coordination to resume", || async {
+        let leaders = {
+            let mut n = 0.0;
+            for node in &replicas.nodes {
+                n += metric(node, "regmirror_cluster_redis_up").await;
+            }
+            n
+        };
+        leaders == 3.0
+    })
+    .await;
+    assert_eq!(
+        cold_round(&replicas, &upstream, &blob).await,
+        1,
+        "one fetch once Redis is back"
+    );
+}

@@ -40,6 +40,8 @@ pub struct Coordinator {
     /// While Redis is failing, it is not asked again before this instant, so that a Redis
     /// that times out does not add [`REDIS_TIMEOUT`] to every request.
     pause_until: std::sync::Mutex<Option<std::time::Instant>>,
+    /// `regmirror_cluster_redis_up`.
+    up: Option<prometheus::IntGauge>,
 }
 
 /// How long a failing Redis is left alone before it is tried again.
@@ -55,6 +57,7 @@ impl Coordinator {
             advertise: None,
             down: AtomicBool::new(false),
             pause_until: std::sync::Mutex::new(None),
+            up: None,
         }
     }
 
@@ -87,7 +90,20 @@ impl Coordinator {
             advertise,
             down: AtomicBool::new(false),
             pause_until: std::sync::Mutex::new(None),
+            up: None,
         })
+    }
+
+    /// Reports whether Redis answers in `gauge` (1 or 0).
+    pub fn with_gauge(mut self, gauge: prometheus::IntGauge) -> Coordinator {
+        self.up = Some(gauge);
+        self
+    }
+
+    /// Asks Redis whether it is there (every few seconds in the background: it keeps the
+    /// `up` gauge true and reconnects after an outage without waiting for a request).
+    pub async fn ping(&self) {
+        let _: Option<String> = self.run(redis::cmd("PING").clone()).await;
     }
 
     /// Whether Redis is configured (it may still be unreachable).
@@ -104,6 +120,9 @@ impl Coordinator {
         let result = tokio::time::timeout(REDIS_TIMEOUT, cmd.query_async::<T>(&mut conn)).await;
         match result {
             Ok(Ok(value)) => {
+                if let Some(up) = &self.up {
+                    up.set(1);
+                }
                 if self.down.swap(false, Ordering::Relaxed) {
                     tracing::info!("redis is reachable again: cluster coordination resumes");
                 }
@@ -133,6 +152,9 @@ impl Coordinator {
     }
 
     fn note_down(&self, why: &str) {
+        if let Some(up) = &self.up {
+            up.set(0);
+        }
         *self.pause_until.lock().unwrap_or_else(|p| p.into_inner()) =
             Some(std::time::Instant::now() + PAUSE_AFTER_FAILURE);
         if !self.down.swap(true, Ordering::Relaxed) {

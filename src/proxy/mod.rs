@@ -151,17 +151,16 @@ impl Mirror {
         let Some(now) = cluster.changes().await else {
             return;
         };
-        if now <= self.seen_changes.load(Ordering::Acquire) {
+        // Any difference counts: a Redis that restarted empty counts from zero again.
+        if now == self.seen_changes.load(Ordering::Acquire) {
             return;
         }
         let _one = self.following.lock().await;
-        if now <= self.seen_changes.load(Ordering::Acquire) {
+        if now == self.seen_changes.load(Ordering::Acquire) {
             return; // Another request read the journal meanwhile.
         }
         match self.store.sync_index().await {
-            Ok(()) => {
-                self.seen_changes.fetch_max(now, Ordering::AcqRel);
-            }
+            Ok(()) => self.seen_changes.store(now, Ordering::Release),
             Err(e) => tracing::warn!(error = %e, "cannot read the index journal"),
         }
     }
