@@ -16,6 +16,10 @@ use regmirror::store::Backend;
 
 const SECRET: &str = "a cluster secret for the tests, long enough";
 
+/// One cluster at a time: each is a dozen processes, and timing checks (first bytes during a
+/// fill, Redis answering in time) mean little when five clusters share two cores.
+static ONE_CLUSTER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// htpasswd with `ci:pushme`, anonymous pulls allowed, and `upstream` as the default.
 fn auth_and_upstream(dir: &Path, upstream: &str) -> String {
     auth_and_upstream_with(dir, upstream, "")
@@ -75,6 +79,7 @@ async fn json(node: &Regmirror, path: &str) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_behind_round_robin_act_as_one_registry() {
+    let _one = ONE_CLUSTER.lock().await;
     let test = "three_replicas_behind_round_robin_act_as_one_registry";
     let Some(skopeo_bin) = common::require_tool("skopeo", test) else {
         return;
@@ -267,6 +272,7 @@ async fn fetch(url: String, upstream: &FakeUpstream, digest: &str) -> (Vec<u8>, 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_cold_requests_over_all_replicas_cost_one_upstream_fetch() {
+    let _one = ONE_CLUSTER.lock().await;
     let test = "concurrent_cold_requests_over_all_replicas_cost_one_upstream_fetch";
     let Some(garage) = Garage::start(test).await else {
         return;
@@ -316,6 +322,7 @@ async fn concurrent_cold_requests_over_all_replicas_cost_one_upstream_fetch() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_killed_mid_fill_or_mid_push_loses_nothing() {
+    let _one = ONE_CLUSTER.lock().await;
     let test = "a_replica_killed_mid_fill_or_mid_push_loses_nothing";
     let Some(garage) = Garage::start(test).await else {
         return;
@@ -420,6 +427,7 @@ async fn a_replica_killed_mid_fill_or_mid_push_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn manifest_fetches_and_revalidations_are_coalesced_over_the_cluster() {
+    let _one = ONE_CLUSTER.lock().await;
     let test = "manifest_fetches_and_revalidations_are_coalesced_over_the_cluster";
     let Some(garage) = Garage::start(test).await else {
         return;
@@ -500,6 +508,7 @@ async fn cold_round(replicas: &Replicas, upstream: &FakeUpstream, blob: &[u8]) -
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_going_away_degrades_to_one_fetch_per_replica_never_to_errors() {
+    let _one = ONE_CLUSTER.lock().await;
     let test = "redis_going_away_degrades_to_one_fetch_per_replica_never_to_errors";
     let Some(garage) = Garage::start(test).await else {
         return;
