@@ -566,3 +566,100 @@ async fn redis_going_away_degrades_to_one_fetch_per_replica_never_to_errors() {
         "one fetch once Redis is back"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_under_steady_pulls_loses_no_request() {
+    let _one = ONE_CLUSTER.lock().await;
+    let test = "a_rolling_restart_under_steady_pulls_loses_no_request";
+    let Some(garage) = Garage::start(test).await else {
+        return;
+    };
+    let Some(redis) = Redis::start(test).await else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let upstream = FakeUpstream::start(Auth::None).await;
+    let layer = common::random_bytes(512 * 1024);
+    let layer_digest = upstream.put_blob(layer.clone());
+    let config = common::random_bytes(300);
+    let config_digest = upstream.put_blob(config);
+    let manifest = serde_json::json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": 300},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layer_digest, "size": layer.len()}]})
+    .to_string();
+    upstream.put_manifest("library/app", "v1", manifest.clone(), OCI_MANIFEST);
+    let mut replicas =
+        replicas_with_redis(&garage, &redis, "rolling", &upstream, work.path()).await;
+    let Some(lb) = Nginx::start(test, &replicas.addrs()).await else {
+        return;
+    };
+
+    // Steady pulls through the balancer: the manifest and the layer, four clients in a loop.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let stop = std::sync::Arc::clone(&stop);
+            let (manifest_url, layer_url) = (
+                lb.url("/v2/library/app/manifests/v1"),
+                lb.url(&format!("/v2/library/app/blobs/{layer_digest}")),
+            );
+            let layer = layer.clone();
+            tokio::spawn(async move {
+                let client = reqwest::Client::new();
+                let (mut ok, mut failed) = (0usize, Vec::new());
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let r = client
+                        .get(&manifest_url)
+                        .header("accept", OCI_MANIFEST)
+                        .send()
+                        .await;
+                    match r {
+                        Ok(r) if r.status() == 200 => ok += 1,
+                        Ok(r) => failed.push(format!("manifest: {}", r.status())),
+                        Err(e) => failed.push(format!("manifest: {e}")),
+                    }
+                    let r = client.get(&layer_url).send().await;
+                    match r {
+                        Ok(r) if r.status() == 200 => match r.bytes().await {
+                            Ok(b) if b == layer => ok += 1,
+                            Ok(_) => failed.push("layer: other bytes".into()),
+                            Err(e) => failed.push(format!("layer body: {e}")),
+                        },
+                        Ok(r) => failed.push(format!("layer: {}", r.status())),
+                        Err(e) => failed.push(format!("layer: {e}")),
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    // Each replica in turn: stopped gracefully, started again, while the pulls go on.
+    for i in 0..3 {
+        common::eventually_async(10, "pulls to be flowing", || async {
+            metric(
+                &replicas.nodes[(i + 1) % 3],
+                "regmirror_http_requests_total{method=\"GET\",status=\"200\"}",
+            )
+            .await
+                > 0.0
+        })
+        .await;
+        replicas.restart_in_place(i).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut total = 0;
+    for client in clients {
+        let (ok, failed) = client.await.unwrap();
+        assert!(
+            failed.is_empty(),
+            "requests lost during the rolling restart: {failed:?}"
+        );
+        total += ok;
+    }
+    assert!(total > 20, "only {total} pulls during the restart");
+    assert_eq!(
+        upstream.count("GET", &layer_digest),
+        1,
+        "the layer was fetched once"
+    );
+}

@@ -31,7 +31,20 @@ impl Regmirror {
             .local_addr()
             .unwrap()
             .port();
-        let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+        Self::spawn_at(config, ([127, 0, 0, 1], port).into(), stderr).await
+    }
+
+    /// Like [`Regmirror::start_logging_to`], on a given address (a restart in place).
+    pub async fn start_at(config: &Path, addr: std::net::SocketAddr, log: &Path) -> Regmirror {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        Self::spawn_at(config, addr, Stdio::from(file)).await
+    }
+
+    async fn spawn_at(config: &Path, addr: std::net::SocketAddr, stderr: Stdio) -> Regmirror {
         let child = Command::new(env!("CARGO_BIN_EXE_regmirror"))
             .args(["serve", "--config"])
             .arg(config)
@@ -70,6 +83,16 @@ impl Regmirror {
             .text()
             .await
             .unwrap()
+    }
+
+    /// Sends SIGTERM (a graceful stop) and waits for the process to exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        self.child.wait().unwrap()
     }
 
     /// Sends SIGKILL and reaps the process.

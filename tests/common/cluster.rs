@@ -206,6 +206,16 @@ impl Replicas {
                 .await;
     }
 
+    /// Stops replica `i` gracefully (SIGTERM) and starts it again on the same address, as a
+    /// rolling restart does.
+    pub async fn restart_in_place(&mut self, i: usize) {
+        let addr = self.nodes[i].addr;
+        let status = self.nodes[i].terminate();
+        assert!(status.success(), "replica {i} stopped with {status}");
+        self.nodes[i] =
+            Regmirror::start_at(&self.configs[i], addr, &log_path(self.dir.path(), i)).await;
+    }
+
     /// Replica `i`'s log so far.
     pub fn log(&self, i: usize) -> String {
         std::fs::read_to_string(log_path(self.dir.path(), i)).unwrap_or_default()
