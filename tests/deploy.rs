@@ -125,3 +125,140 @@ async fn every_series_the_dashboard_and_alerts_use_exists() {
         "used but not in /metrics: {missing:?}\n{text}"
     );
 }
+
+/// The YAML documents of `deploy/kubernetes/<file>`.
+fn kubernetes(file: &str) -> Vec<serde_norway::Value> {
+    use serde::Deserialize;
+    let text = std::fs::read_to_string(deploy(&format!("kubernetes/{file}"))).unwrap();
+    serde_norway::Deserializer::from_str(&text)
+        .map(|doc| serde_norway::Value::deserialize(doc).unwrap())
+        .collect()
+}
+
+fn of_kind(file: &str, kind: &str) -> serde_norway::Value {
+    kubernetes(file)
+        .into_iter()
+        .find(|d| d["kind"].as_str() == Some(kind))
+        .unwrap_or_else(|| panic!("no {kind} in {file}"))
+}
+
+/// `deploy/kubernetes/`: three replicas probed on `/readyz` and `/healthz`, secrets from the
+/// Secret, a PDB and a Service over the same pods, a mirror.toml that regmirror accepts and
+/// that makes the replicas one cluster, and a DaemonSet writing a containerd `hosts.toml` that
+/// points at the Service's node port.
+#[test]
+fn the_kubernetes_manifests_describe_one_cluster_of_three_replicas() {
+    let kustomization = &kubernetes("kustomization.yaml")[0];
+    let listed: Vec<&str> = kustomization["resources"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap())
+        .collect();
+    for entry in std::fs::read_dir(deploy("kubernetes")).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().to_string();
+        if name != "kustomization.yaml" && name.ends_with(".yaml") {
+            assert!(
+                listed.contains(&name.as_str()),
+                "{name} not in kustomization.yaml"
+            );
+        }
+    }
+
+    let deployment = of_kind("deployment.yaml", "Deployment");
+    let spec = &deployment["spec"];
+    assert_eq!(spec["replicas"].as_u64(), Some(3));
+    let labels = &spec["selector"]["matchLabels"];
+    assert_eq!(&spec["template"]["metadata"]["labels"], labels);
+    let container = &spec["template"]["spec"]["containers"][0];
+    assert_eq!(
+        container["readinessProbe"]["httpGet"]["path"].as_str(),
+        Some("/readyz")
+    );
+    assert_eq!(
+        container["livenessProbe"]["httpGet"]["path"].as_str(),
+        Some("/healthz")
+    );
+    assert!(container["resources"]["requests"]["memory"].is_string());
+    assert!(container["resources"]["limits"]["memory"].is_string());
+    let env: Vec<&serde_norway::Value> = container["env"].as_sequence().unwrap().iter().collect();
+    let env_named = |name: &str| {
+        env.iter()
+            .find(|e| e["name"].as_str() == Some(name))
+            .unwrap_or_else(|| panic!("no {name} in the Deployment"))
+    };
+    let secret = of_kind("secret.yaml", "Secret");
+    for name in [
+        "REGMIRROR_CLUSTER_SECRET",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+    ] {
+        let from = &env_named(name)["valueFrom"]["secretKeyRef"];
+        assert_eq!(from["name"], secret["metadata"]["name"], "{name}");
+        let key = from["key"].as_str().unwrap();
+        assert!(
+            secret["stringData"][key].is_string(),
+            "{name}: no {key} in the Secret"
+        );
+    }
+    assert_eq!(
+        env_named("POD_IP")["valueFrom"]["fieldRef"]["fieldPath"].as_str(),
+        Some("status.podIP")
+    );
+
+    let pdb = of_kind("pdb.yaml", "PodDisruptionBudget");
+    assert_eq!(&pdb["spec"]["selector"]["matchLabels"], labels);
+    assert!(pdb["spec"]["minAvailable"].as_u64().unwrap() >= 2);
+    let service = of_kind("service.yaml", "Service");
+    assert_eq!(&service["spec"]["selector"], labels);
+    let node_port = service["spec"]["ports"][0]["nodePort"].as_u64().unwrap();
+
+    // The mirror.toml regmirror reads: valid, on a bucket, one cluster through Redis.
+    let configmap = of_kind("configmap.yaml", "ConfigMap");
+    let text = configmap["data"]["mirror.toml"].as_str().unwrap();
+    let config = regmirror::config::Config::parse(text, "configmap.yaml").unwrap();
+    assert_eq!(config.storage.backend, regmirror::config::BackendKind::S3);
+    assert_eq!(
+        config.cluster.secret_env.as_deref(),
+        Some("REGMIRROR_CLUSTER_SECRET")
+    );
+    let redis_url = config.cluster.redis_url.as_deref().unwrap();
+    let redis = kubernetes("redis.yaml");
+    let redis_service = redis
+        .iter()
+        .find(|d| d["kind"].as_str() == Some("Service"))
+        .unwrap();
+    let redis_host = redis_service["metadata"]["name"].as_str().unwrap();
+    assert!(
+        redis_url.contains(redis_host),
+        "{redis_url} is not the Redis Service"
+    );
+    let mounted = container["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .any(|m| m["mountPath"].as_str() == Some(config.storage.path.to_str().unwrap()));
+    assert!(mounted, "[storage] path is not on a volume");
+
+    // containerd on every node: docker.io through the Service's node port.
+    let hosts = of_kind("containerd-hosts.yaml", "ConfigMap");
+    let hosts: toml::Value = toml::from_str(hosts["data"]["hosts.toml"].as_str().unwrap()).unwrap();
+    let mirror = &hosts["host"][&format!("http://127.0.0.1:{node_port}")];
+    let capabilities = mirror["capabilities"].as_array().unwrap();
+    for capability in ["pull", "resolve"] {
+        assert!(capabilities.iter().any(|c| c.as_str() == Some(capability)));
+    }
+    assert_eq!(
+        hosts["server"].as_str(),
+        Some("https://registry-1.docker.io")
+    );
+    let daemonset = of_kind("containerd-hosts.yaml", "DaemonSet");
+    let volumes = daemonset["spec"]["template"]["spec"]["volumes"]
+        .as_sequence()
+        .unwrap();
+    assert!(
+        volumes
+            .iter()
+            .any(|v| v["hostPath"]["path"].as_str() == Some("/etc/containerd/certs.d"))
+    );
+}
