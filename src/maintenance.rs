@@ -52,15 +52,25 @@ async fn follow_index(mirror: Arc<Mirror>) {
     }
 }
 
-/// Pings Redis every two seconds: `regmirror_cluster_redis_up` stays true, and coordination
-/// resumes soon after an outage even on an idle replica.
+/// Every two seconds: pings Redis (`regmirror_cluster_redis_up` stays true, and coordination
+/// resumes soon after an outage even on an idle replica) and shares the upstreams' rate
+/// limits, so that every replica's gauges show the newest any replica saw.
 async fn ping_redis(mirror: Arc<Mirror>) {
     let mut ticker = tokio::time::interval(Duration::from_secs(2));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        if let Some(cluster) = mirror.cluster() {
-            cluster.ping().await;
+        let Some(cluster) = mirror.cluster() else {
+            continue;
+        };
+        cluster.ping().await;
+        for upstream in mirror.upstreams.all() {
+            if let Some(newest) = cluster
+                .share_rate_limit(upstream.name(), upstream.rate_limit())
+                .await
+            {
+                upstream.learn_rate_limit(newest);
+            }
         }
     }
 }

@@ -471,6 +471,18 @@ async fn manifest_fetches_and_revalidations_are_coalesced_over_the_cluster() {
         1,
         "one manifest fetch for the cluster"
     );
+    // Only one replica heard the upstream's rate limit; every replica shows it.
+    for node in &replicas.nodes {
+        common::eventually_async(10, "the rate limit on every replica", || async {
+            metric(
+                node,
+                "regmirror_upstream_ratelimit_remaining{upstream=\"docker.io\"}",
+            )
+            .await
+                == 42.0
+        })
+        .await;
+    }
     // Past the TTL: one revalidation (a HEAD) for the cluster.
     tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
     for (round, got) in all("revalidated").await {

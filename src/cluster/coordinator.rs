@@ -14,6 +14,7 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 
 use crate::config::ConfigError;
+use crate::upstream::RateLimit;
 
 /// The longest a request waits for Redis before going on without it.
 pub const REDIS_TIMEOUT: Duration = Duration::from_millis(250);
@@ -104,6 +105,49 @@ impl Coordinator {
     /// `up` gauge true and reconnects after an outage without waiting for a request).
     pub async fn ping(&self) {
         let _: Option<String> = self.run(redis::cmd("PING").clone()).await;
+    }
+
+    /// Shares rate limits: stores `seen` for `upstream` unless Redis has a newer one, and
+    /// returns the newest either way (every replica shows the cluster's, as the replicas
+    /// share one egress and so one limit).
+    pub async fn share_rate_limit(
+        &self,
+        upstream: &str,
+        seen: Option<RateLimit>,
+    ) -> Option<RateLimit> {
+        const NEWEST: &str = "local cur = redis.call('GET', KEYS[1]) \
+            if cur and (ARGV[1] == '' or tonumber(string.match(cur, '^(%d+)')) >= tonumber(ARGV[1])) then return cur end \
+            if ARGV[1] == '' then return false end \
+            redis.call('SET', KEYS[1], ARGV[2], 'PX', 86400000) return ARGV[2]";
+        let key = format!("{}ratelimit:{upstream}", self.keys);
+        let (at, value) = match seen {
+            Some(r) => (
+                r.seen_ms.to_string(),
+                format!("{} {} {}", r.seen_ms, r.limit, r.remaining),
+            ),
+            None => (String::new(), String::new()),
+        };
+        let newest: Option<String> = self
+            .run(
+                redis::cmd("EVAL")
+                    .arg(NEWEST)
+                    .arg(1)
+                    .arg(&key)
+                    .arg(at)
+                    .arg(value)
+                    .clone(),
+            )
+            .await?;
+        let newest = newest?;
+        let mut parts = newest.split(' ').map(str::parse::<i64>);
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some(Ok(seen_ms)), Some(Ok(limit)), Some(Ok(remaining))) => Some(RateLimit {
+                seen_ms: u64::try_from(seen_ms).unwrap_or(0),
+                limit,
+                remaining,
+            }),
+            _ => None,
+        }
     }
 
     /// Whether Redis is configured (it may still be unreachable).

@@ -125,6 +125,19 @@ pub struct UpstreamClient {
     last_error: std::sync::Mutex<Option<(std::time::SystemTime, String)>>,
     /// Until when the upstream counts as unreachable (see [`UNAVAILABLE_BACKOFF`]).
     unreachable_until: std::sync::Mutex<Option<Instant>>,
+    /// The newest rate limit the upstream announced to this replica, or another replica did.
+    rate_limit: std::sync::Mutex<Option<RateLimit>>,
+}
+
+/// An upstream's rate limit as its `ratelimit-*` headers announced it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    /// When it was seen, in milliseconds since the epoch.
+    pub seen_ms: u64,
+    /// Requests per window.
+    pub limit: i64,
+    /// Requests left in the window.
+    pub remaining: i64,
 }
 
 impl UpstreamClient {
@@ -173,6 +186,7 @@ impl UpstreamClient {
             immutable,
             last_error: std::sync::Mutex::new(None),
             unreachable_until: std::sync::Mutex::new(None),
+            rate_limit: std::sync::Mutex::new(None),
             password: config.resolved_password(),
             config,
             http,
@@ -190,6 +204,31 @@ impl UpstreamClient {
     /// The configuration.
     pub fn config(&self) -> &UpstreamConfig {
         &self.config
+    }
+
+    /// The newest rate limit known for this upstream.
+    pub fn rate_limit(&self) -> Option<RateLimit> {
+        *self.rate_limit.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes `seen` as the upstream's rate limit if it is newer than what is known (another
+    /// replica saw it: the replicas share one egress and one limit), and shows it in the
+    /// `regmirror_upstream_ratelimit_*` gauges.
+    pub fn learn_rate_limit(&self, seen: RateLimit) {
+        {
+            let mut known = self.rate_limit.lock().unwrap_or_else(|p| p.into_inner());
+            if known.is_some_and(|k| k.seen_ms >= seen.seen_ms) {
+                return;
+            }
+            *known = Some(seen);
+        }
+        let m = &self.metrics;
+        m.ratelimit_limit
+            .with_label_values(&[self.name()])
+            .set(seen.limit);
+        m.ratelimit_remaining
+            .with_label_values(&[self.name()])
+            .set(seen.remaining);
     }
 
     /// The last failure talking to the upstream (a network error, a timeout, a 5xx or 429),
@@ -639,15 +678,17 @@ impl UpstreamClient {
                     .and_then(|v| v.split(';').next())
                     .and_then(|v| v.trim().parse::<i64>().ok())
             };
-            if let Some(limit) = gauge("ratelimit-limit") {
-                m.ratelimit_limit
-                    .with_label_values(&[self.name()])
-                    .set(limit);
-            }
-            if let Some(remaining) = gauge("ratelimit-remaining") {
-                m.ratelimit_remaining
-                    .with_label_values(&[self.name()])
-                    .set(remaining);
+            if let (Some(limit), Some(remaining)) =
+                (gauge("ratelimit-limit"), gauge("ratelimit-remaining"))
+            {
+                let seen_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                self.learn_rate_limit(RateLimit {
+                    seen_ms,
+                    limit,
+                    remaining,
+                });
             }
         }
     }

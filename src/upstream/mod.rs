@@ -6,8 +6,8 @@ mod client;
 mod routing;
 
 pub use client::{
-    BlobBody, FetchedManifest, MAX_MANIFEST_BYTES, MAX_TAG_LIST_BYTES, ManifestHead, SearchHit,
-    TagPage, UpstreamClient,
+    BlobBody, FetchedManifest, MAX_MANIFEST_BYTES, MAX_TAG_LIST_BYTES, ManifestHead, RateLimit,
+    SearchHit, TagPage, UpstreamClient,
 };
 pub use routing::{Resolved, RouteError, Upstreams};
 
