@@ -675,3 +675,55 @@ async fn a_rolling_restart_under_steady_pulls_loses_no_request() {
         "the layer was fetched once"
     );
 }
+
+/// dockerd with the balancer as its `registry-mirrors` entry pulls an image whose requests
+/// spread over the three replicas; each blob comes from the upstream once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dockerd_pulls_through_three_replicas() {
+    let _one = ONE_CLUSTER.lock().await;
+    let test = "dockerd_pulls_through_three_replicas";
+    let (Some(dockerd), Some(docker)) = (
+        common::require_tool("dockerd", test),
+        common::require_tool("docker", test),
+    ) else {
+        return;
+    };
+    let Some(garage) = Garage::start(test).await else {
+        return;
+    };
+    let Some(redis) = Redis::start(test).await else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let upstream = FakeUpstream::start(Auth::None).await;
+    common::images::put_runnable_image(&upstream, "library/hello", "1.0");
+    let replicas = replicas_with_redis(&garage, &redis, "dockerd", &upstream, work.path()).await;
+    let Some(lb) = Nginx::start(test, &replicas.addrs()).await else {
+        return;
+    };
+    let mirror = format!("http://{}", lb.addr);
+    let host = lb.addr.to_string();
+    let daemon = common::dockerd::Dockerd::start(
+        &dockerd,
+        &docker,
+        &["--registry-mirror", &mirror, "--insecure-registry", &host],
+    )
+    .await;
+    let docker_cmd = |args: &[&str]| daemon.docker(&docker, None, args, None);
+    let (ok, out) = tokio::task::block_in_place(|| docker_cmd(&["pull", "hello:1.0"]));
+    assert!(ok, "docker pull through the replicas: {out}");
+    assert_eq!(
+        upstream.count("GET", "/blobs/"),
+        2,
+        "config and layer, once each"
+    );
+    let (ok, out) = tokio::task::block_in_place(|| docker_cmd(&["rmi", "hello:1.0"]));
+    assert!(ok, "{out}");
+    let (ok, out) = tokio::task::block_in_place(|| docker_cmd(&["pull", "hello:1.0"]));
+    assert!(ok, "a second pull: {out}");
+    assert_eq!(
+        upstream.count("GET", "/blobs/"),
+        2,
+        "the second pull came from the cache"
+    );
+}

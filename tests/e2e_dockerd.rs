@@ -5,44 +5,10 @@
 
 mod common;
 
-use std::io::Write;
-
 use common::TestMirror;
 use common::dockerd::Dockerd;
-use common::fake_upstream::{Auth, FakeUpstream, sha256};
-
-const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-
-/// A one-layer image dockerd can unpack: a real tar.gz layer and its config.
-fn put_image(fake: &FakeUpstream, repo: &str, tag: &str) {
-    let mut tar = tar::Builder::new(Vec::new());
-    let content = b"hello from the mirror\n";
-    let mut header = tar::Header::new_gnu();
-    header.set_size(content.len() as u64);
-    header.set_mode(0o644);
-    header.set_cksum();
-    tar.append_data(&mut header, "hello.txt", &content[..])
-        .unwrap();
-    let tar = tar.into_inner().unwrap();
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    gz.write_all(&tar).unwrap();
-    let layer = gz.finish().unwrap();
-    let config = serde_json::json!({
-        "architecture": "amd64", "os": "linux",
-        "config": {"Cmd": ["/hello.txt"]},
-        "rootfs": {"type": "layers", "diff_ids": [sha256(&tar)]},
-    })
-    .to_string();
-    let manifest = serde_json::json!({
-        "schemaVersion": 2, "mediaType": DOCKER_MANIFEST,
-        "config": {"mediaType": "application/vnd.docker.container.image.v1+json",
-            "digest": fake.put_blob(config.clone()), "size": config.len()},
-        "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
-            "digest": fake.put_blob(layer.clone()), "size": layer.len()}],
-    })
-    .to_string();
-    fake.put_manifest(repo, tag, manifest, DOCKER_MANIFEST);
-}
+use common::fake_upstream::{Auth, FakeUpstream};
+use common::images::put_runnable_image as put_image;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dockerd_pulls_through_the_mirror_also_while_the_upstream_hangs() {

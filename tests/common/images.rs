@@ -224,3 +224,34 @@ pub async fn push_http(registry: &str, repo: &str, tag: &str, layout: &Path, roo
     }
     put_manifest(tag.to_owned(), root).await;
 }
+
+/// A one-layer image dockerd can unpack: a real tar.gz layer and its config.
+pub fn put_runnable_image(fake: &super::fake_upstream::FakeUpstream, repo: &str, tag: &str) {
+    let mut tar = tar::Builder::new(Vec::new());
+    let content = b"hello from the mirror\n";
+    let mut header = tar::Header::new_gnu();
+    header.set_size(content.len() as u64);
+    header.set_mode(0o644);
+    header.set_cksum();
+    tar.append_data(&mut header, "hello.txt", &content[..])
+        .unwrap();
+    let tar = tar.into_inner().unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&tar).unwrap();
+    let layer = gz.finish().unwrap();
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Cmd": ["/hello.txt"]},
+        "rootfs": {"type": "layers", "diff_ids": [sha256(&tar)]},
+    })
+    .to_string();
+    let manifest = serde_json::json!({
+        "schemaVersion": 2, "mediaType": DOCKER_MANIFEST,
+        "config": {"mediaType": "application/vnd.docker.container.image.v1+json",
+            "digest": fake.put_blob(config.clone()), "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+            "digest": fake.put_blob(layer.clone()), "size": layer.len()}],
+    })
+    .to_string();
+    fake.put_manifest(repo, tag, manifest, DOCKER_MANIFEST);
+}
