@@ -84,15 +84,15 @@ async fn three_replicas_behind_round_robin_act_as_one_registry() {
     let Some(skopeo_bin) = common::require_tool("skopeo", test) else {
         return;
     };
-    let Some(garage) = Garage::start(test).await else {
+    let Some(Parts {
+        garage,
+        redis,
+        work,
+        upstream,
+    }) = Parts::start(test).await
+    else {
         return;
     };
-    let Some(redis) = Redis::start(test).await else {
-        return;
-    };
-    let work = tempfile::tempdir().unwrap();
-    // An upstream that has nothing: what is not pushed is a 404.
-    let upstream = FakeUpstream::start(Auth::None).await;
     let cluster = format!("secret = \"{SECRET}\"\nredis_url = \"{}\"\n", redis.url());
     let replicas = Replicas::start(
         &garage,
@@ -238,6 +238,27 @@ async fn three_replicas_behind_round_robin_act_as_one_registry() {
     }
 }
 
+/// What every cluster test starts with: Garage, Redis, a working directory and a fake
+/// upstream (which has nothing until the test puts something there).
+struct Parts {
+    garage: Garage,
+    redis: Redis,
+    work: tempfile::TempDir,
+    upstream: FakeUpstream,
+}
+
+impl Parts {
+    /// `None` (skipped) when Garage or redis-server is missing.
+    async fn start(test: &str) -> Option<Parts> {
+        Some(Parts {
+            garage: Garage::start(test).await?,
+            redis: Redis::start(test).await?,
+            work: tempfile::tempdir().unwrap(),
+            upstream: FakeUpstream::start(Auth::None).await,
+        })
+    }
+}
+
 /// Three replicas with Redis, on a fresh prefix, with `upstream` as the default upstream.
 async fn replicas_with_redis(
     garage: &Garage,
@@ -274,14 +295,15 @@ async fn fetch(url: String, upstream: &FakeUpstream, digest: &str) -> (Vec<u8>, 
 async fn concurrent_cold_requests_over_all_replicas_cost_one_upstream_fetch() {
     let _one = ONE_CLUSTER.lock().await;
     let test = "concurrent_cold_requests_over_all_replicas_cost_one_upstream_fetch";
-    let Some(garage) = Garage::start(test).await else {
+    let Some(Parts {
+        garage,
+        redis,
+        work,
+        upstream,
+    }) = Parts::start(test).await
+    else {
         return;
     };
-    let Some(redis) = Redis::start(test).await else {
-        return;
-    };
-    let work = tempfile::tempdir().unwrap();
-    let upstream = FakeUpstream::start(Auth::None).await;
     // 8 MiB, sent slowly enough (about 1.3 s) that every request arrives during the fill.
     let blob = common::random_bytes(8 * 1024 * 1024);
     let digest = upstream.put_blob(blob.clone());
@@ -309,7 +331,8 @@ async fn concurrent_cold_requests_over_all_replicas_cost_one_upstream_fetch() {
     assert_eq!(
         upstream.count("GET", &digest),
         1,
-        "one upstream fetch for the cluster"
+        "one upstream fetch for the cluster; the replicas said:\n{}",
+        replicas.cluster_log()
     );
     let mut leaders = 0.0;
     let mut followers = 0.0;
@@ -324,14 +347,15 @@ async fn concurrent_cold_requests_over_all_replicas_cost_one_upstream_fetch() {
 async fn a_replica_killed_mid_fill_or_mid_push_loses_nothing() {
     let _one = ONE_CLUSTER.lock().await;
     let test = "a_replica_killed_mid_fill_or_mid_push_loses_nothing";
-    let Some(garage) = Garage::start(test).await else {
+    let Some(Parts {
+        garage,
+        redis,
+        work,
+        upstream,
+    }) = Parts::start(test).await
+    else {
         return;
     };
-    let Some(redis) = Redis::start(test).await else {
-        return;
-    };
-    let work = tempfile::tempdir().unwrap();
-    let upstream = FakeUpstream::start(Auth::None).await;
     let blob = common::random_bytes(6 * 1024 * 1024);
     let digest = upstream.put_blob(blob.clone());
     upstream.set_fault(
@@ -429,14 +453,15 @@ async fn a_replica_killed_mid_fill_or_mid_push_loses_nothing() {
 async fn manifest_fetches_and_revalidations_are_coalesced_over_the_cluster() {
     let _one = ONE_CLUSTER.lock().await;
     let test = "manifest_fetches_and_revalidations_are_coalesced_over_the_cluster";
-    let Some(garage) = Garage::start(test).await else {
+    let Some(Parts {
+        garage,
+        redis,
+        work,
+        upstream,
+    }) = Parts::start(test).await
+    else {
         return;
     };
-    let Some(redis) = Redis::start(test).await else {
-        return;
-    };
-    let work = tempfile::tempdir().unwrap();
-    let upstream = FakeUpstream::start(Auth::None).await;
     let config = common::random_bytes(300);
     let config_digest = upstream.put_blob(config);
     let manifest = serde_json::json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
@@ -522,14 +547,15 @@ async fn cold_round(replicas: &Replicas, upstream: &FakeUpstream, blob: &[u8]) -
 async fn redis_going_away_degrades_to_one_fetch_per_replica_never_to_errors() {
     let _one = ONE_CLUSTER.lock().await;
     let test = "redis_going_away_degrades_to_one_fetch_per_replica_never_to_errors";
-    let Some(garage) = Garage::start(test).await else {
+    let Some(Parts {
+        garage,
+        mut redis,
+        work,
+        upstream,
+    }) = Parts::start(test).await
+    else {
         return;
     };
-    let Some(mut redis) = Redis::start(test).await else {
-        return;
-    };
-    let work = tempfile::tempdir().unwrap();
-    let upstream = FakeUpstream::start(Auth::None).await;
     let replicas = replicas_with_redis(&garage, &redis, "noredis", &upstream, work.path()).await;
     redis.stop();
     // Without Redis: every request still answered, at most one fetch per replica.
@@ -583,14 +609,15 @@ async fn redis_going_away_degrades_to_one_fetch_per_replica_never_to_errors() {
 async fn a_rolling_restart_under_steady_pulls_loses_no_request() {
     let _one = ONE_CLUSTER.lock().await;
     let test = "a_rolling_restart_under_steady_pulls_loses_no_request";
-    let Some(garage) = Garage::start(test).await else {
+    let Some(Parts {
+        garage,
+        redis,
+        work,
+        upstream,
+    }) = Parts::start(test).await
+    else {
         return;
     };
-    let Some(redis) = Redis::start(test).await else {
-        return;
-    };
-    let work = tempfile::tempdir().unwrap();
-    let upstream = FakeUpstream::start(Auth::None).await;
     let layer = common::random_bytes(512 * 1024);
     let layer_digest = upstream.put_blob(layer.clone());
     let config = common::random_bytes(300);
@@ -688,14 +715,15 @@ async fn dockerd_pulls_through_three_replicas() {
     ) else {
         return;
     };
-    let Some(garage) = Garage::start(test).await else {
+    let Some(Parts {
+        garage,
+        redis,
+        work,
+        upstream,
+    }) = Parts::start(test).await
+    else {
         return;
     };
-    let Some(redis) = Redis::start(test).await else {
-        return;
-    };
-    let work = tempfile::tempdir().unwrap();
-    let upstream = FakeUpstream::start(Auth::None).await;
     common::images::put_runnable_image(&upstream, "library/hello", "1.0");
     let replicas = replicas_with_redis(&garage, &redis, "dockerd", &upstream, work.path()).await;
     let Some(lb) = Nginx::start(test, &replicas.addrs()).await else {

@@ -17,7 +17,7 @@ use crate::config::ConfigError;
 use crate::upstream::RateLimit;
 
 /// The longest a request waits for Redis before going on without it.
-pub const REDIS_TIMEOUT: Duration = Duration::from_millis(250);
+pub const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Who leads the cluster's fetch of a blob or a manifest.
 #[derive(Debug, Clone, PartialEq, Eq)]

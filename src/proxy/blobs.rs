@@ -2,6 +2,7 @@
 //! same digest.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use super::fill::{Fill, FillError, FillSource, Joined};
 use super::{Mirror, ProxyError};
@@ -10,6 +11,50 @@ use crate::oci::{ByteRange, Digest, RepoName};
 use crate::proxy::{CacheResult, Kind};
 use crate::store::{BlobReader, LOCAL, OpenBlob};
 use crate::upstream::{Resolved, UpstreamError};
+
+/// The fill a request joined and how that counts, or `None` when the blob was committed
+/// meanwhile (read it from the store).
+fn joined(joined: Joined) -> Option<(Arc<Fill>, CacheResult)> {
+    match joined {
+        Joined::Leader(fill) => Some((fill, CacheResult::Miss)),
+        Joined::Follower(fill) => Some((fill, CacheResult::Coalesced)),
+        Joined::Verified(fill) => Some((fill, CacheResult::Hit)),
+        Joined::Committed => None,
+    }
+}
+
+/// An answer streaming `range` (all of it for `None`) of a fill of a blob of `size` bytes
+/// (unknown: the upstream declared none).
+fn fill_answer(
+    fill: Arc<Fill>,
+    size: Option<u64>,
+    range: Option<ByteRange>,
+    cache: CacheResult,
+) -> Result<BlobAnswer, ProxyError> {
+    let span = match (range, size) {
+        (Some(r), Some(size)) => Some(
+            r.resolve(size)
+                .ok_or(ProxyError::RangeNotSatisfiable { size })?,
+        ),
+        _ => None,
+    };
+    let (start, end) = match span {
+        Some((s, e)) => (s, Some(e)),
+        None => (0, size),
+    };
+    Ok(BlobAnswer {
+        size,
+        range: span,
+        body: BlobBody::Fill { fill, start, end },
+        cache,
+    })
+}
+
+/// How long a replica asked for a blob whose fetch it claimed waits for its fill to start.
+const PEER_START_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How often it looks meanwhile.
+const PEER_START_POLL: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// How long a replica's claim on the cluster's fetch of a blob lasts unless renewed.
 const FILL_CLAIM_TTL: std::time::Duration = std::time::Duration::from_secs(6);
@@ -133,16 +178,8 @@ impl Mirror {
             repo: route.repo.clone(),
         };
         let (source, role) = self.cold_source(upstream.clone(), digest).await;
-        let (mut fill, mut cache) = match self.fills.start_or_join(source, digest)? {
-            Joined::Leader(fill) => (fill, CacheResult::Miss),
-            Joined::Follower(fill) => (fill, CacheResult::Coalesced),
-            Joined::Verified(fill) => (fill, CacheResult::Hit),
-            Joined::Committed => {
-                return self
-                    .blob_from_store(digest, head, range)
-                    .await?
-                    .ok_or(ProxyError::Upstream(UpstreamError::NotFound));
-            }
+        let Some((mut fill, mut cache)) = joined(self.fills.start_or_join(source, digest)?) else {
+            return self.committed_meanwhile(digest, range).await;
         };
         if let (Some(role), CacheResult::Miss) = (role, cache) {
             self.metrics
@@ -157,37 +194,24 @@ impl Mirror {
         if let (Err(FillError::Peer(e)), Some(ClusterRole::Follower)) = (&started, role) {
             // The leading replica is gone (or refuses): fetch it here rather than fail.
             tracing::info!(%digest, error = %e, "cannot read the blob from the replica leading its fetch; fetching it from the upstream");
-            (fill, cache) = match self.fills.start_or_join(upstream, digest)? {
-                Joined::Leader(fill) => (fill, CacheResult::Miss),
-                Joined::Follower(fill) => (fill, CacheResult::Coalesced),
-                Joined::Verified(fill) => (fill, CacheResult::Hit),
-                Joined::Committed => {
-                    return self
-                        .blob_from_store(digest, head, range)
-                        .await?
-                        .ok_or(ProxyError::Upstream(UpstreamError::NotFound));
-                }
+            let Some(joined) = joined(self.fills.start_or_join(upstream, digest)?) else {
+                return self.committed_meanwhile(digest, range).await;
             };
+            (fill, cache) = joined;
             started = fill.wait_started().await;
         }
-        let size = started?;
-        let span = match (range, size) {
-            (Some(r), Some(size)) => Some(
-                r.resolve(size)
-                    .ok_or(ProxyError::RangeNotSatisfiable { size })?,
-            ),
-            _ => None,
-        };
-        let (start, end) = match span {
-            Some((s, e)) => (s, Some(e)),
-            None => (0, size),
-        };
-        Ok(BlobAnswer {
-            size,
-            range: span,
-            body: BlobBody::Fill { fill, start, end },
-            cache,
-        })
+        fill_answer(fill, started?, range, cache)
+    }
+
+    /// A fill that committed its blob between the store's look and joining it.
+    async fn committed_meanwhile(
+        &self,
+        digest: &Digest,
+        range: Option<ByteRange>,
+    ) -> Result<BlobAnswer, ProxyError> {
+        self.blob_from_store(digest, false, range)
+            .await?
+            .ok_or(ProxyError::Upstream(UpstreamError::NotFound))
     }
 
     /// A blob for another replica that reads it from this one while this one leads its
@@ -197,29 +221,22 @@ impl Mirror {
         digest: &Digest,
         range: Option<ByteRange>,
     ) -> Result<BlobAnswer, ProxyError> {
-        if let Some(fill) = self.fills.running(digest) {
-            let size = fill.wait_started().await?;
-            let span = match (range, size) {
-                (Some(r), Some(size)) => Some(
-                    r.resolve(size)
-                        .ok_or(ProxyError::RangeNotSatisfiable { size })?,
-                ),
-                _ => None,
-            };
-            let (start, end) = match span {
-                Some((s, e)) => (s, Some(e)),
-                None => (0, size),
-            };
-            return Ok(BlobAnswer {
-                size,
-                range: span,
-                body: BlobBody::Fill { fill, start, end },
-                cache: CacheResult::Coalesced,
-            });
+        // The follower asked because this replica claimed the fetch; between the claim and
+        // the fill's start is a moment in which neither is visible yet.
+        let deadline = Instant::now() + PEER_START_WAIT;
+        loop {
+            if let Some(fill) = self.fills.running(digest) {
+                let size = fill.wait_started().await?;
+                return fill_answer(fill, size, range, CacheResult::Coalesced);
+            }
+            if let Some(answer) = self.blob_from_store(digest, false, range).await? {
+                return Ok(answer);
+            }
+            if Instant::now() >= deadline {
+                return Err(ProxyError::Upstream(UpstreamError::NotFound));
+            }
+            tokio::time::sleep(PEER_START_POLL).await;
         }
-        self.blob_from_store(digest, false, range)
-            .await?
-            .ok_or(ProxyError::Upstream(UpstreamError::NotFound))
     }
 
     /// Where a cold blob comes from: the upstream, unless another replica of the cluster

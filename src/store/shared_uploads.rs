@@ -149,13 +149,7 @@ impl Store {
         let dir = self.upload_dir(id);
         let data = dir.join("data");
         if tokio::fs::metadata(&dir).await.is_err() {
-            tokio::fs::create_dir_all(&dir)
-                .await
-                .map_err(io_err(&dir))?;
-            for (file, text) in [("repo", repo.as_str()), ("owner", owner), ("data", "")] {
-                let path = dir.join(file);
-                tokio::fs::write(&path, text).await.map_err(io_err(&path))?;
-            }
+            super::uploads::write_local_session(&dir, repo, owner).await?;
             self.upload_adopted(owner);
         }
         let have = tokio::fs::metadata(&data)

@@ -219,13 +219,7 @@ impl Store {
         let id = UploadId(uuid::Uuid::new_v4().to_string());
         let dir = self.upload_dir(&id);
         let created = async {
-            tokio::fs::create_dir_all(&dir)
-                .await
-                .map_err(io_err(&dir))?;
-            for (file, text) in [("repo", repo.as_str()), ("owner", owner), ("data", "")] {
-                let path = dir.join(file);
-                tokio::fs::write(&path, text).await.map_err(io_err(&path))?;
-            }
+            write_local_session(&dir, repo, owner).await?;
             if self.is_remote() {
                 self.publish_session(repo, owner, &id).await?;
             }
@@ -567,6 +561,20 @@ impl Store {
         }
         result
     }
+}
+
+/// Creates the local directory of a session: who it belongs to, and its (empty) data.
+pub(super) async fn write_local_session(
+    dir: &std::path::Path,
+    repo: &RepoName,
+    owner: &str,
+) -> Result<()> {
+    tokio::fs::create_dir_all(dir).await.map_err(io_err(dir))?;
+    for (file, text) in [("repo", repo.as_str()), ("owner", owner), ("data", "")] {
+        let path = dir.join(file);
+        tokio::fs::write(&path, text).await.map_err(io_err(&path))?;
+    }
+    Ok(())
 }
 
 /// The digest (with `algorithm`) and length of a file.

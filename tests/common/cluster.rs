@@ -216,6 +216,23 @@ impl Replicas {
             Regmirror::start_at(&self.configs[i], addr, &log_path(self.dir.path(), i)).await;
     }
 
+    /// What the replicas logged about the cluster (warnings, peer reads, Redis), for failure
+    /// messages.
+    pub fn cluster_log(&self) -> String {
+        (0..self.nodes.len())
+            .flat_map(|i| {
+                self.log(i)
+                    .lines()
+                    .filter(|l| {
+                        l.contains("WARN") || l.contains("leading its fetch") || l.contains("redis")
+                    })
+                    .map(|l| format!("r{i}: {l}"))
+                    .collect::<Vec<_>>()
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     /// Replica `i`'s log so far.
     pub fn log(&self, i: usize) -> String {
         std::fs::read_to_string(log_path(self.dir.path(), i)).unwrap_or_default()
