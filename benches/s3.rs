@@ -34,9 +34,25 @@ async fn start(storage: &str, rest: &str) -> (regmirror::Server, tempfile::TempD
 
 /// MiB/s of `rounds` GETs of `url`, each read to the end.
 async fn throughput(client: &reqwest::Client, url: &str, size: usize, rounds: usize) -> f64 {
+    throughput_as(client, url, None, size, rounds).await
+}
+
+/// Like [`throughput`], with the `Host` header `host` (a presigned URL reached through a
+/// proxy still names the store it was signed for).
+async fn throughput_as(
+    client: &reqwest::Client,
+    url: &str,
+    host: Option<&str>,
+    size: usize,
+    rounds: usize,
+) -> f64 {
     let started = Instant::now();
     for _ in 0..rounds {
-        let mut response = client.get(url).send().await.unwrap();
+        let mut request = client.get(url);
+        if let Some(host) = host {
+            request = request.header("host", host);
+        }
+        let mut response = request.send().await.unwrap();
         assert!(
             response.status().is_success(),
             "{url}: {}",
@@ -145,6 +161,23 @@ async fn main() {
     for _ in 0..3 {
         direct.push(throughput(&client, presigned.as_str(), size, 1).await);
     }
+    // What any proxy costs here: the same GET through nginx in front of Garage (no copy kept,
+    // no hashing), when nginx is installed.
+    let mut proxied = Vec::new();
+    let garage_addr: std::net::SocketAddr = presigned
+        .socket_addrs(|| None)
+        .unwrap()
+        .into_iter()
+        .next()
+        .unwrap();
+    if let Some(nginx) = common::cluster::Nginx::start("bench s3", &[garage_addr]).await {
+        let mut through = presigned.clone();
+        through.set_port(Some(nginx.addr.port())).unwrap();
+        let host = garage_addr.to_string();
+        for _ in 0..3 {
+            proxied.push(throughput_as(&client, through.as_str(), Some(&host), size, 1).await);
+        }
+    }
     let best = |v: &[f64]| v.iter().cloned().fold(0.0, f64::max);
 
     // Cold pull through the S3 backend: upstream bytes and bucket objects against the image.
@@ -186,6 +219,7 @@ async fn main() {
         "| S3 backend (Garage, one node, this machine) | result |\n|---|---|\n\
          | warm 200 MiB blob, hot cache vs filesystem backend | {:.2}x ({s3_warm:.0} vs {fs_warm:.0} MiB/s) |\n\
          | 200 MiB blob, empty hot cache vs direct GET from Garage | {:.2}x ({:.0} vs {:.0} MiB/s, best of 3) |\n\
+         | the same GET through nginx in front of Garage vs direct | {:.2}x ({:.0} MiB/s) |\n\
          | cold pull (4 clients per layer): upstream bytes / image | {:.2}x |\n\
          | cold pull: bucket bytes written / image ({} objects for {} blobs) | {:.2}x |\n\
          | start-up, index of 100,000 blobs vs 1,000 | {:.2}x ({:.2} s vs {:.2} s) |\n",
@@ -193,6 +227,8 @@ async fn main() {
         best(&cold) / best(&direct),
         best(&cold),
         best(&direct),
+        best(&proxied) / best(&direct),
+        best(&proxied),
         upstream_bytes / image_bytes as f64,
         bucket_objects.len(),
         layers.len(),
