@@ -204,6 +204,46 @@ async fn three_replicas_behind_round_robin_act_as_one_registry() {
         assert_eq!(r.status(), 401, "a forged token");
     }
 
+    // An artifact referring to v1, pushed through replica 0: every replica lists it.
+    let empty = b"{}".to_vec();
+    let empty_digest = common::fake_upstream::sha256(&empty);
+    let r = client
+        .post(replicas.nodes[0].url(&format!(
+            "/v2/team/app/blobs/uploads/?digest={empty_digest}"
+        )))
+        .basic_auth("ci", Some("pushme"))
+        .body(empty)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let sbom = serde_json::json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "artifactType": "application/vnd.example.sbom",
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty_digest, "size": 2},
+        "layers": [],
+        "subject": {"mediaType": OCI_MANIFEST, "digest": v1.digest, "size": v1.size}})
+    .to_string();
+    let sbom_digest = common::fake_upstream::sha256(sbom.as_bytes());
+    let r = client
+        .put(replicas.nodes[0].url(&format!("/v2/team/app/manifests/{sbom_digest}")))
+        .basic_auth("ci", Some("pushme"))
+        .header("content-type", OCI_MANIFEST)
+        .body(sbom)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    for node in &replicas.nodes {
+        let index = json(node, &format!("/v2/team/app/referrers/{}", v1.digest)).await;
+        let listed: Vec<&str> = index["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["digest"].as_str().unwrap())
+            .collect();
+        assert_eq!(listed, [sbom_digest.as_str()], "{}", node.addr);
+    }
+
     // A re-pushed tag is what every replica serves on its very next request.
     push("v2", "v1");
     for node in &replicas.nodes {
