@@ -154,12 +154,12 @@ async fn three_replicas_behind_round_robin_act_as_one_registry() {
     }
     assert_eq!(completing, 3, "every replica took part in the push");
 
-    // Every replica serves it, and skopeo pulls it whole from any of them.
+    // Every replica serves it, and skopeo pulls it whole through the balancer.
     for node in &replicas.nodes {
         assert_eq!(served(node, "team/app", "v1").await, Ok(v1.digest.clone()));
     }
     let out = work.path().join("pulled");
-    let from = format!("docker://{}/team/app:v1", replicas.nodes[2].addr);
+    let from = format!("docker://{lb_host}/team/app:v1");
     let to = format!("oci:{}:pulled", out.display());
     tokio::task::block_in_place(|| {
         skopeo(
