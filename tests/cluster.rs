@@ -299,6 +299,23 @@ impl Parts {
     }
 }
 
+/// A random blob of `size` bytes the upstream sends `chunk` bytes every `delay_ms`: slowly
+/// enough that concurrent requests arrive while it is being fetched. Its bytes and digest.
+fn paced_blob(
+    upstream: &FakeUpstream,
+    size: usize,
+    chunk: usize,
+    delay_ms: u64,
+) -> (Vec<u8>, String) {
+    let blob = common::random_bytes(size);
+    let digest = upstream.put_blob(blob.clone());
+    upstream.set_fault(
+        &digest,
+        Some(common::fake_upstream::Fault::Paced { chunk, delay_ms }),
+    );
+    (blob, digest)
+}
+
 /// Three replicas with Redis, on a fresh prefix, with `upstream` as the default upstream.
 async fn replicas_with_redis(
     garage: &Garage,
@@ -345,15 +362,7 @@ async fn concurrent_cold_requests_over_all_replicas_cost_one_upstream_fetch() {
         return;
     };
     // 8 MiB, sent slowly enough (about 1.3 s) that every request arrives during the fill.
-    let blob = common::random_bytes(8 * 1024 * 1024);
-    let digest = upstream.put_blob(blob.clone());
-    upstream.set_fault(
-        &digest,
-        Some(common::fake_upstream::Fault::Paced {
-            chunk: 256 * 1024,
-            delay_ms: 40,
-        }),
-    );
+    let (blob, digest) = paced_blob(&upstream, 8 * 1024 * 1024, 256 * 1024, 40);
     let replicas = replicas_with_redis(&garage, &redis, "cold", &upstream, work.path()).await;
 
     let gets = (0..12).map(|i| {
@@ -396,15 +405,7 @@ async fn a_replica_killed_mid_fill_or_mid_push_loses_nothing() {
     else {
         return;
     };
-    let blob = common::random_bytes(6 * 1024 * 1024);
-    let digest = upstream.put_blob(blob.clone());
-    upstream.set_fault(
-        &digest,
-        Some(common::fake_upstream::Fault::Paced {
-            chunk: 128 * 1024,
-            delay_ms: 50,
-        }),
-    );
+    let (blob, digest) = paced_blob(&upstream, 6 * 1024 * 1024, 128 * 1024, 50);
     let mut replicas = replicas_with_redis(&garage, &redis, "kill", &upstream, work.path()).await;
     let bucket = garage.backend("kill");
     let hex = &digest["sha256:".len()..];
@@ -561,17 +562,10 @@ async fn manifest_fetches_and_revalidations_are_coalesced_over_the_cluster() {
     assert_eq!(upstream.count("GET", "/manifests/v1"), 1);
 }
 
-/// 9 concurrent GETs of a new, slowly sent blob over the replicas; how many upstream GETs
-/// they cost.
-async fn cold_round(replicas: &Replicas, upstream: &FakeUpstream, blob: &[u8]) -> usize {
-    let digest = upstream.put_blob(blob.to_vec());
-    upstream.set_fault(
-        &digest,
-        Some(common::fake_upstream::Fault::Paced {
-            chunk: 256 * 1024,
-            delay_ms: 30,
-        }),
-    );
+/// 9 concurrent GETs of a new, slowly sent blob of `size` bytes over the replicas; how many
+/// upstream GETs they cost.
+async fn cold_round(replicas: &Replicas, upstream: &FakeUpstream, size: usize) -> usize {
+    let (blob, digest) = paced_blob(upstream, size, 256 * 1024, 30);
     let gets = (0..9).map(|i| {
         let url = replicas.nodes[i % 3].url(&format!("/v2/library/app/blobs/{digest}"));
         let digest = digest.clone();
@@ -599,8 +593,7 @@ async fn redis_going_away_degrades_to_one_fetch_per_replica_never_to_errors() {
     let replicas = replicas_with_redis(&garage, &redis, "noredis", &upstream, work.path()).await;
     redis.stop();
     // Without Redis: every request still answered, at most one fetch per replica.
-    let blob = common::random_bytes(4 * 1024 * 1024);
-    let fetches = cold_round(&replicas, &upstream, &blob).await;
+    let fetches = cold_round(&replicas, &upstream, 4 * 1024 * 1024).await;
     assert!((1..=3).contains(&fetches), "{fetches} upstream fetches");
     // A push through one replica reaches the others by the journal, within seconds.
     let layer = common::random_bytes(1000);
@@ -626,7 +619,6 @@ async fn redis_going_away_degrades_to_one_fetch_per_replica_never_to_errors() {
 
     // Redis is back: one fetch for the cluster again.
     redis.resume().await;
-    let blob = common::random_bytes(4 * 1024 * 1024);
     common::eventually_async(10, "coordination to resume", || async {
         let leaders = {
             let mut n = 0.0;
@@ -639,7 +631,7 @@ async fn redis_going_away_degrades_to_one_fetch_per_replica_never_to_errors() {
     })
     .await;
     assert_eq!(
-        cold_round(&replicas, &upstream, &blob).await,
+        cold_round(&replicas, &upstream, 4 * 1024 * 1024).await,
         1,
         "one fetch once Redis is back"
     );
