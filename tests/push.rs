@@ -1240,3 +1240,21 @@ async fn upload_sessions_need_their_signed_state() {
     assert_eq!(status.status(), 204);
     assert_eq!(status.headers()["range"], "0-0", "nothing was appended");
 }
+
+/// `/_cluster/blobs/<digest>` is for replicas of one cluster only: an unsigned or wrongly
+/// signed request is refused before anything is looked up, and never reaches the upstream.
+#[tokio::test]
+async fn the_peer_route_refuses_requests_not_signed_by_the_cluster() {
+    let fake = FakeUpstream::start(Auth::None).await;
+    let digest = fake.put_blob(random_bytes(1000));
+    let m = mirror_with(&fake, "", "").await;
+    for signature in [None, Some("00"), Some("zz")] {
+        let mut request = m.client.get(m.url(&format!("/_cluster/blobs/{digest}")));
+        if let Some(signature) = signature {
+            request = request.header("x-regmirror-peer", signature);
+        }
+        let r = request.send().await.unwrap();
+        assert_eq!(code(r).await, (403, "DENIED".to_owned()), "{signature:?}");
+    }
+    assert_eq!(fake.count("GET", &digest), 0, "the upstream was not asked");
+}

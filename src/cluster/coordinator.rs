@@ -30,7 +30,7 @@ pub enum FillClaim {
 
 /// Redis coordination for one store (keys prefixed by the bucket and prefix it serves).
 pub struct Coordinator {
-    redis: Option<ConnectionManager>,
+    redis: ConnectionManager,
     keys: String,
     /// This replica's id.
     replica: String,
@@ -49,19 +49,6 @@ pub struct Coordinator {
 const PAUSE_AFTER_FAILURE: Duration = Duration::from_secs(2);
 
 impl Coordinator {
-    /// Coordination without Redis: every call answers `None`.
-    pub fn alone() -> Coordinator {
-        Coordinator {
-            redis: None,
-            keys: String::new(),
-            replica: String::new(),
-            advertise: None,
-            down: AtomicBool::new(false),
-            pause_until: std::sync::Mutex::new(None),
-            up: None,
-        }
-    }
-
     /// Connects (lazily: a Redis that is down at start is retried later) to `redis_url`,
     /// with keys under `regmirror:<scope>:`. `replica` is this process's id and `advertise`
     /// where the other replicas reach it.
@@ -85,7 +72,7 @@ impl Coordinator {
             .get_connection_manager_lazy(config)
             .map_err(|e| invalid(e.to_string()))?;
         Ok(Coordinator {
-            redis: Some(redis),
+            redis,
             keys: format!("regmirror:{scope}:"),
             replica: replica.to_owned(),
             advertise,
@@ -150,17 +137,12 @@ impl Coordinator {
         }
     }
 
-    /// Whether Redis is configured (it may still be unreachable).
-    pub fn has_redis(&self) -> bool {
-        self.redis.is_some()
-    }
-
-    /// Runs `cmd`; `None` when there is no Redis or it did not answer in time.
+    /// Runs `cmd`; `None` when Redis failed or did not answer in time.
     async fn run<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> Option<T> {
         if self.paused() {
             return None;
         }
-        let mut conn = self.redis.clone()?;
+        let mut conn = self.redis.clone();
         let result = tokio::time::timeout(REDIS_TIMEOUT, cmd.query_async::<T>(&mut conn)).await;
         match result {
             Ok(Ok(value)) => {

@@ -136,7 +136,7 @@ impl Mirror {
 
     /// The other replicas, when this one joined them.
     pub fn cluster(&self) -> Option<&Arc<Coordinator>> {
-        self.cluster.get().filter(|c| c.has_redis())
+        self.cluster.get()
     }
 
     /// Reads the index journal when the cluster's change counter moved since this replica

@@ -199,13 +199,6 @@ impl Replicas {
         self.nodes.iter().map(|n| n.addr).collect()
     }
 
-    /// Restarts replica `i` (after a kill) on a new port; the balancer must be told.
-    pub async fn restart(&mut self, i: usize) {
-        self.nodes[i] =
-            Regmirror::start_logging_to(&self.configs[i], &log_path(self.dir.path(), i + 100))
-                .await;
-    }
-
     /// Stops replica `i` gracefully (SIGTERM) and starts it again on the same address, as a
     /// rolling restart does.
     pub async fn restart_in_place(&mut self, i: usize) {
