@@ -289,6 +289,10 @@ pub struct StorageConfig {
     /// The most upload sessions one client (a user, or an anonymous address) may have open.
     #[serde(default = "default_max_upload_sessions")]
     pub max_upload_sessions_per_client: usize,
+    /// `s3` only: the most chunks (`PATCH`es with data) one upload session may have. Each
+    /// chunk is an object in the bucket that every later request of the session lists.
+    #[serde(default = "default_max_upload_chunks")]
+    pub max_upload_chunks: usize,
     /// Size cap of the store; cached content is evicted (least recently accessed first) when
     /// a fill pushes the store over it. `None`: no cap.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -638,6 +642,9 @@ fn default_max_uploads_size() -> ByteSize {
 fn default_max_upload_sessions() -> usize {
     64
 }
+fn default_max_upload_chunks() -> usize {
+    10_000
+}
 fn default_header_read_timeout() -> Duration {
     Duration::from_secs(20)
 }
@@ -720,6 +727,7 @@ impl Default for StorageConfig {
             upload_ttl: default_upload_ttl(),
             max_uploads_size: default_max_uploads_size(),
             max_upload_sessions_per_client: default_max_upload_sessions(),
+            max_upload_chunks: default_max_upload_chunks(),
             max_size: None,
             low_water: default_low_water(),
             gc_interval: default_gc_interval(),

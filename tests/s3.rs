@@ -412,3 +412,76 @@ async fn kill_9_mid_fill_leaves_no_object_in_the_bucket() {
     .await;
     assert_eq!(assert_bucket_blobs_verify(&garage, "kill").await, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_upload_session_refuses_chunks_past_its_limit() {
+    let test = "a_shared_upload_session_refuses_chunks_past_its_limit";
+    let Some(garage) = Garage::start(test).await else {
+        return;
+    };
+    let fake = FakeUpstream::start(Auth::None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let keys = format!(
+        "max_upload_chunks = 3\n{}",
+        garage.storage_keys("chunks", "")
+    );
+    let m = TestMirror::start_storage(dir, &keys, &upstream(&fake)).await;
+    let r = m
+        .client
+        .post(m.url("/v2/team/app/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let mut location = r.headers()["location"].to_str().unwrap().to_owned();
+    let mut sent = Vec::new();
+    for i in 0..4u8 {
+        let part = vec![i; 1000];
+        let r = m
+            .client
+            .patch(m.url(&location))
+            .header("content-type", "application/octet-stream")
+            .body(part.clone())
+            .send()
+            .await
+            .unwrap();
+        if i < 3 {
+            assert_eq!(r.status(), 202, "chunk {i}");
+            location = r.headers()["location"].to_str().unwrap().to_owned();
+            sent.extend_from_slice(&part);
+            continue;
+        }
+        // The fourth chunk: refused with the OCI error, and the session is as it was.
+        assert_eq!(r.status(), 400);
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["errors"][0]["code"], "BLOB_UPLOAD_INVALID", "{body}");
+        assert!(
+            body["errors"][0]["message"]
+                .as_str()
+                .unwrap()
+                .contains("3 chunks"),
+            "{body}"
+        );
+    }
+    let bucket = garage.backend("chunks");
+    assert_eq!(bucket.list("_uploads/").await.unwrap().len(), 4); // session.json + 3 chunks
+    let r = m.client.get(m.url(&location)).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(r.headers()["range"], "0-2999");
+    // What was accepted completes into the blob.
+    let digest = sha256(&sent);
+    let sep = if location.contains('?') { '&' } else { '?' };
+    let r = m
+        .client
+        .put(m.url(&format!("{location}{sep}digest={digest}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(
+        get_bytes(&m, &format!("/v2/team/app/blobs/{digest}")).await,
+        sent
+    );
+    assert!(bucket.list("_uploads/").await.unwrap().is_empty());
+    m.stop().await;
+}

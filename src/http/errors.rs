@@ -189,6 +189,9 @@ pub fn upload_error(e: crate::store::UploadError) -> ApiError {
         UploadError::TooManySessions { .. } => {
             ApiError::new(ErrorCode::TooManyRequests, e.to_string())
         }
+        UploadError::TooManyChunks { .. } => {
+            ApiError::new(ErrorCode::BlobUploadInvalid, e.to_string())
+        }
         UploadError::Busy => ApiError::new(ErrorCode::BlobUploadInvalid, e.to_string())
             .with_status(http::StatusCode::CONFLICT),
         UploadError::Body(_) => ApiError::new(ErrorCode::BlobUploadInvalid, e.to_string()),

@@ -60,6 +60,14 @@ pub enum UploadError {
         /// The limit.
         limit: u64,
     },
+    /// The session has as many chunks as a shared session may have.
+    #[error(
+        "the upload session has {limit} chunks, the most it may have; send the rest in one request"
+    )]
+    TooManyChunks {
+        /// The limit.
+        limit: usize,
+    },
     /// This client has as many sessions open as it may.
     #[error("too many open upload sessions for this client (at most {limit})")]
     TooManySessions {
@@ -93,6 +101,8 @@ pub struct UploadLimits {
     pub max_total: u64,
     /// The sessions one client may have open (`max_upload_sessions_per_client`).
     pub max_sessions_per_client: usize,
+    /// The chunks one session shared through the bucket may have (`max_upload_chunks`).
+    pub max_chunks: usize,
 }
 
 /// What the unfinished uploads hold: bytes in all, sessions per owner, sessions being written.
@@ -274,20 +284,20 @@ impl Store {
         }
     }
 
-    /// The session's size, with its local copy brought up to date from the bucket first when
-    /// sessions are shared.
+    /// The session's size and how many chunks it has in the bucket (0 when sessions are not
+    /// shared), with its local copy brought up to date from the bucket first when they are.
     async fn upload_len_here(
         &self,
         repo: &RepoName,
         owner: &str,
         id: &UploadId,
-    ) -> std::result::Result<u64, UploadError> {
+    ) -> std::result::Result<(u64, usize), UploadError> {
         if !self.is_remote() {
-            return self.local_upload_len(repo, owner, id).await;
+            return Ok((self.local_upload_len(repo, owner, id).await?, 0));
         }
         let chunks = self.shared_chunks(repo, owner, id).await?;
         self.materialize(repo, owner, id, &chunks).await?;
-        Ok(chunks.last().map_or(0, |c| c.end))
+        Ok((chunks.last().map_or(0, |c| c.end), chunks.len()))
     }
 
     /// Claims a session for one writer.
@@ -317,7 +327,16 @@ impl Store {
         E: std::fmt::Display,
     {
         let _writing = self.start_writing(id)?;
-        let len = self.upload_len_here(repo, owner, id).await?;
+        let (len, chunks) = self.upload_len_here(repo, owner, id).await?;
+        // Every request of a shared session lists its chunks: a client may not make that
+        // list grow without bound with tiny PATCHes. A request without data (the final PUT)
+        // adds no chunk.
+        let mut body = body.peekable();
+        if chunks >= limits.max_chunks && std::pin::Pin::new(&mut body).peek().await.is_some() {
+            return Err(UploadError::TooManyChunks {
+                limit: limits.max_chunks,
+            });
+        }
         if let Some(start) = start.filter(|s| *s != len) {
             return Err(UploadError::OutOfOrder {
                 expected: len,
@@ -364,7 +383,7 @@ impl Store {
         holder: &str,
     ) -> std::result::Result<u64, UploadError> {
         let _writing = self.start_writing(id)?;
-        let len = self.upload_len_here(repo, owner, id).await?;
+        let (len, _) = self.upload_len_here(repo, owner, id).await?;
         let dir = self.upload_dir(id);
         let data = dir.join("data");
         let hashed = {
