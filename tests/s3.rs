@@ -485,3 +485,54 @@ async fn a_shared_upload_session_refuses_chunks_past_its_limit() {
     assert!(bucket.list("_uploads/").await.unwrap().is_empty());
     m.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bucket_object_that_does_not_match_its_digest_is_not_kept_locally() {
+    let test = "a_bucket_object_that_does_not_match_its_digest_is_not_kept_locally";
+    let Some(garage) = Garage::start(test).await else {
+        return;
+    };
+    let fake = FakeUpstream::start(Auth::None).await;
+    let m = start(
+        &garage,
+        tempfile::tempdir().unwrap(),
+        "rot",
+        &upstream(&fake),
+    )
+    .await;
+    let blob = random_bytes(1_000_000);
+    let digest = push_blob(&m, "team/app", &blob, false).await;
+    m.stop().await;
+    // Something rots the object in the bucket (same size, one byte changed).
+    let bucket = garage.backend("rot");
+    let key = format!("blobs/sha256/{}/{}", &digest[7..9], &digest[7..]);
+    let mut rotten = blob.clone();
+    rotten[500_000] ^= 0xff;
+    bucket.put(&key, rotten.clone().into()).await.unwrap();
+
+    // A replica without a local copy streams what the bucket holds (as a presigned URL
+    // would), but its own hash keeps the wrong bytes out of its hot cache.
+    let m = start(
+        &garage,
+        tempfile::tempdir().unwrap(),
+        "rot",
+        &upstream(&fake),
+    )
+    .await;
+    let path = format!("/v2/team/app/blobs/{digest}");
+    assert_eq!(get_bytes(&m, &path).await.len(), blob.len());
+    m.fills_settled().await;
+    assert_eq!(
+        m.metric("regmirror_digest_mismatches_total{upstream=\"backend\"}")
+            .await,
+        1.0
+    );
+    get_bytes(&m, &path).await;
+    m.fills_settled().await;
+    assert_eq!(
+        m.metric("regmirror_backend_read_bytes_total").await,
+        2.0 * blob.len() as f64,
+        "nothing was kept, so the bucket is read again"
+    );
+    m.stop().await;
+}

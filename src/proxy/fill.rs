@@ -113,6 +113,11 @@ pub struct Progress {
     /// All bytes are in and hash to the digest. Readers may finish even if keeping the blob
     /// fails afterwards: what they were sent is complete and correct.
     pub verified: bool,
+    /// The bytes were verified before they were stored where they come from (this store's
+    /// own bucket), so readers need not wait for this machine's hash of them, just as a
+    /// client sent to a presigned URL does not. The hash still decides whether the local copy
+    /// is kept: a mismatch keeps nothing and counts in `regmirror_digest_mismatches_total`.
+    pub trusted: bool,
     /// Where the fill is.
     pub phase: Phase,
 }
@@ -129,8 +134,13 @@ impl Progress {
         self.hold_back(self.received)
     }
 
+    /// Whether readers may have the blob's last byte as soon as it is here.
+    fn released(&self) -> bool {
+        self.verified || self.trusted
+    }
+
     fn hold_back(&self, have: u64) -> u64 {
-        if self.verified {
+        if self.released() {
             return have;
         }
         match self.total {
@@ -335,7 +345,7 @@ impl Fill {
         // A range that ends before the blob does still holds back its own last byte until
         // the whole blob is verified: no response completes with bytes that may be wrong.
         let clamp = |limit: u64| match end {
-            Some(e) if !progress.verified && limit >= e => e.saturating_sub(1),
+            Some(e) if !progress.released() && limit >= e => e.saturating_sub(1),
             Some(e) => e.min(limit),
             None => limit,
         };
@@ -468,6 +478,7 @@ impl Fills {
             received: 0,
             written: 0,
             verified: false,
+            trusted: matches!(source, FillSource::Backend),
             phase: Phase::Connecting,
         });
         let tail = Arc::new(Tail::default());
@@ -830,16 +841,25 @@ mod tests {
             received: 100,
             written: 100,
             verified: false,
+            trusted: false,
             phase: Phase::Streaming,
         };
         assert_eq!(progress.readable(), 99);
         progress.verified = true;
         assert_eq!(progress.readable(), 100);
+        progress.verified = false;
+        progress.trusted = true;
+        assert_eq!(
+            progress.readable(),
+            100,
+            "bytes from the bucket need not wait"
+        );
         let unknown = Progress {
             total: None,
             received: 50,
             written: 50,
             verified: false,
+            trusted: false,
             phase: Phase::Streaming,
         };
         assert_eq!(unknown.readable(), 49);
@@ -848,6 +868,7 @@ mod tests {
             received: 100,
             written: 40,
             verified: false,
+            trusted: false,
             phase: Phase::Streaming,
         };
         assert_eq!(ahead_of_disk.readable(), 40);
