@@ -536,3 +536,107 @@ async fn a_bucket_object_that_does_not_match_its_digest_is_not_kept_locally() {
     );
     m.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_aborts_the_multipart_upload_a_kill_9_mid_commit_leaves() {
+    use object_store::multipart::MultipartStore;
+    let test = "gc_aborts_the_multipart_upload_a_kill_9_mid_commit_leaves";
+    let Some(garage) = Garage::start(test).await else {
+        return;
+    };
+    let fake = FakeUpstream::start(Auth::None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("mirror.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[storage]\npath = \"{}\"\n{}\n{}",
+            dir.path().join("store").display(),
+            garage.storage_keys("stray", ""),
+            upstream(&fake)
+        ),
+    )
+    .unwrap();
+    let bucket = garage.backend("stray");
+
+    // A fill is committed after its client has every byte; a blob of 96 MiB goes up in
+    // 8 MiB parts. Kill the mirror the moment its upload is recorded; should the commit win
+    // the race, try again with another blob.
+    let mut record = None;
+    for _attempt in 0..3 {
+        let blob = random_bytes(96 * 1024 * 1024);
+        let digest = fake.put_blob(blob.clone());
+        let mut mirror = Regmirror::start(&config).await;
+        let url = mirror.url(&format!("/v2/app/blobs/{digest}"));
+        let download =
+            tokio::spawn(async move { reqwest::get(url).await.unwrap().bytes().await.unwrap() });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let found = loop {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "neither an upload record nor the blob appeared in the bucket"
+            );
+            if let Some(r) = bucket.list("_multipart/").await.unwrap().into_iter().next() {
+                break Some(r.key);
+            }
+            if download.is_finished() && !bucket.list("blobs/").await.unwrap().is_empty() {
+                break None;
+            }
+        };
+        mirror.kill9();
+        assert_eq!(download.await.unwrap().len(), blob.len());
+        if found.is_some() && bucket.list("blobs/").await.unwrap().is_empty() {
+            record = found;
+            break;
+        }
+        // Committed before the kill: start over on an empty prefix.
+        for object in bucket.list("").await.unwrap() {
+            bucket.delete(&object.key).await.unwrap();
+        }
+    }
+    let record = record.expect("no kill landed within a multipart upload in 3 attempts");
+    let record: serde_json::Value =
+        serde_json::from_slice(&bucket.get(&record).await.unwrap().unwrap()).unwrap();
+    let path = object_store::path::Path::from(format!("stray/{}", record["key"].as_str().unwrap()));
+    let upload_id = record["upload_id"].as_str().unwrap().to_owned();
+    let s3 = object_store::aws::AmazonS3Builder::new()
+        .with_endpoint(&garage.endpoint)
+        .with_allow_http(true)
+        .with_bucket_name(&garage.bucket)
+        .with_region("garage")
+        .with_access_key_id(&garage.key_id)
+        .with_secret_access_key(&garage.secret)
+        .build()
+        .unwrap();
+    let part = || object_store::PutPayload::from(vec![0u8; 16]);
+    // The dead mirror's upload is still open in Garage: parts can be added to it.
+    s3.put_part(&path, &upload_id, 90, part()).await.unwrap();
+
+    let m = start(
+        &garage,
+        tempfile::tempdir().unwrap(),
+        "stray",
+        &upstream(&fake),
+    )
+    .await;
+    let report = m
+        .server
+        .mirror
+        .store
+        .gc(
+            std::time::Duration::ZERO,
+            std::time::Duration::from_secs(3600),
+            false,
+            |_| false,
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.stray_uploads, 1, "{report}");
+    assert!(bucket.list("_multipart/").await.unwrap().is_empty());
+    assert!(
+        s3.put_part(&path, &upload_id, 91, part()).await.is_err(),
+        "the upload was aborted"
+    );
+    assert!(bucket.list("blobs/").await.unwrap().is_empty());
+    m.stop().await;
+}
