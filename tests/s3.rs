@@ -640,3 +640,52 @@ async fn gc_aborts_the_multipart_upload_a_kill_9_mid_commit_leaves() {
     assert!(bucket.list("blobs/").await.unwrap().is_empty());
     m.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_spares_an_unreferenced_blob_another_replica_read_within_the_grace_period() {
+    let test = "gc_spares_an_unreferenced_blob_another_replica_read_within_the_grace_period";
+    let Some(garage) = Garage::start(test).await else {
+        return;
+    };
+    let fake = FakeUpstream::start(Auth::None).await;
+    let orphan = fake.put_blob(random_bytes(50_000));
+    let path = format!("/v2/app/blobs/{orphan}");
+    let a = start(
+        &garage,
+        tempfile::tempdir().unwrap(),
+        "spare",
+        &upstream(&fake),
+    )
+    .await;
+    let b = start(
+        &garage,
+        tempfile::tempdir().unwrap(),
+        "spare",
+        &upstream(&fake),
+    )
+    .await;
+    get_bytes(&a, &path).await;
+    a.fills_settled().await;
+    let grace = std::time::Duration::from_secs(1);
+    // Written, and read on replica a, longer ago than the grace period...
+    tokio::time::sleep(grace + std::time::Duration::from_millis(200)).await;
+    // ...but read on replica b just now, which saves its access times as it does every minute.
+    get_bytes(&b, &path).await;
+    b.fills_settled().await;
+    b.server.mirror.store.save_access().await.unwrap();
+    let gc = |grace| {
+        a.server
+            .mirror
+            .store
+            .gc(grace, std::time::Duration::from_secs(3600), false, |_| {
+                false
+            })
+    };
+    assert_eq!(gc(grace).await.unwrap().blobs, 0, "spared: b read it");
+    let bucket = garage.backend("spare");
+    assert_eq!(bucket.list("blobs/").await.unwrap().len(), 1);
+    assert_eq!(gc(std::time::Duration::ZERO).await.unwrap().blobs, 1);
+    assert!(bucket.list("blobs/").await.unwrap().is_empty());
+    a.stop().await;
+    b.stop().await;
+}

@@ -122,7 +122,8 @@ impl Store {
 
     /// Removes blobs that no stored manifest references (manifests themselves are roots, as are
     /// the tags pointing at them), dangling tag records, upload sessions idle for `upload_ttl`,
-    /// and temp files, sparing anything written within `grace`. With `dry_run`, only counts.
+    /// and temp files, sparing anything written or read (on any replica) within `grace`. With
+    /// `dry_run`, only counts.
     pub async fn gc(
         &self,
         grace: Duration,
@@ -155,11 +156,23 @@ impl Store {
                 written: blob.written,
             })
             .collect();
+        // Other replicas on the bucket read blobs too: their access times (saved every
+        // minute) spare what they served within the grace period, so a stream they are
+        // sending from the bucket is not cut off under them.
+        if self.is_remote() {
+            self.load_access().await?;
+        }
         let cutoff = now_ms().saturating_sub(grace.as_millis() as u64);
         for blob in blobs {
             let reachable = manifests.contains(&blob.digest) || referenced.contains(&blob.digest);
             let young = blob.written > cutoff;
-            if reachable || young || in_use(&blob.digest) || self.is_being_read(&blob.digest) {
+            let read_lately = self.last_access(&blob.digest).is_some_and(|at| at > cutoff);
+            if reachable
+                || young
+                || read_lately
+                || in_use(&blob.digest)
+                || self.is_being_read(&blob.digest)
+            {
                 continue;
             }
             report.blobs += 1;
