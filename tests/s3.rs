@@ -90,6 +90,41 @@ async fn push_blob(m: &TestMirror, repo: &str, bytes: &[u8], chunked: bool) -> S
     digest
 }
 
+/// The config file of a real regmirror process on the bucket under `prefix`, with its store
+/// in `dir`.
+fn binary_config(
+    dir: &tempfile::TempDir,
+    garage: &Garage,
+    prefix: &str,
+    fake: &FakeUpstream,
+) -> std::path::PathBuf {
+    let config = dir.path().join("mirror.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[storage]\npath = \"{}\"\n{}\n{}",
+            dir.path().join("store").display(),
+            garage.storage_keys(prefix, ""),
+            upstream(fake)
+        ),
+    )
+    .unwrap();
+    config
+}
+
+/// Garage and a fake upstream for `test`, or `None` when the test is skipped.
+async fn garage_and_upstream(test: &str) -> Option<(Garage, FakeUpstream)> {
+    let garage = Garage::start(test).await?;
+    Some((garage, FakeUpstream::start(Auth::None).await))
+}
+
+/// A GC run on `m` now, sparing what was written or read within `grace`.
+async fn gc_now(m: &TestMirror, grace: std::time::Duration) -> regmirror::store::GcReport {
+    let upload_ttl = std::time::Duration::from_secs(3600);
+    let store = &m.server.mirror.store;
+    store.gc(grace, upload_ttl, false, |_| false).await.unwrap()
+}
+
 /// Every blob object in the bucket hashes to its key.
 async fn assert_bucket_blobs_verify(garage: &Garage, prefix: &str) -> usize {
     let bucket = garage.backend(prefix);
@@ -104,11 +139,13 @@ async fn assert_bucket_blobs_verify(garage: &Garage, prefix: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cached_and_pushed_images_survive_a_wiped_local_directory_with_the_upstream_down() {
-    let test = "cached_and_pushed_images_survive_a_wiped_local_directory_with_the_upstream_down";
-    let Some(garage) = Garage::start(test).await else {
+    let Some((garage, fake)) = garage_and_upstream(
+        "cached_and_pushed_images_survive_a_wiped_local_directory_with_the_upstream_down",
+    )
+    .await
+    else {
         return;
     };
-    let fake = FakeUpstream::start(Auth::None).await;
     // 12 MiB: more than one part, so the commit is a multipart upload.
     let layer = random_bytes(12 * 1024 * 1024);
     let config = random_bytes(2_000);
@@ -226,11 +263,10 @@ async fn cached_and_pushed_images_survive_a_wiped_local_directory_with_the_upstr
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deletes_and_gc_work_on_the_bucket() {
-    let test = "deletes_and_gc_work_on_the_bucket";
-    let Some(garage) = Garage::start(test).await else {
+    let Some((garage, fake)) = garage_and_upstream("deletes_and_gc_work_on_the_bucket").await
+    else {
         return;
     };
-    let fake = FakeUpstream::start(Auth::None).await;
     let dir = tempfile::tempdir().unwrap();
     let keys = format!("delete = true\n{}", garage.storage_keys("del", ""));
     let m = TestMirror::start_storage(dir, &keys, &upstream(&fake)).await;
@@ -260,18 +296,7 @@ async fn deletes_and_gc_work_on_the_bucket() {
     );
     m.fills_settled().await;
     assert_eq!(bucket.list("blobs/").await.unwrap().len(), 1);
-    let report = m
-        .server
-        .mirror
-        .store
-        .gc(
-            std::time::Duration::ZERO,
-            std::time::Duration::from_secs(3600),
-            false,
-            |_| false,
-        )
-        .await
-        .unwrap();
+    let report = gc_now(&m, std::time::Duration::ZERO).await;
     assert_eq!(report.blobs, 1);
     assert!(bucket.list("blobs/").await.unwrap().is_empty());
     m.stop().await;
@@ -279,11 +304,11 @@ async fn deletes_and_gc_work_on_the_bucket() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redirect_mode_sends_clients_to_presigned_bucket_urls() {
-    let test = "redirect_mode_sends_clients_to_presigned_bucket_urls";
-    let Some(garage) = Garage::start(test).await else {
+    let Some((garage, fake)) =
+        garage_and_upstream("redirect_mode_sends_clients_to_presigned_bucket_urls").await
+    else {
         return;
     };
-    let fake = FakeUpstream::start(Auth::None).await;
     let keys = garage.storage_keys("redirect", "redirect = true");
     let m = TestMirror::start_storage(tempfile::tempdir().unwrap(), &keys, &upstream(&fake)).await;
     let blob = random_bytes(200_000);
@@ -352,11 +377,11 @@ async fn bad_credentials_or_a_missing_bucket_fail_at_start_with_a_clear_error() 
 /// the blob again and commits it whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_fill_leaves_no_object_in_the_bucket() {
-    let test = "kill_9_mid_fill_leaves_no_object_in_the_bucket";
-    let Some(garage) = Garage::start(test).await else {
+    let Some((garage, fake)) =
+        garage_and_upstream("kill_9_mid_fill_leaves_no_object_in_the_bucket").await
+    else {
         return;
     };
-    let fake = FakeUpstream::start(Auth::None).await;
     let blob = random_bytes(4 * 1024 * 1024);
     let digest = fake.put_blob(blob.clone());
     fake.set_fault(
@@ -367,17 +392,7 @@ async fn kill_9_mid_fill_leaves_no_object_in_the_bucket() {
         }),
     );
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("mirror.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[storage]\npath = \"{}\"\n{}\n{}",
-            dir.path().join("store").display(),
-            garage.storage_keys("kill", ""),
-            upstream(&fake)
-        ),
-    )
-    .unwrap();
+    let config = binary_config(&dir, &garage, "kill", &fake);
     let mut mirror = Regmirror::start(&config).await;
     let mut response = reqwest::get(mirror.url(&format!("/v2/app/blobs/{digest}")))
         .await
@@ -415,11 +430,11 @@ async fn kill_9_mid_fill_leaves_no_object_in_the_bucket() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shared_upload_session_refuses_chunks_past_its_limit() {
-    let test = "a_shared_upload_session_refuses_chunks_past_its_limit";
-    let Some(garage) = Garage::start(test).await else {
+    let Some((garage, fake)) =
+        garage_and_upstream("a_shared_upload_session_refuses_chunks_past_its_limit").await
+    else {
         return;
     };
-    let fake = FakeUpstream::start(Auth::None).await;
     let dir = tempfile::tempdir().unwrap();
     let keys = format!(
         "max_upload_chunks = 3\n{}",
@@ -488,11 +503,12 @@ async fn a_shared_upload_session_refuses_chunks_past_its_limit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bucket_object_that_does_not_match_its_digest_is_not_kept_locally() {
-    let test = "a_bucket_object_that_does_not_match_its_digest_is_not_kept_locally";
-    let Some(garage) = Garage::start(test).await else {
+    let Some((garage, fake)) =
+        garage_and_upstream("a_bucket_object_that_does_not_match_its_digest_is_not_kept_locally")
+            .await
+    else {
         return;
     };
-    let fake = FakeUpstream::start(Auth::None).await;
     let m = start(
         &garage,
         tempfile::tempdir().unwrap(),
@@ -540,23 +556,13 @@ async fn a_bucket_object_that_does_not_match_its_digest_is_not_kept_locally() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gc_aborts_the_multipart_upload_a_kill_9_mid_commit_leaves() {
     use object_store::multipart::MultipartStore;
-    let test = "gc_aborts_the_multipart_upload_a_kill_9_mid_commit_leaves";
-    let Some(garage) = Garage::start(test).await else {
+    let Some((garage, fake)) =
+        garage_and_upstream("gc_aborts_the_multipart_upload_a_kill_9_mid_commit_leaves").await
+    else {
         return;
     };
-    let fake = FakeUpstream::start(Auth::None).await;
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("mirror.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[storage]\npath = \"{}\"\n{}\n{}",
-            dir.path().join("store").display(),
-            garage.storage_keys("stray", ""),
-            upstream(&fake)
-        ),
-    )
-    .unwrap();
+    let config = binary_config(&dir, &garage, "stray", &fake);
     let bucket = garage.backend("stray");
 
     // A fill is committed after its client has every byte; a blob of 96 MiB goes up in
@@ -619,18 +625,7 @@ async fn gc_aborts_the_multipart_upload_a_kill_9_mid_commit_leaves() {
         &upstream(&fake),
     )
     .await;
-    let report = m
-        .server
-        .mirror
-        .store
-        .gc(
-            std::time::Duration::ZERO,
-            std::time::Duration::from_secs(3600),
-            false,
-            |_| false,
-        )
-        .await
-        .unwrap();
+    let report = gc_now(&m, std::time::Duration::ZERO).await;
     assert_eq!(report.stray_uploads, 1, "{report}");
     assert!(bucket.list("_multipart/").await.unwrap().is_empty());
     assert!(
@@ -643,11 +638,13 @@ async fn gc_aborts_the_multipart_upload_a_kill_9_mid_commit_leaves() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gc_spares_an_unreferenced_blob_another_replica_read_within_the_grace_period() {
-    let test = "gc_spares_an_unreferenced_blob_another_replica_read_within_the_grace_period";
-    let Some(garage) = Garage::start(test).await else {
+    let Some((garage, fake)) = garage_and_upstream(
+        "gc_spares_an_unreferenced_blob_another_replica_read_within_the_grace_period",
+    )
+    .await
+    else {
         return;
     };
-    let fake = FakeUpstream::start(Auth::None).await;
     let orphan = fake.put_blob(random_bytes(50_000));
     let path = format!("/v2/app/blobs/{orphan}");
     let a = start(
@@ -673,18 +670,10 @@ async fn gc_spares_an_unreferenced_blob_another_replica_read_within_the_grace_pe
     get_bytes(&b, &path).await;
     b.fills_settled().await;
     b.server.mirror.store.save_access().await.unwrap();
-    let gc = |grace| {
-        a.server
-            .mirror
-            .store
-            .gc(grace, std::time::Duration::from_secs(3600), false, |_| {
-                false
-            })
-    };
-    assert_eq!(gc(grace).await.unwrap().blobs, 0, "spared: b read it");
+    assert_eq!(gc_now(&a, grace).await.blobs, 0, "spared: b read it");
     let bucket = garage.backend("spare");
     assert_eq!(bucket.list("blobs/").await.unwrap().len(), 1);
-    assert_eq!(gc(std::time::Duration::ZERO).await.unwrap().blobs, 1);
+    assert_eq!(gc_now(&a, std::time::Duration::ZERO).await.blobs, 1);
     assert!(bucket.list("blobs/").await.unwrap().is_empty());
     a.stop().await;
     b.stop().await;
