@@ -663,12 +663,18 @@ async fn gc_spares_an_unreferenced_blob_another_replica_read_within_the_grace_pe
     .await;
     get_bytes(&a, &path).await;
     a.fills_settled().await;
-    let grace = std::time::Duration::from_secs(1);
+    let grace = std::time::Duration::from_secs(2);
     // Written, and read on replica a, longer ago than the grace period...
     tokio::time::sleep(grace + std::time::Duration::from_millis(200)).await;
-    // ...but read on replica b just now, which saves its access times as it does every minute.
+    // ...but read on replica b just now (from the bucket: nothing was written again), which
+    // saves its access times as it does every minute.
     get_bytes(&b, &path).await;
     b.fills_settled().await;
+    assert_eq!(fake.count("GET", "/blobs/"), 1, "b read the bucket");
+    assert_eq!(
+        b.metric("regmirror_backend_read_bytes_total").await,
+        50_000.0
+    );
     b.server.mirror.store.save_access().await.unwrap();
     assert_eq!(gc_now(&a, grace).await.blobs, 0, "spared: b read it");
     let bucket = garage.backend("spare");
