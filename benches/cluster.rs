@@ -154,13 +154,7 @@ async fn main() {
         return;
     };
     let upstream = FakeUpstream::start(Auth::None).await;
-    let config = common::random_bytes(300);
-    let config_digest = upstream.put_blob(config);
-    let manifest = serde_json::json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": 300},
-        "layers": []})
-    .to_string();
-    upstream.put_manifest("library/bench", "v1", manifest, OCI_MANIFEST);
+    common::images::put_config_only_image(&upstream, "library/bench", "v1");
 
     let one = measure(&garage, &redis, &upstream, 1).await;
     let three = measure(&garage, &redis, &upstream, 3).await;

@@ -79,12 +79,12 @@ async fn json(node: &Regmirror, path: &str) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_behind_round_robin_act_as_one_registry() {
-    let _one = ONE_CLUSTER.lock().await;
     let test = "three_replicas_behind_round_robin_act_as_one_registry";
     let Some(skopeo_bin) = common::require_tool("skopeo", test) else {
         return;
     };
     let Some(Parts {
+        _one,
         garage,
         redis,
         work,
@@ -281,6 +281,8 @@ async fn three_replicas_behind_round_robin_act_as_one_registry() {
 /// What every cluster test starts with: Garage, Redis, a working directory and a fake
 /// upstream (which has nothing until the test puts something there).
 struct Parts {
+    /// Held for the test: one cluster at a time.
+    _one: tokio::sync::MutexGuard<'static, ()>,
     garage: Garage,
     redis: Redis,
     work: tempfile::TempDir,
@@ -291,6 +293,7 @@ impl Parts {
     /// `None` (skipped) when Garage or redis-server is missing.
     async fn start(test: &str) -> Option<Parts> {
         Some(Parts {
+            _one: ONE_CLUSTER.lock().await,
             garage: Garage::start(test).await?,
             redis: Redis::start(test).await?,
             work: tempfile::tempdir().unwrap(),
@@ -350,9 +353,9 @@ async fn fetch(url: String, upstream: &FakeUpstream, digest: &str) -> (Vec<u8>, 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_cold_requests_over_all_replicas_cost_one_upstream_fetch() {
-    let _one = ONE_CLUSTER.lock().await;
     let test = "concurrent_cold_requests_over_all_replicas_cost_one_upstream_fetch";
     let Some(Parts {
+        _one,
         garage,
         redis,
         work,
@@ -394,9 +397,9 @@ async fn concurrent_cold_requests_over_all_replicas_cost_one_upstream_fetch() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_killed_mid_fill_or_mid_push_loses_nothing() {
-    let _one = ONE_CLUSTER.lock().await;
     let test = "a_replica_killed_mid_fill_or_mid_push_loses_nothing";
     let Some(Parts {
+        _one,
         garage,
         redis,
         work,
@@ -492,9 +495,9 @@ async fn a_replica_killed_mid_fill_or_mid_push_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn manifest_fetches_and_revalidations_are_coalesced_over_the_cluster() {
-    let _one = ONE_CLUSTER.lock().await;
     let test = "manifest_fetches_and_revalidations_are_coalesced_over_the_cluster";
     let Some(Parts {
+        _one,
         garage,
         redis,
         work,
@@ -503,13 +506,7 @@ async fn manifest_fetches_and_revalidations_are_coalesced_over_the_cluster() {
     else {
         return;
     };
-    let config = common::random_bytes(300);
-    let config_digest = upstream.put_blob(config);
-    let manifest = serde_json::json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": 300},
-        "layers": []})
-    .to_string();
-    upstream.put_manifest("library/app", "v1", manifest.clone(), OCI_MANIFEST);
+    let manifest = common::images::put_config_only_image(&upstream, "library/app", "v1");
     let cluster = format!("secret = \"{SECRET}\"\nredis_url = \"{}\"\n", redis.url());
     let replicas = Replicas::start(
         &garage,
@@ -579,9 +576,9 @@ async fn cold_round(replicas: &Replicas, upstream: &FakeUpstream, size: usize) -
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_going_away_degrades_to_one_fetch_per_replica_never_to_errors() {
-    let _one = ONE_CLUSTER.lock().await;
     let test = "redis_going_away_degrades_to_one_fetch_per_replica_never_to_errors";
     let Some(Parts {
+        _one,
         garage,
         mut redis,
         work,
@@ -639,9 +636,9 @@ async fn redis_going_away_degrades_to_one_fetch_per_replica_never_to_errors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_under_steady_pulls_loses_no_request() {
-    let _one = ONE_CLUSTER.lock().await;
     let test = "a_rolling_restart_under_steady_pulls_loses_no_request";
     let Some(Parts {
+        _one,
         garage,
         redis,
         work,
@@ -739,7 +736,6 @@ async fn a_rolling_restart_under_steady_pulls_loses_no_request() {
 /// spread over the three replicas; each blob comes from the upstream once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dockerd_pulls_through_three_replicas() {
-    let _one = ONE_CLUSTER.lock().await;
     let test = "dockerd_pulls_through_three_replicas";
     let (Some(dockerd), Some(docker)) = (
         common::require_tool("dockerd", test),
@@ -748,6 +744,7 @@ async fn dockerd_pulls_through_three_replicas() {
         return;
     };
     let Some(Parts {
+        _one,
         garage,
         redis,
         work,

@@ -204,13 +204,7 @@ async fn chunked_upload_status_out_of_order_and_cancel() {
     assert_eq!(code(r).await, (404, "BLOB_UPLOAD_UNKNOWN".to_owned()));
 
     // Again, right this time, in two chunks and a PUT.
-    let r = m
-        .client
-        .post(m.url("/v2/team/app/blobs/uploads/"))
-        .send()
-        .await
-        .unwrap();
-    let location = r.headers()["location"].to_str().unwrap().to_owned();
+    let location = m.open_upload("team/app").await;
     m.client
         .patch(m.url(&location))
         .body(blob[..150_000].to_vec())
@@ -229,13 +223,7 @@ async fn chunked_upload_status_out_of_order_and_cancel() {
     assert_eq!(std::fs::read(m.blob_path(&digest)).unwrap(), blob);
 
     // Cancel.
-    let r = m
-        .client
-        .post(m.url("/v2/team/app/blobs/uploads/"))
-        .send()
-        .await
-        .unwrap();
-    let location = r.headers()["location"].to_str().unwrap().to_owned();
+    let location = m.open_upload("team/app").await;
     let r = m.client.delete(m.url(&location)).send().await.unwrap();
     assert_eq!(r.status(), 204);
     let r = m.client.get(m.url(&location)).send().await.unwrap();
@@ -661,13 +649,7 @@ async fn htpasswd_guards_pushes_and_optionally_pulls() {
 async fn idle_upload_sessions_expire() {
     let fake = FakeUpstream::start(Auth::None).await;
     let m = mirror_with(&fake, "upload_ttl = \"1s\"", "").await;
-    let r = m
-        .client
-        .post(m.url("/v2/r/blobs/uploads/"))
-        .send()
-        .await
-        .unwrap();
-    let location = r.headers()["location"].to_str().unwrap().to_owned();
+    let location = m.open_upload("r").await;
     m.client
         .patch(m.url(&location))
         .body(vec![1u8; 100])
@@ -1196,17 +1178,8 @@ async fn deletes_through_one_repository_leave_the_others_alone() {
 async fn upload_sessions_need_their_signed_state() {
     let fake = FakeUpstream::start(Auth::None).await;
     let m = mirror_with(&fake, "", "").await;
-    let open = || async {
-        let r = m
-            .client
-            .post(m.url("/v2/team/app/blobs/uploads/"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 202);
-        r.headers()["location"].to_str().unwrap().to_owned()
-    };
-    let (first, second) = (open().await, open().await);
+    let first = m.open_upload("team/app").await;
+    let second = m.open_upload("team/app").await;
     let (path, state) = first.split_once("?_state=").expect("a signed location");
     assert_eq!(state.len(), 32, "{first}");
     let other_state = second.split_once("?_state=").unwrap().1;

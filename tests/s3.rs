@@ -53,14 +53,7 @@ async fn push_blob(m: &TestMirror, repo: &str, bytes: &[u8], chunked: bool) -> S
         assert_eq!(r.status(), 201);
         return digest;
     }
-    let r = m
-        .client
-        .post(m.url(&format!("/v2/{repo}/blobs/uploads/")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
-    let mut location = r.headers()["location"].to_str().unwrap().to_owned();
+    let mut location = m.open_upload(repo).await;
     let half = bytes.len() / 2;
     for (i, part) in [&bytes[..half], &bytes[half..]].into_iter().enumerate() {
         let start = if i == 0 { 0 } else { half };
@@ -441,14 +434,7 @@ async fn a_shared_upload_session_refuses_chunks_past_its_limit() {
         garage.storage_keys("chunks", "")
     );
     let m = TestMirror::start_storage(dir, &keys, &upstream(&fake)).await;
-    let r = m
-        .client
-        .post(m.url("/v2/team/app/blobs/uploads/"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
-    let mut location = r.headers()["location"].to_str().unwrap().to_owned();
+    let mut location = m.open_upload("team/app").await;
     let mut sent = Vec::new();
     for i in 0..4u8 {
         let part = vec![i; 1000];

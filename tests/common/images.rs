@@ -225,6 +225,21 @@ pub async fn push_http(registry: &str, repo: &str, tag: &str, layout: &Path, roo
     put_manifest(tag.to_owned(), root).await;
 }
 
+/// An image with a 300-byte config and no layers under `repo:tag` of `fake`; its manifest.
+pub fn put_config_only_image(
+    fake: &super::fake_upstream::FakeUpstream,
+    repo: &str,
+    tag: &str,
+) -> String {
+    let config_digest = fake.put_blob(super::random_bytes(300));
+    let manifest = serde_json::json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": 300},
+        "layers": []})
+    .to_string();
+    fake.put_manifest(repo, tag, manifest.clone(), OCI_MANIFEST);
+    manifest
+}
+
 /// A one-layer image dockerd can unpack: a real tar.gz layer and its config.
 pub fn put_runnable_image(fake: &super::fake_upstream::FakeUpstream, repo: &str, tag: &str) {
     let mut tar = tar::Builder::new(Vec::new());

@@ -88,6 +88,18 @@ impl TestMirror {
         self.client.get(self.url(path)).send().await.unwrap()
     }
 
+    /// Opens an anonymous upload session in `repo`; its `Location`.
+    pub async fn open_upload(&self, repo: &str) -> String {
+        let r = self
+            .client
+            .post(self.url(&format!("/v2/{repo}/blobs/uploads/")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202, "POST /v2/{repo}/blobs/uploads/");
+        r.headers()["location"].to_str().unwrap().to_owned()
+    }
+
     pub async fn head(&self, path: &str) -> reqwest::Response {
         self.client.head(self.url(path)).send().await.unwrap()
     }
