@@ -160,6 +160,9 @@ pub struct ServerConfig {
     /// A connection with no request in flight and nothing received for this long is closed.
     #[serde(default = "default_idle_timeout", with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// A pushed body (blob chunk or manifest) that sends nothing for this long is refused.
+    #[serde(default = "default_body_idle_timeout", with = "humantime_serde")]
+    pub body_idle_timeout: Duration,
     /// A TLS handshake must finish within this long.
     #[serde(default = "default_tls_handshake_timeout", with = "humantime_serde")]
     pub tls_handshake_timeout: Duration,
@@ -651,6 +654,9 @@ fn default_header_read_timeout() -> Duration {
 fn default_idle_timeout() -> Duration {
     Duration::from_secs(90)
 }
+fn default_body_idle_timeout() -> Duration {
+    Duration::from_secs(60)
+}
 fn default_tls_handshake_timeout() -> Duration {
     Duration::from_secs(10)
 }
@@ -697,6 +703,7 @@ impl Default for ServerConfig {
             trusted_proxies: Vec::new(),
             header_read_timeout: default_header_read_timeout(),
             idle_timeout: default_idle_timeout(),
+            body_idle_timeout: default_body_idle_timeout(),
             tls_handshake_timeout: default_tls_handshake_timeout(),
             max_connections: None,
         }

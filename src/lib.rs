@@ -228,6 +228,7 @@ pub async fn start(config: &Config) -> Result<Server, StartError> {
         upload_signer: http::uploads::UploadSigner::new(keys.derive("upload")),
         public_url: config.server.public_url.as_ref().map(|u| u.to_string()),
         trusted_proxies: config.server.trusted_proxies.clone(),
+        body_idle_timeout: config.server.body_idle_timeout,
     });
     mirror.metrics.store_max_bytes.set(
         config

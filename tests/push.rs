@@ -1231,3 +1231,66 @@ async fn the_peer_route_refuses_requests_not_signed_by_the_cluster() {
     }
     assert_eq!(fake.count("GET", &digest), 0, "the upstream was not asked");
 }
+
+/// A push whose body stops arriving is refused after `body_idle_timeout` (a request in flight
+/// is exempt from the connection timeouts), and its session is free again, as it was.
+#[tokio::test]
+async fn a_pushed_body_that_stops_arriving_is_refused_in_time() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fake = FakeUpstream::start(Auth::None).await;
+    let m = TestMirror::start_config(
+        tempfile::tempdir().unwrap(),
+        "body_idle_timeout = \"1s\"",
+        "",
+        &format!(
+            "[auth]\nanonymous_push = true\n[[upstream]]\nname = \"docker.io\"\nurl = \"{}\"\ndefault = true\n",
+            fake.url()
+        ),
+    )
+    .await;
+    let location = m.open_upload("team/app").await;
+    // Both a chunk and a manifest: 10 of 1000 declared bytes, then nothing.
+    for (method, path, code) in [
+        ("PATCH", location.as_str(), "BLOB_UPLOAD_INVALID"),
+        ("PUT", "/v2/team/app/manifests/v1", "MANIFEST_INVALID"),
+    ] {
+        let mut stream = tokio::net::TcpStream::connect(m.server.addr).await.unwrap();
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/octet-stream\r\ncontent-length: 1000\r\n\r\n0123456789"
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let started = std::time::Instant::now();
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 4096];
+        // The answer comes after the idle timeout, well before the test gives up.
+        while !String::from_utf8_lossy(&answer).contains(code) {
+            let n = tokio::time::timeout(std::time::Duration::from_secs(10), stream.read(&mut buf))
+                .await
+                .expect("an answer within 10 s")
+                .unwrap();
+            assert!(
+                n > 0,
+                "closed without an answer: {}",
+                String::from_utf8_lossy(&answer)
+            );
+            answer.extend_from_slice(&buf[..n]);
+        }
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 400"), "{method}: {answer}");
+        assert!(started.elapsed() >= std::time::Duration::from_millis(900));
+    }
+    // The session took nothing from the stalled chunk and is not held by it.
+    let r = m.client.get(m.url(&location)).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(r.headers()["range"], "0-0");
+    let r = m
+        .client
+        .patch(m.url(&location))
+        .header("content-type", "application/octet-stream")
+        .body(vec![7u8; 100])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    assert_eq!(r.headers()["range"], "0-99");
+}

@@ -61,7 +61,6 @@ pub async fn put(
     reference: &Reference,
     body: hyper::body::Incoming,
 ) -> Answer {
-    use http_body_util::BodyExt;
     let too_large = || {
         ApiError::new(
             ErrorCode::ManifestInvalid,
@@ -77,13 +76,11 @@ pub async fn put(
     if declared.is_some_and(|len| len > MAX_PUSHED_MANIFEST) {
         return too_large().into();
     }
-    let bytes = match http_body_util::Limited::new(body, MAX_PUSHED_MANIFEST)
-        .collect()
-        .await
-    {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => return too_large().into(),
-        Err(e) => {
+    use super::request_body::{CollectError, collect};
+    let bytes = match collect(body, ctx.app.body_idle_timeout, MAX_PUSHED_MANIFEST).await {
+        Ok(bytes) => bytes,
+        Err(CollectError::TooLarge(_)) => return too_large().into(),
+        Err(CollectError::Body(e)) => {
             return ApiError::new(ErrorCode::ManifestInvalid, format!("reading body: {e}")).into();
         }
     };

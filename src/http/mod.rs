@@ -10,6 +10,7 @@ pub mod limits;
 mod manifests;
 mod paging;
 mod referrers;
+mod request_body;
 pub mod routes;
 mod search;
 pub mod server;
@@ -91,6 +92,8 @@ pub struct App {
     pub public_url: Option<String>,
     /// Proxies whose `X-Forwarded-*` headers are believed.
     pub trusted_proxies: Vec<crate::config::IpNet>,
+    /// How long a pushed body may send nothing (`[server] body_idle_timeout`).
+    pub body_idle_timeout: std::time::Duration,
 }
 
 impl App {

@@ -2,9 +2,7 @@
 //! a cross-repository mount), then `PATCH` chunks, `PUT ?digest=` to finish, `GET` for the
 //! status and `DELETE` to cancel. Bodies stream to disk.
 
-use futures_util::TryStreamExt;
 use http::{HeaderValue, Method, Response, StatusCode, header};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use super::body::empty;
@@ -57,11 +55,13 @@ impl UploadSigner {
 /// Bytes of HMAC in a `_state`: 128 bits cannot be guessed.
 const STATE_BYTES: usize = 16;
 
-/// The request body as a stream of bytes.
+/// The request body as a stream of bytes that gives up on a client sending nothing.
 fn body_stream(
+    ctx: &Ctx<'_>,
     body: Incoming,
-) -> impl futures_util::Stream<Item = Result<bytes::Bytes, hyper::Error>> + Unpin {
-    body.into_data_stream().map_err(|e| e)
+) -> impl futures_util::Stream<Item = Result<bytes::Bytes, super::request_body::BodyError>> + Unpin
+{
+    super::request_body::data_stream(body, ctx.app.body_idle_timeout)
 }
 
 /// Refuses a body whose declared length is over the limit before reading any of it.
@@ -184,7 +184,7 @@ pub async fn start(ctx: &Ctx<'_>, name: &RepoName, body: Incoming) -> Answer {
     // Monolithic: the whole blob in this request.
     let result = async {
         mirror
-            .append_upload(name, &owner, &id, None, body_stream(body), limits)
+            .append_upload(name, &owner, &id, None, body_stream(ctx, body), limits)
             .await?;
         mirror.complete_upload(name, ns, &owner, &id, &digest).await
     }
@@ -245,7 +245,7 @@ pub async fn session(
                 Err(e) => return e.into(),
             };
             match mirror
-                .append_upload(name, &owner, &id, start, body_stream(body), limits)
+                .append_upload(name, &owner, &id, start, body_stream(ctx, body), limits)
                 .await
             {
                 Ok(len) => session_status(ctx, name, &id, len, StatusCode::ACCEPTED),
@@ -270,7 +270,7 @@ pub async fn session(
             };
             let result = async {
                 mirror
-                    .append_upload(name, &owner, &id, start, body_stream(body), limits)
+                    .append_upload(name, &owner, &id, start, body_stream(ctx, body), limits)
                     .await?;
                 mirror.complete_upload(name, ns, &owner, &id, &digest).await
             }
