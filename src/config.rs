@@ -427,8 +427,9 @@ pub struct AccessRule {
     /// htpasswd users (`"*"`: every user).
     pub users: Vec<String>,
     /// Glob patterns of repository names (`"team/*"`; `*` matches any run of characters,
-    /// `/` included), matched against the name as the client sends it and as it routes
-    /// upstream (`library/alpine`, `docker.io/library/alpine`).
+    /// `/` included), matched against the one name a request's repository resolves to
+    /// (`docker.io/library/alpine`): a pattern whose first component is an upstream's name, or
+    /// that starts with `*`, as it is; any other as a name on the default upstream.
     pub repositories: Vec<String>,
     /// Any of `"push"`, `"delete"` (every authenticated user may pull).
     pub actions: Vec<Action>,

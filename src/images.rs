@@ -9,9 +9,9 @@ use std::sync::Arc;
 
 use crate::oci::image_ref::{ImageRef, ImageRefError};
 use crate::oci::manifest::Manifest;
-use crate::oci::{Digest, DigestError, Reference, RepoName, media};
+use crate::oci::{Digest, DigestError, Reference, media};
 use crate::proxy::CacheResult;
-use crate::proxy::{BlobBody, Mirror, ProxyError};
+use crate::proxy::{BlobBody, Mirror, ProxyError, Target};
 use crate::store::{IMPORT_HOLDER, Store, StoreError, StoredManifest, TagRecord};
 
 /// Errors of whole-image operations.
@@ -169,10 +169,13 @@ pub async fn walk(
     };
     let mut walked = WalkedImage::default();
     let mut seen = HashSet::new();
+    let target = mirror
+        .target(None, &image.name)
+        .map_err(|e| pull_err(e.into()))?;
     let mut pending = vec![image.reference.clone()];
     while let Some(reference) = pending.pop() {
         let answer = mirror
-            .manifest(&image.name, None, &reference, false)
+            .manifest(&target, &reference, false)
             .await
             .map_err(pull_err)?;
         if !seen.insert(answer.digest.clone()) {
@@ -192,7 +195,7 @@ pub async fn walk(
         })?;
         if parsed.children.is_empty() {
             for digest in &parsed.blobs {
-                let blob = fetch_blob(mirror, &image.name, digest, progress)
+                let blob = fetch_blob(mirror, &target, digest, progress)
                     .await
                     .map_err(pull_err)?;
                 walked.blobs.push(blob);
@@ -220,12 +223,12 @@ pub async fn walk(
 /// Makes sure a blob is in the store, reporting progress while it is fetched.
 async fn fetch_blob(
     mirror: &Arc<Mirror>,
-    name: &RepoName,
+    target: &Target,
     digest: &Digest,
     progress: Progress<'_>,
 ) -> Result<WalkedBlob, ProxyError> {
     use futures_util::StreamExt;
-    let answer = mirror.blob(name, None, digest, false, None).await?;
+    let answer = mirror.blob(target, digest, false, None).await?;
     let fetched = !matches!(answer.cache, CacheResult::Hit);
     let size = match answer.body {
         BlobBody::Fill { fill, .. } => {
@@ -255,7 +258,9 @@ async fn fetch_blob(
 /// The canonical name of an image for `ref.name` annotations: `<upstream>/<repo>:<tag>` (or
 /// `@<digest>`), as routing resolves it.
 pub fn canonical_name(mirror: &Mirror, image: &ImageRef) -> String {
-    let name = mirror.local_name(None, &image.name);
+    let name = mirror
+        .target(None, &image.name)
+        .map_or_else(|_| image.name.clone(), |t| t.canonical().clone());
     match &image.reference {
         Reference::Tag(t) => format!("{name}:{t}"),
         Reference::Digest(d) => format!("{name}@{d}"),
@@ -393,7 +398,9 @@ async fn import_bundle(mirror: &Arc<Mirror>, bundle: &Path) -> Result<Imported, 
         let Reference::Tag(tag) = &image.reference else {
             continue;
         };
-        let local = mirror.local_name(None, &image.name);
+        let local = mirror
+            .target(None, &image.name)
+            .map_or_else(|_| image.name.clone(), |t| t.canonical().clone());
         let m = mirror
             .store
             .read_manifest(&digest)

@@ -214,7 +214,15 @@ pub async fn start(config: &Config) -> Result<Server, StartError> {
             "no [cluster] secret: tokens and upload sessions are this replica's own; set one to run several replicas on the bucket"
         );
     }
-    let auth = http::auth::Authenticator::new(&config.auth, htpasswd, keys.derive("token"));
+    // Access rules are matched against the one name a request's repository resolves to: their
+    // patterns are read in the same terms, once.
+    let mut auth_config = config.auth.clone();
+    for rule in &mut auth_config.access {
+        for pattern in &mut rule.repositories {
+            *pattern = proxy::target::canonical_pattern(pattern, &mirror.upstreams);
+        }
+    }
+    let auth = http::auth::Authenticator::new(&auth_config, htpasswd, keys.derive("token"));
     let app = Arc::new(http::App {
         mirror: Arc::clone(&mirror),
         auth,

@@ -159,11 +159,8 @@ async fn docker_login_and_push_over_tls() {
     assert!(ok, "docker login over TLS: {out}");
     let (ok, out) = run(&["push", &pushed], None);
     assert!(ok, "docker push over TLS: {out}");
-    let tags = target
-        .server
-        .mirror
-        .list_tags(&"team/hello".parse().unwrap(), None, None, None)
-        .await
-        .unwrap();
+    let mirror = &target.server.mirror;
+    let repo = mirror.target(None, &"team/hello".parse().unwrap()).unwrap();
+    let tags = mirror.list_tags(&repo, None, None).await.unwrap();
     assert_eq!(tags.map(|(t, _)| t), Some(vec!["1.0".to_owned()]));
 }

@@ -152,11 +152,11 @@ pub enum Need<'a> {
     Ping,
     /// Reading something that belongs to no one repository (`_catalog`).
     Read,
-    /// `action` on a repository, known by these names (as the client sent it first, then as
-    /// it routes, e.g. `library/alpine`, `docker.io/library/alpine`).
+    /// `action` on a repository, by the one name it resolved to
+    /// ([`crate::proxy::Target::canonical`], e.g. `docker.io/library/alpine`).
     Repository {
-        /// The names; the first is the one in the URL (and in token scopes).
-        names: &'a [String],
+        /// The canonical name: what access rules and token grants are matched against.
+        name: &'a str,
         /// What the request does.
         action: Action,
     },
@@ -185,7 +185,7 @@ pub struct Claims {
 /// Actions on one repository, as in Docker's token auth.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Grant {
-    /// The repository, as the client names it.
+    /// The repository, by its canonical name (the scope's name resolved as a request's is).
     pub name: String,
     /// The actions granted.
     pub actions: Vec<Action>,
@@ -293,9 +293,10 @@ impl Authenticator {
         self.htpasswd.is_some()
     }
 
-    /// Whether `action` on a repository known by `names` is allowed to `identity` by the
-    /// configuration (not by a token).
-    fn allows(&self, identity: &Identity, names: &[String], action: Action) -> bool {
+    /// Whether `action` on the repository `name` (canonical) is allowed to `identity` by the
+    /// configuration (not by a token). Rule patterns are in canonical terms too (see
+    /// [`crate::proxy::target::canonical_pattern`]).
+    fn allows(&self, identity: &Identity, name: &str, action: Action) -> bool {
         match (identity, action) {
             (Identity::Anonymous, Action::Pull) => self.anonymous_pull || !self.has_users(),
             (Identity::Anonymous, _) => self.anonymous_push,
@@ -304,10 +305,7 @@ impl Authenticator {
             (Identity::User(user), _) => self.rules.iter().any(|rule| {
                 rule.actions.contains(&action)
                     && rule.users.iter().any(|u| u == "*" || u == user)
-                    && rule
-                        .repositories
-                        .iter()
-                        .any(|p| names.iter().any(|n| glob_matches(p, n)))
+                    && rule.repositories.iter().any(|p| glob_matches(p, name))
             }),
         }
     }
@@ -409,17 +407,18 @@ impl Authenticator {
         }
         let (identity, claims) = self.identify(authorization, client).await?;
         let allowed = match need {
-            Need::Ping => authorization.is_some() && self.allows(&identity, &[], Action::Pull),
-            Need::Read => self.allows(&identity, &[], Action::Pull),
+            Need::Ping => authorization.is_some() && self.allows(&identity, "", Action::Pull),
+            Need::Read => self.allows(&identity, "", Action::Pull),
             Need::Repository { action, .. } if *action == Action::Pull => {
-                self.allows(&identity, &[], Action::Pull)
+                self.allows(&identity, "", Action::Pull)
             }
-            Need::Repository { names, action } => match &claims {
+            Need::Repository { name, action } => match &claims {
                 // A token allows what its scope says (checked against the rules when issued).
-                Some(claims) => claims.access.iter().any(|grant| {
-                    names.first() == Some(&grant.name) && grant.actions.contains(action)
-                }),
-                None => self.allows(&identity, names, *action),
+                Some(claims) => claims
+                    .access
+                    .iter()
+                    .any(|grant| grant.name == *name && grant.actions.contains(action)),
+                None => self.allows(&identity, name, *action),
             },
         };
         match (allowed, &identity) {
@@ -433,14 +432,14 @@ impl Authenticator {
     }
 
     /// A token for whoever the Basic credentials (if any) prove, granting of the requested
-    /// `scopes` what that identity may do. `names_of` gives the names a repository is known
-    /// by (the scope's own name first), for matching access rules.
+    /// `scopes` what that identity may do. `canonical` gives the one name a scope's repository
+    /// resolves to (`None`: it resolves to none, and is not granted).
     pub async fn issue_token(
         &self,
         authorization: Option<&str>,
         client: IpAddr,
         scopes: &[String],
-        names_of: impl Fn(&str) -> Option<Vec<String>>,
+        canonical: impl Fn(&str) -> Option<String>,
     ) -> Result<String, Refusal> {
         let identity = match authorization.map(str::trim) {
             Some(value) if value.starts_with("Basic ") => {
@@ -451,12 +450,12 @@ impl Authenticator {
         };
         let mut access: Vec<Grant> = Vec::new();
         for (name, actions) in scopes.iter().flat_map(|s| parse_scope(s)) {
-            let Some(names) = names_of(&name) else {
+            let Some(name) = canonical(&name) else {
                 continue;
             };
             let granted: Vec<Action> = actions
                 .into_iter()
-                .filter(|a| self.allows(&identity, &names, *a))
+                .filter(|a| self.allows(&identity, &name, *a))
                 .collect();
             if !granted.is_empty() {
                 access.push(Grant {
@@ -525,8 +524,8 @@ mod tests {
         )
     }
 
-    fn repo(names: &[String], action: Action) -> Need<'_> {
-        Need::Repository { names, action }
+    fn repo(name: &str, action: Action) -> Need<'_> {
+        Need::Repository { name, action }
     }
 
     #[test]
@@ -573,10 +572,10 @@ mod tests {
     #[tokio::test]
     async fn policy_without_rules() {
         let a = authenticator("");
-        let names = vec!["team/app".to_owned()];
+        let names = "team/app";
         let good = basic("u", "pw");
         assert_eq!(
-            a.authorize(None, LOCAL, &repo(&names, Action::Pull)).await,
+            a.authorize(None, LOCAL, &repo(names, Action::Pull)).await,
             Ok(Identity::Anonymous)
         );
         assert_eq!(
@@ -584,21 +583,21 @@ mod tests {
             Err(Refusal::Required)
         );
         assert_eq!(
-            a.authorize(None, LOCAL, &repo(&names, Action::Push)).await,
+            a.authorize(None, LOCAL, &repo(names, Action::Push)).await,
             Err(Refusal::Required)
         );
         assert_eq!(
-            a.authorize(Some(&good), LOCAL, &repo(&names, Action::Push))
+            a.authorize(Some(&good), LOCAL, &repo(names, Action::Push))
                 .await,
             Ok(Identity::User("u".into()))
         );
         assert_eq!(
-            a.authorize(Some(&basic("u", "no")), LOCAL, &repo(&names, Action::Pull))
+            a.authorize(Some(&basic("u", "no")), LOCAL, &repo(names, Action::Pull))
                 .await,
             Err(Refusal::Invalid)
         );
         assert_eq!(
-            a.authorize(Some("Bearer forged.x"), LOCAL, &repo(&names, Action::Pull))
+            a.authorize(Some("Bearer forged.x"), LOCAL, &repo(names, Action::Pull))
                 .await,
             Err(Refusal::Invalid)
         );
@@ -607,28 +606,28 @@ mod tests {
     #[tokio::test]
     async fn tokens_carry_their_scope() {
         let a = authenticator("");
-        let names_of = |n: &str| Some(vec![n.to_owned()]);
+        let names_of = |n: &str| Some(n.to_owned());
         let scope = vec!["repository:team/a:pull,push".to_owned()];
         let token = a
             .issue_token(Some(&basic("u", "pw")), LOCAL, &scope, names_of)
             .await
             .unwrap();
         let bearer = format!("Bearer {token}");
-        let a_names = vec!["team/a".to_owned()];
-        let b_names = vec!["team/b".to_owned()];
+        let a_names = "team/a";
+        let b_names = "team/b";
         assert!(
-            a.authorize(Some(&bearer), LOCAL, &repo(&a_names, Action::Push))
+            a.authorize(Some(&bearer), LOCAL, &repo(a_names, Action::Push))
                 .await
                 .is_ok()
         );
         assert_eq!(
-            a.authorize(Some(&bearer), LOCAL, &repo(&b_names, Action::Push))
+            a.authorize(Some(&bearer), LOCAL, &repo(b_names, Action::Push))
                 .await,
             Err(Refusal::Required),
             "a token for team/a does not push to team/b"
         );
         assert!(
-            a.authorize(Some(&bearer), LOCAL, &repo(&b_names, Action::Pull))
+            a.authorize(Some(&bearer), LOCAL, &repo(b_names, Action::Pull))
                 .await
                 .is_ok(),
             "an authenticated user pulls anything"
@@ -638,7 +637,7 @@ mod tests {
             a.authorize(
                 Some(&format!("Bearer {anonymous}")),
                 LOCAL,
-                &repo(&a_names, Action::Push)
+                &repo(a_names, Action::Push)
             )
             .await,
             Err(Refusal::Required),
@@ -656,18 +655,14 @@ mod tests {
             actions = ["push"]
             "#,
         );
-        let alpine = vec!["alpine".to_owned(), "library/alpine".to_owned()];
+        let alpine = "library/alpine";
         assert!(
-            a.authorize(
-                Some(&basic("ci", "pw")),
-                LOCAL,
-                &repo(&alpine, Action::Push)
-            )
-            .await
-            .is_ok()
+            a.authorize(Some(&basic("ci", "pw")), LOCAL, &repo(alpine, Action::Push))
+                .await
+                .is_ok()
         );
         assert!(matches!(
-            a.authorize(Some(&basic("u", "pw")), LOCAL, &repo(&alpine, Action::Push))
+            a.authorize(Some(&basic("u", "pw")), LOCAL, &repo(alpine, Action::Push))
                 .await,
             Err(Refusal::Denied(_))
         ));
@@ -675,7 +670,7 @@ mod tests {
             a.authorize(
                 Some(&basic("ci", "pw")),
                 LOCAL,
-                &repo(&alpine, Action::Delete)
+                &repo(alpine, Action::Delete)
             )
             .await,
             Err(Refusal::Denied(_))
@@ -685,16 +680,16 @@ mod tests {
     #[tokio::test]
     async fn failed_logins_are_throttled() {
         let a = authenticator("");
-        let names = vec!["x".to_owned()];
+        let names = "x";
         for _ in 0..MAX_FAILURES {
             assert_eq!(
-                a.authorize(Some(&basic("u", "bad")), LOCAL, &repo(&names, Action::Pull))
+                a.authorize(Some(&basic("u", "bad")), LOCAL, &repo(names, Action::Pull))
                     .await,
                 Err(Refusal::Invalid)
             );
         }
         assert_eq!(
-            a.authorize(Some(&basic("u", "bad")), LOCAL, &repo(&names, Action::Pull))
+            a.authorize(Some(&basic("u", "bad")), LOCAL, &repo(names, Action::Pull))
                 .await,
             Err(Refusal::Throttled)
         );
@@ -702,17 +697,17 @@ mod tests {
 
     #[tokio::test]
     async fn without_users_writes_need_anonymous_push() {
-        let names = vec!["x".to_owned()];
+        let names = "x";
         let closed = Authenticator::new(&AuthConfig::default(), None, b"k".to_vec());
         assert!(matches!(
             closed
-                .authorize(None, LOCAL, &repo(&names, Action::Push))
+                .authorize(None, LOCAL, &repo(names, Action::Push))
                 .await,
             Err(Refusal::Denied(_))
         ));
         assert!(
             closed
-                .authorize(None, LOCAL, &repo(&names, Action::Pull))
+                .authorize(None, LOCAL, &repo(names, Action::Pull))
                 .await
                 .is_ok()
         );
@@ -722,7 +717,7 @@ mod tests {
         };
         let open = Authenticator::new(&open_config, None, b"k".to_vec());
         assert!(
-            open.authorize(None, LOCAL, &repo(&names, Action::Delete))
+            open.authorize(None, LOCAL, &repo(names, Action::Delete))
                 .await
                 .is_ok()
         );

@@ -5,7 +5,8 @@ use http::{HeaderValue, Response, StatusCode, header};
 use super::body::{empty, file_range, streamed};
 use super::errors::{ApiError, Resource, proxy_error};
 use super::{Answer, Ctx, echo_namespace};
-use crate::oci::{ByteRange, Digest, ErrorCode, RepoName};
+use crate::oci::{ByteRange, Digest, ErrorCode};
+use crate::proxy::Target;
 use crate::proxy::{BlobAnswer, BlobBody};
 use crate::proxy::{CacheResult, Source};
 
@@ -24,14 +25,13 @@ fn requested_range(ctx: &Ctx<'_>) -> Result<Option<ByteRange>, ApiError> {
 }
 
 /// Answers a blob request.
-pub async fn get(ctx: &Ctx<'_>, name: &RepoName, digest: &Digest) -> Answer {
+pub async fn get(ctx: &Ctx<'_>, target: &Target, digest: &Digest) -> Answer {
     let range = match requested_range(ctx) {
         Ok(range) => range,
         Err(e) => return e.into(),
     };
-    let ns = ctx.query.ns.as_deref();
-    let upstream = ctx.upstream_label(name);
-    let answer = match ctx.mirror.blob(name, ns, digest, ctx.head, range).await {
+    let upstream = target.label().to_owned();
+    let answer = match ctx.mirror.blob(target, digest, ctx.head, range).await {
         Ok(answer) => answer,
         Err(e) => {
             let error = proxy_error(e, Resource::Blob, &upstream);
@@ -146,9 +146,9 @@ fn redirect(ctx: &Ctx<'_>, url: &url::Url, cache: CacheResult, upstream: String)
     }
 }
 
-/// `DELETE /v2/<name>/blobs/<digest>`: through `name` only (another repository that holds the
-/// blob keeps it).
-pub async fn delete(ctx: &Ctx<'_>, name: &RepoName, digest: &Digest) -> Answer {
+/// `DELETE /v2/<name>/blobs/<digest>`: through `target` only (another repository that holds
+/// the blob keeps it).
+pub async fn delete(ctx: &Ctx<'_>, target: &Target, digest: &Digest) -> Answer {
     if !ctx.app.delete_enabled {
         return ApiError::new(
             ErrorCode::Unsupported,
@@ -156,11 +156,7 @@ pub async fn delete(ctx: &Ctx<'_>, name: &RepoName, digest: &Digest) -> Answer {
         )
         .into();
     }
-    match ctx
-        .mirror
-        .delete_blob(name, ctx.query.ns.as_deref(), digest)
-        .await
-    {
+    match ctx.mirror.delete_blob(target, digest).await {
         Ok(true) => super::manifests::accepted(),
         Ok(false) => ApiError::new(ErrorCode::BlobUnknown, format!("{digest} not found")).into(),
         Err(e) => proxy_error(e, Resource::Blob, crate::store::LOCAL).into(),

@@ -134,16 +134,21 @@ pub fn upstream_error(e: &UpstreamError, resource: Resource, upstream: &str) -> 
     }
 }
 
-/// Maps a pull-through failure for `resource`.
-pub fn proxy_error(e: ProxyError, resource: Resource, upstream: &str) -> ApiError {
+/// Maps a name that routes nowhere it may (an `ns` that names no configured upstream).
+pub fn route_error(e: &upstream::RouteError) -> ApiError {
     match e {
-        ProxyError::Route(upstream::RouteError::UnknownNamespace(ns)) => ApiError::new(
+        upstream::RouteError::UnknownNamespace(ns) => ApiError::new(
             ErrorCode::NameUnknown,
             format!("namespace {ns:?} is not a configured upstream of this mirror"),
         ),
-        ProxyError::Route(e @ upstream::RouteError::NoUpstream(_)) => {
-            ApiError::new(ErrorCode::NameUnknown, e.to_string())
-        }
+        upstream::RouteError::NoUpstream(_) => ApiError::new(ErrorCode::NameUnknown, e.to_string()),
+    }
+}
+
+/// Maps a pull-through failure for `resource`.
+pub fn proxy_error(e: ProxyError, resource: Resource, upstream: &str) -> ApiError {
+    match e {
+        ProxyError::Route(e) => route_error(&e),
         ProxyError::Upstream(e) | ProxyError::Fill(FillError::Upstream(e)) => {
             upstream_error(&e, resource, upstream)
         }

@@ -5,14 +5,13 @@ use http::{HeaderValue, Response, header};
 use super::body::{empty, full};
 use super::errors::{ApiError, Resource, proxy_error, push_error};
 use super::{Answer, Ctx, echo_namespace};
-use crate::oci::{ErrorCode, Reference, RepoName};
-use crate::proxy::Source;
+use crate::oci::{ErrorCode, Reference};
+use crate::proxy::{Source, Target};
 
 /// Answers a manifest request.
-pub async fn get(ctx: &Ctx<'_>, name: &RepoName, reference: &Reference) -> Answer {
-    let ns = ctx.query.ns.as_deref();
-    let upstream = ctx.upstream_label(name);
-    let answer = match ctx.mirror.manifest(name, ns, reference, ctx.head).await {
+pub async fn get(ctx: &Ctx<'_>, target: &Target, reference: &Reference) -> Answer {
+    let upstream = target.label().to_owned();
+    let answer = match ctx.mirror.manifest(target, reference, ctx.head).await {
         Ok(answer) => answer,
         Err(e) => {
             let error = proxy_error(e, Resource::Manifest, &upstream);
@@ -57,7 +56,7 @@ pub const MAX_PUSHED_MANIFEST: usize = 4 * 1024 * 1024;
 /// `PUT /v2/<name>/manifests/<reference>`.
 pub async fn put(
     ctx: &Ctx<'_>,
-    name: &RepoName,
+    target: &Target,
     reference: &Reference,
     body: hyper::body::Incoming,
 ) -> Answer {
@@ -90,7 +89,7 @@ pub async fn put(
         .and_then(|v| v.to_str().ok());
     let pushed = match ctx
         .mirror
-        .push_manifest(name, reference, content_type, bytes)
+        .push_manifest(target, reference, content_type, bytes)
         .await
     {
         Ok(pushed) => pushed,
@@ -105,7 +104,10 @@ pub async fn put(
             headers.insert(key, value);
         }
     };
-    set("location", format!("/v2/{name}/manifests/{digest}"));
+    set(
+        "location",
+        format!("/v2/{}/manifests/{digest}", target.sent()),
+    );
     set("docker-content-digest", digest);
     if let Some(subject) = pushed.subject {
         set("oci-subject", subject.to_string());
@@ -117,7 +119,7 @@ pub async fn put(
 }
 
 /// `DELETE /v2/<name>/manifests/<reference>`.
-pub async fn delete(ctx: &Ctx<'_>, name: &RepoName, reference: &Reference) -> Answer {
+pub async fn delete(ctx: &Ctx<'_>, target: &Target, reference: &Reference) -> Answer {
     if !ctx.app.delete_enabled {
         return ApiError::new(
             ErrorCode::Unsupported,
@@ -125,7 +127,7 @@ pub async fn delete(ctx: &Ctx<'_>, name: &RepoName, reference: &Reference) -> An
         )
         .into();
     }
-    match ctx.mirror.delete_manifest(name, reference).await {
+    match ctx.mirror.delete_manifest(target, reference).await {
         Ok(true) => accepted(),
         Ok(false) => {
             ApiError::new(ErrorCode::ManifestUnknown, format!("{reference} not found")).into()

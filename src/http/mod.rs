@@ -31,7 +31,7 @@ use routes::{Query, Route};
 
 use crate::oci::ErrorCode;
 use crate::proxy::Mirror;
-use crate::proxy::{CacheResult, Source};
+use crate::proxy::{CacheResult, Source, Target};
 
 /// Header naming how a lookup was answered: `hit`, `revalidated`, `miss`, `coalesced` or
 /// `stale` (a cached tag served because the upstream could not be asked; a `Warning: 110`
@@ -201,19 +201,6 @@ impl Ctx<'_> {
     }
 }
 
-impl Ctx<'_> {
-    /// The name of the upstream `name` routes to, for logs and metrics.
-    pub fn upstream_label(&self, name: &crate::oci::RepoName) -> String {
-        self.mirror
-            .upstreams
-            .resolve(self.query.ns.as_deref(), name)
-            .map_or_else(
-                |_| crate::store::LOCAL.to_owned(),
-                |r| r.upstream.name().to_owned(),
-            )
-    }
-}
-
 /// Answers one request.
 pub async fn handle(
     app: Arc<App>,
@@ -319,7 +306,11 @@ fn method_label(method: &Method) -> &'static str {
 
 /// What a request needs, in the authorization policy's terms; `None` for what is always
 /// allowed (metrics, health, the token endpoint).
-fn need_of<'n>(route: &Route, method: &Method, names: &'n [String]) -> Option<auth::Need<'n>> {
+fn need_of<'t>(
+    route: &Route,
+    method: &Method,
+    target: Option<&'t Target>,
+) -> Option<auth::Need<'t>> {
     use crate::config::Action;
     let read = *method == Method::GET || *method == Method::HEAD;
     // Only what the API offers needs a permission; anything else is answered 405 as it is.
@@ -340,20 +331,11 @@ fn need_of<'n>(route: &Route, method: &Method, names: &'n [String]) -> Option<au
         _ if read => Action::Pull,
         _ => return None,
     };
-    Some(auth::Need::Repository { names, action })
-}
-
-/// The names a repository is known by, for access rules: as the client named it first, then
-/// as it routes upstream (`library/alpine`) and as pushes record it
-/// (`docker.io/library/alpine`).
-fn names_of(mirror: &Mirror, ns: Option<&str>, name: &crate::oci::RepoName) -> Vec<String> {
-    let mut names = vec![name.to_string()];
-    if let Ok(route) = mirror.upstreams.resolve(ns, name) {
-        names.push(route.repo.to_string());
-    }
-    names.push(mirror.local_name(ns, name).to_string());
-    names.dedup();
-    names
+    let target = target?;
+    Some(auth::Need::Repository {
+        name: target.canonical().as_str(),
+        action,
+    })
 }
 
 /// The repository a route is about.
@@ -368,25 +350,28 @@ fn route_name(route: &Route) -> Option<&crate::oci::RepoName> {
     }
 }
 
-/// Applies the authorization policy; who the client is, or the error to answer.
+/// Resolves the repository a route names, once: what access rules check and every handler
+/// acts on.
+fn resolve_target(app: &App, route: &Route, query: &Query) -> Result<Option<Target>, ApiError> {
+    let Some(name) = route_name(route) else {
+        return Ok(None);
+    };
+    Target::resolve(&app.mirror.upstreams, query.ns.as_deref(), name)
+        .map(Some)
+        .map_err(|e| errors::route_error(&e))
+}
+
+/// Applies the authorization policy to `target`; who the client is, or the error to answer.
 async fn authorize(
     app: &App,
     route: &Route,
+    target: Option<&Target>,
     parts: &http::request::Parts,
     conn: &ConnInfo,
     client: std::net::IpAddr,
     query: &Query,
 ) -> Result<auth::Identity, ApiError> {
-    let name = route_name(route);
-    // The names a repository goes by matter only to access rules (writes): reads, the hot
-    // path, skip working them out.
-    let writes = !matches!(parts.method, Method::GET | Method::HEAD)
-        || matches!(route, Route::Upload { .. });
-    let names = match name {
-        Some(n) if writes => names_of(&app.mirror, query.ns.as_deref(), n),
-        _ => Vec::new(),
-    };
-    let Some(need) = need_of(route, &parts.method, &names) else {
+    let Some(need) = need_of(route, &parts.method, target) else {
         return Ok(auth::Identity::Anonymous);
     };
     let sent = parts
@@ -405,15 +390,12 @@ async fn authorize(
                     "Basic realm=\"regmirror\", charset=\"UTF-8\"".into(),
                 )
             }
-            (_, refusal) => refused(app, conn, parts, refusal, name, &need),
+            (_, refusal) => refused(app, conn, parts, refusal, target, &need),
         })?;
-    // A mount also reads the repository it mounts from.
-    if let (Route::Upload { .. }, Some(from)) = (route, query.from.as_deref())
-        && let Ok(from) = from.parse::<crate::oci::RepoName>()
-    {
-        let from_names = names_of(&app.mirror, None, &from);
+    // A mount also reads the repository it mounts from, in the same namespace.
+    if let (Route::Upload { .. }, Some(from)) = (route, mount_source(app, query)?) {
         let pull = auth::Need::Repository {
-            names: &from_names,
+            name: from.canonical().as_str(),
             action: crate::config::Action::Pull,
         };
         app.auth
@@ -424,6 +406,19 @@ async fn authorize(
     Ok(identity)
 }
 
+/// The repository a cross-repository mount names in `from=`, resolved as the target is.
+fn mount_source(app: &App, query: &Query) -> Result<Option<Target>, ApiError> {
+    let Some(from) = query.from.as_deref() else {
+        return Ok(None);
+    };
+    let Ok(from) = from.parse::<crate::oci::RepoName>() else {
+        return Ok(None);
+    };
+    Target::resolve(&app.mirror.upstreams, query.ns.as_deref(), &from)
+        .map(Some)
+        .map_err(|e| errors::route_error(&e))
+}
+
 /// The answer to a refused request: 401 with a challenge pointing at our token endpoint,
 /// 403, or 429 for a throttled login.
 fn refused(
@@ -431,7 +426,7 @@ fn refused(
     conn: &ConnInfo,
     parts: &http::request::Parts,
     refusal: auth::Refusal,
-    name: Option<&crate::oci::RepoName>,
+    target: Option<&Target>,
     need: &auth::Need<'_>,
 ) -> ApiError {
     let message = match refusal {
@@ -450,7 +445,8 @@ fn refused(
         "Bearer realm=\"{}/token\",service=\"regmirror\"",
         app.external_base(conn, parts)
     );
-    if let (Some(name), auth::Need::Repository { action, .. }) = (name, need) {
+    if let (Some(target), auth::Need::Repository { action, .. }) = (target, need) {
+        let name = target.sent();
         let actions = match action {
             crate::config::Action::Pull => "pull",
             crate::config::Action::Push => "pull,push",
@@ -477,13 +473,16 @@ async fn token(
         .headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    let names = |scope_name: &str| {
+    // A scope names a repository as a client would (no `ns`): its grant holds the one name
+    // that repository resolves to, so it grants nothing in another namespace.
+    let canonical = |scope_name: &str| {
         let name = scope_name.parse::<crate::oci::RepoName>().ok()?;
-        Some(names_of(&app.mirror, None, &name))
+        let target = Target::resolve(&app.mirror.upstreams, None, &name).ok()?;
+        Some(target.canonical().to_string())
     };
     match app
         .auth
-        .issue_token(sent, client, &query.scope, names)
+        .issue_token(sent, client, &query.scope, canonical)
         .await
     {
         Ok(token) => {
@@ -525,7 +524,12 @@ async fn dispatch(app: &App, request: Request<Incoming>, conn: &ConnInfo) -> Ans
     }
     let query = Query::parse(parts.uri.query());
     let client = app.client_addr(conn, &parts.headers);
-    let identity = match authorize(app, &route, &parts, conn, client, &query).await {
+    let target = match resolve_target(app, &route, &query) {
+        Ok(target) => target,
+        Err(e) => return e.into(),
+    };
+    let identity = match authorize(app, &route, target.as_ref(), &parts, conn, client, &query).await
+    {
         Ok(identity) => identity,
         Err(e) => return e.into(),
     };
@@ -546,51 +550,66 @@ async fn dispatch(app: &App, request: Request<Incoming>, conn: &ConnInfo) -> Ans
         // What another replica changed just before this request is visible to it.
         app.mirror.follow_cluster().await;
     }
+    if let Some(target) = &target {
+        return repository(&ctx, route, target, method, body).await;
+    }
     match (route, method) {
         (Route::Base, _) if read => Answer::plain(base_response()),
         (Route::Health, _) if read => Answer::plain(text_response("ok\n", "text/plain")),
         (Route::Ready, _) if read => ready(app).await,
         (Route::Metrics, _) if read => Answer::plain(metrics_response(&app.mirror)),
-        (Route::Manifest { name, reference }, _) if read => {
-            manifests::get(&ctx, &name, &reference).await
-        }
-        (Route::Manifest { name, reference }, Method::PUT) => {
-            manifests::put(&ctx, &name, &reference, body).await
-        }
-        (Route::Manifest { name, reference }, Method::DELETE) => {
-            manifests::delete(&ctx, &name, &reference).await
-        }
-        (Route::Blob { name, digest }, _) if read => blobs::get(&ctx, &name, &digest).await,
         (Route::PeerBlob { digest }, Method::GET) => blobs::peer_get(&ctx, &digest).await,
-        (Route::Blob { name, digest }, Method::DELETE) => blobs::delete(&ctx, &name, &digest).await,
-        (
-            Route::Upload {
-                name,
-                session: None,
-            },
-            Method::POST,
-        ) => uploads::start(&ctx, &name, body).await,
-        (
-            Route::Upload {
-                name,
-                session: Some(id),
-            },
-            m,
-        ) => uploads::session(&ctx, &name, &id, m, body).await,
-        (Route::TagsList { name }, _) if read => tags::list(&ctx, &name).await,
         (Route::Catalog, _) if read => catalog::list(&ctx).await,
         (Route::Search, _) if read => search::search(&ctx).await,
         (Route::Ui(page), _) if read => ui::page(&ctx, page).await,
         (Route::V1Ping, _) if read => Answer::plain(text_response("{}", "application/json")),
-        (Route::Referrers { name, digest }, _) if read => {
-            referrers::list(&ctx, &name, &digest).await
-        }
-        (_, method) => ApiError::new(
-            ErrorCode::Unsupported,
-            format!("{method} is not supported on this path"),
-        )
-        .into(),
+        (_, method) => unsupported(&method),
     }
+}
+
+/// The routes about one repository: each handler gets the resolved [`Target`] that was
+/// authorized, never the name as sent.
+async fn repository(
+    ctx: &Ctx<'_>,
+    route: Route,
+    target: &Target,
+    method: Method,
+    body: Incoming,
+) -> Answer {
+    let read = method == Method::GET || method == Method::HEAD;
+    match (route, method) {
+        (Route::Manifest { reference, .. }, _) if read => {
+            manifests::get(ctx, target, &reference).await
+        }
+        (Route::Manifest { reference, .. }, Method::PUT) => {
+            manifests::put(ctx, target, &reference, body).await
+        }
+        (Route::Manifest { reference, .. }, Method::DELETE) => {
+            manifests::delete(ctx, target, &reference).await
+        }
+        (Route::Blob { digest, .. }, _) if read => blobs::get(ctx, target, &digest).await,
+        (Route::Blob { digest, .. }, Method::DELETE) => blobs::delete(ctx, target, &digest).await,
+        (Route::Upload { session: None, .. }, Method::POST) => {
+            uploads::start(ctx, target, body).await
+        }
+        (
+            Route::Upload {
+                session: Some(id), ..
+            },
+            m,
+        ) => uploads::session(ctx, target, &id, m, body).await,
+        (Route::TagsList { .. }, _) if read => tags::list(ctx, target).await,
+        (Route::Referrers { digest, .. }, _) if read => referrers::list(ctx, target, &digest).await,
+        (_, method) => unsupported(&method),
+    }
+}
+
+fn unsupported(method: &Method) -> Answer {
+    ApiError::new(
+        ErrorCode::Unsupported,
+        format!("{method} is not supported on this path"),
+    )
+    .into()
 }
 
 /// `GET /readyz`: 200 when the store is writable, else 503.

@@ -6,13 +6,14 @@ use http::{HeaderValue, Response, header};
 use super::body::full;
 use super::errors::{Resource, proxy_error};
 use super::{Answer, Ctx};
-use crate::oci::{Digest, RepoName, media};
+use crate::oci::{Digest, media};
+use crate::proxy::Target;
 use crate::store::LOCAL;
 
-/// Answers a referrers listing (always 200: an empty index when there are none).
-pub async fn list(ctx: &Ctx<'_>, _name: &RepoName, digest: &Digest) -> Answer {
+/// Answers a referrers listing of `target` (always 200: an empty index when there are none).
+pub async fn list(ctx: &Ctx<'_>, target: &Target, digest: &Digest) -> Answer {
     let filter = ctx.query.artifact_type.as_deref();
-    let referrers = match ctx.mirror.referrers(digest, filter).await {
+    let referrers = match ctx.mirror.referrers(target, digest, filter).await {
         Ok(referrers) => referrers,
         Err(e) => return proxy_error(e, Resource::Manifest, LOCAL).into(),
     };

@@ -3,18 +3,20 @@
 use super::errors::{ApiError, Resource, proxy_error};
 use super::paging::{Page, json_page};
 use super::{Answer, Ctx, echo_namespace};
-use crate::oci::{ErrorCode, RepoName};
+use crate::oci::ErrorCode;
+use crate::proxy::Target;
 
 /// Answers a tag listing.
-pub async fn list(ctx: &Ctx<'_>, name: &RepoName) -> Answer {
+pub async fn list(ctx: &Ctx<'_>, target: &Target) -> Answer {
+    let name = target.sent();
     let page = match Page::parse(ctx.query.n.as_deref(), ctx.query.last.as_deref()) {
         Ok(page) => page,
         Err(e) => return e.into(),
     };
-    let upstream = ctx.upstream_label(name);
+    let upstream = target.label().to_owned();
     let listed = ctx
         .mirror
-        .list_tags(name, ctx.query.ns.as_deref(), page.n, page.last.as_deref())
+        .list_tags(target, page.n, page.last.as_deref())
         .await;
     let (tags, more) = match listed {
         Ok(Some(listed)) => listed,

@@ -289,11 +289,13 @@ fn manifest_page(m: &ManifestView) -> Markup {
             @if m.referrers.is_empty() { p.muted { "No signatures, SBOMs or attestations refer to it." } }
             @else {
                 table {
-                    tr { th { "Digest" } th { "Artifact type" } th { "Media type" } th { "Size" } }
-                    @for r in &m.referrers {
+                    tr { th { "Digest" } th { "Artifact type" } th { "Pushed to" } th { "Media type" } th { "Size" } }
+                    @for view in &m.referrers {
+                        @let r = &view.referrer;
                         tr {
                             td { a href=(query_link("/ui/manifest", &[("digest", &r.digest)])) { code { (short(&r.digest)) "…" } } }
                             td { (r.artifact_type.as_deref().unwrap_or("–")) }
+                            td { (view.repositories.join(", ")) }
                             td { code { (r.media_type) } }
                             td { (bytes(r.size)) }
                         }

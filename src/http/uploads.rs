@@ -9,6 +9,7 @@ use super::body::empty;
 use super::errors::{ApiError, upload_error};
 use super::{Answer, Ctx};
 use crate::oci::{ContentRange, Digest, ErrorCode, RepoName};
+use crate::proxy::Target;
 use crate::store::UploadId;
 
 /// Signs upload sessions with the cluster's upload key: the `_state` parameter of a session's
@@ -92,13 +93,28 @@ fn digest_param(ctx: &Ctx<'_>) -> Result<Option<Digest>, ApiError> {
         .map_err(|e| ApiError::new(ErrorCode::DigestInvalid, e.to_string()))
 }
 
+/// `&ns=<ns>` when the client sent containerd's `ns`: the URLs we hand back resolve to the
+/// same repository.
+fn ns_param(ctx: &Ctx<'_>) -> String {
+    ctx.query.ns.as_deref().map_or_else(String::new, |ns| {
+        let mut pairs = url::form_urlencoded::Serializer::new(String::from("&"));
+        pairs.append_pair("ns", ns);
+        pairs.finish()
+    })
+}
+
 /// `201 Created` for a blob now in the store.
-fn created(name: &RepoName, digest: &Digest) -> Answer {
+fn created(ctx: &Ctx<'_>, target: &Target, digest: &Digest) -> Answer {
+    let name = target.sent();
+    let query = ns_param(ctx).replacen('&', "?", 1);
     let mut response = Response::new(empty());
     *response.status_mut() = StatusCode::CREATED;
     let headers = response.headers_mut();
     for (key, value) in [
-        (header::LOCATION, format!("/v2/{name}/blobs/{digest}")),
+        (
+            header::LOCATION,
+            format!("/v2/{name}/blobs/{digest}{query}"),
+        ),
         (
             header::HeaderName::from_static("docker-content-digest"),
             digest.to_string(),
@@ -115,7 +131,7 @@ fn created(name: &RepoName, digest: &Digest) -> Answer {
 /// `202`/`204` describing a session: where to send the next chunk and what is there.
 fn session_status(
     ctx: &Ctx<'_>,
-    name: &RepoName,
+    target: &Target,
     id: &UploadId,
     len: u64,
     status: StatusCode,
@@ -129,9 +145,11 @@ fn session_status(
         (
             header::LOCATION,
             format!(
-                "/v2/{name}/blobs/uploads/{}?_state={}",
+                "/v2/{}/blobs/uploads/{}?_state={}{}",
+                target.sent(),
                 id.as_str(),
-                ctx.app.upload_signer.sign(name, id)
+                ctx.app.upload_signer.sign(target.canonical(), id),
+                ns_param(ctx),
             ),
         ),
         (header::RANGE, range),
@@ -149,9 +167,8 @@ fn session_status(
 }
 
 /// `POST /v2/<name>/blobs/uploads/`.
-pub async fn start(ctx: &Ctx<'_>, name: &RepoName, body: Incoming) -> Answer {
+pub async fn start(ctx: &Ctx<'_>, target: &Target, body: Incoming) -> Answer {
     let mirror = ctx.mirror;
-    let ns = ctx.query.ns.as_deref();
     let owner = ctx.owner();
     let limits = &ctx.app.uploads;
     // Cross-repository mount (the client was checked for pull on `from`).
@@ -161,8 +178,8 @@ pub async fn start(ctx: &Ctx<'_>, name: &RepoName, body: Incoming) -> Answer {
         .as_deref()
         .and_then(|m| m.parse::<Digest>().ok())
     {
-        match mirror.mount_blob(name, ns, &mount).await {
-            Ok(true) => return created(name, &mount),
+        match mirror.mount_blob(target, &mount).await {
+            Ok(true) => return created(ctx, target, &mount),
             Ok(false) => {} // Fall back to a session, as the spec says.
             Err(e) => return upload_error(e).into(),
         }
@@ -174,25 +191,25 @@ pub async fn start(ctx: &Ctx<'_>, name: &RepoName, body: Incoming) -> Answer {
     if let Err(e) = check_declared_length(ctx) {
         return e.into();
     }
-    let id = match mirror.start_upload(name, &owner, limits).await {
+    let id = match mirror.start_upload(target, &owner, limits).await {
         Ok(id) => id,
         Err(e) => return upload_error(e).into(),
     };
     let Some(digest) = digest else {
-        return session_status(ctx, name, &id, 0, StatusCode::ACCEPTED);
+        return session_status(ctx, target, &id, 0, StatusCode::ACCEPTED);
     };
     // Monolithic: the whole blob in this request.
     let result = async {
         mirror
-            .append_upload(name, &owner, &id, None, body_stream(ctx, body), limits)
+            .append_upload(target, &owner, &id, None, body_stream(ctx, body), limits)
             .await?;
-        mirror.complete_upload(name, ns, &owner, &id, &digest).await
+        mirror.complete_upload(target, &owner, &id, &digest).await
     }
     .await;
     match result {
-        Ok(_) => created(name, &digest),
+        Ok(_) => created(ctx, target, &digest),
         Err(e) => {
-            let _ = mirror.cancel_upload(name, &owner, &id).await;
+            let _ = mirror.cancel_upload(target, &owner, &id).await;
             upload_error(e).into()
         }
     }
@@ -217,7 +234,7 @@ fn chunk_start(ctx: &Ctx<'_>) -> Result<Option<u64>, ApiError> {
 /// Requests on an existing session.
 pub async fn session(
     ctx: &Ctx<'_>,
-    name: &RepoName,
+    target: &Target,
     id: &str,
     method: Method,
     body: Incoming,
@@ -225,17 +242,16 @@ pub async fn session(
     let Some(id) = UploadId::parse(id).filter(|id| {
         ctx.app
             .upload_signer
-            .verify(name, id, ctx.query.state.as_deref())
+            .verify(target.canonical(), id, ctx.query.state.as_deref())
     }) else {
         return ApiError::new(ErrorCode::BlobUploadUnknown, "no such upload session").into();
     };
     let mirror = ctx.mirror;
-    let ns = ctx.query.ns.as_deref();
     let owner = ctx.owner();
     let limits = &ctx.app.uploads;
     match method {
-        Method::GET | Method::HEAD => match mirror.upload_status(name, &owner, &id).await {
-            Ok(len) => session_status(ctx, name, &id, len, StatusCode::NO_CONTENT),
+        Method::GET | Method::HEAD => match mirror.upload_status(target, &owner, &id).await {
+            Ok(len) => session_status(ctx, target, &id, len, StatusCode::NO_CONTENT),
             Err(e) => upload_error(e).into(),
         },
         Method::PATCH => {
@@ -245,10 +261,10 @@ pub async fn session(
                 Err(e) => return e.into(),
             };
             match mirror
-                .append_upload(name, &owner, &id, start, body_stream(ctx, body), limits)
+                .append_upload(target, &owner, &id, start, body_stream(ctx, body), limits)
                 .await
             {
-                Ok(len) => session_status(ctx, name, &id, len, StatusCode::ACCEPTED),
+                Ok(len) => session_status(ctx, target, &id, len, StatusCode::ACCEPTED),
                 Err(e) => upload_error(e).into(),
             }
         }
@@ -270,17 +286,17 @@ pub async fn session(
             };
             let result = async {
                 mirror
-                    .append_upload(name, &owner, &id, start, body_stream(ctx, body), limits)
+                    .append_upload(target, &owner, &id, start, body_stream(ctx, body), limits)
                     .await?;
-                mirror.complete_upload(name, ns, &owner, &id, &digest).await
+                mirror.complete_upload(target, &owner, &id, &digest).await
             }
             .await;
             match result {
-                Ok(_) => created(name, &digest),
+                Ok(_) => created(ctx, target, &digest),
                 Err(e) => upload_error(e).into(),
             }
         }
-        Method::DELETE => match mirror.cancel_upload(name, &owner, &id).await {
+        Method::DELETE => match mirror.cancel_upload(target, &owner, &id).await {
             Ok(()) => {
                 let mut response = Response::new(empty());
                 *response.status_mut() = StatusCode::NO_CONTENT;

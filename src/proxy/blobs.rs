@@ -5,12 +5,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::fill::{Fill, FillError, FillSource, Joined};
-use super::{Mirror, ProxyError};
+use super::{Mirror, ProxyError, Target};
 use crate::cluster::FillClaim;
-use crate::oci::{ByteRange, Digest, RepoName};
+use crate::oci::{ByteRange, Digest};
 use crate::proxy::{CacheResult, Kind};
-use crate::store::{BlobReader, LOCAL, OpenBlob};
-use crate::upstream::{Resolved, UpstreamError};
+use crate::store::{BlobReader, OpenBlob};
+use crate::upstream::{Resolved, RouteError, UpstreamError};
 
 /// The fill a request joined and how that counts, or `None` when the blob was committed
 /// meanwhile (read it from the store).
@@ -118,32 +118,31 @@ pub struct BlobAnswer {
 }
 
 impl Mirror {
-    /// Answers a blob GET (`head = false`) or HEAD, optionally for a byte range: from the
-    /// store (which is digest-global), else from a fill from the upstream `name` routes to.
+    /// Answers a blob GET (`head = false`) or HEAD of `target`, optionally for a byte range:
+    /// from the store (which is digest-global), else from a fill from the upstream `target`
+    /// routes to.
     pub async fn blob(
         &self,
-        name: &RepoName,
-        ns: Option<&str>,
+        target: &Target,
         digest: &Digest,
         head: bool,
         range: Option<ByteRange>,
     ) -> Result<BlobAnswer, ProxyError> {
-        let route = self.upstreams.resolve(ns, name);
-        let label = route
-            .as_ref()
-            .map_or_else(|_| LOCAL.to_owned(), |r| r.upstream.name().to_owned());
-        if self.deleted_through(name, ns, digest).await? {
+        let label = target.label();
+        if self.deleted_through(target, digest).await? {
             self.metrics
-                .lookup(Kind::Blob, CacheResult::Negative, &label);
+                .lookup(Kind::Blob, CacheResult::Negative, label);
             return Err(ProxyError::Upstream(UpstreamError::NotFound));
         }
         if let Some(answer) = self.blob_from_store(digest, head, range).await? {
-            self.metrics.lookup(Kind::Blob, answer.cache, &label);
+            self.metrics.lookup(Kind::Blob, answer.cache, label);
             return Ok(answer);
         }
-        let route = route?;
-        let answer = self.blob_from_upstream(&route, digest, head, range).await?;
-        self.metrics.lookup(Kind::Blob, answer.cache, &label);
+        let route = target
+            .route()
+            .ok_or_else(|| RouteError::NoUpstream(target.sent().to_string()))?;
+        let answer = self.blob_from_upstream(route, digest, head, range).await?;
+        self.metrics.lookup(Kind::Blob, answer.cache, label);
         Ok(answer)
     }
 
@@ -152,15 +151,14 @@ impl Mirror {
     /// deleted it.
     pub(super) async fn deleted_through(
         &self,
-        name: &RepoName,
-        ns: Option<&str>,
+        target: &Target,
         digest: &Digest,
     ) -> Result<bool, ProxyError> {
         if !self.store.has_tombstones(digest) {
             return Ok(false);
         }
-        let holder = self.local_name(ns, name);
-        Ok(self.store.is_deleted_for(digest, holder.as_str()).await?)
+        let holder = target.canonical().as_str();
+        Ok(self.store.is_deleted_for(digest, holder).await?)
     }
 
     async fn blob_from_upstream(

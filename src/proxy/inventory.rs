@@ -66,9 +66,19 @@ pub struct ManifestView {
     /// Its children, for an index.
     pub children: Vec<PartView>,
     /// Manifests that refer to it (signatures, SBOMs, attestations).
-    pub referrers: Vec<Referrer>,
+    pub referrers: Vec<ReferrerView>,
     /// The document, pretty-printed.
     pub pretty: String,
+}
+
+/// A referrer and the repositories it was pushed to: a referrer belongs to its repository,
+/// not to every repository that has its subject.
+#[derive(Debug, Clone)]
+pub struct ReferrerView {
+    /// The referrer.
+    pub referrer: Referrer,
+    /// The repositories (canonical names) that pushed it.
+    pub repositories: Vec<String>,
 }
 
 /// An upstream's health.
@@ -215,7 +225,23 @@ impl Mirror {
         let Some(mut view) = self.manifest_parts(digest).await? else {
             return Ok(None);
         };
-        view.referrers = self.store.referrers(digest).await?;
+        for referrer in self.store.referrers(digest).await? {
+            let Ok(manifest) = referrer.digest.parse::<Digest>() else {
+                continue;
+            };
+            let mut repositories: Vec<String> = self
+                .store
+                .holders_cached(&manifest)
+                .await?
+                .iter()
+                .map(|h| h.split('@').next().unwrap_or(h).to_owned())
+                .collect();
+            repositories.dedup();
+            view.referrers.push(ReferrerView {
+                referrer,
+                repositories,
+            });
+        }
         Ok(Some(view))
     }
 

@@ -5,10 +5,11 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::{Mirror, ProxyError};
+use super::{Mirror, ProxyError, Target};
 use crate::oci::manifest::{Manifest, ManifestError};
 use crate::oci::{Digest, Reference, RepoName, Tag};
 use crate::store::{LOCAL, Referrer, Store, StoredManifest, TagRecord};
+use crate::upstream::RouteError;
 
 /// Why a manifest push was refused.
 #[derive(Debug, thiserror::Error)]
@@ -99,27 +100,14 @@ pub struct Pushed {
 }
 
 impl Mirror {
-    /// The name pushed content of `name` is recorded under: the canonical
-    /// `<upstream>/<repository>` when the name routes to an upstream, so that `alpine`,
-    /// `library/alpine?ns=docker.io` and `docker.io/library/alpine` are one repository, as they
-    /// are for pulls; the name as given otherwise.
-    pub fn local_name(&self, ns: Option<&str>, name: &RepoName) -> RepoName {
-        self.upstreams
-            .resolve(ns, name)
-            .ok()
-            .and_then(|r| format!("{}/{}", r.upstream.name(), r.repo).parse().ok())
-            .unwrap_or_else(|| name.clone())
-    }
-
-    /// A pushed tag of `name`, if there is one.
+    /// A pushed tag of `target`, if there is one.
     pub async fn local_manifest(
         &self,
-        ns: Option<&str>,
-        name: &RepoName,
+        target: &Target,
         tag: &Tag,
     ) -> Result<Option<Arc<StoredManifest>>, ProxyError> {
-        let name = &self.local_name(ns, name);
-        let Some(record) = self.store.get_tag(&Store::local_tag_key(name, tag)).await? else {
+        let key = Store::local_tag_key(target.canonical(), tag);
+        let Some(record) = self.store.get_tag(&key).await? else {
             return Ok(None);
         };
         let Some(digest) = record.digest() else {
@@ -132,12 +120,12 @@ impl Mirror {
     /// and child present, the digest right when pushed by digest. The bytes are kept exactly.
     pub async fn push_manifest(
         &self,
-        name: &RepoName,
+        target: &Target,
         reference: &Reference,
         content_type: Option<&str>,
         bytes: Bytes,
     ) -> Result<Pushed, PushError> {
-        let name = &self.local_name(None, name);
+        let name = target.canonical();
         let manifest = Manifest::parse(content_type, &bytes)?;
         // Pushed by digest: that digest's algorithm (sha512 too); by tag: the canonical sha256.
         let algorithm = match reference {
@@ -248,14 +236,14 @@ impl Mirror {
         Ok(())
     }
 
-    /// Deletes a pushed tag, or a manifest by digest (with the local tags of `name` pointing
+    /// Deletes a pushed tag, or a manifest by digest (with the local tags of `target` pointing
     /// to it). Whether anything was there.
     pub async fn delete_manifest(
         &self,
-        name: &RepoName,
+        target: &Target,
         reference: &Reference,
     ) -> Result<bool, ProxyError> {
-        let name = &self.local_name(None, name);
+        let name = target.canonical();
         match reference {
             Reference::Tag(tag) => Ok(self
                 .store
@@ -267,63 +255,59 @@ impl Mirror {
                     self.store.delete_tag(key).await?;
                 }
                 self.unpin_references(name, digest).await?;
-                Ok(self.release(name, digest).await? || !tags.is_empty())
+                Ok(self.release(target, digest).await? || !tags.is_empty())
             }
         }
     }
 
-    /// Deletes a blob through `name` (`DELETE /v2/<name>/blobs/<digest>`). Whether it was
-    /// there for `name`.
-    pub async fn delete_blob(
-        &self,
-        name: &RepoName,
-        ns: Option<&str>,
-        digest: &Digest,
-    ) -> Result<bool, ProxyError> {
-        self.release(&self.local_name(ns, name), digest).await
+    /// Deletes a blob through `target` (`DELETE /v2/<name>/blobs/<digest>`). Whether it was
+    /// there for `target`.
+    pub async fn delete_blob(&self, target: &Target, digest: &Digest) -> Result<bool, ProxyError> {
+        self.release(target, digest).await
     }
 
     /// A delete through one repository: it gives up that repository's hold on the blob; the
-    /// bytes go only when no repository holds them any more (what was only cached goes at
-    /// once). A blob another repository holds stays for it, and is unknown to `name`
-    /// unless `name` held it too. Whether `name` had it.
-    async fn release(&self, name: &RepoName, digest: &Digest) -> Result<bool, ProxyError> {
-        let mine = format!("{name}@");
+    /// bytes go only when no repository holds them any more. A blob another repository holds
+    /// stays for it, and is unknown to `target` unless `target` held it too. What no
+    /// repository holds (content cached from an upstream, whichever) is not `target`'s to
+    /// delete: eviction and GC remove it. Whether `target` had it.
+    async fn release(&self, target: &Target, digest: &Digest) -> Result<bool, ProxyError> {
         let held = self
             .store
             .holders(digest)
             .await?
             .iter()
-            .any(|h| h == name.as_str() || h.starts_with(&mine));
-        self.store.unpin(digest, name.as_str()).await?;
-        if !self.store.holders(digest).await?.is_empty() {
-            if held {
-                self.store.mark_deleted(digest, name.as_str()).await?;
-            }
-            return Ok(held);
+            .any(|h| target.holds(h));
+        if !held {
+            return Ok(false);
         }
-        Ok(self.store.delete_blob(digest).await? || held)
+        let name = target.canonical().as_str();
+        self.store.unpin(digest, name).await?;
+        if !self.store.holders(digest).await?.is_empty() {
+            self.store.mark_deleted(digest, name).await?;
+            return Ok(true);
+        }
+        self.store.delete_blob(digest).await?;
+        Ok(true)
     }
 
-    /// A page of the tags of `name` (`n` at most, after `last`): pushed ones merged with the
-    /// upstream's when the name routes to a reachable upstream, sorted and deduplicated, and
+    /// A page of the tags of `target` (`n` at most, after `last`): pushed ones merged with the
+    /// upstream's when it routes to a reachable upstream, sorted and deduplicated, and
     /// whether more follow. With no pushed tags, `n` and `last` are passed on to the upstream.
     /// `None` when neither knows the repository.
     pub async fn list_tags(
         &self,
-        name: &RepoName,
-        ns: Option<&str>,
+        target: &Target,
         n: Option<usize>,
         last: Option<&str>,
     ) -> Result<Option<(Vec<String>, bool)>, ProxyError> {
-        let local = self
-            .store
-            .list_tags(LOCAL, &self.local_name(ns, name))
-            .await?;
-        let route = match self.upstreams.resolve(ns, name) {
-            Ok(route) => Some(route),
-            Err(e) if local.is_empty() => return Err(ProxyError::Route(e)),
-            Err(_) => None,
+        let local = self.store.list_tags(LOCAL, target.canonical()).await?;
+        let route = match target.route() {
+            Some(route) => Some(route),
+            None if local.is_empty() => {
+                return Err(RouteError::NoUpstream(target.sent().to_string()).into());
+            }
+            None => None,
         };
         if local.is_empty()
             && let Some(route) = &route

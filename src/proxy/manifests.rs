@@ -10,8 +10,10 @@ use super::{Mirror, ProxyError};
 use crate::cluster::FillClaim;
 use crate::oci::{Digest, Reference, RepoName, Tag, media};
 use crate::proxy::{CacheResult, Kind};
-use crate::store::{LOCAL, StoredManifest, TagKey, TagRecord};
-use crate::upstream::{Resolved, UpstreamError};
+use crate::store::{IMPORT_HOLDER, LOCAL, StoredManifest, TagKey, TagRecord};
+use crate::upstream::{Resolved, RouteError, UpstreamError};
+
+use super::Target;
 
 /// A manifest answer: what to put in the headers, and the body for a GET.
 #[derive(Debug, Clone)]
@@ -68,51 +70,72 @@ const MANIFEST_CLAIM_TTL: std::time::Duration = std::time::Duration::from_secs(1
 const CLUSTER_POLL: std::time::Duration = std::time::Duration::from_millis(20);
 
 impl Mirror {
-    /// Answers a manifest GET (`head = false`) or HEAD of `name` as the client named it (with
-    /// containerd's `ns`): pushed tags first, then the store, then the upstream it routes to.
+    /// Answers a manifest GET (`head = false`) or HEAD of `target`: pushed tags first, then
+    /// the store (a manifest by digest only when `target` may see it), then the upstream it
+    /// routes to.
     pub async fn manifest(
         self: &Arc<Self>,
-        name: &RepoName,
-        ns: Option<&str>,
+        target: &Target,
         reference: &Reference,
         head: bool,
     ) -> Result<ManifestAnswer, ProxyError> {
         if let Reference::Digest(digest) = reference
-            && self.deleted_through(name, ns, digest).await?
+            && self.deleted_through(target, digest).await?
         {
             return Err(ProxyError::Upstream(UpstreamError::NotFound));
         }
         if let Reference::Tag(tag) = reference
-            && let Some(local) = self.local_manifest(ns, name, tag).await?
+            && let Some(local) = self.local_manifest(target, tag).await?
         {
             self.metrics.lookup(Kind::Manifest, CacheResult::Hit, LOCAL);
             return Ok(ManifestAnswer::from_stored(&local, head, CacheResult::Hit));
         }
-        let route = match self.upstreams.resolve(ns, name) {
-            Ok(route) => route,
-            Err(e) => {
-                // Unroutable names can still be pulled by digest when the store has it.
-                if let Reference::Digest(digest) = reference
-                    && let Some(m) = self.store.read_manifest(digest).await?
-                {
-                    self.metrics.lookup(Kind::Manifest, CacheResult::Hit, LOCAL);
-                    return Ok(ManifestAnswer::from_stored(&m, head, CacheResult::Hit));
-                }
-                return Err(e.into());
+        let Some(route) = target.route() else {
+            // Unroutable names are pulled by digest from what was pushed to them.
+            if let Reference::Digest(digest) = reference
+                && let Some(m) = self.visible_manifest(target, digest).await?
+            {
+                self.metrics.lookup(Kind::Manifest, CacheResult::Hit, LOCAL);
+                return Ok(ManifestAnswer::from_stored(&m, head, CacheResult::Hit));
             }
+            return Err(RouteError::NoUpstream(target.sent().to_string()).into());
         };
-        self.routed_manifest(&route, reference, head).await
+        self.routed_manifest(target, route, reference, head).await
+    }
+
+    /// A stored manifest, when `target` may see it: content cached from upstreams is shared by
+    /// every name of its upstream, but a manifest that was pushed is seen only through the
+    /// repositories that hold it. One pushed to `team/x` is never served as
+    /// `library/alpine@<digest>`: such a request asks the upstream, which verifies it.
+    pub(super) async fn visible_manifest(
+        &self,
+        target: &Target,
+        digest: &Digest,
+    ) -> Result<Option<Arc<StoredManifest>>, ProxyError> {
+        let Some(manifest) = self.store.read_manifest(digest).await? else {
+            return Ok(None);
+        };
+        let holders = self.store.holders_cached(digest).await?;
+        // What the operator imported is trusted as cached content is.
+        let shared = holders.iter().any(|h| h == IMPORT_HOLDER)
+            || (holders.is_empty() && target.route().is_some());
+        let visible = shared || holders.iter().any(|h| target.holds(h));
+        Ok(visible.then_some(manifest))
     }
 
     async fn routed_manifest(
         self: &Arc<Self>,
+        target: &Target,
         route: &Resolved,
         reference: &Reference,
         head: bool,
     ) -> Result<ManifestAnswer, ProxyError> {
         let upstream = route.upstream.name();
         // Fast path: what the store answers alone, with no lock and no upstream.
-        if let Some(answer) = self.manifest_from_store(route, reference, head).await? {
+        if let Some(answer) = self
+            .manifest_from_store(target, route, reference, head)
+            .await?
+        {
             self.metrics.lookup(Kind::Manifest, answer.cache, upstream);
             return Ok(answer);
         }
@@ -126,12 +149,15 @@ impl Mirror {
             self.negative.invalidate(&negative_key);
         }
         let mirror = Arc::clone(self);
-        let (route_owned, reference_owned) = (route.clone(), reference.clone());
+        let (target_owned, reference_owned) = (target.clone(), reference.clone());
         let (result, joined) = self
             .manifest_flights
             .run(FlightKey::new(route, reference, head), async move {
+                let Some(route) = target_owned.route() else {
+                    return Err(RouteError::NoUpstream(target_owned.sent().to_string()).into());
+                };
                 mirror
-                    .manifest_from_upstream(&route_owned, &reference_owned, head)
+                    .manifest_from_upstream(&target_owned, route, &reference_owned, head)
                     .await
             })
             .await;
@@ -147,12 +173,13 @@ impl Mirror {
     /// A digest in the store, or a tag whose record is younger than the TTL.
     async fn manifest_from_store(
         &self,
+        target: &Target,
         route: &Resolved,
         reference: &Reference,
         head: bool,
     ) -> Result<Option<ManifestAnswer>, ProxyError> {
         let stored = match reference {
-            Reference::Digest(digest) => self.store.read_manifest(digest).await?,
+            Reference::Digest(digest) => self.visible_manifest(target, digest).await?,
             Reference::Tag(tag) => match self.cached_tag(route, tag).await? {
                 Some((record, manifest))
                     if record.age() < route.upstream.config().tag_ttl
@@ -196,12 +223,16 @@ impl Mirror {
     /// The slow path, run once per key at a time; remembers upstream 404s.
     async fn manifest_from_upstream(
         &self,
+        target: &Target,
         route: &Resolved,
         reference: &Reference,
         head: bool,
     ) -> Result<ManifestAnswer, ProxyError> {
         // Another flight may have filled the store since the fast path looked.
-        if let Some(answer) = self.manifest_from_store(route, reference, head).await? {
+        if let Some(answer) = self
+            .manifest_from_store(target, route, reference, head)
+            .await?
+        {
             return Ok(answer);
         }
         let what = format!(
@@ -215,7 +246,7 @@ impl Mirror {
         };
         if let Some(FillClaim::Follower(_)) = claim
             && let Some(mut answer) = self
-                .manifest_from_cluster(route, reference, head, &what)
+                .manifest_from_cluster(target, route, reference, head, &what)
                 .await?
         {
             answer.cache = CacheResult::Coalesced;
@@ -232,6 +263,7 @@ impl Mirror {
     /// what it stored; `None` when it did not (it failed, or took too long): look it up here.
     async fn manifest_from_cluster(
         &self,
+        target: &Target,
         route: &Resolved,
         reference: &Reference,
         head: bool,
@@ -253,7 +285,8 @@ impl Mirror {
         if let Reference::Tag(tag) = reference {
             self.store.forget_cached_tag(&Self::tag_key(route, tag));
         }
-        self.manifest_from_store(route, reference, head).await
+        self.manifest_from_store(target, route, reference, head)
+            .await
     }
 
     /// The upstream lookup itself (by digest or by tag); remembers upstream 404s.

@@ -13,6 +13,7 @@ mod manifests;
 mod outcome;
 pub mod search;
 pub mod singleflight;
+pub mod target;
 mod uploads;
 
 use std::sync::Arc;
@@ -27,6 +28,7 @@ pub use fill::{FillError, Fills};
 pub use manifests::ManifestAnswer;
 pub use outcome::{CacheResult, Kind, Source};
 pub use singleflight::Singleflight;
+pub use target::Target;
 
 /// Errors of the pull-through layer. Cloneable, so that coalesced requests share one.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -127,6 +129,16 @@ impl Mirror {
             .set_cluster_link(Arc::clone(&cluster) as Arc<dyn crate::store::ClusterLink>);
         let _ = self.cluster.set(cluster);
         let _ = self.peers.set(peers);
+    }
+
+    /// Resolves the repository a client named (with containerd's `ns`) into the one name
+    /// every decision about it uses.
+    pub fn target(
+        &self,
+        ns: Option<&str>,
+        name: &crate::oci::RepoName,
+    ) -> Result<Target, RouteError> {
+        Target::resolve(&self.upstreams, ns, name)
     }
 
     /// Reads from the other replicas, once joined.

@@ -5,50 +5,47 @@
 use bytes::Bytes;
 use futures_util::Stream;
 
-use super::{Mirror, ProxyError};
-use crate::oci::{Digest, RepoName};
+use super::{Mirror, ProxyError, Target};
+use crate::oci::Digest;
 use crate::store::{Referrer, UploadError, UploadId, UploadLimits};
 
 impl Mirror {
-    /// Mounts a blob the store has into `name` (the store is digest-global); whether it had it.
-    pub async fn mount_blob(
-        &self,
-        name: &RepoName,
-        ns: Option<&str>,
-        digest: &Digest,
-    ) -> Result<bool, UploadError> {
+    /// Mounts a blob the store has into `target` (the store is digest-global); whether it had
+    /// it.
+    pub async fn mount_blob(&self, target: &Target, digest: &Digest) -> Result<bool, UploadError> {
         if self.store.blob_size(digest).await?.is_none() {
             return Ok(false);
         }
-        let holder = self.local_name(ns, name);
-        self.store.pin(digest, holder.as_str()).await?;
+        self.store.pin(digest, target.canonical().as_str()).await?;
         Ok(true)
     }
 
     /// Opens an upload session for `name`, owned by `owner`.
     pub async fn start_upload(
         &self,
-        name: &RepoName,
+        target: &Target,
         owner: &str,
         limits: &UploadLimits,
     ) -> Result<UploadId, UploadError> {
-        self.store.create_upload(name, owner, limits).await
+        self.store
+            .create_upload(target.canonical(), owner, limits)
+            .await
     }
 
     /// The size of `owner`'s session so far.
     pub async fn upload_status(
         &self,
-        name: &RepoName,
+        target: &Target,
         owner: &str,
         id: &UploadId,
     ) -> Result<u64, UploadError> {
-        self.store.upload_len(name, owner, id).await
+        self.store.upload_len(target.canonical(), owner, id).await
     }
 
     /// Appends a body (from `start`, when the client said where) to `owner`'s session.
     pub async fn append_upload<S, E>(
         &self,
-        name: &RepoName,
+        target: &Target,
         owner: &str,
         id: &UploadId,
         start: Option<u64>,
@@ -60,33 +57,34 @@ impl Mirror {
         E: std::fmt::Display,
     {
         self.store
-            .append_upload(name, owner, id, start, body, limits)
+            .append_upload(target.canonical(), owner, id, start, body, limits)
             .await
     }
 
     /// Verifies and commits `owner`'s session as `digest`, pinned for the repository.
     pub async fn complete_upload(
         &self,
-        name: &RepoName,
-        ns: Option<&str>,
+        target: &Target,
         owner: &str,
         id: &UploadId,
         digest: &Digest,
     ) -> Result<u64, UploadError> {
-        let holder = self.local_name(ns, name);
+        let name = target.canonical();
         self.store
-            .complete_upload(name, owner, id, digest, holder.as_str())
+            .complete_upload(name, owner, id, digest, name.as_str())
             .await
     }
 
     /// Cancels `owner`'s session.
     pub async fn cancel_upload(
         &self,
-        name: &RepoName,
+        target: &Target,
         owner: &str,
         id: &UploadId,
     ) -> Result<(), UploadError> {
-        self.store.cancel_upload(name, owner, id).await
+        self.store
+            .cancel_upload(target.canonical(), owner, id)
+            .await
     }
 
     /// Every repository the mirror holds, as clients name them, sorted.
@@ -102,16 +100,28 @@ impl Mirror {
         Ok(names)
     }
 
-    /// The manifests whose `subject` is `digest`, of `artifact_type` when given.
+    /// The manifests whose `subject` is `digest` that were pushed to `target` (an artifact
+    /// pushed to `team/x` is listed under `team/x` only), of `artifact_type` when given.
     pub async fn referrers(
         &self,
+        target: &Target,
         digest: &Digest,
         artifact_type: Option<&str>,
     ) -> Result<Vec<Referrer>, ProxyError> {
-        let mut referrers = self.store.referrers(digest).await?;
-        if let Some(wanted) = artifact_type {
-            referrers.retain(|r| r.artifact_type.as_deref() == Some(wanted));
+        let mut listed = Vec::new();
+        for referrer in self.store.referrers(digest).await? {
+            if artifact_type.is_some_and(|wanted| referrer.artifact_type.as_deref() != Some(wanted))
+            {
+                continue;
+            }
+            let Ok(manifest) = referrer.digest.parse::<Digest>() else {
+                continue;
+            };
+            let holders = self.store.holders_cached(&manifest).await?;
+            if holders.iter().any(|h| target.holds(h)) {
+                listed.push(referrer);
+            }
         }
-        Ok(referrers)
+        Ok(listed)
     }
 }

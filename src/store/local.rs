@@ -55,6 +55,7 @@ impl Store {
     /// Pins a blob for `holder`: eviction never removes it while anyone holds it. A
     /// repository that deleted the blob before has it again.
     pub async fn pin(&self, digest: &Digest, holder: &str) -> Result<()> {
+        self.holders.invalidate(digest);
         if self.has_tombstones(digest) {
             self.delete_object(&Store::tombstone_key(digest, holder))
                 .await?;
@@ -87,8 +88,21 @@ impl Store {
         Ok(holders)
     }
 
+    /// [`Store::holders`], remembered briefly: reads decide visibility with it on every pull
+    /// by digest, and a remote backend answers a listing in milliseconds.
+    pub async fn holders_cached(&self, digest: &Digest) -> Result<std::sync::Arc<Vec<String>>> {
+        if let Some(holders) = self.holders.get(digest) {
+            return Ok(holders);
+        }
+        let holders = std::sync::Arc::new(self.holders(digest).await?);
+        self.holders
+            .insert(digest.clone(), std::sync::Arc::clone(&holders));
+        Ok(holders)
+    }
+
     /// Releases `holder`'s pin on the blob; whether it held one.
     pub async fn unpin(&self, digest: &Digest, holder: &str) -> Result<bool> {
+        self.holders.invalidate(digest);
         if !self.is_held_by(digest, holder).await? {
             return Ok(false);
         }
@@ -158,6 +172,7 @@ impl Store {
     /// keep reading it: on Unix the bytes go when the last handle closes.
     pub async fn delete_blob(&self, digest: &Digest) -> Result<bool> {
         self.manifests.invalidate(digest);
+        self.holders.invalidate(digest);
         let existed = self.blob_size(digest).await?.is_some();
         self.delete_object(&Store::blob_key(digest)).await?;
         if let Some(hot) = &self.hot {

@@ -168,6 +168,9 @@ pub struct Store {
     /// made by another process (`regmirror import` beside a server) are seen.
     tags: Cache<TagKey, Option<TagRecord>>,
     manifests: Cache<Digest, Arc<StoredManifest>>,
+    /// Who holds pins on a manifest, for deciding which repositories see it (see
+    /// [`Store::holders_cached`]).
+    holders: Cache<Digest, Arc<Vec<String>>>,
     /// What unfinished uploads hold.
     uploads: Mutex<uploads::UploadBook>,
     /// Spool files being written: GC leaves them alone.
@@ -180,6 +183,10 @@ pub struct Store {
 
 /// How long the replica folding the index journal holds that chore (renewed every minute).
 const INDEX_LEASE: Duration = Duration::from_secs(150);
+
+/// How long the holders of a manifest are remembered. Pins this replica changes are seen at
+/// once; another replica's within this time.
+const HOLDERS_TTL: Duration = Duration::from_secs(2);
 
 /// Manifests up to this size are kept in memory by the index.
 const MAX_INDEXED_MANIFEST: usize = 256 * 1024;
@@ -247,6 +254,10 @@ impl Store {
                     u32::try_from(m.bytes.len() + 256).unwrap_or(u32::MAX)
                 })
                 .max_capacity(index_bytes / 2)
+                .build(),
+            holders: Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(HOLDERS_TTL)
                 .build(),
             uploads: Mutex::default(),
             live_spools: Arc::default(),
