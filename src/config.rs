@@ -163,9 +163,20 @@ pub struct ServerConfig {
     /// A pushed body (blob chunk or manifest) that sends nothing for this long is refused.
     #[serde(default = "default_body_idle_timeout", with = "humantime_serde")]
     pub body_idle_timeout: Duration,
+    /// A response whose client takes none of its bytes for this long (it stopped reading) is
+    /// cut: its connection is closed and its file and buffers freed.
+    #[serde(default = "default_send_timeout", with = "humantime_serde")]
+    pub send_timeout: Duration,
     /// A TLS handshake must finish within this long.
     #[serde(default = "default_tls_handshake_timeout", with = "humantime_serde")]
     pub tls_handshake_timeout: Duration,
+    /// The most requests one HTTP/2 connection may have in flight at once.
+    #[serde(default = "default_http2_max_streams")]
+    pub http2_max_streams: u32,
+    /// The most blob bodies (an open file or a fill being followed) sent at once, over every
+    /// connection and stream together; further blob GETs wait for one to end.
+    #[serde(default = "default_max_blob_readers")]
+    pub max_blob_readers: usize,
     /// The most client connections served at once; further ones wait in the listen backlog.
     /// Unset: sized from the open-file limit (raised to its hard limit at start).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -658,6 +669,15 @@ fn default_idle_timeout() -> Duration {
 fn default_body_idle_timeout() -> Duration {
     Duration::from_secs(60)
 }
+fn default_send_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_http2_max_streams() -> u32 {
+    32
+}
+fn default_max_blob_readers() -> usize {
+    1024
+}
 fn default_tls_handshake_timeout() -> Duration {
     Duration::from_secs(10)
 }
@@ -705,7 +725,10 @@ impl Default for ServerConfig {
             header_read_timeout: default_header_read_timeout(),
             idle_timeout: default_idle_timeout(),
             body_idle_timeout: default_body_idle_timeout(),
+            send_timeout: default_send_timeout(),
             tls_handshake_timeout: default_tls_handshake_timeout(),
+            http2_max_streams: default_http2_max_streams(),
+            max_blob_readers: default_max_blob_readers(),
             max_connections: None,
         }
     }
@@ -980,6 +1003,7 @@ impl Config {
                 self.server.header_read_timeout,
             ),
             ("server.idle_timeout", self.server.idle_timeout),
+            ("server.send_timeout", self.server.send_timeout),
             (
                 "server.tls_handshake_timeout",
                 self.server.tls_handshake_timeout,
@@ -988,6 +1012,18 @@ impl Config {
             if value.is_zero() {
                 return Err(invalid(key.into(), "must be greater than zero"));
             }
+        }
+        if self.server.http2_max_streams == 0 {
+            return Err(invalid(
+                "server.http2_max_streams".into(),
+                "must be at least 1",
+            ));
+        }
+        if self.server.max_blob_readers == 0 {
+            return Err(invalid(
+                "server.max_blob_readers".into(),
+                "must be at least 1",
+            ));
         }
         if self.server.max_connections == Some(0) {
             return Err(invalid(

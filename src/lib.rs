@@ -236,6 +236,8 @@ pub async fn start(config: &Config) -> Result<Server, StartError> {
         upload_signer: http::uploads::UploadSigner::new(keys.derive("upload")),
         public_url: config.server.public_url.as_ref().map(|u| u.to_string()),
         trusted_proxies: config.server.trusted_proxies.clone(),
+        blob_readers: Arc::new(tokio::sync::Semaphore::new(config.server.max_blob_readers)),
+        blob_reader_wait: config.server.send_timeout,
         body_idle_timeout: config.server.body_idle_timeout,
     });
     mirror.metrics.store_max_bytes.set(
@@ -249,8 +251,10 @@ pub async fn start(config: &Config) -> Result<Server, StartError> {
         timeouts: http::limits::ConnectionTimeouts {
             header_read: config.server.header_read_timeout,
             idle: config.server.idle_timeout,
+            send: config.server.send_timeout,
         },
         tls_handshake: config.server.tls_handshake_timeout,
+        http2_max_streams: config.server.http2_max_streams,
         max_connections: config
             .server
             .max_connections

@@ -120,6 +120,9 @@ pub struct Metrics {
     pub connections_closed: IntCounterVec,
     /// `regmirror_maintenance_failures_total{task}`: eviction or GC runs aborted by an error.
     pub maintenance_failures: IntCounterVec,
+    /// `regmirror_blob_readers_refused_total`: blob GETs refused (503) because every
+    /// `max_blob_readers` slot stayed taken for `send_timeout`.
+    pub blob_readers_refused: IntCounter,
     /// `regmirror_uploads_bytes`: bytes held by unfinished uploads.
     pub uploads_bytes: IntGauge,
     /// `regmirror_store_max_bytes`: `max_size` (0: no cap).
@@ -361,7 +364,7 @@ impl Metrics {
         );
         let connections_closed = counter_vec(
             "regmirror_connections_closed_total",
-            "Client connections closed by the mirror, by reason (idle_timeout, header_timeout, tls_handshake_timeout).",
+            "Client connections closed by the mirror, by reason (idle_timeout, header_timeout, send_timeout, tls_handshake_timeout).",
             &["reason"],
         );
         let maintenance_failures = counter_vec(
@@ -386,7 +389,16 @@ impl Metrics {
             "Unreachable blobs removed by GC.",
         );
         // Closed label sets start at zero, so rates and alerts see them before the first event.
-        for reason in ["idle_timeout", "header_timeout", "tls_handshake_timeout"] {
+        let blob_readers_refused = counter(
+            "regmirror_blob_readers_refused_total",
+            "Blob GETs refused (503) because every max_blob_readers slot stayed taken for send_timeout.",
+        );
+        for reason in [
+            "idle_timeout",
+            "header_timeout",
+            "send_timeout",
+            "tls_handshake_timeout",
+        ] {
             connections_closed.with_label_values(&[reason]);
         }
         for task in ["eviction", "gc"] {
@@ -398,6 +410,7 @@ impl Metrics {
             connections_open,
             connections_closed,
             maintenance_failures,
+            blob_readers_refused,
             uploads_bytes,
             store_max_bytes,
             store_bytes,

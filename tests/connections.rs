@@ -189,3 +189,152 @@ async fn a_tls_handshake_that_never_comes_is_given_up() {
         1
     );
 }
+
+/// How many of `pid`'s open files are the blob `hex`.
+fn open_blob_files(pid: u32, hex: &str) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| {
+            dir.filter_map(Result::ok)
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .filter(|target| target.to_string_lossy().contains(hex))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Caches a blob of `len` bytes in the mirror; its digest.
+async fn cached_blob(fake: &FakeUpstream, mirror: &Regmirror, len: usize) -> String {
+    let digest = fake.put_blob(common::random_bytes(len));
+    let r = reqwest::get(mirror.url(&format!("/v2/library/big/blobs/{digest}")))
+        .await
+        .unwrap();
+    assert_eq!(r.bytes().await.unwrap().len(), len);
+    digest
+}
+
+fn closed_for_send_timeout(metrics: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("regmirror_connections_closed_total{reason=\"send_timeout\"} ")
+        })
+        .map_or(0.0, |v| v.parse().unwrap())
+}
+
+/// HTTP/2 (h2c): clients that never open their flow-control window get at most
+/// `http2_max_streams` streams each, their responses are cut after `send_timeout` and their
+/// files closed, and other clients are served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_streams_that_are_never_read_are_capped_and_cut() {
+    let fake = FakeUpstream::start(Auth::None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mirror = start(&fake, &dir, "send_timeout = \"2s\"\nhttp2_max_streams = 8").await;
+    let len = 4 << 20;
+    let digest = cached_blob(&fake, &mirror, len).await;
+    let hex = digest.strip_prefix("sha256:").unwrap().to_owned();
+    let pid = mirror.child.id();
+    let path = format!("/v2/library/big/blobs/{digest}");
+
+    let mut drivers = Vec::new();
+    let mut held = Vec::new();
+    let started = Instant::now();
+    for _ in 0..3 {
+        let tcp = TcpStream::connect(mirror.addr).await.unwrap();
+        let (mut client, connection) = h2::client::Builder::new()
+            .initial_window_size(0)
+            .handshake::<_, bytes::Bytes>(tcp)
+            .await
+            .unwrap();
+        drivers.push(tokio::spawn(connection));
+        let request = || {
+            http::Request::get(format!("http://{}{path}", mirror.addr))
+                .body(())
+                .unwrap()
+        };
+        // The first answer brings the server's settings, its stream cap among them.
+        let (first, _) = client.send_request(request(), true).unwrap();
+        let first = first.await.unwrap();
+        assert_eq!(first.status(), 200);
+        // Ask for 19 more: the client queues what the server's cap does not let through.
+        let mut pending = Vec::new();
+        for _ in 0..19 {
+            let mut ready = client.clone().ready().await.unwrap();
+            let (response, _) = ready.send_request(request(), true).unwrap();
+            pending.push(tokio::spawn(response));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let opened = 1 + pending.iter().filter(|p| p.is_finished()).count();
+        held.push((first, pending));
+        assert_eq!(opened, 8, "the server caps streams per connection");
+    }
+    let open = open_blob_files(pid, &hex);
+    assert!(
+        (1..=24).contains(&open),
+        "{open} blob files open for 24 stalled streams"
+    );
+    // Another client is served in full meanwhile.
+    let r = reqwest::get(mirror.url(&path)).await.unwrap();
+    assert_eq!(r.bytes().await.unwrap().len(), len);
+    // Each stalled connection is closed once its responses waited send_timeout.
+    for driver in drivers {
+        tokio::time::timeout(Duration::from_secs(20), driver)
+            .await
+            .expect("the server closed the stalled connection")
+            .unwrap()
+            .ok();
+    }
+    assert!(started.elapsed() >= Duration::from_secs(2));
+    drop(held);
+    common::eventually(10, "the blob files to be closed", || {
+        open_blob_files(pid, &hex) == 0
+    })
+    .await;
+    assert!(closed_for_send_timeout(&mirror.metrics().await) >= 3.0);
+}
+
+/// HTTP/1.1: clients that send a blob GET and read nothing are cut after `send_timeout`,
+/// their files closed; a client that reads gets its blob meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_clients_that_stop_reading_are_cut() {
+    let fake = FakeUpstream::start(Auth::None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mirror = start(&fake, &dir, "send_timeout = \"2s\"").await;
+    // Larger than what the loopback socket buffers hold.
+    let len = 24 << 20;
+    let digest = cached_blob(&fake, &mirror, len).await;
+    let hex = digest.strip_prefix("sha256:").unwrap().to_owned();
+    let pid = mirror.child.id();
+    let mut stalled = Vec::new();
+    for _ in 0..10 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut stream = socket.connect(mirror.addr).await.unwrap();
+        let request = format!("GET /v2/library/big/blobs/{digest} HTTP/1.1\r\nHost: x\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        stalled.push(stream);
+    }
+    common::eventually(10, "the stalled responses to open their files", || {
+        open_blob_files(pid, &hex) > 0
+    })
+    .await;
+    let r = reqwest::get(mirror.url(&format!("/v2/library/big/blobs/{digest}")))
+        .await
+        .unwrap();
+    assert_eq!(r.bytes().await.unwrap().len(), len);
+    common::eventually(20, "the stalled responses to be cut", || {
+        open_blob_files(pid, &hex) == 0
+    })
+    .await;
+    assert!(closed_for_send_timeout(&mirror.metrics().await) >= 10.0);
+    // What they were sent stops short of the blob: the server closed the connection.
+    for mut stream in stalled {
+        let mut got = 0usize;
+        let mut buf = vec![0u8; 1 << 16];
+        while let Ok(Ok(n @ 1..)) =
+            tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await
+        {
+            got += n;
+        }
+        assert!(got < len, "a cut response is short ({got} bytes)");
+    }
+}

@@ -2,7 +2,7 @@
 
 use http::{HeaderValue, Response, StatusCode, header};
 
-use super::body::{empty, file_range, streamed};
+use super::body::{empty, file_range, holding_permit, streamed};
 use super::errors::{ApiError, Resource, proxy_error};
 use super::{Answer, Ctx, echo_namespace};
 use crate::oci::{ByteRange, Digest, ErrorCode};
@@ -24,10 +24,36 @@ fn requested_range(ctx: &Ctx<'_>) -> Result<Option<ByteRange>, ApiError> {
     }
 }
 
+/// A slot of `[server] max_blob_readers` for a GET (a HEAD sends no body), waited for at
+/// most `send_timeout`.
+async fn reader_permit(
+    ctx: &Ctx<'_>,
+) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, ApiError> {
+    if ctx.head {
+        return Ok(None);
+    }
+    let readers = std::sync::Arc::clone(&ctx.app.blob_readers);
+    match tokio::time::timeout(ctx.app.blob_reader_wait, readers.acquire_owned()).await {
+        Ok(Ok(permit)) => Ok(Some(permit)),
+        _ => {
+            ctx.mirror.metrics.blob_readers_refused.inc();
+            Err(ApiError::new(
+                ErrorCode::Unavailable,
+                "too many blob downloads in progress ([server] max_blob_readers); try again",
+            )
+            .with_header(header::RETRY_AFTER, "5".into()))
+        }
+    }
+}
+
 /// Answers a blob request.
 pub async fn get(ctx: &Ctx<'_>, target: &Target, digest: &Digest) -> Answer {
     let range = match requested_range(ctx) {
         Ok(range) => range,
+        Err(e) => return e.into(),
+    };
+    let permit = match reader_permit(ctx).await {
+        Ok(permit) => permit,
         Err(e) => return e.into(),
     };
     let upstream = target.label().to_owned();
@@ -38,7 +64,7 @@ pub async fn get(ctx: &Ctx<'_>, target: &Target, digest: &Digest) -> Answer {
             return Answer::failed(error, upstream);
         }
     };
-    respond(ctx, digest, answer, upstream)
+    respond(ctx, digest, answer, upstream, permit)
 }
 
 /// `GET /_cluster/blobs/<digest>`: another replica of the cluster reads a blob whose fetch
@@ -60,15 +86,26 @@ pub async fn peer_get(ctx: &Ctx<'_>, digest: &Digest) -> Answer {
         Ok(range) => range,
         Err(e) => return e.into(),
     };
+    let permit = match reader_permit(ctx).await {
+        Ok(permit) => permit,
+        Err(e) => return e.into(),
+    };
     let upstream = "peer".to_owned();
     match ctx.mirror.peer_blob(digest, range).await {
-        Ok(answer) => respond(ctx, digest, answer, upstream),
+        Ok(answer) => respond(ctx, digest, answer, upstream, permit),
         Err(e) => Answer::failed(proxy_error(e, Resource::Blob, &upstream), upstream),
     }
 }
 
-/// Renders a blob answer: headers, status, and the body from wherever it comes.
-fn respond(ctx: &Ctx<'_>, digest: &Digest, answer: BlobAnswer, upstream: String) -> Answer {
+/// Renders a blob answer: headers, status, and the body from wherever it comes (holding
+/// `permit` while it is sent).
+fn respond(
+    ctx: &Ctx<'_>,
+    digest: &Digest,
+    answer: BlobAnswer,
+    upstream: String,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+) -> Answer {
     let (body, source) = match answer.body {
         BlobBody::Empty => (empty(), None),
         BlobBody::Redirect(url) => return redirect(ctx, &url, answer.cache, upstream),
@@ -86,6 +123,10 @@ fn respond(ctx: &Ctx<'_>, digest: &Digest, answer: BlobAnswer, upstream: String)
             };
             (streamed(fill.read(start, end)), Some(source))
         }
+    };
+    let body = match permit {
+        Some(permit) => holding_permit(body, permit),
+        None => body,
     };
     let mut response = Response::new(body);
     let headers = response.headers_mut();

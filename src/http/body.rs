@@ -60,6 +60,42 @@ pub fn file_range(reader: BlobReader, start: u64, end: u64, guard: ReadGuard) ->
     streamed(chunks)
 }
 
+/// `body`, holding `permit` until it is done or dropped (a slot of `[server]
+/// max_blob_readers`).
+pub fn holding_permit(body: Body, permit: tokio::sync::OwnedSemaphorePermit) -> Body {
+    Permitted {
+        inner: body,
+        _permit: permit,
+    }
+    .boxed_unsync()
+}
+
+/// A body and the permit it holds.
+struct Permitted {
+    inner: Body,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl HttpBody for Permitted {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// What the request log line says about a request, filled in by the handler.
 pub struct LogInfo {
     /// HTTP method.
@@ -109,8 +145,10 @@ impl Logged {
         }
     }
 
-    /// Counts the request as in flight on its connection until this body is done.
+    /// Counts the request as in flight on its connection until this body is done; from now
+    /// on the response waits on its client (see [`super::limits`]).
     pub fn holding(mut self, in_flight: super::limits::InFlight) -> Logged {
+        in_flight.responded();
         self.in_flight = Some(in_flight);
         self
     }
@@ -125,6 +163,9 @@ impl HttpBody for Logged {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Some(in_flight) = &self.in_flight {
+            in_flight.asked(polled.is_pending());
+        }
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {

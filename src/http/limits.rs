@@ -6,6 +6,13 @@
 //! connection closes it when, with no request in flight, a header has been arriving for longer
 //! than `header_read_timeout` (slowloris), or nothing has arrived for `idle_timeout`. A request
 //! in flight is never cut by these: its own deadlines (upstream timeouts, client reads) apply.
+//!
+//! A response is another matter: once its handler answered, its body waits on the client.
+//! Each response notes when hyper last asked it for bytes, and whether it is itself waiting
+//! (for a fill's upstream, say). A response that has had bytes ready and not been asked for
+//! any for `send_timeout` has a client that stopped reading (over HTTP/1.1 a full socket,
+//! over HTTP/2 a flow-control window never opened): its connection is closed, which frees
+//! its file and buffers, as nginx's `send_timeout` does.
 
 use std::io;
 use std::pin::Pin;
@@ -23,6 +30,8 @@ pub struct ConnectionTimeouts {
     pub header_read: Duration,
     /// With no request in flight and nothing received.
     pub idle: Duration,
+    /// A response with bytes ready that the client takes none of for this long.
+    pub send: Duration,
 }
 
 /// What a connection is doing, shared by its I/O wrapper, its service and its watchdog.
@@ -34,10 +43,26 @@ pub struct Activity {
     idle_since: AtomicU64,
     /// Milliseconds since `opened` (plus one) of the first byte received while idle; 0: none.
     first_idle_byte: AtomicU64,
+    /// The responses in flight, for the send timeout.
+    sending: std::sync::Mutex<Vec<std::sync::Weak<Sending>>>,
+}
+
+/// How one response is being sent: when the client last took bytes of it, and whether it is
+/// waiting on the mirror rather than the client.
+#[derive(Debug)]
+struct Sending {
+    /// Milliseconds since the connection opened when hyper last asked the body for bytes.
+    asked_ms: AtomicU64,
+    /// Whether the response is being produced (the handler runs, or the body waits for its
+    /// source): the client is not to blame for the wait.
+    producing: std::sync::atomic::AtomicBool,
 }
 
 /// Held while a request is in flight (from its header to the end of its response body).
-pub struct InFlight(Arc<Activity>);
+pub struct InFlight {
+    activity: Arc<Activity>,
+    sending: Arc<Sending>,
+}
 
 impl Activity {
     /// A new connection's activity: idle from now.
@@ -47,6 +72,7 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             idle_since: AtomicU64::new(0),
             first_idle_byte: AtomicU64::new(0),
+            sending: std::sync::Mutex::default(),
         })
     }
 
@@ -58,7 +84,31 @@ impl Activity {
     pub fn begin(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         self.first_idle_byte.store(0, Ordering::SeqCst);
-        InFlight(Arc::clone(self))
+        let sending = Arc::new(Sending {
+            asked_ms: AtomicU64::new(self.now_ms()),
+            producing: std::sync::atomic::AtomicBool::new(true),
+        });
+        if let Ok(mut list) = self.sending.lock() {
+            list.retain(|s| s.strong_count() > 0);
+            list.push(Arc::downgrade(&sending));
+        }
+        InFlight {
+            activity: Arc::clone(self),
+            sending,
+        }
+    }
+
+    /// Whether a response has waited on its client for `send` or longer.
+    fn send_stalled(&self, send: Duration) -> bool {
+        let now = self.now_ms();
+        let limit = send.as_millis() as u64;
+        let Ok(list) = self.sending.lock() else {
+            return false;
+        };
+        list.iter().filter_map(std::sync::Weak::upgrade).any(|s| {
+            !s.producing.load(Ordering::SeqCst)
+                && now.saturating_sub(s.asked_ms.load(Ordering::SeqCst)) >= limit
+        })
     }
 
     fn received(&self) {
@@ -75,7 +125,7 @@ impl Activity {
     /// Why the connection should be closed now, if it should.
     fn overdue(&self, timeouts: ConnectionTimeouts) -> Option<&'static str> {
         if self.in_flight.load(Ordering::SeqCst) > 0 {
-            return None;
+            return self.send_stalled(timeouts.send).then_some("send");
         }
         let now = self.now_ms();
         match self.first_idle_byte.load(Ordering::SeqCst) {
@@ -91,9 +141,25 @@ impl Activity {
     }
 }
 
+impl InFlight {
+    /// The response is built and handed to hyper: from now on it waits on the client.
+    pub fn responded(&self) {
+        self.asked(false);
+    }
+
+    /// Hyper asked the body for bytes; `producing`: the body has none yet (it waits for its
+    /// source, not for the client).
+    pub fn asked(&self, producing: bool) {
+        self.sending
+            .asked_ms
+            .store(self.activity.now_ms(), Ordering::SeqCst);
+        self.sending.producing.store(producing, Ordering::SeqCst);
+    }
+}
+
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let activity = &self.0;
+        let activity = &self.activity;
         if activity.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
             activity
                 .idle_since
@@ -105,7 +171,7 @@ impl Drop for InFlight {
 
 /// Resolves when the connection has broken a timeout; says which.
 pub async fn watchdog(activity: Arc<Activity>, timeouts: ConnectionTimeouts) -> &'static str {
-    let tick = (timeouts.header_read.min(timeouts.idle) / 4)
+    let tick = (timeouts.header_read.min(timeouts.idle).min(timeouts.send) / 4)
         .clamp(Duration::from_millis(50), Duration::from_secs(1));
     loop {
         tokio::time::sleep(tick).await;
@@ -211,6 +277,7 @@ mod tests {
     const T: ConnectionTimeouts = ConnectionTimeouts {
         header_read: Duration::from_millis(100),
         idle: Duration::from_millis(300),
+        send: Duration::from_millis(200),
     };
 
     #[test]
@@ -230,6 +297,29 @@ mod tests {
         assert_eq!(a.overdue(T), None);
         drop(guard);
         assert_eq!(a.overdue(T), None, "idle again from now");
+    }
+
+    #[test]
+    fn a_response_the_client_stops_taking_is_overdue() {
+        let a = Activity::new();
+        let guard = a.begin();
+        std::thread::sleep(Duration::from_millis(210));
+        assert_eq!(a.overdue(T), None, "the handler is still producing it");
+        guard.responded();
+        assert_eq!(a.overdue(T), None);
+        std::thread::sleep(Duration::from_millis(210));
+        assert_eq!(a.overdue(T), Some("send"), "never asked for its bytes");
+        guard.asked(true);
+        std::thread::sleep(Duration::from_millis(210));
+        assert_eq!(
+            a.overdue(T),
+            None,
+            "waiting on its source is not the client's fault"
+        );
+        guard.asked(false);
+        assert_eq!(a.overdue(T), None, "just taken");
+        drop(guard);
+        assert_eq!(a.overdue(T), None);
     }
 
     #[test]

@@ -94,6 +94,10 @@ pub struct App {
     pub trusted_proxies: Vec<crate::config::IpNet>,
     /// How long a pushed body may send nothing (`[server] body_idle_timeout`).
     pub body_idle_timeout: std::time::Duration,
+    /// One permit per blob body being sent (`[server] max_blob_readers`).
+    pub blob_readers: Arc<tokio::sync::Semaphore>,
+    /// How long a blob GET waits for a permit (`[server] send_timeout`).
+    pub blob_reader_wait: std::time::Duration,
 }
 
 impl App {

@@ -68,6 +68,8 @@ pub struct ConnectionLimits {
     pub tls_handshake: Duration,
     /// The most connections served at once.
     pub max_connections: usize,
+    /// The most requests one HTTP/2 connection may have in flight at once.
+    pub http2_max_streams: u32,
 }
 
 /// Accepts connections until `shutdown` resolves, then shuts down gracefully within
@@ -180,7 +182,10 @@ where
         let in_flight = watched.begin();
         handle(Arc::clone(&app), req, conn, in_flight)
     });
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http2()
+        .max_concurrent_streams(limits.http2_max_streams);
     let connection = builder.serve_connection(TokioIo::new(stream), service);
     tokio::select! {
         served = watcher.watch(connection) => served,
@@ -188,6 +193,7 @@ where
             tracing::debug!(peer = %conn.peer, why, "closing connection");
             metrics.connections_closed.with_label_values(&[match why {
                 "idle" => "idle_timeout",
+                "send" => "send_timeout",
                 _ => "header_timeout",
             }]).inc();
             Ok(())
