@@ -96,7 +96,7 @@ struct Measured {
 async fn measure(garage: &Garage, redis: &Redis, upstream: &FakeUpstream, n: usize) -> Measured {
     let work = tempfile::tempdir().unwrap();
     let cluster = format!(
-        "secret = \"a cluster secret for the bench, long enough\"\nredis_url = \"{}\"\n",
+        "secret = \"9c4e1f7a2b8d3e6f0a5c9b1d7e2f4a8c6b0d3e9f1a7c5b2e8d4f0a6c3b9e1d7f\"\nredis_url = \"{}\"\n",
         redis.url()
     );
     let rest = format!(

@@ -82,9 +82,18 @@ pub struct ClusterConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_env: Option<String>,
     /// Redis for cluster-wide coordination: one upstream fetch per blob for the whole
-    /// cluster, and changes (tags, deletes) announced to every replica at once.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// cluster, and changes (tags, deletes) announced to every replica at once. A password in
+    /// it is never shown (`check-config`, logs, pages).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "redacted_url"
+    )]
     pub redis_url: Option<String>,
+    /// An environment variable holding the Redis URL, so that its password stays out of the
+    /// config file (e.g. from a Kubernetes Secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis_url_env: Option<String>,
     /// How the other replicas reach this one (`http://<pod-ip>:5000`), to read a fill it leads.
     /// Default: `http://` + the listen address, or `http://$POD_IP:<port>` when the listen
     /// address is unspecified and `POD_IP` is set.
@@ -97,33 +106,127 @@ impl std::fmt::Debug for ClusterConfig {
         f.debug_struct("ClusterConfig")
             .field("secret", &self.secret.as_ref().map(|_| HIDDEN))
             .field("secret_env", &self.secret_env)
-            .field("redis_url", &self.redis_url)
+            .field("redis_url", &self.redis_url.as_deref().map(redact_url))
+            .field("redis_url_env", &self.redis_url_env)
             .field("advertise_url", &self.advertise_url)
             .finish()
     }
 }
 
-/// The smallest cluster secret accepted: shorter ones are guessable.
-pub const MIN_CLUSTER_SECRET: usize = 16;
+/// The fewest random bytes a cluster secret must hold: it signs tokens any replica accepts.
+pub const MIN_CLUSTER_SECRET: usize = 32;
+
+/// How an operator makes a cluster secret.
+pub const SECRET_COMMAND: &str = "openssl rand -hex 32";
+
+/// The bytes of a cluster secret written as hex or base64 of at least [`MIN_CLUSTER_SECRET`]
+/// random bytes; why not, otherwise. Placeholders, words, repeated characters and other values
+/// with too few distinct bytes are refused: whoever knows the secret can mint any token.
+pub fn parse_cluster_secret(text: &str) -> Result<Vec<u8>, String> {
+    use base64::Engine;
+    let text = text.trim();
+    let is_hex = !text.is_empty()
+        && text.len().is_multiple_of(2)
+        && text.bytes().all(|b| b.is_ascii_hexdigit());
+    let bytes = if is_hex {
+        hex::decode(text).ok()
+    } else {
+        let engines = [
+            base64::engine::general_purpose::STANDARD,
+            base64::engine::general_purpose::URL_SAFE,
+            base64::engine::general_purpose::STANDARD_NO_PAD,
+            base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        ];
+        engines.iter().find_map(|e| e.decode(text).ok())
+    };
+    let hint = format!("generate one with `{SECRET_COMMAND}`");
+    let Some(bytes) = bytes else {
+        return Err(format!(
+            "must be at least {MIN_CLUSTER_SECRET} random bytes written as hex or base64 ({hint})"
+        ));
+    };
+    if bytes.len() < MIN_CLUSTER_SECRET {
+        return Err(format!(
+            "holds {} bytes; it must hold at least {MIN_CLUSTER_SECRET} random bytes ({hint})",
+            bytes.len()
+        ));
+    }
+    let distinct = bytes.iter().collect::<std::collections::HashSet<_>>().len();
+    if distinct < 16 {
+        return Err(format!(
+            "is not random: {distinct} distinct byte values in {} bytes ({hint})",
+            bytes.len()
+        ));
+    }
+    Ok(bytes)
+}
 
 impl ClusterConfig {
     /// The shared secret from the config or the environment; `None` when neither is set.
     pub fn secret(&self) -> Result<Option<Vec<u8>>, ConfigError> {
-        let secret = match (&self.secret, &self.secret_env) {
-            (Some(secret), _) => secret.clone(),
+        let (key, secret) = match (&self.secret, &self.secret_env) {
+            (Some(secret), _) => ("cluster.secret", secret.clone()),
+            (None, Some(var)) => (
+                "cluster.secret_env",
+                std::env::var(var).map_err(|_| ConfigError::Invalid {
+                    key: "cluster.secret_env".into(),
+                    message: format!("the environment variable {var} is not set"),
+                })?,
+            ),
+            (None, None) => return Ok(None),
+        };
+        parse_cluster_secret(&secret)
+            .map(Some)
+            .map_err(|message| ConfigError::Invalid {
+                key: key.into(),
+                message,
+            })
+    }
+
+    /// The Redis URL from the config or the environment; `None` when neither is set.
+    pub fn redis_url(&self) -> Result<Option<String>, ConfigError> {
+        let url = match (&self.redis_url, &self.redis_url_env) {
+            (Some(url), _) => url.clone(),
             (None, Some(var)) => std::env::var(var).map_err(|_| ConfigError::Invalid {
-                key: "cluster.secret_env".into(),
+                key: "cluster.redis_url_env".into(),
                 message: format!("the environment variable {var} is not set"),
             })?,
             (None, None) => return Ok(None),
         };
-        if secret.len() < MIN_CLUSTER_SECRET {
+        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            let key = if self.redis_url.is_some() {
+                "cluster.redis_url"
+            } else {
+                "cluster.redis_url_env"
+            };
             return Err(ConfigError::Invalid {
-                key: "cluster.secret".into(),
-                message: format!("must be at least {MIN_CLUSTER_SECRET} characters"),
+                key: key.into(),
+                message: "must be a redis:// or rediss:// URL".into(),
             });
         }
-        Ok(Some(secret.into_bytes()))
+        Ok(Some(url))
+    }
+}
+
+/// `url` with any password in it replaced by `***`, for output, logs and pages.
+pub fn redact_url(url: &str) -> String {
+    match Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        Ok(_) => url.to_owned(),
+        // Not a URL we can take apart: show nothing of what may follow a scheme.
+        Err(_) => url
+            .split_once("://")
+            .map_or_else(|| "***".to_owned(), |(scheme, _)| format!("{scheme}://***")),
+    }
+}
+
+fn redacted_url<S: serde::Serializer>(url: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match url {
+        Some(url) => s.serialize_str(&redact_url(url)),
+        None => s.serialize_none(),
     }
 }
 
@@ -890,20 +993,18 @@ impl Config {
             ));
         }
         if let Some(secret) = &cluster.secret
-            && secret.len() < MIN_CLUSTER_SECRET
+            && let Err(message) = parse_cluster_secret(secret)
         {
+            return Err(invalid("cluster.secret".into(), &message));
+        }
+        if cluster.redis_url.is_some() && cluster.redis_url_env.is_some() {
             return Err(invalid(
-                "cluster.secret".into(),
-                &format!("must be at least {MIN_CLUSTER_SECRET} characters"),
+                "cluster.redis_url_env".into(),
+                "set redis_url or redis_url_env, not both",
             ));
         }
-        if let Some(redis) = &cluster.redis_url
-            && !(redis.starts_with("redis://") || redis.starts_with("rediss://"))
-        {
-            return Err(invalid(
-                "cluster.redis_url".into(),
-                "must be a redis:// or rediss:// URL",
-            ));
+        if cluster.redis_url.is_some() {
+            cluster.redis_url()?;
         }
         let mut seen_default = None;
         for (i, up) in self.upstreams.iter().enumerate() {
@@ -928,6 +1029,12 @@ impl Config {
             }
             if up.url.query().is_some() || up.url.fragment().is_some() {
                 return Err(invalid(key("url"), "must not have a query or fragment"));
+            }
+            if !up.url.username().is_empty() || up.url.password().is_some() {
+                return Err(invalid(
+                    key("url"),
+                    "must not hold credentials: use username and password_env (they are sent only to the upstream's own host and token realm, and never shown)",
+                ));
             }
             if up.default {
                 if let Some(first) = seen_default {
@@ -1097,6 +1204,64 @@ fn valid_upstream_name(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cluster_secrets_must_be_random_bytes() {
+        for weak in [
+            "replace-me-with-openssl-rand-hex-32",
+            "                ",
+            &"a".repeat(64),
+            &"0123456789abcdef".repeat(4),
+            "a cluster secret for the tests, long enough",
+            "deadbeef",
+            &"ab".repeat(40),
+        ] {
+            assert!(parse_cluster_secret(weak).is_err(), "{weak:?} accepted");
+        }
+        for strong in [
+            "5f1c2e9a7b3d4c8e0f6a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f6a",
+            "8J+Yg8KqzM6Z9x7hT3kLwQpR2sVbNmAeYdFgHjKlOiU=",
+        ] {
+            assert_eq!(
+                parse_cluster_secret(strong).map(|b| b.len()),
+                Ok(32),
+                "{strong}"
+            );
+        }
+        let config = Config::parse(
+            "[cluster]\nsecret = \"replace-me-with-openssl-rand-hex-32\"\n",
+            "t",
+        );
+        let message = config.unwrap_err().to_string();
+        assert!(message.contains("cluster.secret"), "{message}");
+        assert!(message.contains("openssl rand -hex 32"), "{message}");
+    }
+
+    #[test]
+    fn passwords_in_urls_are_never_shown() {
+        let config = Config::parse(
+            "[cluster]\nredis_url = \"redis://:hunter2@redis:6379/0\"\n",
+            "t",
+        )
+        .unwrap();
+        let shown = config.to_toml().unwrap() + &format!("{config:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("redis://:***@redis:6379/0"), "{shown}");
+        let upstream = Config::parse(
+            "[[upstream]]\nname = \"docker.io\"\nurl = \"https://u:hunter2@registry-1.docker.io\"\ndefault = true\n",
+            "t",
+        );
+        let message = upstream.unwrap_err().to_string();
+        assert!(message.contains("upstream[0].url"), "{message}");
+        assert!(!message.contains("hunter2"), "{message}");
+        assert!(
+            Config::parse(
+                "[cluster]\nredis_url = \"redis://r\"\nredis_url_env = \"R\"\n",
+                "t"
+            )
+            .is_err()
+        );
+    }
 
     fn err(text: &str) -> String {
         Config::parse(text, "test.toml").unwrap_err().to_string()

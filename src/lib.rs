@@ -272,7 +272,7 @@ pub async fn start(config: &Config) -> Result<Server, StartError> {
     let addr = listener
         .local_addr()
         .map_err(|source| StartError::Bind { addr, source })?;
-    if let Some(redis_url) = &config.cluster.redis_url {
+    if let Some(redis_url) = &config.cluster.redis_url()? {
         let advertise = advertise_url(config, addr);
         let scope = match &config.storage.s3 {
             Some(s3) => format!("{}/{}", s3.bucket, s3.prefix),

@@ -14,7 +14,8 @@ use common::garage::Garage;
 use common::images::{Layout, OCI_MANIFEST, layout_ref, skopeo};
 use regmirror::store::Backend;
 
-const SECRET: &str = "a cluster secret for the tests, long enough";
+/// A cluster secret as an operator makes one (`openssl rand -hex 32`).
+const SECRET: &str = "5f1c2e9a7b3d4c8e0f6a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f6a";
 
 /// One cluster at a time: each is a dozen processes, and timing checks (first bytes during a
 /// fill, Redis answering in time) mean little when five clusters share two cores.

@@ -198,20 +198,39 @@ fn the_kubernetes_manifests_describe_one_cluster_of_three_replicas() {
             .find(|e| e["name"].as_str() == Some(name))
             .unwrap_or_else(|| panic!("no {name} in the Deployment"))
     };
-    let secret = of_kind("secret.yaml", "Secret");
+    // No secret value ships: the operator creates the Secret (SECRET.md names every key the
+    // manifests read), and `kubectl apply -k` never overwrites it.
+    let secret_doc = std::fs::read_to_string(deploy("kubernetes").join("SECRET.md")).unwrap();
     for name in [
         "REGMIRROR_CLUSTER_SECRET",
+        "REDIS_PASSWORD",
         "AWS_ACCESS_KEY_ID",
         "AWS_SECRET_ACCESS_KEY",
     ] {
         let from = &env_named(name)["valueFrom"]["secretKeyRef"];
-        assert_eq!(from["name"], secret["metadata"]["name"], "{name}");
+        assert_eq!(from["name"].as_str(), Some("regmirror"), "{name}");
         let key = from["key"].as_str().unwrap();
         assert!(
-            secret["stringData"][key].is_string(),
-            "{name}: no {key} in the Secret"
+            secret_doc.contains(&format!("--from-literal={key}=")),
+            "{name}: SECRET.md does not say how to create {key}"
         );
     }
+    for entry in std::fs::read_dir(deploy("kubernetes")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            for doc in kubernetes(path.file_name().unwrap().to_str().unwrap()) {
+                assert_ne!(
+                    doc["kind"].as_str(),
+                    Some("Secret"),
+                    "{path:?} ships a Secret"
+                );
+            }
+        }
+    }
+    assert_eq!(
+        env_named("REGMIRROR_REDIS_URL")["value"].as_str(),
+        Some("redis://:$(REDIS_PASSWORD)@regmirror-redis:6379")
+    );
     assert_eq!(
         env_named("POD_IP")["valueFrom"]["fieldRef"]["fieldPath"].as_str(),
         Some("status.podIP")
@@ -233,8 +252,33 @@ fn the_kubernetes_manifests_describe_one_cluster_of_three_replicas() {
         config.cluster.secret_env.as_deref(),
         Some("REGMIRROR_CLUSTER_SECRET")
     );
-    let redis_url = config.cluster.redis_url.as_deref().unwrap();
+    assert_eq!(
+        config.cluster.redis_url_env.as_deref(),
+        Some("REGMIRROR_REDIS_URL")
+    );
+    let redis_url = env_named("REGMIRROR_REDIS_URL")["value"].as_str().unwrap();
     let redis = kubernetes("redis.yaml");
+    // Redis wants the password, and only regmirror's pods may reach it.
+    let redis_deployment = redis
+        .iter()
+        .find(|d| d["kind"].as_str() == Some("Deployment"))
+        .unwrap();
+    let args = redis_deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_sequence()
+        .unwrap();
+    assert!(args.iter().any(|a| a.as_str() == Some("--requirepass")));
+    let policy = redis
+        .iter()
+        .find(|d| d["kind"].as_str() == Some("NetworkPolicy"))
+        .expect("a NetworkPolicy in front of Redis");
+    assert_eq!(
+        policy["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/name"].as_str(),
+        Some("regmirror-redis")
+    );
+    assert_eq!(
+        &policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"],
+        labels
+    );
     let redis_service = redis
         .iter()
         .find(|d| d["kind"].as_str() == Some("Service"))

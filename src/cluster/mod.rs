@@ -88,7 +88,7 @@ mod tests {
     #[test]
     fn keys_differ_by_purpose_and_agree_across_replicas() {
         let config = ClusterConfig {
-            secret: Some("a shared secret of some length".into()),
+            secret: Some("5f1c2e9a7b3d4c8e0f6a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f6a".into()),
             ..ClusterConfig::default()
         };
         let (a, b) = (

@@ -217,7 +217,10 @@ impl TokenSigner {
         mac.update(payload.as_bytes());
         mac.verify_slice(&b64.decode(signature).ok()?).ok()?;
         let claims: Claims = serde_json::from_slice(&b64.decode(payload).ok()?).ok()?;
-        (claims.exp > now).then_some(claims)
+        // Never longer than a token is issued for, whatever its claims say (a minute of clock
+        // skew between replicas allowed).
+        let latest = now + TOKEN_LIFETIME.as_secs() + 60;
+        (claims.exp > now && claims.exp <= latest).then_some(claims)
     }
 }
 
@@ -567,6 +570,12 @@ mod tests {
         let (payload, sig) = token.split_once('.').unwrap();
         let forged = format!("{}x.{sig}", payload);
         assert_eq!(signer.verify(&forged, 50), None);
+        // Signed with the right key, but claiming to live for ever: refused.
+        let forever = Claims {
+            exp: 1 << 62,
+            ..claims
+        };
+        assert_eq!(signer.verify(&signer.sign(&forever), 50), None);
     }
 
     #[tokio::test]
