@@ -714,6 +714,11 @@ pub struct UpstreamConfig {
     /// How long a whole manifest, tag list or token body may take to arrive.
     #[serde(default = "default_body_timeout", with = "humantime_serde")]
     pub body_timeout: Duration,
+    /// `host:port`s on loopback or private networks this upstream may send the mirror to
+    /// (redirects, token realm): a private registry that redirects blob GETs to its own object
+    /// store. Link-local addresses (cloud metadata) are never contacted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub redirect_allow: Vec<String>,
     /// A PEM bundle of CA certificates to trust for this upstream (a private CA), besides the
     /// system's trust store.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -884,6 +889,7 @@ impl UpstreamConfig {
             connect_timeout: default_connect_timeout(),
             response_timeout: default_response_timeout(),
             body_timeout: default_body_timeout(),
+            redirect_allow: Vec::new(),
             ca_file: None,
             fill_idle_timeout: default_fill_idle_timeout(),
             negative_ttl: default_negative_ttl(),
@@ -1029,6 +1035,17 @@ impl Config {
             }
             if up.url.query().is_some() || up.url.fragment().is_some() {
                 return Err(invalid(key("url"), "must not have a query or fragment"));
+            }
+            for (j, entry) in up.redirect_allow.iter().enumerate() {
+                let valid = entry
+                    .rsplit_once(':')
+                    .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+                if !valid {
+                    return Err(invalid(
+                        format!("upstream[{i}].redirect_allow[{j}]"),
+                        "must be host:port (\"minio.internal:9000\", \"10.0.0.5:9000\")",
+                    ));
+                }
             }
             if !up.url.username().is_empty() || up.url.password().is_some() {
                 return Err(invalid(

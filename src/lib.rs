@@ -279,9 +279,14 @@ pub async fn start(config: &Config) -> Result<Server, StartError> {
             None => config.storage.path.display().to_string(),
         };
         mirror.metrics.register_redis_up();
-        let coordinator =
-            cluster::Coordinator::connect(redis_url, &scope, mirror.store.replica_id(), advertise)?
-                .with_gauge(mirror.metrics.redis_up.clone());
+        let coordinator = cluster::Coordinator::connect(
+            redis_url,
+            &scope,
+            mirror.store.replica_id(),
+            advertise,
+            keys.derive("member"),
+        )?
+        .with_gauge(mirror.metrics.redis_up.clone());
         let peers = cluster::Peers::new(keys.derive("peer"));
         mirror.join_cluster(Arc::new(coordinator), Arc::new(peers));
     }

@@ -126,9 +126,12 @@ async fn a_redirect_targets_challenge_gets_no_credentials_and_does_not_stick() {
     registry.set_fault(&digest, Some(Fault::Redirect));
     registry.set_redirect(&format!("{}/v2/cdn/blobs", cdn.url()));
     registry.put_manifest("library/app", "v1", manifest("v1"), OCI_MANIFEST);
+    let cdn_host = cdn.url().trim_start_matches("http://").to_owned();
     let mirror = TestMirror::start(&upstream_toml(
         &registry.url(),
-        "tag_ttl = \"0s\"\nusername = \"mirror\"\npassword = \"s3cret\"",
+        &format!(
+            "tag_ttl = \"0s\"\nusername = \"mirror\"\npassword = \"s3cret\"\nredirect_allow = [\"{cdn_host}\"]"
+        ),
     ))
     .await;
     assert_eq!(mirror.get("/v2/app/manifests/v1").await.status(), 200);
@@ -247,4 +250,47 @@ async fn an_upstream_behind_a_private_ca_needs_its_ca_file() {
     let r = trusting.get("/v2/app/manifests/v1").await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.bytes().await.unwrap().as_ref(), manifest("v1").as_slice());
+}
+
+/// A hostile (or intercepted) upstream redirects a blob GET to an internal address: a cloud
+/// metadata service, another loopback port (an admin API), a name that resolves to loopback.
+/// The mirror follows none of them, answers 502 naming `redirect_allow`, and the internal
+/// service never sees a request. Listed in `redirect_allow`, the same redirect is followed.
+#[tokio::test]
+async fn redirects_to_internal_addresses_are_refused_unless_allowed() {
+    let registry = FakeUpstream::start(Auth::None).await;
+    let internal = FakeUpstream::start(Auth::None).await;
+    let blob = common::random_bytes(5_000);
+    let digest = registry.put_blob(blob.clone());
+    internal.put_blob(blob.clone());
+    registry.set_fault(&digest, Some(Fault::Redirect));
+    let internal_host = internal.url().trim_start_matches("http://").to_owned();
+    let port = internal_host.rsplit_once(':').unwrap().1.to_owned();
+    let mirror = TestMirror::start(&upstream_toml(&registry.url(), "")).await;
+    for target in [
+        "http://169.254.169.254/latest/meta-data".to_owned(),
+        format!("{}/v2/cdn/blobs", internal.url()),
+        format!("http://localhost:{port}/v2/cdn/blobs"),
+        format!("http://[::ffff:127.0.0.1]:{port}/v2/cdn/blobs"),
+    ] {
+        registry.set_redirect(&target);
+        let r = mirror.get(&format!("/v2/app/blobs/{digest}")).await;
+        let status = r.status().as_u16();
+        let body = r.text().await.unwrap();
+        assert_eq!(status, 502, "{target}: {body}");
+        assert!(body.contains("redirect_allow"), "{target}: {body}");
+    }
+    assert_eq!(internal.seen().len(), 0, "the internal service was reached");
+    assert!(!mirror.blob_path(&digest).exists());
+
+    // The operator allows the registry's own object store: followed, verified, kept.
+    let allowed = TestMirror::start(&upstream_toml(
+        &registry.url(),
+        &format!("redirect_allow = [\"{internal_host}\"]"),
+    ))
+    .await;
+    registry.set_redirect(&format!("{}/v2/cdn/blobs", internal.url()));
+    let r = allowed.get(&format!("/v2/app/blobs/{digest}")).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap().as_ref(), blob.as_slice());
 }

@@ -543,7 +543,13 @@ async fn blob_redirects_are_followed_without_our_credentials() {
     registry.set_fault(&digest, Some(Fault::Redirect));
     // The CDN serves blobs at /v2/cdn/blobs/<digest>.
     registry.set_redirect(&format!("{}/v2/cdn/blobs", cdn.url()));
-    let mirror = TestMirror::start(&upstream_toml(&registry.url(), "1h")).await;
+    // The CDN is on loopback here, as a private registry's object store would be: allowed.
+    let cdn_host = cdn.url().trim_start_matches("http://").to_owned();
+    let mirror = TestMirror::start(&format!(
+        "{}redirect_allow = [\"{cdn_host}\"]\n",
+        upstream_toml(&registry.url(), "1h")
+    ))
+    .await;
 
     let r = mirror.get(&format!("/v2/app/blobs/{digest}")).await;
     assert_eq!(r.status(), 200);

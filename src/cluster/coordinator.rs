@@ -3,15 +3,22 @@
 //! very next request, leases for the shared chores, and claims that make one replica of the
 //! cluster fetch a blob from the upstream while the others read it from that replica.
 //!
+//! Redis is trusted with nothing it could turn against a replica: a claim names a replica by
+//! its id, and where that replica is reached comes from its membership record, signed with
+//! the cluster secret and expiring ([`Coordinator::announce`]); a key someone wrote without an
+//! expiry (a lease, a claim) is given one, so none is held for ever.
+//!
 //! Redis is an accelerator, never a dependency: every call is bounded by [`REDIS_TIMEOUT`],
 //! and when Redis is unreachable each answers "don't know" (`None`), on which the callers fall
 //! back to what a replica does alone (one fetch per replica, the journal read every second,
 //! leases in the bucket).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use hmac::{Hmac, KeyInit, Mac};
 use redis::aio::ConnectionManager;
+use sha2::Sha256;
 
 use crate::config::ConfigError;
 use crate::upstream::RateLimit;
@@ -36,6 +43,10 @@ pub struct Coordinator {
     replica: String,
     /// How the other replicas reach this one.
     advertise: Option<String>,
+    /// Signs and checks membership records (derived from the cluster secret).
+    member_key: Vec<u8>,
+    /// When this replica last announced its membership (ms since the epoch).
+    announced_ms: AtomicU64,
     /// Whether "Redis is unreachable" was logged and not yet followed by a success.
     down: AtomicBool,
     /// While Redis is failing, it is not asked again before this instant, so that a Redis
@@ -48,6 +59,24 @@ pub struct Coordinator {
 /// How long a failing Redis is left alone before it is tried again.
 const PAUSE_AFTER_FAILURE: Duration = Duration::from_secs(2);
 
+/// How long a membership record is good for; replicas renew theirs every few seconds.
+const MEMBERSHIP_TTL: Duration = Duration::from_secs(30);
+
+/// A replica announces itself again when its record is older than this.
+const ANNOUNCE_EVERY: Duration = Duration::from_secs(5);
+
+/// Gives a key that has no expiry, or one longer than `ARGV[1]` ms, that expiry (a key written
+/// by someone else could otherwise be held for ever); then returns its value.
+const CAP_EXPIRY: &str = "local t = redis.call('PTTL', KEYS[1]) \
+    if t == -1 or t > tonumber(ARGV[1]) then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end \
+    return redis.call('GET', KEYS[1])";
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 impl Coordinator {
     /// Connects (lazily: a Redis that is down at start is retried later) to `redis_url`,
     /// with keys under `regmirror:<scope>:`. `replica` is this process's id and `advertise`
@@ -57,6 +86,7 @@ impl Coordinator {
         scope: &str,
         replica: &str,
         advertise: Option<String>,
+        member_key: Vec<u8>,
     ) -> Result<Coordinator, ConfigError> {
         let invalid = |message: String| ConfigError::Invalid {
             key: "cluster.redis_url".into(),
@@ -76,6 +106,8 @@ impl Coordinator {
             keys: format!("regmirror:{scope}:"),
             replica: replica.to_owned(),
             advertise,
+            member_key,
+            announced_ms: AtomicU64::new(0),
             down: AtomicBool::new(false),
             pause_until: std::sync::Mutex::new(None),
             up: None,
@@ -92,6 +124,73 @@ impl Coordinator {
     /// `up` gauge true and reconnects after an outage without waiting for a request).
     pub async fn ping(&self) {
         let _: Option<String> = self.run(redis::cmd("PING").clone()).await;
+        self.announce().await;
+    }
+
+    fn member_mac(&self, replica: &str, url: &str, expires_ms: u64) -> Hmac<Sha256> {
+        // HMAC takes keys of any length: this cannot fail.
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(&self.member_key).unwrap_or_else(|_| unreachable!());
+        mac.update(format!("member\0{replica}\0{url}\0{expires_ms}").as_bytes());
+        mac
+    }
+
+    /// Writes this replica's membership record: where the others reach it, until when,
+    /// signed with the cluster secret.
+    pub async fn announce(&self) {
+        let Some(url) = &self.advertise else { return };
+        let now = unix_ms();
+        let expires_ms = now + MEMBERSHIP_TTL.as_millis() as u64;
+        let signature = hex::encode(
+            self.member_mac(&self.replica, url, expires_ms)
+                .finalize()
+                .into_bytes(),
+        );
+        let record = format!("{expires_ms} {signature} {url}");
+        let ok: Option<String> = self
+            .run(
+                redis::cmd("SET")
+                    .arg(format!("{}member:{}", self.keys, self.replica))
+                    .arg(record)
+                    .arg("PX")
+                    .arg(MEMBERSHIP_TTL.as_millis() as u64)
+                    .clone(),
+            )
+            .await;
+        if ok.is_some() {
+            self.announced_ms.store(now, Ordering::Relaxed);
+        }
+    }
+
+    /// Where the replica `replica` is reached, from its membership record, if the record is
+    /// signed with the cluster secret and current. Nothing else read from Redis is a URL.
+    async fn member_url(&self, replica: &str) -> Option<String> {
+        let record: Option<String> = self
+            .run(
+                redis::cmd("GET")
+                    .arg(format!("{}member:{replica}", self.keys))
+                    .clone(),
+            )
+            .await?;
+        let record = record?;
+        let mut parts = record.splitn(3, ' ');
+        let (expires, signature, url) = (parts.next()?, parts.next()?, parts.next()?);
+        let expires_ms: u64 = expires.parse().ok()?;
+        let signature = hex::decode(signature).ok()?;
+        let valid = self
+            .member_mac(replica, url, expires_ms)
+            .verify_slice(&signature)
+            .is_ok();
+        let current = expires_ms > unix_ms()
+            && expires_ms <= unix_ms() + MEMBERSHIP_TTL.as_millis() as u64 + 60_000;
+        if !(valid && current) {
+            tracing::warn!(
+                replica,
+                "membership record in Redis is not signed by this cluster or has expired; ignored"
+            );
+            return None;
+        }
+        Some(url.to_owned())
     }
 
     /// Shares rate limits: stores `seen` for `upstream` unless Redis has a newer one, and
@@ -232,7 +331,16 @@ impl Coordinator {
         if taken.is_some() {
             return Some(true);
         }
-        let holder: Option<String> = self.run(redis::cmd("GET").arg(&key).clone()).await?;
+        let holder: Option<String> = self
+            .run(
+                redis::cmd("EVAL")
+                    .arg(CAP_EXPIRY)
+                    .arg(1)
+                    .arg(&key)
+                    .arg(ms)
+                    .clone(),
+            )
+            .await?;
         if holder.as_deref() != Some(self.replica.as_str()) {
             return Some(false);
         }
@@ -243,28 +351,50 @@ impl Coordinator {
     }
 
     /// Claims the cluster's fetch of `what` (`blob:<digest>`, `manifest:<upstream>/<repo>:<ref>`)
-    /// for `ttl` (renew with [`Coordinator::renew`] while it runs). `None` without Redis, or
-    /// when this replica has no address to give.
+    /// for `ttl` (renew with [`Coordinator::renew`] while it runs). The claim names this
+    /// replica by its id; a follower learns where the leader is from the leader's signed
+    /// membership record, and leads itself when there is none. `None` without Redis, or when
+    /// this replica has no address to give.
     pub async fn claim(&self, what: &str, ttl: Duration) -> Option<FillClaim> {
-        let me = self.advertise.clone()?;
+        self.advertise.as_ref()?;
+        if unix_ms().saturating_sub(self.announced_ms.load(Ordering::Relaxed))
+            > ANNOUNCE_EVERY.as_millis() as u64
+        {
+            self.announce().await;
+        }
+        let me = &self.replica;
         let key = format!("{}claim:{what}", self.keys);
+        let ms = ttl.as_millis() as u64;
         let taken: Option<String> = self
             .run(
                 redis::cmd("SET")
                     .arg(&key)
-                    .arg(&me)
+                    .arg(me)
                     .arg("NX")
                     .arg("PX")
-                    .arg(ttl.as_millis() as u64)
+                    .arg(ms)
                     .clone(),
             )
             .await?;
         if taken.is_some() {
             return Some(FillClaim::Leader);
         }
-        let leader: Option<String> = self.run(redis::cmd("GET").arg(&key).clone()).await?;
+        let leader: Option<String> = self
+            .run(
+                redis::cmd("EVAL")
+                    .arg(CAP_EXPIRY)
+                    .arg(1)
+                    .arg(&key)
+                    .arg(ms)
+                    .clone(),
+            )
+            .await?;
         match leader {
-            Some(url) if url != me => Some(FillClaim::Follower(url)),
+            Some(id) if &id != me => match self.member_url(&id).await {
+                Some(url) => Some(FillClaim::Follower(url)),
+                // No replica of this cluster by that id: fetch it here.
+                None => Some(FillClaim::Leader),
+            },
             // Ours (a claim left by this replica), or it expired in between: lead.
             _ => Some(FillClaim::Leader),
         }
@@ -292,7 +422,7 @@ impl Coordinator {
 
     /// Gives up the claim on `what` (the fetch ended).
     pub async fn release(&self, what: &str) {
-        let Some(me) = &self.advertise else { return };
+        let me = &self.replica;
         let key = format!("{}claim:{what}", self.keys);
         // Only our own claim: another replica may have taken over after ours expired.
         const RELEASE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";

@@ -1,7 +1,10 @@
 //! Replica to replica: a replica that lost the race for a cold blob (another holds the fill
 //! claim) reads the blob from the leader while the leader still fetches it from the upstream,
 //! instead of fetching it a second time. The leader answers `GET /_cluster/blobs/<digest>`
-//! from its running fill (or its store), for requests signed with the cluster's peer key.
+//! from its running fill (or its store), for requests signed with the cluster's peer key. A
+//! signature covers the method, the digest and the time it was made, and is good for
+//! [`PEER_SIGNATURE_LIFETIME`]: one captured on the wire reads nothing a minute later. Peer
+//! requests never follow redirects.
 
 use std::pin::Pin;
 use std::time::Duration;
@@ -15,6 +18,9 @@ use crate::oci::{ContentRange, Digest};
 
 /// The header carrying a peer request's signature.
 pub const PEER_HEADER: &str = "x-regmirror-peer";
+
+/// How long a peer signature is accepted after it was made (and before: clock skew).
+pub const PEER_SIGNATURE_LIFETIME: Duration = Duration::from_secs(60);
 
 /// How long a follower waits for the leader to start answering.
 const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -59,31 +65,59 @@ pub struct Peers {
 impl Peers {
     /// Peers signing with `key` (derived from the cluster secret).
     pub fn new(key: Vec<u8>) -> Peers {
+        // A peer answers with the blob or not at all: a redirect is never a replica's.
         let client = reqwest::Client::builder()
             .connect_timeout(PEER_CONNECT_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap_or_default();
         Peers { key, client }
     }
 
-    fn mac(&self, digest: &Digest) -> Hmac<Sha256> {
+    fn mac(&self, method: &str, digest: &Digest, at_ms: u64) -> Hmac<Sha256> {
         // HMAC takes keys of any length: this cannot fail.
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).unwrap_or_else(|_| unreachable!());
-        mac.update(digest.to_string().as_bytes());
+        mac.update(format!("{method}\0{digest}\0{at_ms}").as_bytes());
         mac
     }
 
-    /// The signature of a peer request for `digest`.
-    pub fn sign(&self, digest: &Digest) -> String {
-        hex::encode(self.mac(digest).finalize().into_bytes())
+    /// The signature of a peer request (`method` on `digest`) made at `at_ms` (milliseconds
+    /// since the epoch): `<at_ms>.<hex HMAC>`.
+    pub fn sign_at(&self, method: &str, digest: &Digest, at_ms: u64) -> String {
+        let mac = self.mac(method, digest, at_ms).finalize().into_bytes();
+        format!("{at_ms}.{}", hex::encode(mac))
     }
 
-    /// Whether `signature` is that of a replica of this cluster for `digest`.
-    pub fn verify(&self, digest: &Digest, signature: Option<&str>) -> bool {
-        let Some(Ok(bytes)) = signature.map(hex::decode) else {
+    /// The signature of a peer request made now.
+    pub fn sign(&self, method: &str, digest: &Digest) -> String {
+        self.sign_at(method, digest, now_ms())
+    }
+
+    /// Whether `signature` is that of a replica of this cluster for `method` on `digest`,
+    /// made within [`PEER_SIGNATURE_LIFETIME`] of `now_ms`.
+    pub fn verify_at(
+        &self,
+        method: &str,
+        digest: &Digest,
+        signature: Option<&str>,
+        now_ms: u64,
+    ) -> bool {
+        let Some((at, mac)) = signature.and_then(|s| s.split_once('.')) else {
             return false;
         };
-        self.mac(digest).verify_slice(&bytes).is_ok()
+        let (Ok(at_ms), Ok(bytes)) = (at.parse::<u64>(), hex::decode(mac)) else {
+            return false;
+        };
+        let lifetime = PEER_SIGNATURE_LIFETIME.as_millis() as u64;
+        if at_ms.abs_diff(now_ms) > lifetime {
+            return false;
+        }
+        self.mac(method, digest, at_ms).verify_slice(&bytes).is_ok()
+    }
+
+    /// [`Peers::verify_at`] now.
+    pub fn verify(&self, method: &str, digest: &Digest, signature: Option<&str>) -> bool {
+        self.verify_at(method, digest, signature, now_ms())
     }
 
     /// Reads `digest` from the replica at `leader`, from byte `from` on.
@@ -94,7 +128,10 @@ impl Peers {
         from: Option<u64>,
     ) -> Result<PeerBody, PeerError> {
         let url = format!("{leader}/_cluster/blobs/{digest}");
-        let mut request = self.client.get(&url).header(PEER_HEADER, self.sign(digest));
+        let mut request = self
+            .client
+            .get(&url)
+            .header(PEER_HEADER, self.sign("GET", digest));
         if let Some(from) = from {
             request = request.header(reqwest::header::RANGE, format!("bytes={from}-"));
         }
@@ -128,6 +165,12 @@ impl Peers {
     }
 }
 
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,11 +185,22 @@ mod tests {
                 .parse()
                 .unwrap();
         let peers = Peers::new(b"k".to_vec());
-        let signature = peers.sign(&d);
-        assert!(peers.verify(&d, Some(&signature)));
-        assert!(!peers.verify(&other, Some(&signature)));
-        assert!(!Peers::new(b"other".to_vec()).verify(&d, Some(&signature)));
-        assert!(!peers.verify(&d, None));
-        assert!(!peers.verify(&d, Some("zz")));
+        let signature = peers.sign("GET", &d);
+        assert!(peers.verify("GET", &d, Some(&signature)));
+        assert!(!peers.verify("GET", &other, Some(&signature)));
+        assert!(!peers.verify("HEAD", &d, Some(&signature)));
+        assert!(!Peers::new(b"other".to_vec()).verify("GET", &d, Some(&signature)));
+        assert!(!peers.verify("GET", &d, None));
+        assert!(!peers.verify("GET", &d, Some("zz")));
+        // A signature expires: replayed after a minute it reads nothing.
+        let at = 1_000_000_000;
+        let old = peers.sign_at("GET", &d, at);
+        assert!(peers.verify_at("GET", &d, Some(&old), at + 59_000));
+        assert!(!peers.verify_at("GET", &d, Some(&old), at + 61_000));
+        assert!(!peers.verify_at("GET", &d, Some(&old), at - 61_000));
+        // The time is signed too.
+        let (_, mac) = old.split_once('.').unwrap();
+        let moved = format!("{}.{mac}", at + 60_000);
+        assert!(!peers.verify_at("GET", &d, Some(&moved), at + 61_000));
     }
 }

@@ -78,7 +78,7 @@ pub async fn peer_get(ctx: &Ctx<'_>, digest: &Digest) -> Answer {
     let signed = ctx
         .mirror
         .peers()
-        .is_some_and(|peers| peers.verify(digest, signature));
+        .is_some_and(|peers| peers.verify("GET", digest, signature));
     if !signed {
         return ApiError::new(ErrorCode::Denied, "not a replica of this cluster").into();
     }

@@ -127,6 +127,8 @@ pub fn upstream_error(e: &UpstreamError, resource: Resource, upstream: &str) -> 
             format!("upstream {upstream} rate limit exceeded and the content is not cached"),
         ),
         UpstreamError::RangeNotSatisfiable => ApiError::new(ErrorCode::RangeInvalid, "range not satisfiable"),
+        UpstreamError::DestinationRefused(message) => ApiError::new(ErrorCode::Unavailable, message.clone())
+            .with_status(http::StatusCode::BAD_GATEWAY),
         other => ApiError::new(
             ErrorCode::Unavailable,
             format!("upstream {upstream} unavailable and the content is not cached: {other}"),

@@ -148,12 +148,29 @@ impl UpstreamClient {
         offline: bool,
         metrics: Arc<Metrics>,
     ) -> Result<UpstreamClient, UpstreamError> {
+        // Redirects (blob CDNs) are followed, but never to an internal address that is not
+        // the upstream's own or allowed (see `destinations`); reqwest drops Authorization when
+        // the host changes, so our upstream credentials never reach the CDN.
+        let destinations = Arc::new(super::destinations::Destinations::new(
+            &config.name,
+            &config.url,
+            &config.redirect_allow,
+        ));
+        let checked = Arc::clone(&destinations);
+        let policy = reqwest::redirect::Policy::custom(move |attempt| {
+            if attempt.previous().len() >= 10 {
+                return attempt.error("too many redirects");
+            }
+            match checked.check_url(attempt.url()) {
+                Ok(()) => attempt.follow(),
+                Err(refused) => attempt.error(refused),
+            }
+        });
         let mut builder = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
             .user_agent(concat!("regmirror/", env!("CARGO_PKG_VERSION")))
-            // Redirects (blob CDNs) are followed; reqwest drops Authorization when the host
-            // changes, so our upstream credentials never reach the CDN.
-            .redirect(reqwest::redirect::Policy::limited(10));
+            .redirect(policy)
+            .dns_resolver(Arc::new(super::destinations::GuardedResolver(destinations)));
         if let Some(path) = &config.ca_file {
             let invalid = |message: String| {
                 UpstreamError::Invalid(format!(
@@ -706,7 +723,10 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
 }
 
 fn network_error(e: reqwest::Error) -> UpstreamError {
-    if e.is_timeout() {
+    if let Some(refused) = super::destinations::refused_in(&e) {
+        tracing::warn!(error = %refused, "upstream destination refused");
+        UpstreamError::DestinationRefused(refused)
+    } else if e.is_timeout() {
         UpstreamError::Timeout
     } else {
         UpstreamError::Network(error_chain(&e))

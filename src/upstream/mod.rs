@@ -3,6 +3,7 @@
 
 pub mod auth;
 mod client;
+pub mod destinations;
 mod routing;
 
 pub use client::{
@@ -45,6 +46,10 @@ pub enum UpstreamError {
     /// The upstream answered something we cannot use.
     #[error("invalid upstream response: {0}")]
     Invalid(String),
+    /// The upstream sent the mirror (a redirect, a token realm) to an address it may not
+    /// contact (see [`destinations`]).
+    #[error("{0}")]
+    DestinationRefused(String),
     /// A manifest, tag list or token answer larger than we accept.
     #[error("upstream {what} larger than {limit} bytes")]
     TooLarge {

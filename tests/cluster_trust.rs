@@ -1,0 +1,138 @@
+//! The cluster trusts only what it signed: someone who can write to Redis cannot send a replica
+//! to a URL of their choosing or hold a claim for ever, and a captured peer signature reads
+//! nothing a minute later. With a real Redis.
+
+mod common;
+
+use common::TestMirror;
+use common::cluster::Redis;
+use common::fake_upstream::{Auth, FakeUpstream};
+use regmirror::cluster::{ClusterKeys, PEER_HEADER, Peers};
+use regmirror::config::ClusterConfig;
+
+const SECRET: &str = "5f1c2e9a7b3d4c8e0f6a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f6a";
+
+/// A server that counts the connections it is sent and answers each with a redirect to itself
+/// (what a hostile URL in Redis would do).
+async fn rogue_server() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = std::sync::Arc::clone(&hits);
+    let location = url.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf).await;
+            let answer = format!(
+                "HTTP/1.1 307 Temporary Redirect\r\nLocation: {location}/metadata\r\nContent-Length: 0\r\n\r\n"
+            );
+            let _ = stream.write_all(answer.as_bytes()).await;
+        }
+    });
+    (url, hits)
+}
+
+#[tokio::test]
+async fn redis_is_trusted_with_no_url_and_no_everlasting_key() {
+    let Some(redis) = Redis::start("redis_is_trusted_with_no_url_and_no_everlasting_key").await
+    else {
+        return;
+    };
+    let fake = FakeUpstream::start(Auth::None).await;
+    let blob = common::random_bytes(300_000);
+    let digest = fake.put_blob(blob.clone());
+    let rest = format!(
+        "[cluster]\nsecret = \"{SECRET}\"\nredis_url = \"{}\"\n[[upstream]]\nname = \"docker.io\"\nurl = \"{}\"\ndefault = true\n",
+        redis.url(),
+        fake.url()
+    );
+    let m = TestMirror::start_config(tempfile::tempdir().unwrap(), "", "", &rest).await;
+    let scope = m.store().display().to_string();
+
+    // Someone who can write to Redis claims the blob's fetch for their own URL, for ever.
+    let (rogue, hits) = rogue_server().await;
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let claim = format!("regmirror:{scope}:claim:blob:{digest}");
+    let _: () = redis::cmd("SET")
+        .arg(&claim)
+        .arg(&rogue)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // And a membership record for that "replica", not signed by the cluster.
+    let _: () = redis::cmd("SET")
+        .arg(format!("regmirror:{scope}:member:{rogue}"))
+        .arg(format!("99999999999999 00 {rogue}"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    let r = m.get(&format!("/v2/library/x/blobs/{digest}")).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap().as_ref(), blob.as_slice());
+    assert_eq!(
+        hits.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the replica never contacted a URL read from Redis"
+    );
+    assert_eq!(fake.count("GET", &digest), 1, "it fetched the blob itself");
+    // The claim someone wrote without an expiry has one now.
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&claim)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(ttl == -2 || (0..=6_000).contains(&ttl), "PTTL {ttl}");
+
+    // The replica's own membership record is signed: another process with the secret could
+    // use it, and it expires.
+    let member_ttl: i64 = redis::cmd("PTTL")
+        .arg(format!(
+            "regmirror:{scope}:member:{}",
+            m.server.mirror.store.replica_id()
+        ))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!((1..=30_000).contains(&member_ttl), "PTTL {member_ttl}");
+
+    // Peer reads: a fresh signature of the cluster reads; the same request replayed with a
+    // signature two minutes old, or for another method, reads nothing.
+    let keys = ClusterKeys::from_config(&ClusterConfig {
+        secret: Some(SECRET.into()),
+        ..ClusterConfig::default()
+    })
+    .unwrap();
+    let peers = Peers::new(keys.derive("peer"));
+    let parsed = digest.parse().unwrap();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let peer_get = |signature: String| {
+        m.client
+            .get(m.url(&format!("/_cluster/blobs/{digest}")))
+            .header(PEER_HEADER, signature)
+            .send()
+    };
+    let fresh = peer_get(peers.sign("GET", &parsed)).await.unwrap();
+    assert_eq!(fresh.status(), 200);
+    assert_eq!(fresh.bytes().await.unwrap().len(), blob.len());
+    for signature in [
+        peers.sign_at("GET", &parsed, now_ms - 120_000),
+        peers.sign_at("GET", &parsed, now_ms + 120_000),
+        peers.sign("HEAD", &parsed),
+    ] {
+        let r = peer_get(signature).await.unwrap();
+        assert_eq!(
+            common::error_code(r).await,
+            (403, "DENIED".into()),
+            "a stale or misdirected signature"
+        );
+    }
+}
