@@ -13,9 +13,13 @@
 //! - **Permissions.** Reads may be anonymous (`anonymous_pull`); every authenticated user may
 //!   pull. Pushes, mounts and deletes need a user allowed by the `[[auth.access]]` rules (every
 //!   user, when there are none), or the operator's explicit `anonymous_push = true`.
-//! - **Cost.** bcrypt runs on the blocking pool, a few at a time; failed logins are throttled
-//!   per user and per client address; an unknown user costs a bcrypt run like a wrong
-//!   password, so timing does not tell which users exist.
+//! - **Cost.** bcrypt runs on the blocking pool, a few at a time, at most
+//!   [`MAX_CONCURRENT_PER_ADDRESS`] for one client address; failed logins are throttled per
+//!   client address, the attempt counted *before* bcrypt runs (so a burst of concurrent
+//!   guesses gets no more tries than a sequence of them), and per user only from addresses
+//!   that have failed themselves: someone guessing a user's password never locks that user
+//!   out from elsewhere. An unknown user costs a bcrypt run like a wrong password, so timing
+//!   does not tell which users exist.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -165,8 +169,16 @@ pub enum Need<'a> {
 /// How long issued tokens live.
 pub const TOKEN_LIFETIME: Duration = Duration::from_secs(300);
 
-/// Failed logins allowed per user and per client address within [`THROTTLE_WINDOW`].
+/// Failed logins allowed per client address within [`THROTTLE_WINDOW`].
 const MAX_FAILURES: u32 = 10;
+
+/// Failed logins for one user (from every address) within [`THROTTLE_WINDOW`] after which
+/// addresses that failed for anyone are refused that user; addresses that did not fail are
+/// never refused.
+const MAX_USER_FAILURES: u32 = 50;
+
+/// Password checks one client address may have running at once.
+pub const MAX_CONCURRENT_PER_ADDRESS: u32 = 2;
 
 /// The window of the failed-login throttle.
 const THROTTLE_WINDOW: Duration = Duration::from_secs(60);
@@ -263,8 +275,11 @@ pub struct Authenticator {
     /// Credentials (hashed) verified recently, so a push of dozens of requests runs bcrypt
     /// once.
     verified: moka::sync::Cache<[u8; 32], String>,
-    /// Failed logins per `user:<name>` and `addr:<ip>` in the current window.
+    /// Login attempts per `addr:<ip>` (counted before bcrypt, refunded on success) and
+    /// failures per `user:<name>`, in the current window.
     failures: moka::sync::Cache<String, u32>,
+    /// Password checks running per client address.
+    checking: std::sync::Mutex<HashMap<IpAddr, u32>>,
     bcrypt_slots: Arc<Semaphore>,
 }
 
@@ -286,6 +301,7 @@ impl Authenticator {
                 .max_capacity(100_000)
                 .time_to_live(THROTTLE_WINDOW)
                 .build(),
+            checking: std::sync::Mutex::new(HashMap::new()),
             // Leave at least one core to everything else.
             bcrypt_slots: Arc::new(Semaphore::new((cores / 2).max(1))),
         }
@@ -328,13 +344,7 @@ impl Authenticator {
         }
         let text = String::from_utf8(decoded).map_err(|_| Refusal::Invalid)?;
         let (user, password) = text.split_once(':').ok_or(Refusal::Invalid)?;
-        let keys = [format!("user:{user}"), format!("addr:{client}")];
-        if keys
-            .iter()
-            .any(|k| self.failures.get(k).unwrap_or(0) >= MAX_FAILURES)
-        {
-            return Err(Refusal::Throttled);
-        }
+        let attempt = self.reserve_attempt(user, client)?;
         let permit = Arc::clone(&self.bcrypt_slots)
             .acquire_owned()
             .await
@@ -348,16 +358,52 @@ impl Authenticator {
         .await
         .unwrap_or(false);
         if ok {
+            attempt.succeeded();
             self.verified.insert(key, user.to_owned());
             Ok(Identity::User(user.to_owned()))
         } else {
-            for k in keys {
-                let n = self.failures.get(&k).unwrap_or(0);
-                self.failures.insert(k, n + 1);
-            }
+            attempt.failed();
             tracing::info!(%user, %client, "failed login");
             Err(Refusal::Invalid)
         }
+    }
+
+    /// Counts a login attempt from `client` before its password is checked, atomically, or
+    /// refuses it: the address failed too often, already has its share of checks running, or
+    /// (having failed before) tries a user many addresses failed for.
+    fn reserve_attempt(&self, user: &str, client: IpAddr) -> Result<Attempt<'_>, Refusal> {
+        let addr_key = format!("addr:{client}");
+        let failed_here = self.failures.get(&addr_key).unwrap_or(0);
+        let user_failures = self.failures.get(&format!("user:{user}")).unwrap_or(0);
+        if failed_here > 0 && user_failures >= MAX_USER_FAILURES {
+            return Err(Refusal::Throttled);
+        }
+        {
+            let mut checking = self.checking.lock().unwrap_or_else(|p| p.into_inner());
+            let running = checking.entry(client).or_insert(0);
+            if *running >= MAX_CONCURRENT_PER_ADDRESS {
+                return Err(Refusal::Throttled);
+            }
+            *running += 1;
+        }
+        let mut attempt = Attempt {
+            auth: self,
+            client,
+            user: user.to_owned(),
+            addr_key,
+            counted: false,
+        };
+        let attempts = self
+            .failures
+            .entry(attempt.addr_key.clone())
+            .and_upsert_with(|n| n.map_or(1, |n| n.into_value().saturating_add(1)))
+            .into_value();
+        attempt.counted = true;
+        if attempts > MAX_FAILURES {
+            // Over the limit: this one is not tried, and does not count either.
+            return Err(Refusal::Throttled);
+        }
+        Ok(attempt)
     }
 
     /// Who an `Authorization` header says the client is, and the token's claims if it was a
@@ -476,6 +522,49 @@ impl Authenticator {
             exp: unix_now() + TOKEN_LIFETIME.as_secs(),
         };
         Ok(self.signer.sign(&claims))
+    }
+}
+
+/// A login attempt counted against its address (see [`Authenticator::reserve_attempt`]):
+/// refunded when the password was right, or when it never got checked.
+struct Attempt<'a> {
+    auth: &'a Authenticator,
+    client: IpAddr,
+    user: String,
+    addr_key: String,
+    /// Whether it is counted in the address's attempts (refunded on drop unless it failed).
+    counted: bool,
+}
+
+impl Attempt<'_> {
+    /// The password was right: the attempt is not held against the address.
+    fn succeeded(self) {}
+
+    /// The password was wrong: it stays counted, and counts against the user too.
+    fn failed(mut self) {
+        self.counted = false;
+        self.auth
+            .failures
+            .entry(format!("user:{}", self.user))
+            .and_upsert_with(|n| n.map_or(1, |n| n.into_value().saturating_add(1)));
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        if self.counted {
+            self.auth
+                .failures
+                .entry(self.addr_key.clone())
+                .and_upsert_with(|n| n.map_or(0, |n| n.into_value().saturating_sub(1)));
+        }
+        let mut checking = self.auth.checking.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(running) = checking.get_mut(&self.client) {
+            *running = running.saturating_sub(1);
+            if *running == 0 {
+                checking.remove(&self.client);
+            }
+        }
     }
 }
 
@@ -700,6 +789,83 @@ mod tests {
         assert_eq!(
             a.authorize(Some(&basic("u", "bad")), LOCAL, &repo(names, Action::Pull))
                 .await,
+            Err(Refusal::Throttled)
+        );
+    }
+
+    /// 100 guesses at once from one address get no more password checks than ten in a row
+    /// would: the attempt is counted before bcrypt runs, and only two run at a time.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_guesses_are_counted_before_they_are_checked() {
+        let a = Arc::new(authenticator(""));
+        let mut guesses = Vec::new();
+        for i in 0..100 {
+            let a = Arc::clone(&a);
+            guesses.push(tokio::spawn(async move {
+                let wrong = basic("u", &format!("guess{i}"));
+                a.authorize(Some(&wrong), LOCAL, &repo("x", Action::Pull))
+                    .await
+            }));
+        }
+        let mut checked = 0;
+        for guess in guesses {
+            match guess.await.unwrap() {
+                Err(Refusal::Invalid) => checked += 1,
+                Err(Refusal::Throttled) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(
+            (1..=MAX_FAILURES).contains(&checked),
+            "{checked} guesses were checked"
+        );
+    }
+
+    /// Someone guessing a user's password from one address (or many) never locks that user
+    /// out from an address that has not failed.
+    #[tokio::test]
+    async fn guessing_never_locks_the_user_out_elsewhere() {
+        let a = authenticator("");
+        let attacker: IpAddr = "10.0.0.66".parse().unwrap();
+        for _ in 0..MAX_FAILURES + 5 {
+            let _ = a
+                .authorize(Some(&basic("u", "bad")), attacker, &repo("x", Action::Pull))
+                .await;
+        }
+        assert_eq!(
+            a.authorize(Some(&basic("u", "pw")), attacker, &repo("x", Action::Pull))
+                .await,
+            Err(Refusal::Throttled),
+            "the guessing address is throttled"
+        );
+        // Many addresses guess: the user's own address has not failed and gets in.
+        for i in 0..MAX_USER_FAILURES {
+            let from = IpAddr::from([10, 1, (i / 250) as u8, (i % 250) as u8 + 1]);
+            let _ = a
+                .authorize(Some(&basic("u", "bad")), from, &repo("x", Action::Pull))
+                .await;
+        }
+        assert_eq!(
+            a.authorize(Some(&basic("u", "pw")), LOCAL, &repo("x", Action::Pull))
+                .await,
+            Ok(Identity::User("u".into()))
+        );
+        // An address that failed once is refused that user once the user is under attack.
+        let failed_once: IpAddr = "10.2.0.1".parse().unwrap();
+        let _ = a
+            .authorize(
+                Some(&basic("ci", "bad")),
+                failed_once,
+                &repo("x", Action::Pull),
+            )
+            .await;
+        assert_eq!(
+            a.authorize(
+                Some(&basic("u", "guess")),
+                failed_once,
+                &repo("x", Action::Pull)
+            )
+            .await,
             Err(Refusal::Throttled)
         );
     }
