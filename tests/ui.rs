@@ -281,3 +281,88 @@ async fn a_real_browser_renders_the_ui() {
         std::fs::copy(&png, keep).unwrap();
     }
 }
+
+/// An anonymous UI page costs a bounded amount however big the content: 60 tags of indexes
+/// with 3,000 children each, pulled through once. A repository page lists a page of tags
+/// with a link to the next, each index summarized from a few children; a manifest page lists
+/// a bounded number of children and cuts the document; `/v2/` keeps answering while a dozen
+/// such pages are asked for at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_are_bounded_however_big_the_content() {
+    let fake = FakeUpstream::start(Auth::None).await;
+    let mut big = String::new();
+    for t in 0..60 {
+        let children: Vec<serde_json::Value> = (0..3000)
+            .map(|i| {
+                serde_json::json!({"mediaType": OCI_MANIFEST,
+                    "digest": sha256(format!("{t}-{i}").as_bytes()), "size": 500,
+                    "platform": {"os": "linux", "architecture": format!("arch{i}")}})
+            })
+            .collect();
+        let index =
+            serde_json::json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": children})
+                .to_string();
+        fake.put_manifest("library/big", &format!("t{t:02}"), index.clone(), OCI_INDEX);
+        big = index;
+    }
+    let m = TestMirror::start(&format!(
+        "[[upstream]]\nname = \"docker.io\"\nurl = \"{}\"\ndefault = true\n",
+        fake.url()
+    ))
+    .await;
+    for t in 0..60 {
+        let r = m.get(&format!("/v2/big/manifests/t{t:02}")).await;
+        assert_eq!(r.status(), 200);
+    }
+
+    let first = page(&m, "/ui/repo?origin=docker.io&name=library/big").await;
+    assert!(
+        first.len() < 200_000,
+        "a repository page of {} bytes",
+        first.len()
+    );
+    assert!(first.contains("t00") && first.contains("t49") && !first.contains("t50"));
+    assert!(
+        first.contains("and 2968 more"),
+        "the summary says what it left out"
+    );
+    assert!(first.contains("last=t49"), "a link to the next page");
+    let second = page(&m, "/ui/repo?origin=docker.io&name=library/big&last=t49").await;
+    assert!(second.contains("t50") && second.contains("t59") && !second.contains("t49<"));
+
+    let digest = sha256(big.as_bytes());
+    let manifest = page(&m, &format!("/ui/manifest?digest={digest}")).await;
+    assert!(
+        manifest.len() < 400_000,
+        "a manifest page of {} bytes",
+        manifest.len()
+    );
+    assert!(
+        manifest.contains("2800 more"),
+        "the page says what it left out"
+    );
+    assert!(manifest.contains("The first"), "the document is cut");
+
+    // A dozen big pages at once (summaries of new digests every time: the cache is cold for
+    // the second page) while a client pulls.
+    let pages: Vec<_> = (0..12)
+        .map(|i| {
+            let url = m.url(if i % 2 == 0 {
+                "/ui/repo?origin=docker.io&name=library/big&last=t09"
+            } else {
+                "/ui/repo?origin=docker.io&name=library/big"
+            });
+            tokio::spawn(async move { reqwest::get(url).await.unwrap().bytes().await.unwrap() })
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    assert_eq!(m.get("/v2/").await.status(), 200);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "/v2/ waited {:?} behind UI pages",
+        started.elapsed()
+    );
+    for p in pages {
+        assert!(p.await.unwrap().len() < 200_000);
+    }
+}

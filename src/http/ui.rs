@@ -172,11 +172,12 @@ fn query_link(path: &str, pairs: &[(&str, &str)]) -> String {
 
 async fn repositories(ctx: &Ctx<'_>) -> Result<Markup, ApiError> {
     let q = ctx.query.q.as_deref().unwrap_or("");
-    let repos = ctx
+    let page = ctx
         .mirror
-        .repositories_view(q)
+        .repositories_page(q, ctx.query.last.as_deref())
         .await
         .map_err(|e| proxy_error(e, Resource::Repository, LOCAL))?;
+    let repos = &page.items;
     Ok(layout(
         "Repositories",
         html! {
@@ -187,7 +188,7 @@ async fn repositories(ctx: &Ctx<'_>) -> Result<Markup, ApiError> {
             }
             table {
                 tr { th { "Repository" } th { "Held as" } th { "From" } }
-                @for r in &repos {
+                @for r in repos {
                     tr {
                         td { a href=(query_link("/ui/repo", &[("origin", &r.origin), ("name", &r.name)])) { (r.display) } }
                         @if r.origin == LOCAL {
@@ -199,6 +200,9 @@ async fn repositories(ctx: &Ctx<'_>) -> Result<Markup, ApiError> {
                 }
             }
             @if repos.is_empty() { p.muted { "No repository matches." } }
+            @if let Some(next) = &page.next {
+                p { a href=(query_link("/ui/", &[("q", q), ("last", next)])) { "Next page →" } }
+            }
         },
     ))
 }
@@ -213,7 +217,10 @@ fn tag_row(origin: &str, t: &TagView) -> Markup {
             }
             td { a href=(query_link("/ui/manifest", &[("digest", digest)])) { code { (short(digest)) "…" } } }
             td { code { (t.record.media_type) } }
-            td { @for p in &t.platforms { code { (p) } br; } }
+            td {
+                @for p in &t.platforms { code { (p) } br; }
+                @if t.more_children > 0 { span.muted { "and " (t.more_children) " more" } }
+            }
             td { (bytes(t.total_size)) }
             td { (when(t.record.fetched_at_ms)) br; span.muted { @if origin == LOCAL { "pushed" } @else { "fetched / confirmed" } } }
             td { @match t.last_pulled_ms { Some(ms) => (when(ms)), None => span.muted { "not since start" } } }
@@ -230,11 +237,12 @@ async fn repository(ctx: &Ctx<'_>) -> Result<Markup, ApiError> {
         .unwrap_or("")
         .parse()
         .map_err(|_| ApiError::new(ErrorCode::NameInvalid, "no such repository name"))?;
-    let tags = ctx
+    let page = ctx
         .mirror
-        .repository_view(origin, &name)
+        .repository_view(origin, &name, ctx.query.last.as_deref())
         .await
         .map_err(|e| proxy_error(e, Resource::Repository, LOCAL))?;
+    let tags = &page.items;
     let title = name.to_string();
     Ok(layout(
         &title,
@@ -246,9 +254,12 @@ async fn repository(ctx: &Ctx<'_>) -> Result<Markup, ApiError> {
             }
             table {
                 tr { th { "Tag" } th { "Digest" } th { "Media type" } th { "Platforms" } th { "Size" } th { "Recorded" } th { "Last pulled" } }
-                @for t in &tags { (tag_row(origin, t)) }
+                @for t in tags { (tag_row(origin, t)) }
             }
             @if tags.is_empty() { p.muted { "No tags." } }
+            @if let Some(next) = &page.next {
+                p { a href=(query_link("/ui/repo", &[("origin", origin), ("name", name.as_str()), ("last", next)])) { "Next page →" } }
+            }
         },
     ))
 }
@@ -285,6 +296,7 @@ fn manifest_page(m: &ManifestView) -> Markup {
             @if let Some(config) = &m.config { (parts("Config", std::slice::from_ref(config))) }
             (parts("Layers", &m.layers))
             (parts("Platform manifests", &m.children))
+            @if m.more_parts > 0 { p.muted { "… and " (m.more_parts) " more, in the document." } }
             h2 { "Referrers" }
             @if m.referrers.is_empty() { p.muted { "No signatures, SBOMs or attestations refer to it." } }
             @else {
@@ -303,6 +315,7 @@ fn manifest_page(m: &ManifestView) -> Markup {
                 }
             }
             h2 { "Document" }
+            @if m.cut { p.muted { "The first " (bytes(crate::proxy::inventory::SHOWN_DOCUMENT as u64)) " of " (bytes(m.size)) ":" } }
             pre { code { (m.pretty) } }
         },
     )

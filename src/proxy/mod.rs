@@ -85,6 +85,8 @@ pub struct Mirror {
         moka::sync::Cache<(String, crate::oci::RepoName, crate::oci::Digest), crate::oci::Tag>,
     /// Upstream `docker search` answers, kept briefly.
     pub search_cache: search::SearchCache,
+    /// What the web UI's views remember and their parsing budget.
+    inventory: inventory::InventoryCache,
     /// The other replicas (Redis), once the server joined them.
     cluster: std::sync::OnceLock<Arc<Coordinator>>,
     /// Reads from the other replicas.
@@ -115,6 +117,7 @@ impl Mirror {
                 .time_to_live(std::time::Duration::from_secs(300))
                 .build(),
             search_cache: search::search_cache(),
+            inventory: inventory::InventoryCache::default(),
             cluster: std::sync::OnceLock::new(),
             peers: std::sync::OnceLock::new(),
             seen_changes: std::sync::atomic::AtomicU64::new(0),
