@@ -111,6 +111,7 @@ async fn open_mirror(config: &Config, owns_tmp: bool) -> Result<Arc<Mirror>, Sta
         Arc::clone(&store),
         Arc::clone(&metrics),
         storage.max_upload_size.0,
+        !storage.verify_reads,
     );
     Ok(Arc::new(Mirror::new(store, upstreams, fills, metrics)))
 }
@@ -238,6 +239,7 @@ pub async fn start(config: &Config) -> Result<Server, StartError> {
         trusted_proxies: config.server.trusted_proxies.clone(),
         blob_readers: Arc::new(tokio::sync::Semaphore::new(config.server.max_blob_readers)),
         blob_reader_wait: config.server.send_timeout,
+        readiness: http::Readiness::default(),
         body_idle_timeout: config.server.body_idle_timeout,
     });
     mirror.metrics.store_max_bytes.set(

@@ -120,6 +120,9 @@ pub struct Metrics {
     pub connections_closed: IntCounterVec,
     /// `regmirror_maintenance_failures_total{task}`: eviction or GC runs aborted by an error.
     pub maintenance_failures: IntCounterVec,
+    /// `regmirror_readiness_probes_total`: probes of the store made for `/readyz` (at most
+    /// one every few seconds, however many ask).
+    pub readiness_probes: IntCounter,
     /// `regmirror_blob_readers_refused_total`: blob GETs refused (503) because every
     /// `max_blob_readers` slot stayed taken for `send_timeout`.
     pub blob_readers_refused: IntCounter,
@@ -389,6 +392,10 @@ impl Metrics {
             "Unreachable blobs removed by GC.",
         );
         // Closed label sets start at zero, so rates and alerts see them before the first event.
+        let readiness_probes = counter(
+            "regmirror_readiness_probes_total",
+            "Probes of the store (a write, a read and a delete) made for /readyz; at most one every few seconds.",
+        );
         let blob_readers_refused = counter(
             "regmirror_blob_readers_refused_total",
             "Blob GETs refused (503) because every max_blob_readers slot stayed taken for send_timeout.",
@@ -411,6 +418,7 @@ impl Metrics {
             connections_closed,
             maintenance_failures,
             blob_readers_refused,
+            readiness_probes,
             uploads_bytes,
             store_max_bytes,
             store_bytes,

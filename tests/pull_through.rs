@@ -749,3 +749,21 @@ async fn immutable_tags_are_never_revalidated() {
     assert_eq!(r.headers()["x-regmirror-cache"], "revalidated");
     assert_eq!(fake.count("HEAD", "/manifests/latest"), 1);
 }
+
+/// `/readyz` is anonymous and each probe writes, reads and deletes an object in the store: a
+/// flood of them makes one probe, its answer shared.
+#[tokio::test]
+async fn readiness_probes_are_shared() {
+    let fake = FakeUpstream::start(Auth::None).await;
+    let m = TestMirror::start(&upstream_toml(&fake.url(), "1h")).await;
+    let probes: Vec<_> = (0..50)
+        .map(|_| {
+            let url = m.url("/readyz");
+            tokio::spawn(async move { reqwest::get(url).await.unwrap().status() })
+        })
+        .collect();
+    for probe in probes {
+        assert_eq!(probe.await.unwrap(), 200);
+    }
+    assert_eq!(m.metric("regmirror_readiness_probes_total").await, 1.0);
+}

@@ -512,8 +512,9 @@ async fn a_bucket_object_that_does_not_match_its_digest_is_not_kept_locally() {
     rotten[500_000] ^= 0xff;
     bucket.put(&key, rotten.clone().into()).await.unwrap();
 
-    // A replica without a local copy streams what the bucket holds (as a presigned URL
-    // would), but its own hash keeps the wrong bytes out of its hot cache.
+    // A replica without a local copy reads the bucket and, by default (`verify_reads`),
+    // completes no response before its own hash agrees: the client sees a failure, never a
+    // complete 200 of wrong bytes, and nothing is kept.
     let m = start(
         &garage,
         tempfile::tempdir().unwrap(),
@@ -522,6 +523,28 @@ async fn a_bucket_object_that_does_not_match_its_digest_is_not_kept_locally() {
     )
     .await;
     let path = format!("/v2/team/app/blobs/{digest}");
+    let r = m.get(&path).await;
+    let complete = r.status() == 200 && r.bytes().await.is_ok_and(|b| b.len() == blob.len());
+    assert!(
+        !complete,
+        "a rotten bucket object was served as a complete 200"
+    );
+    m.fills_settled().await;
+    assert_eq!(
+        m.metric("regmirror_digest_mismatches_total{upstream=\"backend\"}")
+            .await,
+        1.0
+    );
+    m.stop().await;
+
+    // With `verify_reads = false` the operator trusts the bucket's bytes as a presigned URL
+    // would hand them out: streamed whole, but the hash still keeps them out of the hot cache.
+    let m = TestMirror::start_storage(
+        tempfile::tempdir().unwrap(),
+        &format!("verify_reads = false\n{}", garage.storage_keys("rot", "")),
+        &upstream(&fake),
+    )
+    .await;
     assert_eq!(get_bytes(&m, &path).await.len(), blob.len());
     m.fills_settled().await;
     assert_eq!(

@@ -98,6 +98,8 @@ pub struct App {
     pub blob_readers: Arc<tokio::sync::Semaphore>,
     /// How long a blob GET waits for a permit (`[server] send_timeout`).
     pub blob_reader_wait: std::time::Duration,
+    /// `/readyz`'s probe, shared.
+    pub readiness: Readiness,
 }
 
 impl App {
@@ -618,13 +620,48 @@ fn unsupported(method: &Method) -> Answer {
 
 /// `GET /readyz`: 200 when the store is writable, else 503.
 async fn ready(app: &App) -> Answer {
-    match app.mirror.store.check_writable().await {
+    match app
+        .readiness
+        .check(&app.mirror.store, &app.mirror.metrics.readiness_probes)
+        .await
+    {
         Ok(()) => Answer::plain(text_response("ready\n", "text/plain")),
         Err(e) => {
             let mut response = text_response(format!("store not writable: {e}\n"), "text/plain");
             *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
             Answer::plain(response)
         }
+    }
+}
+
+/// How long a readiness probe's answer is reused: `/readyz` is anonymous, and each probe
+/// writes, reads and deletes an object in the store.
+pub const READINESS_PROBE_EVERY: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// The last readiness probe of the store, shared by every `/readyz` within
+/// [`READINESS_PROBE_EVERY`]; one probe at a time.
+#[derive(Default)]
+pub struct Readiness {
+    last: tokio::sync::Mutex<Option<(Instant, Result<(), String>)>>,
+}
+
+impl Readiness {
+    /// Whether the store is writable, probed at most every [`READINESS_PROBE_EVERY`].
+    pub async fn check(
+        &self,
+        store: &crate::store::Store,
+        probes: &prometheus::IntCounter,
+    ) -> Result<(), String> {
+        let mut last = self.last.lock().await;
+        if let Some((at, result)) = last.as_ref()
+            && at.elapsed() < READINESS_PROBE_EVERY
+        {
+            return result.clone();
+        }
+        probes.inc();
+        let result = store.check_writable().await.map_err(|e| e.to_string());
+        *last = Some((Instant::now(), result.clone()));
+        result
     }
 }
 

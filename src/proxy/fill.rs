@@ -385,6 +385,9 @@ pub struct Fills {
     store: Arc<Store>,
     metrics: Arc<Metrics>,
     max_blob: u64,
+    /// Whether readers of a blob read from this store's own bucket get its last byte before
+    /// this machine verified it (`[storage] verify_reads = false`).
+    trust_backend_reads: bool,
 }
 
 /// A fill's place in [`Fills`], given up when its task ends, however it ends: an error, a
@@ -415,15 +418,22 @@ impl Drop for FillEntry {
 }
 
 impl Fills {
-    /// An empty set of fills.
-    /// An empty set of fills; a blob body may be at most `max_blob` bytes.
-    pub fn new(store: Arc<Store>, metrics: Arc<Metrics>, max_blob: u64) -> Arc<Fills> {
+    /// An empty set of fills; a blob body may be at most `max_blob` bytes; with
+    /// `trust_backend_reads`, a blob read from the bucket is released to readers as it
+    /// arrives instead of after its digest is verified here.
+    pub fn new(
+        store: Arc<Store>,
+        metrics: Arc<Metrics>,
+        max_blob: u64,
+        trust_backend_reads: bool,
+    ) -> Arc<Fills> {
         Arc::new(Fills {
             inflight: Mutex::new(HashMap::new()),
             ended: tokio::sync::Notify::new(),
             store,
             metrics,
             max_blob,
+            trust_backend_reads,
         })
     }
 
@@ -478,7 +488,7 @@ impl Fills {
             received: 0,
             written: 0,
             verified: false,
-            trusted: matches!(source, FillSource::Backend),
+            trusted: self.trust_backend_reads && matches!(source, FillSource::Backend),
             phase: Phase::Connecting,
         });
         let tail = Arc::new(Tail::default());
