@@ -118,6 +118,43 @@ async fn search_merges_the_mirror_and_its_upstream_and_survives_the_upstream() {
     assert_eq!(names(&down), ["team/app"]);
 }
 
+/// Searches are anonymous and each new term is an upstream request: 50 identical searches at
+/// once cost one upstream request, and 50 different ones at most the burst of the rate limit;
+/// the rest answer with the mirror's own results.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_searches_are_coalesced_and_rate_limited() {
+    let fake = FakeUpstream::start(Auth::None).await;
+    fake.set_latency(200);
+    let m = mirror_with_content(&fake).await;
+    let asked = fake.count("GET", "/v1/search");
+    let same: Vec<_> = (0..50)
+        .map(|_| {
+            let url = m.url("/v1/search?q=tools");
+            tokio::spawn(async move { reqwest::get(url).await.unwrap().status() })
+        })
+        .collect();
+    for s in same {
+        assert_eq!(s.await.unwrap(), 200);
+    }
+    assert_eq!(fake.count("GET", "/v1/search") - asked, 1, "coalesced");
+    let asked = fake.count("GET", "/v1/search");
+    let different: Vec<_> = (0..50)
+        .map(|i| {
+            let url = m.url(&format!("/v1/search?q=term{i}"));
+            tokio::spawn(async move { reqwest::get(url).await.unwrap().status() })
+        })
+        .collect();
+    for s in different {
+        assert_eq!(
+            s.await.unwrap(),
+            200,
+            "answered, from the mirror alone if need be"
+        );
+    }
+    let sent = fake.count("GET", "/v1/search") - asked;
+    assert!(sent <= 12, "{sent} upstream searches for 50 terms at once");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docker_search_through_a_real_dockerd() {
     let test = "docker_search_through_a_real_dockerd";

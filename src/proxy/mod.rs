@@ -85,6 +85,10 @@ pub struct Mirror {
         moka::sync::Cache<(String, crate::oci::RepoName, crate::oci::Digest), crate::oci::Tag>,
     /// Upstream `docker search` answers, kept briefly.
     pub search_cache: search::SearchCache,
+    /// Upstream searches in flight, shared by identical searches.
+    search_flights: search::SearchFlights,
+    /// How many upstream searches may still be made.
+    search_budget: Arc<search::SearchBudget>,
     /// What the web UI's views remember and their parsing budget.
     inventory: inventory::InventoryCache,
     /// The other replicas (Redis), once the server joined them.
@@ -117,6 +121,8 @@ impl Mirror {
                 .time_to_live(std::time::Duration::from_secs(300))
                 .build(),
             search_cache: search::search_cache(),
+            search_flights: Singleflight::default(),
+            search_budget: Arc::default(),
             inventory: inventory::InventoryCache::default(),
             cluster: std::sync::OnceLock::new(),
             peers: std::sync::OnceLock::new(),

@@ -1,6 +1,11 @@
 //! `docker search`: the repositories the mirror holds whose names match, and the results of
 //! upstreams that offer a search (`search_url`), merged; an upstream's results are kept for a
 //! minute, and an upstream that fails only leaves its results out.
+//!
+//! Searches are anonymous and each new term is an upstream request: identical searches in
+//! flight share one upstream request, and upstream searches are rate-limited
+//! ([`UPSTREAM_SEARCH_BURST`], then [`UPSTREAM_SEARCHES_PER_SECOND`]); beyond that a search
+//! answers with the mirror's own results only.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +27,45 @@ const UPSTREAM_RESULTS: u32 = 100;
 /// Upstream search answers by (upstream, query).
 pub type SearchCache = moka::sync::Cache<(String, String), Arc<Vec<SearchHit>>>;
 
+/// Upstream searches in flight, by (upstream, query).
+pub type SearchFlights = super::Singleflight<(String, String), Option<Arc<Vec<SearchHit>>>>;
+
+/// Upstream searches the mirror may make at once after a quiet spell.
+pub const UPSTREAM_SEARCH_BURST: f64 = 10.0;
+
+/// Upstream searches per second the mirror makes at most, over time.
+pub const UPSTREAM_SEARCHES_PER_SECOND: f64 = 2.0;
+
+/// A token bucket for upstream searches.
+pub struct SearchBudget {
+    state: std::sync::Mutex<(f64, std::time::Instant)>,
+}
+
+impl Default for SearchBudget {
+    fn default() -> Self {
+        SearchBudget {
+            state: std::sync::Mutex::new((UPSTREAM_SEARCH_BURST, std::time::Instant::now())),
+        }
+    }
+}
+
+impl SearchBudget {
+    /// Takes one upstream search from the budget; whether there was one.
+    pub fn take(&self) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let (tokens, at) = *state;
+        let now = std::time::Instant::now();
+        let refilled = (tokens + at.elapsed().as_secs_f64() * UPSTREAM_SEARCHES_PER_SECOND)
+            .min(UPSTREAM_SEARCH_BURST);
+        if refilled < 1.0 {
+            *state = (refilled, now);
+            return false;
+        }
+        *state = (refilled - 1.0, now);
+        true
+    }
+}
+
 /// A cache of upstream search answers.
 pub fn search_cache() -> SearchCache {
     moka::sync::Cache::builder()
@@ -40,19 +84,40 @@ impl Mirror {
             let key = (upstream.name().to_owned(), query.clone());
             let found = match self.search_cache.get(&key) {
                 Some(found) => found,
-                None => match upstream.search(&query, UPSTREAM_RESULTS).await {
-                    Ok(Some(found)) => {
-                        let found = Arc::new(found);
-                        self.search_cache.insert(key, Arc::clone(&found));
-                        found
+                None => {
+                    let (upstream, cache, budget) = (
+                        Arc::clone(upstream),
+                        self.search_cache.clone(),
+                        Arc::clone(&self.search_budget),
+                    );
+                    let (query, cache_key) = (query.clone(), key.clone());
+                    let call = async move {
+                        if !budget.take() {
+                            tracing::debug!(
+                                upstream = upstream.name(),
+                                "upstream search rate limit reached; local results only"
+                            );
+                            return None;
+                        }
+                        match upstream.search(&query, UPSTREAM_RESULTS).await {
+                            Ok(Some(found)) => {
+                                let found = Arc::new(found);
+                                cache.insert(cache_key, Arc::clone(&found));
+                                Some(found)
+                            }
+                            Ok(None) => None,
+                            // Never an error for the client: the mirror's own results answer.
+                            Err(e) => {
+                                tracing::debug!(upstream = upstream.name(), error = %e, "upstream search failed");
+                                None
+                            }
+                        }
+                    };
+                    match self.search_flights.run(key, call).await {
+                        (Some(Some(found)), _) => found,
+                        _ => continue,
                     }
-                    Ok(None) => continue,
-                    // Never an error for the client: the mirror's own results still answer.
-                    Err(e) => {
-                        tracing::debug!(upstream = upstream.name(), error = %e, "upstream search failed");
-                        continue;
-                    }
-                },
+                }
             };
             for hit in found.iter() {
                 if !hits.iter().any(|h| h.name == hit.name) {
