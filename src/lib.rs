@@ -233,6 +233,7 @@ pub async fn start(config: &Config) -> Result<Server, StartError> {
             max_total: config.storage.max_uploads_size.0,
             max_sessions_per_client: config.storage.max_upload_sessions_per_client,
             max_chunks: config.storage.max_upload_chunks,
+            session_ttl: config.storage.upload_ttl,
         },
         upload_signer: http::uploads::UploadSigner::new(keys.derive("upload")),
         public_url: config.server.public_url.as_ref().map(|u| u.to_string()),

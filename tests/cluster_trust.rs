@@ -136,3 +136,53 @@ async fn redis_is_trusted_with_no_url_and_no_everlasting_key() {
         );
     }
 }
+
+/// `max_upload_sessions_per_client` holds over the cluster when Redis is up: a client that
+/// spread its sessions over two replicas gets no more than the cap in all, and a session it
+/// ends on one replica frees a place on the other.
+#[tokio::test]
+async fn upload_session_caps_hold_across_replicas() {
+    let Some(redis) = Redis::start("upload_session_caps_hold_across_replicas").await else {
+        return;
+    };
+    let fake = FakeUpstream::start(Auth::None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = |dir: &std::path::Path| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\npath = \"{}\"\nmax_upload_sessions_per_client = 2\n[auth]\nanonymous_push = true\n[cluster]\nsecret = \"{SECRET}\"\nredis_url = \"{}\"\n[[upstream]]\nname = \"docker.io\"\nurl = \"{}\"\ndefault = true\n",
+            dir.join("store").display(),
+            redis.url(),
+            fake.url()
+        )
+    };
+    // Two replicas of one store (one scope in Redis).
+    let parse = |text: String| regmirror::config::Config::parse(&text, "test").unwrap();
+    let a = regmirror::start(&parse(config(dir.path()))).await.unwrap();
+    let b = regmirror::start(&parse(config(dir.path()))).await.unwrap();
+    let client = reqwest::Client::new();
+    let open = |server: &regmirror::Server| {
+        let url = format!("http://{}/v2/team/app/blobs/uploads/", server.addr);
+        let client = client.clone();
+        async move { client.post(url).send().await.unwrap() }
+    };
+    let first = open(&a).await;
+    assert_eq!(first.status(), 202);
+    let first = first.headers()["location"].to_str().unwrap().to_owned();
+    assert_eq!(open(&a).await.status(), 202);
+    let third = open(&b).await;
+    assert_eq!(
+        common::error_code(third).await,
+        (429, "TOOMANYREQUESTS".into()),
+        "the cap counts the client's sessions on the other replica"
+    );
+    // Cancelled on a, the session frees a place on b.
+    let r = client
+        .delete(format!("http://{}{first}", a.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(open(&b).await.status(), 202);
+    b.stop().await;
+    a.stop().await;
+}

@@ -420,6 +420,43 @@ impl Coordinator {
             .await;
     }
 
+    /// Records `owner`'s upload session `id` until it closes or `ttl` passes, and counts the
+    /// sessions `owner` has open over the cluster.
+    pub async fn open_session(&self, owner: &str, id: &str, ttl: Duration) -> Option<usize> {
+        const OPEN: &str = "redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1]) \
+            redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3]) \
+            redis.call('PEXPIRE', KEYS[1], ARGV[4]) \
+            return redis.call('ZCARD', KEYS[1])";
+        let now = unix_ms();
+        let ttl_ms = ttl.as_millis() as u64;
+        let open: i64 = self
+            .run(
+                redis::cmd("EVAL")
+                    .arg(OPEN)
+                    .arg(1)
+                    .arg(format!("{}sessions:{owner}", self.keys))
+                    .arg(now)
+                    .arg(now + ttl_ms)
+                    .arg(id)
+                    .arg(ttl_ms)
+                    .clone(),
+            )
+            .await?;
+        usize::try_from(open).ok()
+    }
+
+    /// Records that `owner`'s upload session `id` ended.
+    pub async fn close_session(&self, owner: &str, id: &str) {
+        let _: Option<i64> = self
+            .run(
+                redis::cmd("ZREM")
+                    .arg(format!("{}sessions:{owner}", self.keys))
+                    .arg(id)
+                    .clone(),
+            )
+            .await;
+    }
+
     /// Gives up the claim on `what` (the fetch ended).
     pub async fn release(&self, what: &str) {
         let me = &self.replica;

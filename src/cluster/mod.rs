@@ -79,6 +79,14 @@ impl crate::store::ClusterLink for Coordinator {
     async fn lease(&self, name: &str, ttl: std::time::Duration) -> Option<bool> {
         Coordinator::lease(self, name, ttl).await
     }
+
+    async fn open_session(&self, owner: &str, id: &str, ttl: std::time::Duration) -> Option<usize> {
+        Coordinator::open_session(self, owner, id, ttl).await
+    }
+
+    async fn close_session(&self, owner: &str, id: &str) {
+        Coordinator::close_session(self, owner, id).await;
+    }
 }
 
 #[cfg(test)]

@@ -66,6 +66,11 @@ pub trait ClusterLink: Send + Sync {
     async fn announce_change(&self);
     /// Whether this replica holds (or has just taken) the lease `name` for `ttl`.
     async fn lease(&self, name: &str, ttl: Duration) -> Option<bool>;
+    /// Records that `owner` opened upload session `id`, counted until it closes or `ttl`
+    /// passes; how many sessions `owner` has open over the cluster, this one included.
+    async fn open_session(&self, owner: &str, id: &str, ttl: Duration) -> Option<usize>;
+    /// Records that `owner`'s upload session `id` ended.
+    async fn close_session(&self, owner: &str, id: &str);
 }
 
 /// Errors of the store layer.

@@ -103,6 +103,9 @@ pub struct UploadLimits {
     pub max_sessions_per_client: usize,
     /// The chunks one session shared through the bucket may have (`max_upload_chunks`).
     pub max_chunks: usize,
+    /// How long an idle session lives (`upload_ttl`): the longest it counts against its
+    /// owner's cap over the cluster without word of its end.
+    pub session_ttl: std::time::Duration,
 }
 
 /// What the unfinished uploads hold: bytes in all, sessions per owner, sessions being written.
@@ -177,6 +180,13 @@ impl Store {
         Ok(())
     }
 
+    /// Tells the other replicas that `owner`'s session `id` ended.
+    async fn session_closed(&self, owner: &str, id: &UploadId) {
+        if let Some(link) = self.link.get() {
+            link.close_session(owner, id.as_str()).await;
+        }
+    }
+
     /// Forgets a session that ended (completed, cancelled, expired) with `size` bytes.
     fn upload_ended(&self, owner: &str, size: u64) {
         let mut book = self.upload_book();
@@ -227,6 +237,19 @@ impl Store {
             *open += 1;
         }
         let id = UploadId(uuid::Uuid::new_v4().to_string());
+        // Over the cluster (with Redis), the owner's sessions on every replica count.
+        if let Some(link) = self.link.get()
+            && let Some(open) = link
+                .open_session(owner, id.as_str(), limits.session_ttl)
+                .await
+            && open > limits.max_sessions_per_client
+        {
+            link.close_session(owner, id.as_str()).await;
+            self.upload_ended(owner, 0);
+            return Err(UploadError::TooManySessions {
+                limit: limits.max_sessions_per_client,
+            });
+        }
         let dir = self.upload_dir(&id);
         let created = async {
             write_local_session(&dir, repo, owner).await?;
@@ -239,6 +262,7 @@ impl Store {
         if let Err(e) = created {
             let _ = tokio::fs::remove_dir_all(&dir).await;
             self.upload_ended(owner, 0);
+            self.session_closed(owner, &id).await;
             return Err(e.into());
         }
         Ok(id)
@@ -409,6 +433,7 @@ impl Store {
         };
         let _ = tokio::fs::remove_dir_all(&dir).await;
         self.upload_ended(owner, len);
+        self.session_closed(owner, id).await;
         if self.is_remote()
             && let Err(e) = self.unpublish_session(id).await
         {
@@ -446,6 +471,7 @@ impl Store {
                 let _ = tokio::fs::remove_dir_all(self.upload_dir(id)).await;
                 self.upload_ended(owner, len);
             }
+            self.session_closed(owner, id).await;
             return Ok(());
         }
         let len = self.local_upload_len(repo, owner, id).await?;
@@ -454,6 +480,7 @@ impl Store {
             .await
             .map_err(|e| UploadError::Store(io_err(&dir)(e)))?;
         self.upload_ended(owner, len);
+        self.session_closed(owner, id).await;
         Ok(())
     }
 
