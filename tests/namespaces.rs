@@ -166,6 +166,51 @@ async fn a_push_right_in_one_namespace_gives_nothing_in_another() {
         let r = s.push_blob("quay", &path, &blob).send().await.unwrap();
         assert_eq!(error_code(r).await, (403, "DENIED".into()), "{path}");
     }
+    // Mounts and sessions: what the quay user may not push to, it may not mount into or
+    // finish a session in either; a session opened in quay.io's namespace stays there.
+    let r = s
+        .push_blob(
+            "quay",
+            &format!(
+                "/v2/library/alpine/blobs/uploads/?mount={digest}&from=quay.io/library/alpine"
+            ),
+            b"",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(r).await, (403, "DENIED".into()), "mount");
+    let r = s
+        .push_blob("quay", "/v2/library/alpine/blobs/uploads/?ns=quay.io", b"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let location = r.headers()["location"].to_str().unwrap().to_owned();
+    assert!(location.contains("ns=quay.io"), "{location}");
+    let elsewhere = location.replace("&ns=quay.io", "");
+    let r =
+        s.m.client
+            .put(s.m.url(&format!("{elsewhere}&digest={digest}")))
+            .basic_auth("quay", Some("quay-pw"))
+            .body(blob.clone())
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(
+        error_code(r).await,
+        (403, "DENIED".into()),
+        "session moved to docker.io"
+    );
+    let r =
+        s.m.client
+            .put(s.m.url(&format!("{location}&digest={digest}")))
+            .basic_auth("quay", Some("quay-pw"))
+            .body(blob.clone())
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(r.status(), 201, "finished where it was opened");
     // The team user's `team/*` is Docker Hub's team/*, not quay.io's.
     let team = s.pushed_image("team", "team/app", "").await;
     let r = s
