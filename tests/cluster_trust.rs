@@ -186,3 +186,43 @@ async fn upload_session_caps_hold_across_replicas() {
     b.stop().await;
     a.stop().await;
 }
+
+/// A lease key someone wrote without an expiry (to stop GC, eviction and journal folding on
+/// every replica) is given one the next time a replica asks, and the replica takes the lease
+/// once it lapses.
+#[tokio::test]
+async fn a_lease_written_by_someone_else_cannot_be_held_for_ever() {
+    let Some(redis) = Redis::start("a_lease_written_by_someone_else_cannot_be_held_for_ever").await
+    else {
+        return;
+    };
+    let coordinator = regmirror::cluster::Coordinator::connect(
+        &redis.url(),
+        "scope",
+        "replica-1",
+        None,
+        b"member key".to_vec(),
+    )
+    .unwrap();
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("regmirror:scope:lease:housekeeping")
+        .arg("intruder")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let ttl = std::time::Duration::from_millis(500);
+    assert_eq!(coordinator.lease("housekeeping", ttl).await, Some(false));
+    let left: i64 = redis::cmd("PTTL")
+        .arg("regmirror:scope:lease:housekeeping")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!((0..=500).contains(&left), "PTTL {left}");
+    common::eventually_async(5, "the intruder's lease to lapse", || {
+        let coordinator = &coordinator;
+        async move { coordinator.lease("housekeeping", ttl).await == Some(true) }
+    })
+    .await;
+}
