@@ -583,8 +583,7 @@ async fn gc_aborts_the_multipart_upload_a_kill_9_mid_commit_leaves() {
         let digest = fake.put_blob(blob.clone());
         let mut mirror = Regmirror::start(&config).await;
         let url = mirror.url(&format!("/v2/app/blobs/{digest}"));
-        let download =
-            tokio::spawn(async move { reqwest::get(url).await.unwrap().bytes().await.unwrap() });
+        let download = tokio::spawn(async move { reqwest::get(url).await?.bytes().await });
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         let found = loop {
             assert!(
@@ -599,7 +598,13 @@ async fn gc_aborts_the_multipart_upload_a_kill_9_mid_commit_leaves() {
             }
         };
         mirror.kill9();
-        assert_eq!(download.await.unwrap().len(), blob.len());
+        // The client was released every byte once the blob was verified, before the commit
+        // began; whether it had read them all when the kill came is a race with the socket.
+        // Either it has the whole blob or its download failed: never a short success.
+        match download.await.unwrap() {
+            Ok(bytes) => assert_eq!(bytes.len(), blob.len()),
+            Err(e) => assert!(e.is_body() || e.is_decode(), "{e}"),
+        }
         if found.is_some() && bucket.list("blobs/").await.unwrap().is_empty() {
             record = found;
             break;

@@ -303,7 +303,10 @@ impl Fill {
                     if at_end {
                         return None;
                     }
-                    if let (Phase::Failed(e), false) = (&progress.phase, progress.verified) {
+                    // A fill that failed ends its readers, unless its bytes were released to
+                    // them already (verified, or trusted from this store's bucket): those are
+                    // read to the end as they were promised.
+                    if let (Phase::Failed(e), false) = (&progress.phase, progress.released()) {
                         let err = io::Error::other(e.to_string());
                         return Some((Err(err), (fill, rx, offset, true)));
                     }
