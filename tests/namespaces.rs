@@ -77,6 +77,15 @@ impl Setup {
             .basic_auth(user, Some(format!("{user}-pw")))
     }
 
+    /// Pushes `bytes` as a manifest of `repo` by its digest as `user`; its digest.
+    async fn put_by_digest(&self, user: &str, repo: &str, bytes: &[u8]) -> String {
+        let digest = sha256(bytes);
+        let path = format!("/v2/{repo}/manifests/{digest}");
+        let r = self.put_manifest(user, &path, bytes).send().await.unwrap();
+        assert_eq!(r.status(), 201, "{path}");
+        digest
+    }
+
     /// Pushes a config blob through `blobs_path` (`/v2/<name>/blobs/uploads/?...`) as `user`
     /// and returns an image manifest of it.
     async fn pushed_image(&self, user: &str, repo: &str, query: &str) -> Vec<u8> {
@@ -373,33 +382,13 @@ async fn pushed_manifests_and_referrers_stay_in_their_repository() {
     assert_eq!(s.m.get("/v2/alpine/manifests/3.19").await.status(), 200);
 
     let image = s.pushed_image("team", "team/x", "").await;
-    let image_digest = sha256(&image);
-    let r = s
-        .put_manifest(
-            "team",
-            &format!("/v2/team/x/manifests/{image_digest}"),
-            &image,
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
+    let image_digest = s.put_by_digest("team", "team/x", &image).await;
     let config: serde_json::Value = serde_json::from_slice(&image).unwrap();
     let signature = image_of(
         config["config"]["digest"].as_str().unwrap(),
         Some(&real_digest),
     );
-    let signature_digest = sha256(&signature);
-    let r = s
-        .put_manifest(
-            "team",
-            &format!("/v2/team/x/manifests/{signature_digest}"),
-            &signature,
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
+    let signature_digest = s.put_by_digest("team", "team/x", &signature).await;
 
     // Pushed to team/x: served there, not through alpine's name (the upstream has no such
     // manifest), nor through quay.io's team/x.

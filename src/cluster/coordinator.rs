@@ -313,15 +313,15 @@ impl Coordinator {
             .await;
     }
 
-    /// Whether this replica holds (or has just taken) the lease `name` for `ttl`.
-    pub async fn lease(&self, name: &str, ttl: Duration) -> Option<bool> {
-        let key = format!("{}lease:{name}", self.keys);
-        let ms = ttl.as_millis() as u64;
+    /// Sets `key` to `value` for `ms` unless it is set; `None` when Redis cannot tell, else
+    /// `Ok(())` when taken, or `Err` with who holds it (its expiry capped at `ms`, so that a
+    /// key someone wrote without one lapses).
+    async fn take(&self, key: &str, value: &str, ms: u64) -> Option<Result<(), Option<String>>> {
         let taken: Option<String> = self
             .run(
                 redis::cmd("SET")
-                    .arg(&key)
-                    .arg(&self.replica)
+                    .arg(key)
+                    .arg(value)
                     .arg("NX")
                     .arg("PX")
                     .arg(ms)
@@ -329,18 +329,29 @@ impl Coordinator {
             )
             .await?;
         if taken.is_some() {
-            return Some(true);
+            return Some(Ok(()));
         }
         let holder: Option<String> = self
             .run(
                 redis::cmd("EVAL")
                     .arg(CAP_EXPIRY)
                     .arg(1)
-                    .arg(&key)
+                    .arg(key)
                     .arg(ms)
                     .clone(),
             )
             .await?;
+        Some(Err(holder))
+    }
+
+    /// Whether this replica holds (or has just taken) the lease `name` for `ttl`.
+    pub async fn lease(&self, name: &str, ttl: Duration) -> Option<bool> {
+        let key = format!("{}lease:{name}", self.keys);
+        let ms = ttl.as_millis() as u64;
+        let holder = match self.take(&key, &self.replica, ms).await? {
+            Ok(()) => return Some(true),
+            Err(holder) => holder,
+        };
         if holder.as_deref() != Some(self.replica.as_str()) {
             return Some(false);
         }
@@ -364,31 +375,10 @@ impl Coordinator {
         }
         let me = &self.replica;
         let key = format!("{}claim:{what}", self.keys);
-        let ms = ttl.as_millis() as u64;
-        let taken: Option<String> = self
-            .run(
-                redis::cmd("SET")
-                    .arg(&key)
-                    .arg(me)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(ms)
-                    .clone(),
-            )
-            .await?;
-        if taken.is_some() {
-            return Some(FillClaim::Leader);
-        }
-        let leader: Option<String> = self
-            .run(
-                redis::cmd("EVAL")
-                    .arg(CAP_EXPIRY)
-                    .arg(1)
-                    .arg(&key)
-                    .arg(ms)
-                    .clone(),
-            )
-            .await?;
+        let leader = match self.take(&key, me, ttl.as_millis() as u64).await? {
+            Ok(()) => return Some(FillClaim::Leader),
+            Err(leader) => leader,
+        };
         match leader {
             Some(id) if &id != me => match self.member_url(&id).await {
                 Some(url) => Some(FillClaim::Follower(url)),

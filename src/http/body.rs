@@ -63,37 +63,12 @@ pub fn file_range(reader: BlobReader, start: u64, end: u64, guard: ReadGuard) ->
 /// `body`, holding `permit` until it is done or dropped (a slot of `[server]
 /// max_blob_readers`).
 pub fn holding_permit(body: Body, permit: tokio::sync::OwnedSemaphorePermit) -> Body {
-    Permitted {
-        inner: body,
-        _permit: permit,
-    }
+    body.map_frame(move |frame| {
+        // The closure owns the permit: it is released with the body.
+        let _held = &permit;
+        frame
+    })
     .boxed_unsync()
-}
-
-/// A body and the permit it holds.
-struct Permitted {
-    inner: Body,
-    _permit: tokio::sync::OwnedSemaphorePermit,
-}
-
-impl HttpBody for Permitted {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
 }
 
 /// What the request log line says about a request, filled in by the handler.
