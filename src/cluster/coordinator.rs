@@ -21,7 +21,18 @@ use redis::aio::ConnectionManager;
 use sha2::Sha256;
 
 use crate::config::ConfigError;
-use crate::upstream::RateLimit;
+
+/// An upstream's rate limit as its `ratelimit-*` headers announced it. The replicas share one
+/// egress and so one limit: each shares the newest it saw ([`Coordinator::share_rate_limit`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    /// When it was seen, in milliseconds since the epoch.
+    pub seen_ms: u64,
+    /// Requests per window.
+    pub limit: i64,
+    /// Requests left in the window.
+    pub remaining: i64,
+}
 
 /// The longest a request waits for Redis before going on without it.
 pub const REDIS_TIMEOUT: Duration = Duration::from_millis(500);

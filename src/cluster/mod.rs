@@ -5,7 +5,7 @@
 mod coordinator;
 mod peer;
 
-pub use coordinator::{Coordinator, FillClaim, REDIS_TIMEOUT};
+pub use coordinator::{Coordinator, FillClaim, REDIS_TIMEOUT, RateLimit};
 pub use peer::{PEER_HEADER, PeerBody, PeerError, Peers};
 
 use hmac::{Hmac, KeyInit, Mac};

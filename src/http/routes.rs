@@ -55,7 +55,7 @@ pub enum Route {
     /// `/v1/_ping`: the v1 API check dockerd makes before searching.
     V1Ping,
     /// `/ui/...`: the web UI.
-    Ui(super::ui::Page),
+    Ui(Page),
     /// `/_cluster/blobs/<digest>`: another replica reads a blob whose fetch this one leads.
     PeerBlob {
         /// The blob.
@@ -77,6 +77,35 @@ impl Route {
                 | Route::Referrers { .. }
                 | Route::Ui(_)
         )
+    }
+}
+
+/// A page of the UI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Page {
+    /// `/ui/`: the repositories, with a search box.
+    Repositories,
+    /// `/ui/repo?origin=&name=`: a repository's tags.
+    Repository,
+    /// `/ui/manifest?digest=`: a manifest's parts and referrers.
+    Manifest,
+    /// `/ui/status`: traffic, upstreams, store.
+    Status,
+    /// `/ui/style.css`.
+    Style,
+}
+
+impl Page {
+    /// The page at `path`, if any.
+    pub fn from_path(path: &str) -> Option<Page> {
+        Some(match path {
+            "/ui" | "/ui/" => Page::Repositories,
+            "/ui/repo" => Page::Repository,
+            "/ui/manifest" => Page::Manifest,
+            "/ui/status" => Page::Status,
+            "/ui/style.css" => Page::Style,
+            _ => return None,
+        })
     }
 }
 
@@ -110,7 +139,7 @@ pub fn parse(path: &str) -> Result<Route, PathError> {
         "/v1/_ping" | "/v1/_ping/" => return Ok(Route::V1Ping),
         _ => {}
     }
-    if let Some(page) = super::ui::Page::from_path(path) {
+    if let Some(page) = Page::from_path(path) {
         return Ok(Route::Ui(page));
     }
     if let Some(digest) = path.strip_prefix("/_cluster/blobs/") {

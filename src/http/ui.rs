@@ -8,39 +8,11 @@ use maud::{DOCTYPE, Markup, html};
 
 use super::body::full;
 use super::errors::{ApiError, Resource, proxy_error};
+use super::routes::Page;
 use super::{Answer, Ctx};
 use crate::oci::{Digest, ErrorCode, RepoName};
 use crate::proxy::inventory::{ManifestView, PartView, StatusView, TagView};
 use crate::store::LOCAL;
-
-/// A page of the UI.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Page {
-    /// `/ui/`: the repositories, with a search box.
-    Repositories,
-    /// `/ui/repo?origin=&name=`: a repository's tags.
-    Repository,
-    /// `/ui/manifest?digest=`: a manifest's parts and referrers.
-    Manifest,
-    /// `/ui/status`: traffic, upstreams, store.
-    Status,
-    /// `/ui/style.css`.
-    Style,
-}
-
-impl Page {
-    /// The page at `path`, if any.
-    pub fn from_path(path: &str) -> Option<Page> {
-        Some(match path {
-            "/ui" | "/ui/" => Page::Repositories,
-            "/ui/repo" => Page::Repository,
-            "/ui/manifest" => Page::Manifest,
-            "/ui/status" => Page::Status,
-            "/ui/style.css" => Page::Style,
-            _ => return None,
-        })
-    }
-}
 
 const STYLE: &str = r#"
 body { font: 14px/1.45 system-ui, sans-serif; margin: 0; color: #1d2330; background: #f6f7f9; }

@@ -10,7 +10,6 @@ pub mod fill;
 pub mod inventory;
 pub mod local;
 mod manifests;
-mod outcome;
 pub mod search;
 pub mod singleflight;
 pub mod target;
@@ -26,7 +25,8 @@ use crate::upstream::{RouteError, UpstreamError, Upstreams};
 pub use blobs::{BlobAnswer, BlobBody};
 pub use fill::{FillError, Fills};
 pub use manifests::ManifestAnswer;
-pub use outcome::{CacheResult, Kind, Source};
+// The outcomes the proxy reports belong to the metrics' vocabulary (a layer below).
+pub use crate::metrics::{CacheResult, Kind, Source};
 pub use singleflight::Singleflight;
 pub use target::Target;
 

@@ -124,14 +124,6 @@ impl OpenBlob {
 }
 
 impl Store {
-    pub(super) fn blob_key(digest: &Digest) -> String {
-        Store::digest_key("blobs", digest)
-    }
-
-    pub(super) fn meta_key(digest: &Digest) -> String {
-        format!("{}.json", Store::digest_key("meta", digest))
-    }
-
     /// The size of a committed blob, or `None` if the store does not have it. Asks the backend
     /// about blobs the index does not know (another process may have committed them).
     pub async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {

@@ -51,8 +51,7 @@ pub struct IndexedBlob {
     pub manifest: bool,
 }
 
-/// A tag record's place: upstream (or `_local`), repository, tag.
-pub type TagPlace = (String, String, String);
+pub use super::keys::TagPlace;
 
 /// One change to what the backend holds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -440,7 +439,7 @@ async fn rebuild(backend: &dyn Backend) -> Result<State> {
         }
     }
     for object in backend.list("tags/").await? {
-        if let Some(place) = super::tags::parse_tag_key(&object.key) {
+        if let Some(place) = super::keys::parse_tag_key(&object.key) {
             state.tags.insert(place);
         }
     }

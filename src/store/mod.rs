@@ -15,6 +15,8 @@
 //! _uploads/<uuid>/                  a remote backend's push sessions, which every replica
 //!                                   can continue (see `shared_uploads`)
 //! ```
+//! (`keys` codes this layout, and nothing else does.)
+//!
 //! What is always local, under the staging directory (`[storage] path`):
 //! ```text
 //! tmp/                              spools and temp files; emptied at start
@@ -29,6 +31,7 @@ mod blobs;
 mod gc;
 mod hot;
 mod index;
+mod keys;
 mod lease;
 mod local;
 pub mod reads;
@@ -289,24 +292,6 @@ impl Store {
         self.backend.describe()
     }
 
-    /// The key under which `area` (`blobs`, `meta`, `pins`, `referrers`, `deleted`) keeps what
-    /// belongs to `digest`: `<area>/<algorithm>/<first 2 hex>/<hex>`.
-    fn digest_key(area: &str, digest: &Digest) -> String {
-        let hex = digest.hex();
-        format!("{area}/{}/{}/{hex}", digest.algorithm().name(), &hex[..2])
-    }
-
-    /// Parses `<area>/<algorithm>/<2 hex>/<hex><rest>` back into the digest and `<rest>`;
-    /// `None` for keys of another shape.
-    fn parse_digest_key<'k>(area: &str, key: &'k str) -> Option<(Digest, &'k str)> {
-        let rest = key.strip_prefix(area)?.strip_prefix('/')?;
-        let (algorithm, rest) = rest.split_once('/')?;
-        let (prefix, rest) = rest.split_once('/')?;
-        let end = rest.find(['/', '.']).unwrap_or(rest.len());
-        let digest = Digest::from_parts(algorithm, &rest[..end]).ok()?;
-        (digest.hex().starts_with(prefix)).then_some((digest, &rest[end..]))
-    }
-
     /// Waits until a blob is added.
     pub async fn grown(&self) {
         self.grew.notified().await;
@@ -410,7 +395,7 @@ impl Store {
         for change in changes {
             match change {
                 index::Change::AddTag { place } | index::Change::RemoveTag { place } => {
-                    if let Some(key) = tags::tag_key_of(&place) {
+                    if let Some(key) = keys::tag_key_of(&place) {
                         self.tags.invalidate(&key);
                     }
                 }

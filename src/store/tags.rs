@@ -4,7 +4,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use super::index::{Change, TagPlace};
+use super::index::Change;
 use super::{Result, Store, StoreError};
 use crate::oci::{Digest, RepoName, Tag};
 
@@ -70,21 +70,6 @@ fn now_ms() -> u64 {
 }
 
 impl Store {
-    /// `tags/<upstream>/<repo>/_tags/<tag>.json`. Valid repository components and tags never
-    /// start with '_' or '.', so `_tags` cannot collide with a repository component and no part
-    /// can climb out of the store.
-    pub(super) fn tag_key(key: &TagKey) -> String {
-        format!("tags/{}/{}/_tags/{}.json", key.upstream, key.repo, key.tag)
-    }
-
-    fn tag_place(key: &TagKey) -> TagPlace {
-        (
-            key.upstream.clone(),
-            key.repo.as_str().to_owned(),
-            key.tag.to_string(),
-        )
-    }
-
     /// The record of a tag, if the store has one.
     pub async fn get_tag(&self, key: &TagKey) -> Result<Option<TagRecord>> {
         if let Some(record) = self.tags.get(key) {
@@ -144,21 +129,4 @@ impl Store {
         }
         Ok(existed)
     }
-}
-
-/// The key of a tag place, `None` if it holds no valid name or tag.
-pub(super) fn tag_key_of((upstream, repo, tag): &TagPlace) -> Option<TagKey> {
-    Some(TagKey {
-        upstream: upstream.clone(),
-        repo: repo.parse().ok()?,
-        tag: tag.parse().ok()?,
-    })
-}
-
-/// The place of a tag record's key, `None` for keys of another shape.
-pub(super) fn parse_tag_key(key: &str) -> Option<TagPlace> {
-    let rest = key.strip_prefix("tags/")?.strip_suffix(".json")?;
-    let (upstream, rest) = rest.split_once('/')?;
-    let (repo, tag) = rest.rsplit_once("/_tags/")?;
-    Some((upstream.to_owned(), repo.to_owned(), tag.to_owned()))
 }

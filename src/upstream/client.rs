@@ -18,6 +18,7 @@ use reqwest::{Method, Response, StatusCode};
 
 use super::UpstreamError;
 use super::auth::{Challenge, TokenCache, TokenResponse, parse_challenge};
+use crate::cluster::RateLimit;
 use crate::config::UpstreamConfig;
 use crate::metrics::Metrics;
 use crate::oci::{ContentRange, Digest, Reference, RepoName, media};
@@ -127,17 +128,6 @@ pub struct UpstreamClient {
     unreachable_until: std::sync::Mutex<Option<Instant>>,
     /// The newest rate limit the upstream announced to this replica, or another replica did.
     rate_limit: std::sync::Mutex<Option<RateLimit>>,
-}
-
-/// An upstream's rate limit as its `ratelimit-*` headers announced it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RateLimit {
-    /// When it was seen, in milliseconds since the epoch.
-    pub seen_ms: u64,
-    /// Requests per window.
-    pub limit: i64,
-    /// Requests left in the window.
-    pub remaining: i64,
 }
 
 impl UpstreamClient {

@@ -1,5 +1,6 @@
-//! How a request was answered: the proxy's vocabulary of outcomes, which the HTTP layer turns
-//! into headers and log fields and `metrics` turns into labels.
+//! How a request was answered: the vocabulary of outcomes the proxy reports, the HTTP layer
+//! turns into headers and log fields and `metrics` turns into labels. It lives with the
+//! metrics, below every layer that uses it.
 
 /// What kind of content a lookup was for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
