@@ -182,9 +182,14 @@ impl Backend for FsBackend {
     }
 
     async fn check(&self) -> Result<()> {
-        let (tmp, probe) = (self.temp_path(), self.tmp.join("ready"));
-        let written = blocking("write", "ready", move || write_atomic(&tmp, &probe, b"ok")).await;
-        let _ = tokio::fs::remove_file(self.tmp.join("ready")).await;
+        // Staged in `tmp` and renamed into the root, as every object is: both must be usable.
+        let probe = self.root.join("_ready");
+        let (tmp, target) = (self.temp_path(), probe.clone());
+        let written = blocking("write", "_ready", move || {
+            write_atomic(&tmp, &target, b"ok")
+        })
+        .await;
+        let _ = tokio::fs::remove_file(&probe).await;
         written
     }
 
