@@ -9,6 +9,7 @@
 //! - [`upstream`]: the upstream client, auth, and routing of names to upstreams.
 //! - [`metrics`]: every Prometheus metric.
 
+pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod http;

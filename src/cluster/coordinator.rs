@@ -82,11 +82,7 @@ const CAP_EXPIRY: &str = "local t = redis.call('PTTL', KEYS[1]) \
     if t == -1 or t > tonumber(ARGV[1]) then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end \
     return redis.call('GET', KEYS[1])";
 
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+use crate::clock::now_ms as unix_ms;
 
 impl Coordinator {
     /// Connects (lazily: a Redis that is down at start is retried later) to `redis_url`,

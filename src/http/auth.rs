@@ -236,11 +236,7 @@ impl TokenSigner {
     }
 }
 
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
+use crate::clock::now_secs as unix_now;
 
 /// Whether `pattern` (`*` matches any run of characters) matches all of `name`.
 fn glob_matches(pattern: &str, name: &str) -> bool {

@@ -154,6 +154,8 @@ pub fn proxy_error(e: ProxyError, resource: Resource, upstream: &str) -> ApiErro
         ProxyError::Upstream(e) | ProxyError::Fill(FillError::Upstream(e)) => {
             upstream_error(&e, resource, upstream)
         }
+        // A store failure under a fill goes through the one mapping that hides local paths.
+        ProxyError::Fill(FillError::Store(e)) => store_error(&e),
         ProxyError::Fill(e) => ApiError::new(ErrorCode::Unavailable, e.to_string()),
         ProxyError::ManifestDigestMismatch => ApiError::new(ErrorCode::Unavailable, e.to_string()),
         ProxyError::RangeNotSatisfiable { size } => {
@@ -240,5 +242,21 @@ mod tests {
         assert_eq!(store_error(&other).code, ErrorCode::Unknown);
         let upload = upload_error(crate::store::UploadError::Store(full));
         assert_eq!(upload.code, ErrorCode::StorageFull);
+    }
+
+    #[test]
+    fn store_failures_under_a_fill_do_not_show_local_paths() {
+        let failed = crate::store::StoreError::Io {
+            path: "/var/lib/regmirror/tmp/spool-1".into(),
+            source: std::io::Error::from_raw_os_error(5),
+        };
+        let e = proxy_error(
+            ProxyError::Fill(FillError::Store(std::sync::Arc::new(failed))),
+            Resource::Blob,
+            "docker.io",
+        );
+        assert_eq!(e.code, ErrorCode::Unknown);
+        let body = format!("{e:?}");
+        assert!(!body.contains("/var/lib"), "{body}");
     }
 }

@@ -344,7 +344,7 @@ fn status(s: &StatusView) -> Markup {
                             @match &u.last_error {
                                 Some((at, message)) => {
                                     span.bad { (message) } br;
-                                    span.muted { (when(at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64))) }
+                                    span.muted { (when(crate::clock::epoch_ms(*at))) }
                                 }
                                 None => span.muted { "none since start" },
                             }

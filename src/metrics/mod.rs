@@ -66,9 +66,7 @@ pub struct Totals {
 
 impl Totals {
     fn today_number() -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() / 86_400)
+        crate::clock::now_secs() / 86_400
     }
 
     /// Today's tally, started afresh at midnight.

@@ -204,8 +204,7 @@ impl Store {
                 .await
                 .ok()
                 .and_then(|m| m.modified().ok())
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map_or(0, |d| d.as_millis() as u64);
+                .map_or(0, crate::clock::epoch_ms);
             if written <= cutoff && !self.is_live_spool(&entry.path()) {
                 removed += 1;
                 if !dry_run {

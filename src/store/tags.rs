@@ -1,6 +1,6 @@
 //! Tag records: which digest a tag of an upstream repository pointed to, and when we last knew.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -62,12 +62,7 @@ impl TagRecord {
     }
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+use crate::clock::now_ms;
 
 impl Store {
     /// The record of a tag, if the store has one.

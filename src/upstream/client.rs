@@ -688,9 +688,7 @@ impl UpstreamClient {
             if let (Some(limit), Some(remaining)) =
                 (gauge("ratelimit-limit"), gauge("ratelimit-remaining"))
             {
-                let seen_ms = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as u64);
+                let seen_ms = crate::clock::now_ms();
                 self.learn_rate_limit(RateLimit {
                     seen_ms,
                     limit,

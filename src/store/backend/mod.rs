@@ -152,8 +152,4 @@ pub trait Backend: Send + Sync + 'static {
     async fn abort_stray_uploads(&self, older_than: Duration) -> Result<u64>;
 }
 
-/// Milliseconds since the Unix epoch of a `SystemTime`.
-pub(crate) fn epoch_ms(t: std::time::SystemTime) -> u64 {
-    t.duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+pub(crate) use crate::clock::epoch_ms;
