@@ -113,6 +113,27 @@ impl std::fmt::Debug for ClusterConfig {
     }
 }
 
+/// A secret given in the config (`value`) or in the environment variable named by `env`
+/// (`<key>_env`): the value when set, else the variable's content. A variable that is named but
+/// not set is an error naming `<key>_env` and the variable, everywhere: a secret the operator
+/// pointed at must be there, never silently replaced by nothing. `None` when neither is set.
+pub fn resolve_secret(
+    key: &str,
+    value: Option<&String>,
+    env: Option<&String>,
+) -> Result<Option<String>, ConfigError> {
+    match (value, env) {
+        (Some(value), _) => Ok(Some(value.clone())),
+        (None, Some(var)) => std::env::var(var)
+            .map(Some)
+            .map_err(|_| ConfigError::Invalid {
+                key: format!("{key}_env"),
+                message: format!("the environment variable {var} is not set"),
+            }),
+        (None, None) => Ok(None),
+    }
+}
+
 /// The fewest random bytes a cluster secret must hold: it signs tokens any replica accepts.
 pub const MIN_CLUSTER_SECRET: usize = 32;
 
@@ -164,16 +185,18 @@ pub fn parse_cluster_secret(text: &str) -> Result<Vec<u8>, String> {
 impl ClusterConfig {
     /// The shared secret from the config or the environment; `None` when neither is set.
     pub fn secret(&self) -> Result<Option<Vec<u8>>, ConfigError> {
-        let (key, secret) = match (&self.secret, &self.secret_env) {
-            (Some(secret), _) => ("cluster.secret", secret.clone()),
-            (None, Some(var)) => (
-                "cluster.secret_env",
-                std::env::var(var).map_err(|_| ConfigError::Invalid {
-                    key: "cluster.secret_env".into(),
-                    message: format!("the environment variable {var} is not set"),
-                })?,
-            ),
-            (None, None) => return Ok(None),
+        let key = if self.secret.is_some() {
+            "cluster.secret"
+        } else {
+            "cluster.secret_env"
+        };
+        let Some(secret) = resolve_secret(
+            "cluster.secret",
+            self.secret.as_ref(),
+            self.secret_env.as_ref(),
+        )?
+        else {
+            return Ok(None);
         };
         parse_cluster_secret(&secret)
             .map(Some)
@@ -185,13 +208,13 @@ impl ClusterConfig {
 
     /// The Redis URL from the config or the environment; `None` when neither is set.
     pub fn redis_url(&self) -> Result<Option<String>, ConfigError> {
-        let url = match (&self.redis_url, &self.redis_url_env) {
-            (Some(url), _) => url.clone(),
-            (None, Some(var)) => std::env::var(var).map_err(|_| ConfigError::Invalid {
-                key: "cluster.redis_url_env".into(),
-                message: format!("the environment variable {var} is not set"),
-            })?,
-            (None, None) => return Ok(None),
+        let Some(url) = resolve_secret(
+            "cluster.redis_url",
+            self.redis_url.as_ref(),
+            self.redis_url_env.as_ref(),
+        )?
+        else {
+            return Ok(None);
         };
         if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
             let key = if self.redis_url.is_some() {
@@ -492,15 +515,13 @@ impl S3Config {
                 )
             })?,
         };
-        let secret = match (&self.secret_access_key, &self.secret_access_key_env) {
-            (Some(secret), _) => secret.clone(),
-            (None, Some(var)) => std::env::var(var).map_err(|_| {
-                missing(
-                    "secret_access_key_env",
-                    &format!("the environment variable {var} is not set"),
-                )
-            })?,
-            (None, None) => std::env::var("AWS_SECRET_ACCESS_KEY").map_err(|_| {
+        let secret = match resolve_secret(
+            "storage.s3.secret_access_key",
+            self.secret_access_key.as_ref(),
+            self.secret_access_key_env.as_ref(),
+        )? {
+            Some(secret) => secret,
+            None => std::env::var("AWS_SECRET_ACCESS_KEY").map_err(|_| {
                 missing(
                     "secret_access_key",
                     "not set, nor secret_access_key_env, and AWS_SECRET_ACCESS_KEY is not in the environment",
@@ -910,13 +931,15 @@ impl UpstreamConfig {
         self.name == "docker.io"
     }
 
-    /// The password, from `password` or the variable named by `password_env`.
-    pub fn resolved_password(&self) -> Option<String> {
-        self.password.clone().or_else(|| {
-            self.password_env
-                .as_ref()
-                .and_then(|var| std::env::var(var).ok())
-        })
+    /// The password, from `password` or the variable named by `password_env`, which must be
+    /// set (see [`resolve_secret`]; an unset one was silently no password before, and pulls
+    /// went anonymous).
+    pub fn resolved_password(&self) -> Result<Option<String>, ConfigError> {
+        resolve_secret(
+            &format!("upstream \"{}\".password", self.name),
+            self.password.as_ref(),
+            self.password_env.as_ref(),
+        )
     }
 }
 
@@ -1259,6 +1282,31 @@ mod tests {
         let message = config.unwrap_err().to_string();
         assert!(message.contains("cluster.secret"), "{message}");
         assert!(message.contains("openssl rand -hex 32"), "{message}");
+    }
+
+    #[test]
+    fn a_secret_variable_that_is_not_set_is_an_error_everywhere() {
+        let var = "REGMIRROR_TEST_UNSET_SECRET_VARIABLE";
+        let config = Config::parse(
+            &format!(
+                "[cluster]\nsecret_env = \"{var}\"\nredis_url_env = \"{var}\"\n[[upstream]]\nname = \"docker.io\"\nurl = \"https://registry-1.docker.io\"\ndefault = true\nusername = \"u\"\npassword_env = \"{var}\"\n"
+            ),
+            "t",
+        )
+        .unwrap();
+        let errors = [
+            config.cluster.secret().unwrap_err(),
+            config.cluster.redis_url().unwrap_err(),
+            config.upstreams[0].resolved_password().unwrap_err(),
+        ];
+        for (error, key) in errors.iter().zip([
+            "cluster.secret_env",
+            "cluster.redis_url_env",
+            "upstream \"docker.io\".password_env",
+        ]) {
+            let message = error.to_string();
+            assert!(message.contains(key) && message.contains(var), "{message}");
+        }
     }
 
     #[test]

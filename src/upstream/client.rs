@@ -194,7 +194,9 @@ impl UpstreamClient {
             last_error: std::sync::Mutex::new(None),
             unreachable_until: std::sync::Mutex::new(None),
             rate_limit: std::sync::Mutex::new(None),
-            password: config.resolved_password(),
+            password: config
+                .resolved_password()
+                .map_err(|e| UpstreamError::Invalid(e.to_string()))?,
             config,
             http,
             tokens: TokenCache::default(),
