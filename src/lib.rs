@@ -18,6 +18,7 @@ pub mod maintenance;
 pub mod metrics;
 pub mod oci;
 pub mod proxy;
+pub mod signing;
 pub mod store;
 pub mod upstream;
 

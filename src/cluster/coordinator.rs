@@ -16,9 +16,8 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use hmac::{Hmac, KeyInit, Mac};
+use hmac::Mac;
 use redis::aio::ConnectionManager;
-use sha2::Sha256;
 
 use crate::config::ConfigError;
 
@@ -134,12 +133,9 @@ impl Coordinator {
         self.announce().await;
     }
 
-    fn member_mac(&self, replica: &str, url: &str, expires_ms: u64) -> Hmac<Sha256> {
-        // HMAC takes keys of any length: this cannot fail.
-        let mut mac =
-            Hmac::<Sha256>::new_from_slice(&self.member_key).unwrap_or_else(|_| unreachable!());
-        mac.update(format!("member\0{replica}\0{url}\0{expires_ms}").as_bytes());
-        mac
+    fn member_mac(&self, replica: &str, url: &str, expires_ms: u64) -> crate::signing::Mac {
+        let signed = format!("member\0{replica}\0{url}\0{expires_ms}");
+        crate::signing::mac(&self.member_key, &[signed.as_bytes()])
     }
 
     /// Writes this replica's membership record: where the others reach it, until when,

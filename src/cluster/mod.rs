@@ -8,9 +8,6 @@ mod peer;
 pub use coordinator::{Coordinator, FillClaim, REDIS_TIMEOUT, RateLimit};
 pub use peer::{PEER_HEADER, PeerBody, PeerError, Peers};
 
-use hmac::{Hmac, KeyInit, Mac};
-use sha2::Sha256;
-
 use crate::config::{ClusterConfig, ConfigError};
 
 /// Keys derived from the cluster secret, one per purpose, so that a token can never pass for
@@ -61,12 +58,11 @@ impl ClusterKeys {
     /// The key for `purpose` (`"token"`, `"upload"`): HMAC-SHA256 of the purpose under the
     /// secret.
     pub fn derive(&self, purpose: &str) -> Vec<u8> {
-        // HMAC takes keys of any length: this cannot fail.
-        let mut mac =
-            Hmac::<Sha256>::new_from_slice(&self.secret).unwrap_or_else(|_| unreachable!());
-        mac.update(b"regmirror/");
-        mac.update(purpose.as_bytes());
-        mac.finalize().into_bytes().to_vec()
+        use hmac::Mac;
+        crate::signing::mac(&self.secret, &[b"regmirror/", purpose.as_bytes()])
+            .finalize()
+            .into_bytes()
+            .to_vec()
     }
 }
 

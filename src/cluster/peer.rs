@@ -11,8 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{Stream, TryStreamExt};
-use hmac::{Hmac, KeyInit, Mac};
-use sha2::Sha256;
+use hmac::Mac;
 
 use crate::oci::{ContentRange, Digest};
 
@@ -74,11 +73,9 @@ impl Peers {
         Peers { key, client }
     }
 
-    fn mac(&self, method: &str, digest: &Digest, at_ms: u64) -> Hmac<Sha256> {
-        // HMAC takes keys of any length: this cannot fail.
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).unwrap_or_else(|_| unreachable!());
-        mac.update(format!("{method}\0{digest}\0{at_ms}").as_bytes());
-        mac
+    fn mac(&self, method: &str, digest: &Digest, at_ms: u64) -> crate::signing::Mac {
+        let signed = format!("{method}\0{digest}\0{at_ms}");
+        crate::signing::mac(&self.key, &[signed.as_bytes()])
     }
 
     /// The signature of a peer request (`method` on `digest`) made at `at_ms` (milliseconds

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
-use hmac::{Hmac, KeyInit, Mac};
+use hmac::Mac;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::Semaphore;
 
@@ -209,9 +209,8 @@ struct TokenSigner {
 }
 
 impl TokenSigner {
-    fn mac(&self) -> Hmac<Sha256> {
-        // HMAC takes keys of any length: this cannot fail.
-        Hmac::<Sha256>::new_from_slice(&self.key).unwrap_or_else(|_| unreachable!())
+    fn mac(&self) -> crate::signing::Mac {
+        crate::signing::mac(&self.key, &[])
     }
 
     fn sign(&self, claims: &Claims) -> String {

@@ -26,15 +26,11 @@ impl UploadSigner {
         UploadSigner { key }
     }
 
-    fn mac(&self, name: &RepoName, id: &UploadId) -> hmac::Hmac<sha2::Sha256> {
-        use hmac::{KeyInit, Mac};
-        // HMAC takes keys of any length: this cannot fail.
-        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.key)
-            .unwrap_or_else(|_| unreachable!());
-        mac.update(id.as_str().as_bytes());
-        mac.update(b"\0");
-        mac.update(name.as_str().as_bytes());
-        mac
+    fn mac(&self, name: &RepoName, id: &UploadId) -> crate::signing::Mac {
+        crate::signing::mac(
+            &self.key,
+            &[id.as_str().as_bytes(), b"\0", name.as_str().as_bytes()],
+        )
     }
 
     /// The `_state` of session `id` of `name`.
