@@ -1,13 +1,16 @@
 //! regmirror: a pull-through caching mirror for container registries.
 //!
-//! The pieces, each in its own module:
-//! - [`config`]: the `mirror.toml` settings.
-//! - [`oci`]: pure types (digests, names, references, media types, error codes).
-//! - [`http`]: the hyper service, routing and thin handlers.
-//! - [`proxy`]: the pull-through logic between store and upstream (fills, tag TTLs).
-//! - [`store`]: the content-addressed disk store and its moka index.
-//! - [`upstream`]: the upstream client, auth, and routing of names to upstreams.
-//! - [`metrics`]: every Prometheus metric.
+//! The pieces, top to bottom (imports run downward only; `docs/architecture.md` tells how a
+//! pull, a push and a fill travel through them):
+//! - [`http`]: the hyper service, routing and thin handlers, auth, limits, the web UI.
+//! - [`maintenance`]: background chores (eviction, GC, upload expiry, the index journal).
+//! - [`images`]: whole images (prefetch, export and import bundles).
+//! - [`proxy`]: the registry logic (the resolved target, fills, tag TTLs, pushes).
+//! - [`upstream`]: the upstream client, auth, routing of names, allowed destinations.
+//! - [`cluster`]: what replicas share (keys from the secret, Redis, signed peer reads).
+//! - [`metrics`]: every Prometheus metric and the outcome vocabulary.
+//! - [`store`]: the content-addressed store, its index, and its backends (fs, S3).
+//! - [`config`]: the `mirror.toml` settings; [`oci`]: pure OCI types; [`clock`], [`signing`].
 
 pub mod clock;
 pub mod cluster;
