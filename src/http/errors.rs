@@ -204,9 +204,7 @@ pub fn upload_error(e: crate::store::UploadError) -> ApiError {
         UploadError::Busy => ApiError::new(ErrorCode::BlobUploadInvalid, e.to_string())
             .with_status(http::StatusCode::CONFLICT),
         UploadError::Body(_) => ApiError::new(ErrorCode::BlobUploadInvalid, e.to_string()),
-        UploadError::DigestMismatch { .. } => {
-            ApiError::new(ErrorCode::DigestInvalid, e.to_string())
-        }
+        UploadError::DigestMismatch(_) => ApiError::new(ErrorCode::DigestInvalid, e.to_string()),
         UploadError::Store(e) => store_error(&e),
     }
 }
@@ -217,7 +215,7 @@ pub fn push_error(e: crate::proxy::local::PushError) -> ApiError {
     match e {
         PushError::Invalid(_) => ApiError::new(ErrorCode::ManifestInvalid, e.to_string()),
         PushError::BlobUnknown(_) => ApiError::new(ErrorCode::ManifestBlobUnknown, e.to_string()),
-        PushError::DigestMismatch { .. } => ApiError::new(ErrorCode::DigestInvalid, e.to_string()),
+        PushError::DigestMismatch(_) => ApiError::new(ErrorCode::DigestInvalid, e.to_string()),
         PushError::Store(e) => proxy_error(e, Resource::Manifest, crate::store::LOCAL),
     }
 }

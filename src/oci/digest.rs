@@ -6,6 +6,31 @@ use std::str::FromStr;
 
 use sha2::{Digest as _, Sha256, Sha512};
 
+/// Content that was offered as one digest and hashes to another: the one shape of this error,
+/// which every layer wraps (an upstream's wrong bytes, a push, a rotten object).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("expected {expected}, got {actual}")]
+pub struct DigestMismatch {
+    /// The digest the content was offered as.
+    pub expected: Digest,
+    /// The digest of the bytes.
+    pub actual: Digest,
+}
+
+impl Digest {
+    /// `Ok` when `actual` is this digest, else the mismatch.
+    pub fn check(&self, actual: Digest) -> Result<(), DigestMismatch> {
+        if &actual == self {
+            Ok(())
+        } else {
+            Err(DigestMismatch {
+                expected: self.clone(),
+                actual,
+            })
+        }
+    }
+}
+
 /// Why a string is not a digest we accept.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DigestError {

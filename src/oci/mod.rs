@@ -10,7 +10,7 @@ pub mod name;
 pub mod range;
 pub mod reference;
 
-pub use digest::{Digest, DigestError};
+pub use digest::{Digest, DigestError, DigestMismatch};
 pub use error::ErrorCode;
 pub use name::{NameError, RepoName, Tag};
 pub use range::{ByteRange, ContentRange, MalformedRange};

@@ -50,13 +50,8 @@ pub enum FillError {
     #[error("upstream stalled: no data for {0:?}")]
     Stalled(Duration),
     /// The bytes hash to another digest.
-    #[error("upstream sent wrong bytes: expected {expected}, got {actual}")]
-    DigestMismatch {
-        /// Requested digest.
-        expected: Digest,
-        /// Digest of what arrived.
-        actual: Digest,
-    },
+    #[error("upstream sent wrong bytes: {0}")]
+    DigestMismatch(crate::oci::DigestMismatch),
     /// The body grew past the largest blob we accept (`max_upload_size`).
     #[error("upstream body larger than {0} bytes")]
     TooLarge(u64),
@@ -78,7 +73,7 @@ impl FillError {
             FillError::Upstream(_) => "upstream",
             FillError::Truncated(_) => "truncated",
             FillError::Stalled(_) => "stalled",
-            FillError::DigestMismatch { .. } => "digest_mismatch",
+            FillError::DigestMismatch(_) => "digest_mismatch",
             FillError::TooLarge(_) => "too_large",
             FillError::Store(_) => "store",
             FillError::Aborted => "aborted",
@@ -529,7 +524,7 @@ impl Fills {
                     .fills_aborted
                     .with_label_values(&[&upstream_name, e.reason()])
                     .inc();
-                if matches!(e, FillError::DigestMismatch { .. }) {
+                if matches!(e, FillError::DigestMismatch(_)) {
                     fills
                         .metrics
                         .digest_mismatches
@@ -785,9 +780,7 @@ fn write_spool(
         tx.send_modify(|p| p.written = written);
         if finished {
             let verified = spool.verify(digest).map_err(|e| match e {
-                StoreError::DigestMismatch { expected, actual } => {
-                    FillError::DigestMismatch { expected, actual }
-                }
+                StoreError::DigestMismatch(mismatch) => FillError::DigestMismatch(mismatch),
                 other => FillError::Store(Arc::new(other)),
             })?;
             tx.send_modify(|p| p.verified = true);

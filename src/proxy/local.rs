@@ -21,13 +21,8 @@ pub enum PushError {
     #[error("manifest references {0}, which is not in the registry")]
     BlobUnknown(Digest),
     /// Pushed by digest, but the bytes hash to another.
-    #[error("manifest digest is {actual}, not {expected}")]
-    DigestMismatch {
-        /// From the URL.
-        expected: Digest,
-        /// Of the bytes.
-        actual: Digest,
-    },
+    #[error("manifest does not match the digest it was pushed by: {0}")]
+    DigestMismatch(crate::oci::DigestMismatch),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] ProxyError),
@@ -133,13 +128,10 @@ impl Mirror {
             Reference::Tag(_) => crate::oci::digest::Algorithm::Sha256,
         };
         let digest = Digest::of_bytes_with(algorithm, &bytes);
-        if let Reference::Digest(expected) = reference
-            && expected != &digest
-        {
-            return Err(PushError::DigestMismatch {
-                expected: expected.clone(),
-                actual: digest,
-            });
+        if let Reference::Digest(expected) = reference {
+            expected
+                .check(digest.clone())
+                .map_err(PushError::DigestMismatch)?;
         }
         self.pin_references(&reference_holder(name, &digest), &manifest)
             .await?;

@@ -58,12 +58,7 @@ impl Spool {
     /// (and its file deleted); only a [`VerifiedSpool`] can be committed.
     pub fn verify(mut self, digest: &Digest) -> Result<VerifiedSpool> {
         let actual = std::mem::replace(&mut self.hasher, digest.hasher()).finish();
-        if &actual != digest {
-            return Err(StoreError::DigestMismatch {
-                expected: digest.clone(),
-                actual,
-            });
-        }
+        digest.check(actual)?;
         Ok(VerifiedSpool {
             spool: self,
             digest: digest.clone(),
@@ -345,13 +340,7 @@ impl Store {
     /// Stores a manifest's exact bytes under its digest, with its media type.
     pub async fn put_manifest(&self, manifest: Arc<StoredManifest>) -> Result<()> {
         let digest = &manifest.digest;
-        let actual = Digest::of_bytes_with(digest.algorithm(), &manifest.bytes);
-        if &actual != digest {
-            return Err(StoreError::DigestMismatch {
-                expected: digest.clone(),
-                actual,
-            });
-        }
+        digest.check(Digest::of_bytes_with(digest.algorithm(), &manifest.bytes))?;
         let meta = serde_json::to_vec(&ManifestMeta {
             media_type: manifest.media_type.clone(),
         })

@@ -91,13 +91,8 @@ pub enum StoreError {
     #[error(transparent)]
     Backend(#[from] BackendError),
     /// Bytes offered for a digest hash to something else; nothing was kept.
-    #[error("content does not match digest: expected {expected}, got {actual}")]
-    DigestMismatch {
-        /// The digest the content was offered as.
-        expected: Digest,
-        /// The digest of the bytes.
-        actual: Digest,
-    },
+    #[error("content does not match its digest: {0}")]
+    DigestMismatch(#[from] crate::oci::DigestMismatch),
     /// A stored record could not be decoded.
     #[error("corrupt record {key}: {message}")]
     Corrupt {

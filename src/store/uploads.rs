@@ -47,13 +47,8 @@ pub enum UploadError {
     #[error("request body: {0}")]
     Body(String),
     /// The data does not hash to the digest given at completion.
-    #[error("content does not match digest {expected} (got {actual})")]
-    DigestMismatch {
-        /// Given by the client.
-        expected: Digest,
-        /// Of the data.
-        actual: Digest,
-    },
+    #[error("content does not match its digest: {0}")]
+    DigestMismatch(crate::oci::DigestMismatch),
     /// All unfinished uploads together hold `max_uploads_size`.
     #[error("upload space is full ({limit} bytes held by unfinished uploads); try again later")]
     SpaceFull {
@@ -421,10 +416,12 @@ impl Store {
         };
         let result = match hashed {
             Err(e) => Err(UploadError::Store(io_err(&data)(e))),
-            Ok((actual, _)) if &actual != digest => Err(UploadError::DigestMismatch {
-                expected: digest.clone(),
-                actual,
-            }),
+            Ok((actual, _)) if &actual != digest => {
+                Err(UploadError::DigestMismatch(crate::oci::DigestMismatch {
+                    expected: digest.clone(),
+                    actual,
+                }))
+            }
             Ok((_, size)) => self
                 .commit_file(&data, digest, size, holder)
                 .await
