@@ -6,6 +6,13 @@
 use hmac::{Hmac, KeyInit};
 use sha2::Sha256;
 
+/// Installs ring as the process's TLS crypto provider (once; later calls do nothing), for the
+/// clients that take the process's provider (object_store's reqwest 0.13); the server and the
+/// upstream client name ring themselves.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// A MAC (finish or verify it with `hmac::Mac`).
 pub type Mac = Hmac<Sha256>;
 

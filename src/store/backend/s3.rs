@@ -70,7 +70,7 @@ impl S3Backend {
     pub fn new(settings: S3Settings) -> Result<S3Backend> {
         // The HTTP client under object_store uses the process's rustls provider: ring, as the
         // rest of regmirror (installing it twice is harmless, so the result is ignored).
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        crate::signing::install_crypto_provider();
         let mut builder = AmazonS3Builder::new()
             .with_bucket_name(&settings.bucket)
             .with_region(&settings.region)
