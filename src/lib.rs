@@ -12,18 +12,18 @@
 //! - [`store`]: the content-addressed store, its index, and its backends (fs, S3).
 //! - [`config`]: the `mirror.toml` settings; [`oci`]: pure OCI types; [`clock`], [`signing`].
 
-pub mod clock;
+pub(crate) mod clock;
 pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod images;
 pub mod maintenance;
-pub mod metrics;
+pub(crate) mod metrics;
 pub mod oci;
-pub mod proxy;
-pub mod signing;
+pub(crate) mod proxy;
+pub(crate) mod signing;
 pub mod store;
-pub mod upstream;
+pub(crate) mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,22 +1,22 @@
 //! The HTTP server: a hyper service that parses each request into a [`routes::Route`], hands it
 //! to a thin handler, and maps errors to OCI error JSON.
 
-pub mod auth;
+pub(crate) mod auth;
 mod blobs;
-pub mod body;
+pub(crate) mod body;
 mod catalog;
-pub mod errors;
-pub mod limits;
+pub(crate) mod errors;
+pub(crate) mod limits;
 mod manifests;
 mod paging;
 mod referrers;
 mod request_body;
 pub mod routes;
 mod search;
-pub mod server;
+pub(crate) mod server;
 mod tags;
-pub mod ui;
-pub mod uploads;
+pub(crate) mod ui;
+pub(crate) mod uploads;
 
 use std::convert::Infallible;
 use std::sync::Arc;

@@ -36,7 +36,7 @@ pub struct Spool {
 
 impl Spool {
     /// Appends bytes. Blocking I/O: call from a blocking-friendly context.
-    pub fn append(&mut self, chunk: &[u8]) -> io::Result<()> {
+    pub(crate) fn append(&mut self, chunk: &[u8]) -> io::Result<()> {
         use std::io::Write;
         (&*self.file).write_all(chunk)?;
         self.hasher.update(chunk);
@@ -45,18 +45,18 @@ impl Spool {
     }
 
     /// Bytes written so far.
-    pub fn written(&self) -> u64 {
+    pub(crate) fn written(&self) -> u64 {
         self.written
     }
 
     /// A handle for positional reads of what has been written.
-    pub fn reader(&self) -> BlobReader {
+    pub(crate) fn reader(&self) -> BlobReader {
         BlobReader::shared(&self.file)
     }
 
     /// Checks that the bytes written hash to `digest`. On a mismatch the spool is dropped
     /// (and its file deleted); only a [`VerifiedSpool`] can be committed.
-    pub fn verify(mut self, digest: &Digest) -> Result<VerifiedSpool> {
+    pub(crate) fn verify(mut self, digest: &Digest) -> Result<VerifiedSpool> {
         let actual = std::mem::replace(&mut self.hasher, digest.hasher()).finish();
         digest.check(actual)?;
         Ok(VerifiedSpool {
@@ -71,13 +71,6 @@ impl Spool {
 pub struct VerifiedSpool {
     spool: Spool,
     digest: Digest,
-}
-
-impl VerifiedSpool {
-    /// The blob's size.
-    pub fn size(&self) -> u64 {
-        self.spool.written
-    }
 }
 
 impl Drop for Spool {
@@ -111,7 +104,7 @@ pub enum OpenBlob {
 
 impl OpenBlob {
     /// The blob's size.
-    pub fn size(&self) -> u64 {
+    pub(crate) fn size(&self) -> u64 {
         match self {
             OpenBlob::Local { size, .. } | OpenBlob::Remote { size } => *size,
         }
@@ -121,7 +114,7 @@ impl OpenBlob {
 impl Store {
     /// The size of a committed blob, or `None` if the store does not have it. Asks the backend
     /// about blobs the index does not know (another process may have committed them).
-    pub async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
+    pub(crate) async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
         if let Some(blob) = self.index.blob(digest) {
             return Ok(Some(blob.size));
         }
@@ -141,18 +134,18 @@ impl Store {
     }
 
     /// What the hot cache holds and how it is used (`None` with a local backend).
-    pub fn hot_cache_stats(&self) -> Option<super::HotCacheStats> {
+    pub(crate) fn hot_cache_stats(&self) -> Option<super::HotCacheStats> {
         self.hot.as_ref().map(|h| h.stats())
     }
 
     /// Whether the index lists the blob (no I/O).
-    pub fn has_blob(&self, digest: &Digest) -> bool {
+    pub(crate) fn has_blob(&self, digest: &Digest) -> bool {
         self.index.blob(digest).is_some()
     }
 
     /// Opens a committed blob for reading: from a local file when there is one, else it must
     /// be read from the backend. Counts as an access.
-    pub async fn open_blob(&self, digest: &Digest) -> Result<Option<OpenBlob>> {
+    pub(crate) async fn open_blob(&self, digest: &Digest) -> Result<Option<OpenBlob>> {
         let local = match &self.hot {
             Some(hot) => hot.open(digest).await?,
             None => self.backend.open_local(&Store::blob_key(digest)).await?,
@@ -180,13 +173,17 @@ impl Store {
 
     /// Streams a blob from the remote backend from byte `from` on (what [`OpenBlob::Remote`]
     /// asks for); `None` if the backend does not have it.
-    pub async fn read_remote(&self, digest: &Digest, from: u64) -> Result<Option<ObjectStream>> {
+    pub(crate) async fn read_remote(
+        &self,
+        digest: &Digest,
+        from: u64,
+    ) -> Result<Option<ObjectStream>> {
         Ok(self.backend.read(&Store::blob_key(digest), from).await?)
     }
 
     /// Where a client may fetch the blob directly, when redirects are on and the backend can
     /// presign URLs; `None` otherwise (serve it ourselves).
-    pub async fn blob_redirect(&self, digest: &Digest) -> Result<Option<url::Url>> {
+    pub(crate) async fn blob_redirect(&self, digest: &Digest) -> Result<Option<url::Url>> {
         if !self.redirect || self.blob_size(digest).await?.is_none() {
             return Ok(None);
         }
@@ -198,7 +195,7 @@ impl Store {
     }
 
     /// Creates a spool for a blob about to be fetched.
-    pub fn create_spool(&self, digest: &Digest) -> Result<Spool> {
+    pub(crate) fn create_spool(&self, digest: &Digest) -> Result<Spool> {
         let path = self.temp_path(&format!("spool-{}", &digest.hex()[..12]));
         let file = std::fs::OpenOptions::new()
             .create_new(true)
@@ -230,13 +227,13 @@ impl Store {
 
     /// Verifies a finished spool against `digest` and, if it matches, commits it. On a
     /// mismatch the spool is deleted and nothing is kept.
-    pub async fn commit_spool(&self, spool: Spool, digest: &Digest) -> Result<u64> {
+    pub(crate) async fn commit_spool(&self, spool: Spool, digest: &Digest) -> Result<u64> {
         self.commit_verified(spool.verify(digest)?).await
     }
 
     /// Makes a verified spool durable in the backend (renamed into place, or uploaded whole and
     /// then kept in the hot cache).
-    pub async fn commit_verified(&self, verified: VerifiedSpool) -> Result<u64> {
+    pub(crate) async fn commit_verified(&self, verified: VerifiedSpool) -> Result<u64> {
         let VerifiedSpool { mut spool, digest } = verified;
         let size = spool.written;
         self.commit_local_file(&spool.path, &digest, size).await?;
@@ -245,7 +242,7 @@ impl Store {
     }
 
     /// Keeps a verified spool of a blob read from the remote backend as its local copy.
-    pub async fn keep_local_copy(&self, verified: VerifiedSpool) -> Result<u64> {
+    pub(crate) async fn keep_local_copy(&self, verified: VerifiedSpool) -> Result<u64> {
         let VerifiedSpool { mut spool, digest } = verified;
         let size = spool.written;
         if let Some(hot) = &self.hot {
@@ -298,7 +295,10 @@ impl Store {
 
     /// Reads a manifest by digest (from the index, else from the backend), as a pull does:
     /// counted as an access, and kept in the index.
-    pub async fn read_manifest(&self, digest: &Digest) -> Result<Option<Arc<StoredManifest>>> {
+    pub(crate) async fn read_manifest(
+        &self,
+        digest: &Digest,
+    ) -> Result<Option<Arc<StoredManifest>>> {
         if let Some(m) = self.manifests.get(digest) {
             self.touch(digest);
             return Ok(Some(m));
@@ -313,7 +313,10 @@ impl Store {
 
     /// Reads a manifest without it counting as an access or filling the index (for views
     /// of the store that must not change the LRU order).
-    pub async fn peek_manifest(&self, digest: &Digest) -> Result<Option<Arc<StoredManifest>>> {
+    pub(crate) async fn peek_manifest(
+        &self,
+        digest: &Digest,
+    ) -> Result<Option<Arc<StoredManifest>>> {
         match self.manifests.get(digest) {
             Some(m) => Ok(Some(m)),
             None => self.load_manifest(digest).await,
@@ -338,7 +341,7 @@ impl Store {
     }
 
     /// Stores a manifest's exact bytes under its digest, with its media type.
-    pub async fn put_manifest(&self, manifest: Arc<StoredManifest>) -> Result<()> {
+    pub(crate) async fn put_manifest(&self, manifest: Arc<StoredManifest>) -> Result<()> {
         let digest = &manifest.digest;
         digest.check(Digest::of_bytes_with(digest.algorithm(), &manifest.bytes))?;
         let meta = serde_json::to_vec(&ManifestMeta {
@@ -382,7 +385,7 @@ impl Store {
     }
 
     /// Streams a whole stored blob: from a local file when there is one, else from the backend.
-    pub async fn read_blob(&self, digest: &Digest) -> Result<Option<ObjectStream>> {
+    pub(crate) async fn read_blob(&self, digest: &Digest) -> Result<Option<ObjectStream>> {
         if let Some(hot) = &self.hot
             && let Some((file, size)) = hot.open(digest).await?
         {
@@ -396,7 +399,7 @@ impl Store {
     }
 
     /// The bytes of a small blob (a config, a manifest) whole.
-    pub async fn read_small_blob(&self, digest: &Digest) -> Result<Option<Bytes>> {
+    pub(crate) async fn read_small_blob(&self, digest: &Digest) -> Result<Option<Bytes>> {
         self.get_object(&Store::blob_key(digest)).await
     }
 }

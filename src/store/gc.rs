@@ -53,7 +53,7 @@ impl std::fmt::Display for GcReport {
 impl Store {
     /// Removes the least recently accessed cached blobs until the store holds at most
     /// `target` bytes. Skips pinned blobs, blobs being read, and those `in_use` says are.
-    pub async fn evict(
+    pub(crate) async fn evict(
         &self,
         target: u64,
         in_use: impl Fn(&Digest) -> bool,
@@ -92,7 +92,7 @@ impl Store {
     }
 
     /// Removes tag records whose manifest is no longer stored; returns how many.
-    pub async fn drop_dangling_tags(&self, dry_run: bool) -> Result<u64> {
+    pub(crate) async fn drop_dangling_tags(&self, dry_run: bool) -> Result<u64> {
         let mut dropped = 0;
         for (origin, repo, tag) in self.index.tags() {
             let (Ok(repo), Ok(tag)) = (repo.parse::<RepoName>(), tag.parse::<Tag>()) else {

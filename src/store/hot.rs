@@ -62,7 +62,7 @@ pub struct HotCache {
 impl HotCache {
     /// Opens the cache in `dir`, counting what an earlier run left there (it stays valid: blobs
     /// are immutable), and trims it to `capacity`.
-    pub async fn open_dir(dir: &Path, capacity: u64) -> Result<HotCache> {
+    pub(crate) async fn open_dir(dir: &Path, capacity: u64) -> Result<HotCache> {
         tokio::fs::create_dir_all(dir).await.map_err(io_err(dir))?;
         let mut entries = Entries::default();
         let mut listing = tokio::fs::read_dir(dir).await.map_err(io_err(dir))?;
@@ -108,7 +108,7 @@ impl HotCache {
     }
 
     /// Opens the local copy of a blob, counted as a hit or a miss.
-    pub async fn open(&self, digest: &Digest) -> Result<Option<(std::fs::File, u64)>> {
+    pub(crate) async fn open(&self, digest: &Digest) -> Result<Option<(std::fs::File, u64)>> {
         let known = self.lock().copies.contains_key(digest);
         if !known {
             self.misses.fetch_add(1, Ordering::Relaxed);
@@ -148,7 +148,7 @@ impl HotCache {
 
     /// Takes the complete, verified file at `file` as the copy of `digest` (renamed, so
     /// `file` must be in the staging directory), then trims the cache to its cap.
-    pub fn adopt(&self, digest: &Digest, file: &Path, size: u64) -> Result<()> {
+    pub(crate) fn adopt(&self, digest: &Digest, file: &Path, size: u64) -> Result<()> {
         let target = self.path(digest);
         std::fs::rename(file, &target).map_err(io_err(&target))?;
         {
@@ -163,7 +163,7 @@ impl HotCache {
     }
 
     /// Removes the copy of a blob (the blob was deleted).
-    pub fn remove(&self, digest: &Digest) {
+    pub(crate) fn remove(&self, digest: &Digest) {
         if self.forget(digest) {
             let _ = std::fs::remove_file(self.path(digest));
         }
@@ -213,7 +213,7 @@ impl HotCache {
     }
 
     /// Hits, misses, size.
-    pub fn stats(&self) -> HotCacheStats {
+    pub(crate) fn stats(&self) -> HotCacheStats {
         let entries = self.lock();
         HotCacheStats {
             hits: self.hits.load(Ordering::Relaxed),

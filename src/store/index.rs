@@ -150,7 +150,7 @@ pub struct Index {
 impl Index {
     /// Loads the index of `backend`: by listing it when that is cheap, else from its snapshot
     /// and journal (listing it once when there is no snapshot yet).
-    pub async fn load(
+    pub(crate) async fn load(
         backend: &dyn Backend,
         link: std::sync::Arc<std::sync::OnceLock<std::sync::Arc<dyn super::ClusterLink>>>,
     ) -> Result<Index> {
@@ -240,7 +240,7 @@ impl Index {
     }
 
     /// Applies a change that has just committed, journaling it for a remote backend.
-    pub async fn record(&self, backend: &dyn Backend, change: Change) -> Result<()> {
+    pub(crate) async fn record(&self, backend: &dyn Backend, change: Change) -> Result<()> {
         self.lock().apply(&change);
         if self.journaled {
             let key = format!(
@@ -268,7 +268,7 @@ impl Index {
 
     /// Notes a blob found in the backend that the index did not list (another process
     /// committed it), without journaling: it is in the backend already.
-    pub fn learn(&self, digest: &Digest, blob: IndexedBlob) {
+    pub(crate) fn learn(&self, digest: &Digest, blob: IndexedBlob) {
         self.lock().apply(&Change::AddBlob {
             digest: digest.to_string(),
             blob,
@@ -276,7 +276,7 @@ impl Index {
     }
 
     /// Drops a blob the backend turned out not to have (removed behind our back).
-    pub fn forget(&self, digest: &Digest) {
+    pub(crate) fn forget(&self, digest: &Digest) {
         self.lock().apply(&Change::RemoveBlob {
             digest: digest.to_string(),
         });
@@ -286,7 +286,7 @@ impl Index {
     /// replica at a time does this (see `lease`). Entries other processes wrote are applied
     /// first, so the snapshot loses none of their changes; entries younger than
     /// [`FOLD_GRACE_MS`] stay in the journal (listed as folded) for replicas yet to read them.
-    pub async fn save(&self, backend: &dyn Backend) -> Result<Synced> {
+    pub(crate) async fn save(&self, backend: &dyn Backend) -> Result<Synced> {
         if !self.journaled {
             return Ok(Synced::Changes(Vec::new()));
         }
@@ -321,7 +321,7 @@ impl Index {
 
     /// Applies the journal entries other processes (replicas, `regmirror import` or `gc`)
     /// wrote since this one last looked; after a long pause, reloads everything instead.
-    pub async fn sync(&self, backend: &dyn Backend) -> Result<Synced> {
+    pub(crate) async fn sync(&self, backend: &dyn Backend) -> Result<Synced> {
         if !self.journaled {
             return Ok(Synced::Changes(Vec::new()));
         }
@@ -353,12 +353,12 @@ impl Index {
     }
 
     /// The blob, if indexed.
-    pub fn blob(&self, digest: &Digest) -> Option<IndexedBlob> {
+    pub(crate) fn blob(&self, digest: &Digest) -> Option<IndexedBlob> {
         self.lock().blobs.get(&digest.to_string()).copied()
     }
 
     /// Every indexed blob.
-    pub fn blobs(&self) -> Vec<(Digest, IndexedBlob)> {
+    pub(crate) fn blobs(&self) -> Vec<(Digest, IndexedBlob)> {
         self.lock()
             .blobs
             .iter()
@@ -367,23 +367,23 @@ impl Index {
     }
 
     /// Bytes and number of blobs.
-    pub fn usage(&self) -> (u64, u64) {
+    pub(crate) fn usage(&self) -> (u64, u64) {
         let state = self.lock();
         (state.bytes, state.blobs.len() as u64)
     }
 
     /// Whether the tag place is indexed.
-    pub fn has_tag(&self, place: &TagPlace) -> bool {
+    pub(crate) fn has_tag(&self, place: &TagPlace) -> bool {
         self.lock().tags.contains(place)
     }
 
     /// Every tag place, sorted.
-    pub fn tags(&self) -> Vec<TagPlace> {
+    pub(crate) fn tags(&self) -> Vec<TagPlace> {
         self.lock().tags.iter().cloned().collect()
     }
 
     /// The tags of one repository under one origin, sorted.
-    pub fn tags_of(&self, origin: &str, repo: &str) -> Vec<String> {
+    pub(crate) fn tags_of(&self, origin: &str, repo: &str) -> Vec<String> {
         let from = (origin.to_owned(), repo.to_owned(), String::new());
         self.lock()
             .tags
@@ -394,7 +394,7 @@ impl Index {
     }
 
     /// Whether some repository deleted this blob while others hold it.
-    pub fn is_tombstoned(&self, digest: &Digest) -> bool {
+    pub(crate) fn is_tombstoned(&self, digest: &Digest) -> bool {
         let state = self.lock();
         !state.tombstoned.is_empty() && state.tombstoned.contains(&digest.to_string())
     }

@@ -33,7 +33,7 @@ fn lease_key(name: &str) -> String {
 impl Store {
     /// Whether this replica holds (or has just taken) the lease `name` for the next `ttl`. A
     /// local backend has one replica: it always holds every lease.
-    pub async fn hold_lease(&self, name: &str, ttl: Duration) -> Result<bool> {
+    pub(crate) async fn hold_lease(&self, name: &str, ttl: Duration) -> Result<bool> {
         if !self.is_remote() {
             return Ok(true);
         }

@@ -54,7 +54,7 @@ impl Store {
 
     /// Pins a blob for `holder`: eviction never removes it while anyone holds it. A
     /// repository that deleted the blob before has it again.
-    pub async fn pin(&self, digest: &Digest, holder: &str) -> Result<()> {
+    pub(crate) async fn pin(&self, digest: &Digest, holder: &str) -> Result<()> {
         self.holders.invalidate(digest);
         if self.has_tombstones(digest) {
             self.delete_object(&Store::tombstone_key(digest, holder))
@@ -65,7 +65,7 @@ impl Store {
     }
 
     /// Whether `holder` holds a pin on the blob.
-    pub async fn is_held_by(&self, digest: &Digest, holder: &str) -> Result<bool> {
+    pub(crate) async fn is_held_by(&self, digest: &Digest, holder: &str) -> Result<bool> {
         Ok(self
             .backend
             .stat(&Store::pin_key(digest, holder))
@@ -75,7 +75,7 @@ impl Store {
 
     /// Who holds pins on the blob (repository names, `<repository>@<manifest hex>` for what a
     /// pushed manifest references, `_import`).
-    pub async fn holders(&self, digest: &Digest) -> Result<Vec<String>> {
+    pub(crate) async fn holders(&self, digest: &Digest) -> Result<Vec<String>> {
         let prefix = Store::pin_prefix(digest);
         let mut holders: Vec<String> = self
             .backend
@@ -90,7 +90,10 @@ impl Store {
 
     /// [`Store::holders`], remembered briefly: reads decide visibility with it on every pull
     /// by digest, and a remote backend answers a listing in milliseconds.
-    pub async fn holders_cached(&self, digest: &Digest) -> Result<std::sync::Arc<Vec<String>>> {
+    pub(crate) async fn holders_cached(
+        &self,
+        digest: &Digest,
+    ) -> Result<std::sync::Arc<Vec<String>>> {
         if let Some(holders) = self.holders.get(digest) {
             return Ok(holders);
         }
@@ -101,7 +104,7 @@ impl Store {
     }
 
     /// Releases `holder`'s pin on the blob; whether it held one.
-    pub async fn unpin(&self, digest: &Digest, holder: &str) -> Result<bool> {
+    pub(crate) async fn unpin(&self, digest: &Digest, holder: &str) -> Result<bool> {
         self.holders.invalidate(digest);
         if !self.is_held_by(digest, holder).await? {
             return Ok(false);
@@ -118,13 +121,13 @@ impl Store {
     }
 
     /// Whether any repository deleted this blob while others kept it (memory only).
-    pub fn has_tombstones(&self, digest: &Digest) -> bool {
+    pub(crate) fn has_tombstones(&self, digest: &Digest) -> bool {
         self.index.is_tombstoned(digest)
     }
 
     /// Records that `holder` deleted a blob other repositories still hold: for `holder` it is
     /// gone (reads through it answer unknown) until it is pushed or mounted there again.
-    pub async fn mark_deleted(&self, digest: &Digest, holder: &str) -> Result<()> {
+    pub(crate) async fn mark_deleted(&self, digest: &Digest, holder: &str) -> Result<()> {
         self.put_object(&Store::tombstone_key(digest, holder), Bytes::new())
             .await?;
         if !self.has_tombstones(digest) {
@@ -141,7 +144,7 @@ impl Store {
     }
 
     /// Whether `holder` deleted this blob (see [`Store::mark_deleted`]).
-    pub async fn is_deleted_for(&self, digest: &Digest, holder: &str) -> Result<bool> {
+    pub(crate) async fn is_deleted_for(&self, digest: &Digest, holder: &str) -> Result<bool> {
         if !self.has_tombstones(digest) {
             return Ok(false);
         }
@@ -170,7 +173,7 @@ impl Store {
 
     /// Removes a blob (and its pins, metadata and tombstones). Readers that already opened it
     /// keep reading it: on Unix the bytes go when the last handle closes.
-    pub async fn delete_blob(&self, digest: &Digest) -> Result<bool> {
+    pub(crate) async fn delete_blob(&self, digest: &Digest) -> Result<bool> {
         self.manifests.invalidate(digest);
         self.holders.invalidate(digest);
         let existed = self.blob_size(digest).await?.is_some();
@@ -200,7 +203,7 @@ impl Store {
     }
 
     /// The local key of a pushed tag.
-    pub fn local_tag_key(repo: &RepoName, tag: &Tag) -> TagKey {
+    pub(crate) fn local_tag_key(repo: &RepoName, tag: &Tag) -> TagKey {
         TagKey {
             upstream: LOCAL.to_owned(),
             repo: repo.clone(),
@@ -209,12 +212,12 @@ impl Store {
     }
 
     /// The tags recorded for `repo` under `upstream`, sorted.
-    pub async fn list_tags(&self, upstream: &str, repo: &RepoName) -> Result<Vec<String>> {
+    pub(crate) async fn list_tags(&self, upstream: &str, repo: &RepoName) -> Result<Vec<String>> {
         Ok(self.index.tags_of(upstream, repo.as_str()))
     }
 
     /// The tags under `upstream` pointing at `digest`, as keys.
-    pub async fn tags_pointing_to(
+    pub(crate) async fn tags_pointing_to(
         &self,
         upstream: &str,
         repo: &RepoName,
@@ -244,7 +247,7 @@ impl Store {
     }
 
     /// Records that `referrer` refers to `subject`.
-    pub async fn add_referrer(&self, subject: &Digest, referrer: &Referrer) -> Result<()> {
+    pub(crate) async fn add_referrer(&self, subject: &Digest, referrer: &Referrer) -> Result<()> {
         let Ok(digest) = referrer.digest.parse::<Digest>() else {
             return Ok(());
         };
@@ -257,7 +260,7 @@ impl Store {
     }
 
     /// The referrers of `subject` whose manifests are still stored.
-    pub async fn referrers(&self, subject: &Digest) -> Result<Vec<Referrer>> {
+    pub(crate) async fn referrers(&self, subject: &Digest) -> Result<Vec<Referrer>> {
         let mut out = Vec::new();
         for object in self.backend.list(&Store::referrers_prefix(subject)).await? {
             let Some(bytes) = self.get_object(&object.key).await? else {
@@ -281,7 +284,7 @@ impl Store {
     /// Every repository with at least one tag record: where its tags came from (an upstream's
     /// name, or [`LOCAL`] for pushed ones) and its name there (pushed ones by their recorded
     /// name, `<upstream>/<repo>` when they route to an upstream).
-    pub async fn repositories(&self) -> Result<Vec<(String, String)>> {
+    pub(crate) async fn repositories(&self) -> Result<Vec<(String, String)>> {
         let mut out: Vec<(String, String)> = self
             .index
             .tags()

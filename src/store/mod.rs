@@ -105,7 +105,7 @@ pub enum StoreError {
 
 impl StoreError {
     /// Whether the disk (or the user's quota) is full.
-    pub fn is_disk_full(&self) -> bool {
+    pub(crate) fn is_disk_full(&self) -> bool {
         const ENOSPC: i32 = 28;
         const EDQUOT: i32 = 122;
         let source = match self {
@@ -195,22 +195,8 @@ const HOLDERS_TTL: Duration = Duration::from_secs(2);
 const MAX_INDEXED_MANIFEST: usize = 256 * 1024;
 
 impl Store {
-    /// Opens (creating if needed) a store on a local directory, as a server does with the
-    /// filesystem backend: the directory is both backend and staging.
-    pub async fn open_fs(root: &Path, index_bytes: u64) -> Result<Store> {
-        let backend = Arc::new(FsBackend::new(root, &root.join("tmp")));
-        let options = StoreOptions {
-            index_bytes,
-            hot_cache_bytes: 0,
-            redirect: false,
-        };
-        let store = Store::open_shared(backend, root, options).await?;
-        store.clean_tmp().await?;
-        Ok(store)
-    }
-
     /// Opens the store for a server, removing temp files a previous run left.
-    pub async fn open(
+    pub(crate) async fn open(
         backend: Arc<dyn Backend>,
         staging: &Path,
         options: StoreOptions,
@@ -222,7 +208,7 @@ impl Store {
 
     /// Opens the store without touching `tmp/`, for maintenance commands that may run beside a
     /// server (`gc`, `import`, `export`).
-    pub async fn open_shared(
+    pub(crate) async fn open_shared(
         backend: Arc<dyn Backend>,
         staging: &Path,
         options: StoreOptions,
@@ -273,22 +259,12 @@ impl Store {
     }
 
     /// Connects the store to the other replicas (once; later calls are ignored).
-    pub fn set_cluster_link(&self, link: Arc<dyn ClusterLink>) {
+    pub(crate) fn set_cluster_link(&self, link: Arc<dyn ClusterLink>) {
         let _ = self.link.set(link);
     }
 
-    /// `fs` or `s3`.
-    pub fn backend_kind(&self) -> &'static str {
-        self.backend.kind()
-    }
-
-    /// Where the backend keeps its objects, for logs.
-    pub fn describe_backend(&self) -> String {
-        self.backend.describe()
-    }
-
     /// Waits until a blob is added.
-    pub async fn grown(&self) {
+    pub(crate) async fn grown(&self) {
         self.grew.notified().await;
     }
 
@@ -299,7 +275,7 @@ impl Store {
 
     /// Removes every file in `tmp/` (at start: what a run that died mid-write left; at
     /// shutdown: spools of downloads that could not finish).
-    pub async fn remove_temp_files(&self) -> Result<()> {
+    pub(crate) async fn remove_temp_files(&self) -> Result<()> {
         self.clean_tmp().await
     }
 
@@ -322,7 +298,7 @@ impl Store {
 
     /// Whether the store can take writes: the staging directory, and the backend (for a bucket:
     /// reachable, the credentials work, writes are accepted).
-    pub async fn check_writable(&self) -> Result<()> {
+    pub(crate) async fn check_writable(&self) -> Result<()> {
         let path = self.temp_path("ready");
         let local = tokio::fs::write(&path, b"ok").await.map_err(io_err(&path));
         let _ = tokio::fs::remove_file(&path).await;
@@ -359,7 +335,7 @@ impl Store {
 
     /// Saves what is only in memory so far: access times, and a remote backend's index
     /// (folding its journal into one snapshot).
-    pub async fn save_state(&self) -> Result<()> {
+    pub(crate) async fn save_state(&self) -> Result<()> {
         self.save_access().await?;
         let synced = if self.hold_lease("index", INDEX_LEASE).await? {
             self.index.save(self.backend.as_ref()).await?
@@ -372,7 +348,7 @@ impl Store {
 
     /// Applies what other replicas changed in the bucket since this one last looked (tags
     /// pushed or deleted, blobs deleted), dropping what this replica cached of it.
-    pub async fn sync_index(&self) -> Result<()> {
+    pub(crate) async fn sync_index(&self) -> Result<()> {
         let synced = self.index.sync(self.backend.as_ref()).await?;
         self.forget_changed(synced);
         Ok(())

@@ -32,7 +32,7 @@ impl BlobReader {
     }
 
     /// Reads up to `len` bytes at `offset` (see [`read_chunk`]).
-    pub async fn read_chunk(&self, offset: u64, len: usize) -> io::Result<Bytes> {
+    pub(crate) async fn read_chunk(&self, offset: u64, len: usize) -> io::Result<Bytes> {
         read_chunk(&self.0, offset, len).await
     }
 }

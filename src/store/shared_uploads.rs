@@ -62,7 +62,7 @@ fn parse_chunk_name(name: &str) -> Option<(u64, u64)> {
 impl Store {
     /// Whether the backend is remote (a bucket other replicas may share): upload sessions,
     /// leases and the index journal live in it.
-    pub fn is_remote(&self) -> bool {
+    pub(crate) fn is_remote(&self) -> bool {
         !self.backend.lists_cheaply()
     }
 

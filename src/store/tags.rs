@@ -34,7 +34,7 @@ pub struct TagRecord {
 
 impl TagRecord {
     /// A record confirmed now.
-    pub fn new(digest: &Digest, media_type: &str, size: u64) -> TagRecord {
+    pub(crate) fn new(digest: &Digest, media_type: &str, size: u64) -> TagRecord {
         TagRecord {
             digest: digest.to_string(),
             media_type: media_type.to_owned(),
@@ -44,17 +44,17 @@ impl TagRecord {
     }
 
     /// The digest (records are only written from valid digests).
-    pub fn digest(&self) -> Option<Digest> {
+    pub(crate) fn digest(&self) -> Option<Digest> {
         self.digest.parse().ok()
     }
 
     /// How long ago the upstream last confirmed the record.
-    pub fn age(&self) -> Duration {
+    pub(crate) fn age(&self) -> Duration {
         Duration::from_millis(now_ms().saturating_sub(self.fetched_at_ms))
     }
 
     /// The same record, confirmed now.
-    pub fn refreshed(&self) -> TagRecord {
+    pub(crate) fn refreshed(&self) -> TagRecord {
         TagRecord {
             fetched_at_ms: now_ms(),
             ..self.clone()
@@ -66,7 +66,7 @@ use crate::clock::now_ms;
 
 impl Store {
     /// The record of a tag, if the store has one.
-    pub async fn get_tag(&self, key: &TagKey) -> Result<Option<TagRecord>> {
+    pub(crate) async fn get_tag(&self, key: &TagKey) -> Result<Option<TagRecord>> {
         if let Some(record) = self.tags.get(key) {
             return Ok(record);
         }
@@ -87,12 +87,12 @@ impl Store {
 
     /// Drops what this process cached of a tag record: the next read goes to the backend
     /// (another replica just wrote it).
-    pub fn forget_cached_tag(&self, key: &TagKey) {
+    pub(crate) fn forget_cached_tag(&self, key: &TagKey) {
         self.tags.invalidate(key);
     }
 
     /// Writes a tag record (atomically) and indexes it.
-    pub async fn put_tag(&self, key: &TagKey, record: &TagRecord) -> Result<()> {
+    pub(crate) async fn put_tag(&self, key: &TagKey, record: &TagRecord) -> Result<()> {
         let object = Store::tag_key(key);
         let bytes = serde_json::to_vec(record).map_err(|e| StoreError::Corrupt {
             key: object.clone(),
@@ -113,7 +113,7 @@ impl Store {
     }
 
     /// Removes a tag record; whether it existed.
-    pub async fn delete_tag(&self, key: &TagKey) -> Result<bool> {
+    pub(crate) async fn delete_tag(&self, key: &TagKey) -> Result<bool> {
         self.tags.invalidate(key);
         let existed = self.delete_object(&Store::tag_key(key)).await?;
         let place = Store::tag_place(key);

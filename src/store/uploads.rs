@@ -129,14 +129,14 @@ pub struct UploadId(String);
 
 impl UploadId {
     /// Parses an id from a URL; only UUIDs are ids.
-    pub fn parse(s: &str) -> Option<UploadId> {
+    pub(crate) fn parse(s: &str) -> Option<UploadId> {
         uuid::Uuid::parse_str(s)
             .ok()
             .map(|u| UploadId(u.to_string()))
     }
 
     /// The id as text.
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
 }
@@ -151,7 +151,7 @@ impl Store {
     }
 
     /// Bytes held by unfinished uploads.
-    pub fn uploads_bytes(&self) -> u64 {
+    pub(crate) fn uploads_bytes(&self) -> u64 {
         self.upload_book().bytes
     }
 
@@ -215,7 +215,7 @@ impl Store {
     }
 
     /// Starts a session for `repo`, owned by `owner`.
-    pub async fn create_upload(
+    pub(crate) async fn create_upload(
         &self,
         repo: &RepoName,
         owner: &str,
@@ -264,7 +264,7 @@ impl Store {
     }
 
     /// The session's size so far, if it exists and belongs to `repo` and `owner`.
-    pub async fn upload_len(
+    pub(crate) async fn upload_len(
         &self,
         repo: &RepoName,
         owner: &str,
@@ -332,7 +332,7 @@ impl Store {
 
     /// Appends a body to the session. `start`, when the client sent `Content-Range`, must be
     /// where the session ends. Streams to disk; refuses to grow past the limits.
-    pub async fn append_upload<S, E>(
+    pub(crate) async fn append_upload<S, E>(
         &self,
         repo: &RepoName,
         owner: &str,
@@ -393,7 +393,7 @@ impl Store {
     /// Verifies the session's data against `digest` and commits it as a blob pinned for
     /// `holder` (the repository as pushes record it). The session is gone afterwards,
     /// whatever the outcome.
-    pub async fn complete_upload(
+    pub(crate) async fn complete_upload(
         self: &Arc<Self>,
         repo: &RepoName,
         owner: &str,
@@ -454,7 +454,7 @@ impl Store {
     }
 
     /// Removes a session.
-    pub async fn cancel_upload(
+    pub(crate) async fn cancel_upload(
         &self,
         repo: &RepoName,
         owner: &str,
@@ -482,7 +482,7 @@ impl Store {
     }
 
     /// Removes sessions idle for longer than `ttl`; returns how many.
-    pub async fn expire_uploads(&self, ttl: Duration) -> Result<usize> {
+    pub(crate) async fn expire_uploads(&self, ttl: Duration) -> Result<usize> {
         self.expire_uploads_dry(ttl, false).await
     }
 

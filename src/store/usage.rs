@@ -80,7 +80,7 @@ impl Store {
     }
 
     /// Notes an access to a blob (memory only).
-    pub fn touch(&self, digest: &Digest) {
+    pub(crate) fn touch(&self, digest: &Digest) {
         self.usage.lock_access().insert(digest.clone(), now_ms());
         self.usage.dirty.store(true, Ordering::Relaxed);
     }
@@ -91,7 +91,7 @@ impl Store {
     }
 
     /// Marks a blob as being read until the guard is dropped.
-    pub fn reading(self: &Arc<Self>, digest: &Digest) -> ReadGuard {
+    pub(crate) fn reading(self: &Arc<Self>, digest: &Digest) -> ReadGuard {
         *self.usage.lock_readers().entry(digest.clone()).or_insert(0) += 1;
         ReadGuard {
             store: Arc::clone(self),
@@ -100,7 +100,7 @@ impl Store {
     }
 
     /// Whether a blob is being read.
-    pub fn is_being_read(&self, digest: &Digest) -> bool {
+    pub(crate) fn is_being_read(&self, digest: &Digest) -> bool {
         self.usage.lock_readers().contains_key(digest)
     }
 
@@ -147,7 +147,7 @@ impl Store {
     }
 
     /// Every committed blob with its size and write time (from the index).
-    pub fn list_blobs(&self) -> Vec<BlobEntry> {
+    pub(crate) fn list_blobs(&self) -> Vec<BlobEntry> {
         self.index
             .blobs()
             .into_iter()

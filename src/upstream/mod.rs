@@ -6,14 +6,8 @@ mod client;
 pub mod destinations;
 mod routing;
 
-pub use client::{
-    BlobBody, FetchedManifest, MAX_MANIFEST_BYTES, MAX_TAG_LIST_BYTES, ManifestHead, SearchHit,
-    TagPage, UpstreamClient,
-};
+pub use client::{SearchHit, UpstreamClient};
 pub use routing::{Resolved, RouteError, Upstreams};
-
-/// An upstream's rate limit (the replicas share it, so it is the cluster's type).
-pub use crate::cluster::RateLimit;
 
 /// Errors of the upstream layer.
 #[derive(Debug, Clone, thiserror::Error)]
