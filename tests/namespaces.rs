@@ -198,27 +198,20 @@ async fn a_push_right_in_one_namespace_gives_nothing_in_another() {
     let location = r.headers()["location"].to_str().unwrap().to_owned();
     assert!(location.contains("ns=quay.io"), "{location}");
     let elsewhere = location.replace("&ns=quay.io", "");
-    let r =
+    let finish = |at: String| {
         s.m.client
-            .put(s.m.url(&format!("{elsewhere}&digest={digest}")))
+            .put(s.m.url(&format!("{at}&digest={digest}")))
             .basic_auth("quay", Some("quay-pw"))
             .body(blob.clone())
             .send()
-            .await
-            .unwrap();
+    };
+    let r = finish(elsewhere).await.unwrap();
     assert_eq!(
         error_code(r).await,
         (403, "DENIED".into()),
         "session moved to docker.io"
     );
-    let r =
-        s.m.client
-            .put(s.m.url(&format!("{location}&digest={digest}")))
-            .basic_auth("quay", Some("quay-pw"))
-            .body(blob.clone())
-            .send()
-            .await
-            .unwrap();
+    let r = finish(location).await.unwrap();
     assert_eq!(r.status(), 201, "finished where it was opened");
     // The team user's `team/*` is Docker Hub's team/*, not quay.io's.
     let team = s.pushed_image("team", "team/app", "").await;
