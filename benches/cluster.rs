@@ -147,6 +147,8 @@ async fn measure(garage: &Garage, redis: &Redis, upstream: &FakeUpstream, n: usi
 
 #[tokio::main]
 async fn main() {
+    // The bench's HTTP clients take the process's TLS provider: ring, as regmirror's.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let Some(garage) = Garage::start("bench cluster").await else {
         return;
     };

@@ -444,6 +444,8 @@ fn median(mut samples: Vec<(Duration, u64)>) -> (Duration, u64) {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    // The bench's HTTP clients take the process's TLS provider: ring, as regmirror's.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     for tool in ["docker-registry", "nginx", "wrk"] {
         if which(tool).is_none() {
             eprintln!(

@@ -86,6 +86,8 @@ fn env_usize(name: &str, default: usize) -> usize {
 }
 
 fn main() {
+    // The bench's HTTP clients take the process's TLS provider: ring, as regmirror's.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

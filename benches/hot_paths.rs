@@ -52,6 +52,8 @@ fn hashing(c: &mut Criterion) {
 }
 
 fn cached_manifest(c: &mut Criterion) {
+    // The bench's HTTP client takes the process's TLS provider: ring, as regmirror's.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -123,6 +123,8 @@ async fn startup_with_index(garage: &Garage, blobs: usize) -> f64 {
 
 #[tokio::main]
 async fn main() {
+    // The bench's HTTP clients take the process's TLS provider: ring, as regmirror's.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let Some(garage) = Garage::start("bench s3").await else {
         return;
     };

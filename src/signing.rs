@@ -6,9 +6,9 @@
 use hmac::{Hmac, KeyInit};
 use sha2::Sha256;
 
-/// Installs ring as the process's TLS crypto provider (once; later calls do nothing), for the
-/// clients that take the process's provider (object_store's reqwest 0.13); the server and the
-/// upstream client name ring themselves.
+/// Installs ring as the process's TLS crypto provider (once; later calls do nothing). Every
+/// HTTP client (upstreams, peers, the object store) is reqwest on rustls with this provider;
+/// the server names ring itself.
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }

@@ -65,6 +65,7 @@ impl Peers {
     /// Peers signing with `key` (derived from the cluster secret).
     pub fn new(key: Vec<u8>) -> Peers {
         // A peer answers with the blob or not at all: a redirect is never a replica's.
+        crate::signing::install_crypto_provider();
         let client = reqwest::Client::builder()
             .connect_timeout(PEER_CONNECT_TIMEOUT)
             .redirect(reqwest::redirect::Policy::none())

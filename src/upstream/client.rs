@@ -156,6 +156,7 @@ impl UpstreamClient {
                 Err(refused) => attempt.error(refused),
             }
         });
+        crate::signing::install_crypto_provider();
         let mut builder = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
             .user_agent(concat!("regmirror/", env!("CARGO_PKG_VERSION")))

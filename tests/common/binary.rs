@@ -26,6 +26,8 @@ impl Regmirror {
     }
 
     async fn spawn(config: &Path, stderr: Stdio) -> Regmirror {
+        // The tests' HTTP clients take the process's TLS provider: ring, as regmirror's.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -36,6 +38,8 @@ impl Regmirror {
 
     /// Like [`Regmirror::start_logging_to`], on a given address (a restart in place).
     pub async fn start_at(config: &Path, addr: std::net::SocketAddr, log: &Path) -> Regmirror {
+        // The tests' HTTP clients take the process's TLS provider: ring, as regmirror's.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

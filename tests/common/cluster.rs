@@ -39,6 +39,8 @@ pub struct Redis {
 impl Redis {
     /// Starts one, or `None` (skipped, or a failure under `REGMIRROR_REQUIRE_E2E=1`).
     pub async fn start(test: &str) -> Option<Redis> {
+        // The tests' HTTP clients take the process's TLS provider: ring, as regmirror's.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let binary = super::require_tool("redis-server", test)?;
         let mut redis = Redis {
             child: None,

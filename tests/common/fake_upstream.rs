@@ -117,6 +117,8 @@ pub fn sha256(bytes: &[u8]) -> String {
 
 impl FakeUpstream {
     pub async fn start(auth: Auth) -> FakeUpstream {
+        // The tests' HTTP clients take the process's TLS provider: ring, as regmirror's.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let fake = FakeUpstream {

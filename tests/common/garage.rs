@@ -37,6 +37,8 @@ impl Garage {
     /// Starts Garage, or returns `None` (the test is skipped) when it is not installed and
     /// REGMIRROR_REQUIRE_E2E is not set.
     pub async fn start(test: &str) -> Option<Garage> {
+        // The tests' HTTP clients take the process's TLS provider: ring, as regmirror's.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let binary = super::require_tool("garage", test)?;
         let dir = tempfile::tempdir().unwrap();
         let (rpc, s3) = (free_port(), free_port());

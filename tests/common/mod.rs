@@ -14,6 +14,12 @@ use std::path::PathBuf;
 use regmirror::config::Config;
 use tempfile::TempDir;
 
+/// Installs the process's TLS provider (ring, as regmirror's) for the tests' own HTTP clients;
+/// every harness entry point calls it.
+pub fn tls() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// A mirror running in-process with its own store.
 pub struct TestMirror {
     pub server: regmirror::Server,
@@ -51,6 +57,7 @@ impl TestMirror {
         storage_keys: &str,
         rest: &str,
     ) -> TestMirror {
+        tls();
         let text = format!(
             "[server]\nlisten = \"127.0.0.1:0\"\n{server_keys}\n[storage]\npath = \"{}\"\n{storage_keys}\n{rest}",
             dir.path().join("store").display()

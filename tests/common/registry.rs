@@ -17,6 +17,8 @@ pub struct Registry {
 
 impl Registry {
     pub async fn start(binary: &Path) -> Registry {
+        // The tests' HTTP clients take the process's TLS provider: ring, as regmirror's.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().unwrap();
         // Ask the OS for a free port, then hand it to the registry.
         let port = std::net::TcpListener::bind("127.0.0.1:0")
