@@ -258,9 +258,7 @@ async fn fetch_blob(
 /// The canonical name of an image for `ref.name` annotations: `<upstream>/<repo>:<tag>` (or
 /// `@<digest>`), as routing resolves it.
 pub fn canonical_name(mirror: &Mirror, image: &ImageRef) -> String {
-    let name = mirror
-        .target(None, &image.name)
-        .map_or_else(|_| image.name.clone(), |t| t.canonical().clone());
+    let name = mirror.canonical_name(&image.name);
     match &image.reference {
         Reference::Tag(t) => format!("{name}:{t}"),
         Reference::Digest(d) => format!("{name}@{d}"),
@@ -398,9 +396,7 @@ async fn import_bundle(mirror: &Arc<Mirror>, bundle: &Path) -> Result<Imported, 
         let Reference::Tag(tag) = &image.reference else {
             continue;
         };
-        let local = mirror
-            .target(None, &image.name)
-            .map_or_else(|_| image.name.clone(), |t| t.canonical().clone());
+        let local = mirror.canonical_name(&image.name);
         let m = mirror
             .store
             .read_manifest(&digest)

@@ -150,6 +150,12 @@ impl Mirror {
         Target::resolve(&self.upstreams, ns, name)
     }
 
+    /// The one name a repository named without `ns` goes by (see [`Target::canonical`]).
+    pub fn canonical_name(&self, name: &crate::oci::RepoName) -> crate::oci::RepoName {
+        self.target(None, name)
+            .map_or_else(|_| name.clone(), |t| t.canonical().clone())
+    }
+
     /// Reads from the other replicas, once joined.
     pub fn peers(&self) -> Option<&Arc<crate::cluster::Peers>> {
         self.peers.get()
