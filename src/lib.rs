@@ -65,7 +65,7 @@ pub enum StartError {
     Tls(#[from] http::server::TlsError),
     /// The htpasswd file is unusable.
     #[error(transparent)]
-    Htpasswd(#[from] http::auth::HtpasswdError),
+    Htpasswd(#[from] http::htpasswd::HtpasswdError),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -203,10 +203,10 @@ pub async fn start(config: &Config) -> Result<Server, StartError> {
     let htpasswd = match config.auth.htpasswd.clone() {
         // Loading hashes once (the decoy for unknown users): off the async workers.
         Some(path) => Some(
-            tokio::task::spawn_blocking(move || http::auth::Htpasswd::load(&path))
+            tokio::task::spawn_blocking(move || http::htpasswd::Htpasswd::load(&path))
                 .await
                 .map_err(|e| {
-                    StartError::Htpasswd(http::auth::HtpasswdError::Read {
+                    StartError::Htpasswd(http::htpasswd::HtpasswdError::Read {
                         path: "htpasswd".into(),
                         source: std::io::Error::other(e),
                     })

@@ -23,7 +23,6 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,88 +31,15 @@ use hmac::Mac;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::Semaphore;
 
+use http::{Method, header};
+
+use super::context::{Answer, App, ConnInfo, text_response};
+use super::errors::{self, ApiError};
+use super::htpasswd::Htpasswd;
+use super::routes::{Query, Route};
 use crate::config::{AccessRule, Action, AuthConfig};
-
-/// Why the htpasswd file cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum HtpasswdError {
-    /// Unreadable.
-    #[error("cannot read htpasswd file {path}: {source}")]
-    Read {
-        /// The file.
-        path: String,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// A line that is not `user:$2y$...`.
-    #[error("htpasswd file {path}, line {line}: only bcrypt entries (htpasswd -B) are supported")]
-    Entry {
-        /// The file.
-        path: String,
-        /// 1-based line number.
-        line: usize,
-    },
-}
-
-/// Users and their bcrypt hashes.
-pub struct Htpasswd {
-    users: HashMap<String, String>,
-    /// A hash of the file's highest cost, checked for unknown users so that they cost as much
-    /// as a wrong password.
-    decoy: String,
-}
-
-impl Htpasswd {
-    /// Loads an htpasswd file. Blocking (it hashes once, for the decoy).
-    pub fn load(path: &Path) -> Result<Htpasswd, HtpasswdError> {
-        let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| HtpasswdError::Read {
-            path: shown.clone(),
-            source,
-        })?;
-        Htpasswd::parse(&text, &shown)
-    }
-
-    /// Parses htpasswd text; `origin` names it in errors. Blocking (see [`Htpasswd::load`]).
-    pub fn parse(text: &str, origin: &str) -> Result<Htpasswd, HtpasswdError> {
-        let mut users = HashMap::new();
-        for (i, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let entry = line
-                .split_once(':')
-                .filter(|(_, hash)| hash.starts_with("$2"))
-                .ok_or(HtpasswdError::Entry {
-                    path: origin.to_owned(),
-                    line: i + 1,
-                })?;
-            users.insert(entry.0.to_owned(), entry.1.to_owned());
-        }
-        let cost = users
-            .values()
-            .filter_map(|hash| hash.get(4..6)?.parse::<u32>().ok())
-            .max()
-            .unwrap_or(bcrypt::DEFAULT_COST);
-        let decoy = bcrypt::hash_with_salt("decoy", cost, [7; 16])
-            .map(|h| h.to_string())
-            .unwrap_or_default();
-        Ok(Htpasswd { users, decoy })
-    }
-
-    /// Whether `password` is `user`'s. Blocking and deliberately slow (bcrypt), for unknown
-    /// users too.
-    fn verify(&self, user: &str, password: &str) -> bool {
-        match self.users.get(user) {
-            Some(hash) => bcrypt::verify(password, hash).unwrap_or(false),
-            None => {
-                let _ = bcrypt::verify(password, &self.decoy);
-                false
-            }
-        }
-    }
-}
+use crate::oci::ErrorCode;
+use crate::proxy::Target;
 
 /// Who a request comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -585,6 +511,201 @@ fn parse_scope(scope: &str) -> Vec<(String, Vec<Action>)> {
             Some((name.to_owned(), actions))
         })
         .collect()
+}
+
+// ---- The request's side: what a resolved request needs, and the answer to a refusal ----
+
+/// What a request needs, in the authorization policy's terms; `None` for what is always
+/// allowed (metrics, health, the token endpoint).
+fn need_of<'t>(route: &Route, method: &Method, target: Option<&'t Target>) -> Option<Need<'t>> {
+    use crate::config::Action;
+    let read = *method == Method::GET || *method == Method::HEAD;
+    // Only what the API offers needs a permission; anything else is answered 405 as it is.
+    let action = match (route, method) {
+        // Peer requests carry their own signature (checked by the handler).
+        (
+            Route::Metrics | Route::Health | Route::Ready | Route::Token | Route::PeerBlob { .. },
+            _,
+        ) => {
+            return None;
+        }
+        (Route::Base, _) => return Some(Need::Ping),
+        (Route::Catalog | Route::Search | Route::Ui(_), _) => return Some(Need::Read),
+        (Route::V1Ping, _) => return None,
+        (Route::Upload { .. }, _) => Action::Push,
+        (Route::Manifest { .. }, &Method::PUT) => Action::Push,
+        (Route::Manifest { .. } | Route::Blob { .. }, &Method::DELETE) => Action::Delete,
+        _ if read => Action::Pull,
+        _ => return None,
+    };
+    let target = target?;
+    Some(Need::Repository {
+        name: target.canonical().as_str(),
+        action,
+    })
+}
+
+/// The repository a route is about.
+fn route_name(route: &Route) -> Option<&crate::oci::RepoName> {
+    match route {
+        Route::Manifest { name, .. }
+        | Route::Blob { name, .. }
+        | Route::Upload { name, .. }
+        | Route::Referrers { name, .. }
+        | Route::TagsList { name } => Some(name),
+        _ => None,
+    }
+}
+
+/// Resolves the repository a route names, once: what access rules check and every handler
+/// acts on.
+pub(crate) fn resolve_target(
+    app: &App,
+    route: &Route,
+    query: &Query,
+) -> Result<Option<Target>, ApiError> {
+    let Some(name) = route_name(route) else {
+        return Ok(None);
+    };
+    Target::resolve(&app.mirror.upstreams, query.ns.as_deref(), name)
+        .map(Some)
+        .map_err(|e| errors::route_error(&e))
+}
+
+/// Applies the authorization policy to `target`; who the client is, or the error to answer.
+pub(crate) async fn authorize_request(
+    app: &App,
+    route: &Route,
+    target: Option<&Target>,
+    parts: &http::request::Parts,
+    conn: &ConnInfo,
+    client: std::net::IpAddr,
+    query: &Query,
+) -> Result<Identity, ApiError> {
+    let Some(need) = need_of(route, &parts.method, target) else {
+        return Ok(Identity::Anonymous);
+    };
+    let sent = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let identity = app
+        .auth
+        .authorize(sent, client, &need)
+        .await
+        .map_err(|refusal| match (route, refusal) {
+            // Browsers answer a Basic challenge with a login dialog, not a Bearer one.
+            (Route::Ui(_), Refusal::Invalid | Refusal::Required) => {
+                ApiError::new(ErrorCode::Unauthorized, "log in to see the mirror").with_header(
+                    header::WWW_AUTHENTICATE,
+                    "Basic realm=\"regmirror\", charset=\"UTF-8\"".into(),
+                )
+            }
+            (_, refusal) => refused(app, conn, parts, refusal, target, &need),
+        })?;
+    // A mount also reads the repository it mounts from, in the same namespace.
+    if let (Route::Upload { .. }, Some(from)) = (route, mount_source(app, query)?) {
+        let pull = Need::Repository {
+            name: from.canonical().as_str(),
+            action: crate::config::Action::Pull,
+        };
+        app.auth
+            .authorize(sent, client, &pull)
+            .await
+            .map_err(|refusal| refused(app, conn, parts, refusal, Some(&from), &pull))?;
+    }
+    Ok(identity)
+}
+
+/// The repository a cross-repository mount names in `from=`, resolved as the target is.
+fn mount_source(app: &App, query: &Query) -> Result<Option<Target>, ApiError> {
+    let Some(from) = query.from.as_deref() else {
+        return Ok(None);
+    };
+    let Ok(from) = from.parse::<crate::oci::RepoName>() else {
+        return Ok(None);
+    };
+    Target::resolve(&app.mirror.upstreams, query.ns.as_deref(), &from)
+        .map(Some)
+        .map_err(|e| errors::route_error(&e))
+}
+
+/// The answer to a refused request: 401 with a challenge pointing at our token endpoint,
+/// 403, or 429 for a throttled login.
+fn refused(
+    app: &App,
+    conn: &ConnInfo,
+    parts: &http::request::Parts,
+    refusal: Refusal,
+    target: Option<&Target>,
+    need: &Need<'_>,
+) -> ApiError {
+    let message = match refusal {
+        Refusal::Denied(message) => return ApiError::new(ErrorCode::Denied, message),
+        Refusal::Throttled => {
+            return ApiError::new(
+                ErrorCode::TooManyRequests,
+                "too many failed logins; try again in a minute",
+            )
+            .with_header(header::RETRY_AFTER, "60".into());
+        }
+        Refusal::Invalid => "invalid credentials",
+        Refusal::Required => "authentication required",
+    };
+    let mut challenge = format!(
+        "Bearer realm=\"{}/token\",service=\"regmirror\"",
+        app.external_base(conn, parts)
+    );
+    if let (Some(target), Need::Repository { action, .. }) = (target, need) {
+        let name = target.sent();
+        let actions = match action {
+            crate::config::Action::Pull => "pull",
+            crate::config::Action::Push => "pull,push",
+            crate::config::Action::Delete => "delete",
+        };
+        challenge.push_str(&format!(",scope=\"repository:{name}:{actions}\""));
+    }
+    ApiError::new(ErrorCode::Unauthorized, message).with_header(header::WWW_AUTHENTICATE, challenge)
+}
+
+/// `GET /token`: a Bearer token for the Basic credentials sent (or an anonymous one), granting
+/// what the identity may do of the requested scopes.
+pub(crate) async fn token(
+    app: &App,
+    parts: &http::request::Parts,
+    conn: &ConnInfo,
+    client: std::net::IpAddr,
+    query: &Query,
+) -> Answer {
+    if !app.auth.has_users() {
+        return ApiError::new(ErrorCode::Unsupported, "authentication is not configured").into();
+    }
+    let sent = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    // A scope names a repository as a client would (no `ns`): its grant holds the one name
+    // that repository resolves to, so it grants nothing in another namespace.
+    let canonical = |scope_name: &str| {
+        let name = scope_name.parse::<crate::oci::RepoName>().ok()?;
+        let target = Target::resolve(&app.mirror.upstreams, None, &name).ok()?;
+        Some(target.canonical().to_string())
+    };
+    match app
+        .auth
+        .issue_token(sent, client, &query.scope, canonical)
+        .await
+    {
+        Ok(token) => {
+            let body = serde_json::json!({
+                "token": token,
+                "access_token": token,
+                "expires_in": TOKEN_LIFETIME.as_secs(),
+            });
+            Answer::plain(text_response(body.to_string(), "application/json"))
+        }
+        Err(refusal) => refused(app, conn, parts, refusal, None, &Need::Ping).into(),
+    }
 }
 
 #[cfg(test)]

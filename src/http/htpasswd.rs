@@ -1,0 +1,85 @@
+//! The htpasswd file: users and their bcrypt hashes.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+/// Why the htpasswd file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum HtpasswdError {
+    /// Unreadable.
+    #[error("cannot read htpasswd file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A line that is not `user:$2y$...`.
+    #[error("htpasswd file {path}, line {line}: only bcrypt entries (htpasswd -B) are supported")]
+    Entry {
+        /// The file.
+        path: String,
+        /// 1-based line number.
+        line: usize,
+    },
+}
+
+/// Users and their bcrypt hashes.
+pub struct Htpasswd {
+    users: HashMap<String, String>,
+    /// A hash of the file's highest cost, checked for unknown users so that they cost as much
+    /// as a wrong password.
+    decoy: String,
+}
+
+impl Htpasswd {
+    /// Loads an htpasswd file. Blocking (it hashes once, for the decoy).
+    pub fn load(path: &Path) -> Result<Htpasswd, HtpasswdError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| HtpasswdError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        Htpasswd::parse(&text, &shown)
+    }
+
+    /// Parses htpasswd text; `origin` names it in errors. Blocking (see [`Htpasswd::load`]).
+    pub fn parse(text: &str, origin: &str) -> Result<Htpasswd, HtpasswdError> {
+        let mut users = HashMap::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let entry = line
+                .split_once(':')
+                .filter(|(_, hash)| hash.starts_with("$2"))
+                .ok_or(HtpasswdError::Entry {
+                    path: origin.to_owned(),
+                    line: i + 1,
+                })?;
+            users.insert(entry.0.to_owned(), entry.1.to_owned());
+        }
+        let cost = users
+            .values()
+            .filter_map(|hash| hash.get(4..6)?.parse::<u32>().ok())
+            .max()
+            .unwrap_or(bcrypt::DEFAULT_COST);
+        let decoy = bcrypt::hash_with_salt("decoy", cost, [7; 16])
+            .map(|h| h.to_string())
+            .unwrap_or_default();
+        Ok(Htpasswd { users, decoy })
+    }
+
+    /// Whether `password` is `user`'s. Blocking and deliberately slow (bcrypt), for unknown
+    /// users too.
+    pub(super) fn verify(&self, user: &str, password: &str) -> bool {
+        match self.users.get(user) {
+            Some(hash) => bcrypt::verify(password, hash).unwrap_or(false),
+            None => {
+                let _ = bcrypt::verify(password, &self.decoy);
+                false
+            }
+        }
+    }
+}
