@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use futures_util::{Stream, TryStreamExt};
+use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
@@ -187,4 +188,21 @@ impl Drop for Logged {
             "request"
         );
     }
+}
+
+/// A complete response with `body`, its type and length.
+pub(crate) fn text_response(
+    body: impl Into<bytes::Bytes>,
+    content_type: &'static str,
+) -> Response<Body> {
+    let body = body.into();
+    let mut response = Response::new(full(body.clone()));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    *response.status_mut() = StatusCode::OK;
+    response
 }

@@ -3,10 +3,10 @@
 
 use std::sync::Arc;
 
-use http::{HeaderValue, Response, StatusCode, header};
+use http::{HeaderValue, Response, header};
 
 use super::auth;
-use super::body::{Body, full};
+use super::body::Body;
 use super::errors::ApiError;
 use super::routes::Query;
 use super::status::Readiness;
@@ -185,22 +185,6 @@ impl Ctx<'_> {
     pub fn owner(&self) -> String {
         self.identity.owner(self.client)
     }
-}
-
-pub(crate) fn text_response(
-    body: impl Into<bytes::Bytes>,
-    content_type: &'static str,
-) -> Response<Body> {
-    let body = body.into();
-    let mut response = Response::new(full(body.clone()));
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    response
-        .headers_mut()
-        .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-    *response.status_mut() = StatusCode::OK;
-    response
 }
 
 /// Echoes containerd's `ns` in `OCI-Namespace`, as the distribution spec asks of proxies.

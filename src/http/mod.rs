@@ -1,6 +1,7 @@
 //! The HTTP server: a hyper service that parses each request into a [`routes::Route`], hands it
 //! to a thin handler, and maps errors to OCI error JSON.
 
+mod access;
 pub(crate) mod auth;
 mod blobs;
 pub(crate) mod body;
@@ -32,7 +33,8 @@ use body::{LogInfo, Logged};
 use errors::ApiError;
 use routes::{Query, Route};
 
-pub(crate) use context::{Answer, App, ConnInfo, Ctx, echo_namespace, text_response};
+pub(crate) use body::text_response;
+pub(crate) use context::{Answer, App, ConnInfo, Ctx, echo_namespace};
 pub(crate) use status::Readiness;
 
 use crate::oci::ErrorCode;
@@ -173,19 +175,19 @@ async fn dispatch(app: &App, request: Request<Incoming>, conn: &ConnInfo) -> Ans
     }
     let query = Query::parse(parts.uri.query());
     let client = app.client_addr(conn, &parts.headers);
-    let target = match auth::resolve_target(app, &route, &query) {
+    let target = match access::resolve_target(app, &route, &query) {
         Ok(target) => target,
         Err(e) => return e.into(),
     };
     let identity =
-        match auth::authorize_request(app, &route, target.as_ref(), &parts, conn, client, &query)
+        match access::authorize_request(app, &route, target.as_ref(), &parts, conn, client, &query)
             .await
         {
             Ok(identity) => identity,
             Err(e) => return e.into(),
         };
     if route == Route::Token {
-        return auth::token(app, &parts, conn, client, &query).await;
+        return access::token(app, &parts, conn, client, &query).await;
     }
     let ctx = Ctx {
         app,
@@ -207,7 +209,9 @@ async fn dispatch(app: &App, request: Request<Incoming>, conn: &ConnInfo) -> Ans
     match (route, method) {
         (Route::Base, _) if read => Answer::plain(status::base_response()),
         (Route::Health, _) if read => Answer::plain(text_response("ok\n", "text/plain")),
-        (Route::Ready, _) if read => status::ready(app).await,
+        (Route::Ready, _) if read => {
+            Answer::plain(status::ready(&app.readiness, &app.mirror).await)
+        }
         (Route::Metrics, _) if read => Answer::plain(status::metrics_response(&app.mirror)),
         (Route::PeerBlob { digest }, Method::GET) => blobs::peer_get(&ctx, &digest).await,
         (Route::Catalog, _) if read => catalog::list(&ctx).await,

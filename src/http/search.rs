@@ -1,6 +1,7 @@
 //! `GET /v1/search?q=&n=&page=`: `docker search HOST/term`, in the format the Docker CLI reads.
 
-use super::context::{Answer, Ctx, text_response};
+use super::body::text_response;
+use super::context::{Answer, Ctx};
 use super::errors::{ApiError, Resource, proxy_error};
 use crate::oci::ErrorCode;
 use crate::store::LOCAL;

@@ -4,22 +4,20 @@ use std::time::Instant;
 
 use http::{HeaderValue, Response, StatusCode};
 
-use super::body::Body;
-use super::context::{Answer, App, text_response};
+use super::body::{Body, text_response};
 use crate::proxy::Mirror;
 
 /// `GET /readyz`: 200 when the store is writable, else 503.
-pub(super) async fn ready(app: &App) -> Answer {
-    match app
-        .readiness
-        .check(&app.mirror.store, &app.mirror.metrics.readiness_probes)
+pub(super) async fn ready(readiness: &Readiness, mirror: &Mirror) -> Response<Body> {
+    match readiness
+        .check(&mirror.store, &mirror.metrics.readiness_probes)
         .await
     {
-        Ok(()) => Answer::plain(text_response("ready\n", "text/plain")),
+        Ok(()) => text_response("ready\n", "text/plain"),
         Err(e) => {
             let mut response = text_response(format!("store not writable: {e}\n"), "text/plain");
             *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-            Answer::plain(response)
+            response
         }
     }
 }
