@@ -335,10 +335,10 @@ fn write_layout_tar(
             .map_err(std::io::Error::other)?
             .ok_or_else(|| std::io::Error::other(format!("{digest} is not in the store")))?;
         let mut header = tar::Header::new_gnu();
-        header.set_size(object.size);
+        header.set_size(object.total().unwrap_or(0));
         header.set_mode(0o644);
         header.set_cksum();
-        let reader = tokio_util::io::StreamReader::new(object.body);
+        let reader = tokio_util::io::StreamReader::new(object.chunks);
         let reader = tokio_util::io::SyncIoBridge::new_with_handle(reader, runtime.clone());
         tar.append_data(&mut header, name, reader)?;
     }

@@ -12,6 +12,7 @@
 //! - [`store`]: the content-addressed store, its index, and its backends (fs, S3).
 //! - [`config`]: the `mirror.toml` settings; [`oci`]: pure OCI types; [`clock`], [`signing`].
 
+pub mod byte_stream;
 pub(crate) mod clock;
 pub mod cluster;
 pub mod config;

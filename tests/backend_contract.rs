@@ -15,8 +15,10 @@ use regmirror::store::backend::{Backend, Committed};
 /// Reads an object from `from` on, whole.
 async fn read_from(backend: &dyn Backend, key: &str, from: u64) -> Option<(u64, Vec<u8>)> {
     let stream = backend.read(key, from).await.unwrap()?;
-    let chunks: Vec<Bytes> = stream.body.try_collect().await.unwrap();
-    Some((stream.size, chunks.concat()))
+    assert_eq!(stream.start, Some(from), "a read says where it starts");
+    let size = stream.total()?;
+    let chunks: Vec<Bytes> = stream.chunks.try_collect().await.unwrap();
+    Some((size, chunks.concat()))
 }
 
 async fn sorted_keys(backend: &dyn Backend, prefix: &str) -> Vec<String> {

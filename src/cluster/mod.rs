@@ -6,7 +6,7 @@ mod coordinator;
 mod peer;
 
 pub use coordinator::{Coordinator, FillClaim, REDIS_TIMEOUT, RateLimit};
-pub use peer::{PEER_HEADER, PEER_SIGNATURE_LIFETIME, PeerBody, PeerError, Peers};
+pub use peer::{PEER_HEADER, PEER_SIGNATURE_LIFETIME, PeerError, Peers};
 
 use crate::config::{ClusterConfig, ConfigError};
 

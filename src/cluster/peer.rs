@@ -6,14 +6,12 @@
 //! [`PEER_SIGNATURE_LIFETIME`]: one captured on the wire reads nothing a minute later. Peer
 //! requests never follow redirects.
 
-use std::pin::Pin;
 use std::time::Duration;
 
-use bytes::Bytes;
-use futures_util::{Stream, TryStreamExt};
 use hmac::Mac;
 
-use crate::oci::{ContentRange, Digest};
+use crate::byte_stream::ByteStream;
+use crate::oci::Digest;
 
 /// The header carrying a peer request's signature.
 pub const PEER_HEADER: &str = "x-regmirror-peer";
@@ -43,16 +41,6 @@ pub enum PeerError {
         /// Its status.
         status: u16,
     },
-}
-
-/// A blob body from the leader.
-pub struct PeerBody {
-    /// Its length, when declared.
-    pub length: Option<u64>,
-    /// For a ranged request, the first byte the leader sends.
-    pub range_start: Option<u64>,
-    /// The bytes.
-    pub chunks: Pin<Box<dyn Stream<Item = Result<Bytes, String>> + Send>>,
 }
 
 /// Signs and makes peer requests.
@@ -124,7 +112,7 @@ impl Peers {
         leader: &str,
         digest: &Digest,
         from: Option<u64>,
-    ) -> Result<PeerBody, PeerError> {
+    ) -> Result<ByteStream, PeerError> {
         let url = format!("{leader}/_cluster/blobs/{digest}");
         let mut request = self
             .client
@@ -149,17 +137,7 @@ impl Peers {
                 status: response.status().as_u16(),
             });
         }
-        let range_start = (response.status() == reqwest::StatusCode::PARTIAL_CONTENT)
-            .then(|| response.headers().get(reqwest::header::CONTENT_RANGE))
-            .flatten()
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| ContentRange::parse(v).ok())
-            .map(|r| r.start);
-        Ok(PeerBody {
-            length: response.content_length(),
-            range_start,
-            chunks: Box::pin(response.bytes_stream().map_err(|e| e.to_string())),
-        })
+        Ok(ByteStream::from_response(response))
     }
 }
 

@@ -21,6 +21,7 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use tokio::sync::{mpsc, watch};
 
+use crate::byte_stream::ByteStream;
 use crate::cluster::Peers;
 use crate::metrics::Metrics;
 use crate::oci::{Digest, RepoName};
@@ -227,14 +228,6 @@ impl FillSource {
 
 /// How long a bucket read may go without a byte before it counts as stalled.
 const BACKEND_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// A body being fetched for a fill: its declared length, where it starts (for a resumed
-/// body), and its chunks.
-struct SourceBody {
-    length: Option<u64>,
-    range_start: Option<u64>,
-    chunks: std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, String>> + Send>>,
-}
 
 /// A running (or just finished) fill.
 pub struct Fill {
@@ -607,35 +600,17 @@ impl FillJob {
     }
 
     /// Opens the source's body from byte `from` on (all of it for `None`).
-    async fn open_body(&self, from: Option<u64>) -> Result<SourceBody, FillError> {
+    async fn open_body(&self, from: Option<u64>) -> Result<ByteStream, FillError> {
         match &self.source {
             FillSource::Upstream { client, repo } => {
-                let body = client.get_blob(repo, &self.digest, from).await?;
-                Ok(SourceBody {
-                    length: body.length,
-                    range_start: body.range_start,
-                    chunks: Box::pin(body.into_stream().map(|r| r.map_err(|e| e.to_string()))),
-                })
+                Ok(client.get_blob(repo, &self.digest, from).await?)
             }
-            FillSource::Peer { peers, leader } => {
-                let body = peers
-                    .get_blob(leader, &self.digest, from)
-                    .await
-                    .map_err(FillError::Peer)?;
-                Ok(SourceBody {
-                    length: body.length,
-                    range_start: body.range_start,
-                    chunks: body.chunks,
-                })
-            }
+            FillSource::Peer { peers, leader } => peers
+                .get_blob(leader, &self.digest, from)
+                .await
+                .map_err(FillError::Peer),
             FillSource::Backend => {
-                let start = from.unwrap_or(0);
-                let object = fills_store_read(&self.store, &self.digest, start).await?;
-                Ok(SourceBody {
-                    length: Some(object.size - start.min(object.size)),
-                    range_start: from.map(|_| start),
-                    chunks: Box::pin(object.body.map(|r| r.map_err(|e| e.to_string()))),
-                })
+                fills_store_read(&self.store, &self.digest, from.unwrap_or(0)).await
             }
         }
     }
@@ -645,7 +620,7 @@ impl FillJob {
     /// supports ranges.
     async fn stream_with_resume(
         &self,
-        mut response: SourceBody,
+        mut response: ByteStream,
         total: Option<u64>,
         to_writer: &mpsc::Sender<ToWriter>,
     ) -> Result<(), FillError> {
@@ -674,9 +649,9 @@ impl FillJob {
 
     /// A `Range: bytes=<from>-` request; `None` unless the upstream answers with the bytes
     /// from `from` on.
-    async fn resume_from(&self, from: u64) -> Option<SourceBody> {
+    async fn resume_from(&self, from: u64) -> Option<ByteStream> {
         let response = self.open_body(Some(from)).await.ok()?;
-        if response.range_start == Some(from) {
+        if response.start == Some(from) {
             Some(response)
         } else {
             tracing::info!(digest = %self.digest, "upstream cannot resume with Range");
@@ -686,7 +661,7 @@ impl FillJob {
 
     async fn stream_body(
         &self,
-        response: SourceBody,
+        response: ByteStream,
         total: Option<u64>,
         received: &mut u64,
         to_writer: &mpsc::Sender<ToWriter>,
@@ -796,7 +771,7 @@ async fn fills_store_read(
     store: &Store,
     digest: &Digest,
     from: u64,
-) -> Result<crate::store::backend::ObjectStream, FillError> {
+) -> Result<ByteStream, FillError> {
     match store.read_remote(digest, from).await {
         Ok(Some(object)) => Ok(object),
         Ok(None) => Err(FillError::Upstream(UpstreamError::NotFound)),

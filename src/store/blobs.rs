@@ -9,11 +9,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::backend::{Committed, ObjectStream};
+use super::backend::Committed;
 use super::index::{Change, IndexedBlob};
 use super::reads::BlobReader;
 use super::usage::now_ms;
 use super::{MAX_INDEXED_MANIFEST, Result, Store, StoreError, StoredManifest, io_err};
+use crate::byte_stream::ByteStream;
 use crate::oci::digest::Hasher;
 use crate::oci::{Digest, media};
 
@@ -177,7 +178,7 @@ impl Store {
         &self,
         digest: &Digest,
         from: u64,
-    ) -> Result<Option<ObjectStream>> {
+    ) -> Result<Option<ByteStream>> {
         Ok(self.backend.read(&Store::blob_key(digest), from).await?)
     }
 
@@ -385,15 +386,16 @@ impl Store {
     }
 
     /// Streams a whole stored blob: from a local file when there is one, else from the backend.
-    pub(crate) async fn read_blob(&self, digest: &Digest) -> Result<Option<ObjectStream>> {
+    pub(crate) async fn read_blob(&self, digest: &Digest) -> Result<Option<ByteStream>> {
         if let Some(hot) = &self.hot
             && let Some((file, size)) = hot.open(digest).await?
         {
             let file = tokio::fs::File::from_std(file);
-            return Ok(Some(ObjectStream {
+            return Ok(Some(ByteStream::from_offset(
                 size,
-                body: Box::pin(tokio_util::io::ReaderStream::new(file)),
-            }));
+                0,
+                Box::pin(tokio_util::io::ReaderStream::new(file)),
+            )));
         }
         Ok(self.backend.read(&Store::blob_key(digest), 0).await?)
     }

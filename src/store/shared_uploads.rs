@@ -192,7 +192,7 @@ impl Store {
             .open(data)
             .await
             .map_err(io_err(data))?;
-        let mut body = object.body;
+        let mut body = object.chunks;
         let mut got = 0u64;
         while let Some(bytes) = body.next().await {
             let bytes = bytes.map_err(|e| io_err(data)(e))?;

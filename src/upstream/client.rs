@@ -12,16 +12,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use futures_util::{Stream, TryStreamExt};
 use reqwest::header::{self, HeaderMap, HeaderValue};
 use reqwest::{Method, Response, StatusCode};
 
 use super::UpstreamError;
 use super::auth::{Challenge, TokenCache, TokenResponse, parse_challenge};
+use crate::byte_stream::ByteStream;
 use crate::cluster::RateLimit;
 use crate::config::UpstreamConfig;
 use crate::metrics::Metrics;
-use crate::oci::{ContentRange, Digest, Reference, RepoName, media};
+use crate::oci::{Digest, Reference, RepoName, media};
 
 /// The largest manifest accepted from an upstream.
 pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
@@ -92,25 +92,6 @@ pub struct SearchHit {
 
 /// The largest search answer accepted from an upstream.
 const MAX_SEARCH_BYTES: usize = 1024 * 1024;
-
-/// A blob body on its way from the upstream.
-pub struct BlobBody {
-    /// The body's length, when declared.
-    pub length: Option<u64>,
-    /// For a ranged request: the first byte the upstream says it sends (`Content-Range`),
-    /// `None` if it ignored the range.
-    pub range_start: Option<u64>,
-    response: Response,
-}
-
-impl BlobBody {
-    /// The body as a stream of chunks; a broken connection is an error.
-    pub fn into_stream(self) -> impl Stream<Item = Result<Bytes, UpstreamError>> + Send {
-        self.response
-            .bytes_stream()
-            .map_err(|e| UpstreamError::Network(error_chain(&e)))
-    }
-}
 
 /// A client for one configured upstream.
 pub struct UpstreamClient {
@@ -336,7 +317,7 @@ impl UpstreamClient {
         repo: &RepoName,
         digest: &Digest,
         from: Option<u64>,
-    ) -> Result<BlobBody, UpstreamError> {
+    ) -> Result<ByteStream, UpstreamError> {
         let mut headers = HeaderMap::new();
         if let Some(range) =
             from.and_then(|from| HeaderValue::from_str(&format!("bytes={from}-")).ok())
@@ -345,16 +326,9 @@ impl UpstreamClient {
         }
         let url = self.url(&format!("{repo}/blobs/{digest}"));
         let response = self.send(Method::GET, &url, repo, headers).await?;
-        let range_start = (response.status() == StatusCode::PARTIAL_CONTENT)
-            .then(|| header_str(response.headers(), header::CONTENT_RANGE.as_str()))
-            .flatten()
-            .and_then(|v| ContentRange::parse(v).ok())
-            .map(|range| range.start);
-        Ok(BlobBody {
-            length: declared_length(response.headers()),
-            range_start,
-            response,
-        })
+        // For a ranged request the body says where it starts (`Content-Range`); a `200`
+        // ignored the range and starts at 0.
+        Ok(ByteStream::from_response(response))
     }
 
     /// `HEAD` of a blob: its size, when the upstream declares it.

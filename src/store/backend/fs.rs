@@ -10,7 +10,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{Backend, BackendError, Committed, ObjectInfo, ObjectStream, Result, epoch_ms};
+use super::{Backend, BackendError, Committed, ObjectInfo, Result, epoch_ms};
+use crate::byte_stream::ByteStream;
 
 /// Objects as files under a directory.
 pub struct FsBackend {
@@ -162,7 +163,7 @@ impl Backend for FsBackend {
         Ok(opened)
     }
 
-    async fn read(&self, key: &str, from: u64) -> Result<Option<ObjectStream>> {
+    async fn read(&self, key: &str, from: u64) -> Result<Option<ByteStream>> {
         use tokio::io::AsyncSeekExt;
         let Some((file, size)) = self.open_local(key).await? else {
             return Ok(None);
@@ -171,10 +172,11 @@ impl Backend for FsBackend {
         file.seek(io::SeekFrom::Start(from))
             .await
             .map_err(io_error("read", key))?;
-        Ok(Some(ObjectStream {
+        Ok(Some(ByteStream::from_offset(
             size,
-            body: Box::pin(tokio_util::io::ReaderStream::new(file)),
-        }))
+            from,
+            Box::pin(tokio_util::io::ReaderStream::new(file)),
+        )))
     }
 
     async fn presigned_get(&self, _key: &str, _ttl: Duration) -> Result<Option<url::Url>> {

@@ -7,7 +7,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use prometheus::{HistogramVec, IntCounterVec};
 
-use super::{Backend, Committed, ObjectInfo, ObjectStream, Result};
+use super::{Backend, Committed, ObjectInfo, Result};
+use crate::byte_stream::ByteStream;
 
 /// The metric families a [`Measured`] backend records into.
 #[derive(Clone)]
@@ -122,7 +123,7 @@ impl<B: Backend> Backend for Measured<B> {
         self.inner.open_local(key).await
     }
 
-    async fn read(&self, key: &str, from: u64) -> Result<Option<ObjectStream>> {
+    async fn read(&self, key: &str, from: u64) -> Result<Option<ByteStream>> {
         let started = Instant::now();
         let result = self.inner.read(key, from).await;
         self.observe("read", started, &result, found(&result));

@@ -11,12 +11,12 @@ mod measured;
 pub mod s3;
 
 use std::path::Path;
-use std::pin::Pin;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures_util::Stream;
+
+pub use crate::byte_stream::ByteStream;
 
 pub use fs::FsBackend;
 pub use measured::{BackendMetrics, Measured};
@@ -76,14 +76,6 @@ pub struct ObjectInfo {
     pub modified_ms: u64,
 }
 
-/// The bytes of an object from some offset on, as they arrive.
-pub struct ObjectStream {
-    /// The whole object's size.
-    pub size: u64,
-    /// The bytes from the requested offset to the end.
-    pub body: Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>,
-}
-
 /// What [`Backend::commit_file`] did with the local file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Committed {
@@ -138,7 +130,7 @@ pub trait Backend: Send + Sync + 'static {
     async fn open_local(&self, key: &str) -> Result<Option<(std::fs::File, u64)>>;
 
     /// Streams the object from byte `from` on; `None` if there is no such object.
-    async fn read(&self, key: &str, from: u64) -> Result<Option<ObjectStream>>;
+    async fn read(&self, key: &str, from: u64) -> Result<Option<ByteStream>>;
 
     /// A URL a client may GET the object from directly for `ttl`, when the backend can give
     /// one (a presigned bucket URL).

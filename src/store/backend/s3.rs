@@ -21,7 +21,8 @@ use object_store::signer::Signer;
 use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 
-use super::{Backend, BackendError, Committed, ObjectInfo, ObjectStream, Result};
+use super::{Backend, BackendError, Committed, ObjectInfo, Result};
+use crate::byte_stream::ByteStream;
 
 /// Where the bucket is and how to reach it.
 #[derive(Debug, Clone)]
@@ -347,7 +348,7 @@ impl Backend for S3Backend {
         Ok(None)
     }
 
-    async fn read(&self, key: &str, from: u64) -> Result<Option<ObjectStream>> {
+    async fn read(&self, key: &str, from: u64) -> Result<Option<ByteStream>> {
         let options = GetOptions {
             range: (from > 0).then_some(GetRange::Offset(from)),
             ..GetOptions::default()
@@ -362,10 +363,7 @@ impl Backend for S3Backend {
         let body = got
             .into_stream()
             .map_err(move |e| std::io::Error::other(format!("bucket {bucket}: {e}")));
-        Ok(Some(ObjectStream {
-            size,
-            body: Box::pin(body),
-        }))
+        Ok(Some(ByteStream::from_offset(size, from, Box::pin(body))))
     }
 
     async fn presigned_get(&self, key: &str, ttl: Duration) -> Result<Option<url::Url>> {
