@@ -1,39 +1,27 @@
-# regmirror: pull-through caching mirror for container registries.
-#   docker build -t regmirror .
-#   docker run -d -p 5000:5000 -v regmirror-data:/data regmirror
-
-FROM rust:1-slim-bookworm AS build
-WORKDIR /src
-# Dependencies first, so that source changes do not rebuild them.
-COPY Cargo.toml Cargo.lock ./
-RUN mkdir -p src benches \
-    && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
-    && for b in $(awk '/^\[\[bench\]\]/{b=1; next} b && /^name/{gsub(/"/, "", $3); print $3; b=0}' Cargo.toml); do echo 'fn main() {}' > benches/$b.rs; done \
-    && cargo build --release --locked \
-    && rm -rf src benches
-COPY src ./src
-COPY benches ./benches
-COPY mirror.toml ./
-RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin regmirror
-# The documented default config, with the cache on the /data volume.
-RUN sed 's|^path = "./data"|path = "/data"|' mirror.toml > /tmp/mirror.toml
-
-FROM debian:bookworm-slim
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates \
-    && rm -rf /var/lib/apt/lists/* \
-    && useradd --system --uid 10001 --home-dir /data --shell /usr/sbin/nologin regmirror \
-    && mkdir -p /data /etc/regmirror \
-    && chown regmirror:regmirror /data
-COPY --from=build /src/target/release/regmirror /usr/local/bin/regmirror
-COPY --from=build /tmp/mirror.toml /etc/regmirror/mirror.toml
-USER regmirror
+# regmirror's container image: one static binary on an empty base, with CA roots for https
+# upstreams, running as an unprivileged user with its cache on the /data volume.
+#
+# Build it with deploy/image/build (it compiles the static binary with cargo and assembles this
+# file's context offline; no base image is pulled):
+#   deploy/image/build regmirror:latest
+#   docker run -d --name regmirror -p 5000:5000 -v regmirror-data:/data regmirror:latest
+#
+# The context holds: regmirror (static), ca-certificates.crt, mirror.toml (the documented
+# defaults, cached under /data) and an empty data/ directory.
+FROM scratch
+COPY regmirror /usr/local/bin/regmirror
+COPY ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
+COPY mirror.toml /etc/regmirror/mirror.toml
+# The volume's mount point, owned by the user that writes it (a new named volume copies this).
+COPY --chown=10001:10001 data /data
+USER 10001:10001
+WORKDIR /data
 VOLUME ["/data"]
 EXPOSE 5000
-# /healthz over plain HTTP with bash alone (no curl in the image). With TLS configured, point
-# it at /readyz through a sidecar or drop it.
+ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
+# `regmirror healthcheck` asks the server's /healthz on the listen port of the same config.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
-    CMD ["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/5000 && printf 'GET /healthz HTTP/1.0\\r\\n\\r\\n' >&3 && head -n1 <&3 | grep -q ' 200 '"]
+    CMD ["/usr/local/bin/regmirror", "healthcheck", "--config", "/etc/regmirror/mirror.toml"]
 STOPSIGNAL SIGTERM
-ENTRYPOINT ["regmirror"]
+ENTRYPOINT ["/usr/local/bin/regmirror"]
 CMD ["serve", "--config", "/etc/regmirror/mirror.toml"]

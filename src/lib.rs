@@ -178,14 +178,24 @@ pub struct Server {
     pub addr: SocketAddr,
     /// The mirror it serves.
     pub mirror: Arc<Mirror>,
+    readiness: Arc<http::Readiness>,
+    shutdown_delay: std::time::Duration,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
 }
 
 impl Server {
-    /// Stops accepting connections and shuts down gracefully: waits for responses and fills in
-    /// flight (up to `shutdown_timeout`), then removes temp files.
+    /// Shuts down gracefully: serves on for `shutdown_delay` with `/readyz` answering 503, then
+    /// stops accepting connections, waits for responses and fills in flight (up to
+    /// `shutdown_timeout`), and removes temp files.
     pub async fn stop(mut self) {
+        if !self.shutdown_delay.is_zero() {
+            // Still serving, but out of the load balancer's rotation: it stops sending new
+            // requests before the listener closes.
+            self.readiness.start_draining();
+            tracing::info!(delay = ?self.shutdown_delay, "draining: /readyz answers 503");
+            tokio::time::sleep(self.shutdown_delay).await;
+        }
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
@@ -230,6 +240,7 @@ pub async fn start(config: &Config) -> Result<Server, StartError> {
         }
     }
     let auth = http::auth::Authenticator::new(&auth_config, htpasswd, keys.derive("token"));
+    let readiness = Arc::new(http::Readiness::default());
     let app = Arc::new(http::App {
         mirror: Arc::clone(&mirror),
         auth,
@@ -246,7 +257,7 @@ pub async fn start(config: &Config) -> Result<Server, StartError> {
         trusted_proxies: config.server.trusted_proxies.clone(),
         blob_readers: Arc::new(tokio::sync::Semaphore::new(config.server.max_blob_readers)),
         blob_reader_wait: config.server.send_timeout,
-        readiness: http::Readiness::default(),
+        readiness: Arc::clone(&readiness),
         body_idle_timeout: config.server.body_idle_timeout,
     });
     mirror.metrics.store_max_bytes.set(
@@ -318,6 +329,8 @@ pub async fn start(config: &Config) -> Result<Server, StartError> {
     Ok(Server {
         addr,
         mirror,
+        readiness,
+        shutdown_delay: config.server.shutdown_delay,
         shutdown: Some(tx),
         task,
     })

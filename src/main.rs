@@ -84,10 +84,45 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Exit 0 when the server on this machine answers `/healthz` (the container image's
+    /// HEALTHCHECK; with TLS configured, an accepted connection is enough).
+    Healthcheck {
+        /// Config file (its `[server] listen` port is the one checked).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Manage the users of an htpasswd file (bcrypt), without apache2-utils.
+    Htpasswd {
+        #[command(subcommand)]
+        action: HtpasswdAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum HtpasswdAction {
+    /// Add USER, or change their password. The password is asked for on the terminal, or read
+    /// from the first line of stdin with `--stdin`.
+    Add {
+        /// The htpasswd file (created when missing).
+        #[arg(long, short, default_value = "htpasswd")]
+        file: PathBuf,
+        /// Read the password from stdin instead of prompting.
+        #[arg(long)]
+        stdin: bool,
+        /// bcrypt cost (10 to 14 are sensible: each step doubles the time a login takes).
+        #[arg(long, default_value_t = 12, value_parser = clap::value_parser!(u32).range(4..=31))]
+        cost: u32,
+        /// The user name.
+        user: String,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Needs no config, and prompts: before anything logs.
+    if let Command::Htpasswd { action } = cli.command {
+        return htpasswd(action);
+    }
     let config_path = match &cli.command {
         Command::Serve { config, .. }
         | Command::Gc { config, .. }
@@ -95,6 +130,8 @@ fn main() -> ExitCode {
         | Command::Import { config, .. }
         | Command::Prefetch { config, .. } => config.clone(),
         Command::CheckConfig { config } => Some(config.clone()),
+        Command::Healthcheck { config } => config.clone(),
+        Command::Htpasswd { .. } => None,
     };
     let mut config = match load(config_path.as_deref()) {
         Ok(config) => config,
@@ -144,7 +181,112 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(e),
         },
+        Command::Healthcheck { .. } => healthcheck(&config),
+        Command::Htpasswd { .. } => ExitCode::SUCCESS,
     }
+}
+
+/// `regmirror healthcheck`: `GET /healthz` on the loopback address of `[server] listen`.
+fn healthcheck(config: &Config) -> ExitCode {
+    use std::io::{Read, Write};
+    use std::time::Duration;
+    let listen = config.server.listen;
+    let ip: std::net::IpAddr = if listen.ip().is_unspecified() {
+        if listen.is_ipv6() {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        }
+    } else {
+        listen.ip()
+    };
+    let addr = SocketAddr::new(ip, listen.port());
+    let timeout = Duration::from_secs(3);
+    let mut stream = match std::net::TcpStream::connect_timeout(&addr, timeout) {
+        Ok(stream) => stream,
+        Err(e) => return fail(format!("healthcheck: cannot connect to {addr}: {e}")),
+    };
+    if config.server.tls_cert.is_some() {
+        // Speaking TLS here would need a client and the server's trust: the listener accepting
+        // is what this probe can say.
+        return ExitCode::SUCCESS;
+    }
+    let _ = stream.set_read_timeout(Some(timeout));
+    let _ = stream.set_write_timeout(Some(timeout));
+    let request = format!("GET /healthz HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    let mut answer = Vec::new();
+    let sent = stream.write_all(request.as_bytes());
+    let read = sent.and_then(|()| stream.take(4096).read_to_end(&mut answer));
+    match read {
+        Ok(_) if answer.starts_with(b"HTTP/1.0 200") || answer.starts_with(b"HTTP/1.1 200") => {
+            ExitCode::SUCCESS
+        }
+        Ok(_) => fail(format!(
+            "healthcheck: {addr} answered {}",
+            String::from_utf8_lossy(answer.split(|b| *b == b'\r').next().unwrap_or_default())
+        )),
+        Err(e) => fail(format!("healthcheck: {addr}: {e}")),
+    }
+}
+
+/// `regmirror htpasswd add`.
+fn htpasswd(action: HtpasswdAction) -> ExitCode {
+    let HtpasswdAction::Add {
+        file,
+        stdin,
+        cost,
+        user,
+    } = action;
+    let password = if stdin {
+        let mut line = String::new();
+        match std::io::stdin().read_line(&mut line) {
+            Ok(_) => line.trim_end_matches(['\r', '\n']).to_owned(),
+            Err(e) => return fail(format!("reading the password from stdin: {e}")),
+        }
+    } else {
+        let first = rpassword::prompt_password(format!("password for {user}: "));
+        let again = first
+            .as_ref()
+            .ok()
+            .map(|_| rpassword::prompt_password("again: "));
+        match (first, again) {
+            (Ok(a), Some(Ok(b))) if a == b => a,
+            (Ok(_), Some(Ok(_))) => return fail("the passwords differ"),
+            (Err(e), _) | (_, Some(Err(e))) => return fail(format!("reading the password: {e}")),
+            (Ok(_), None) => return fail("reading the password"),
+        }
+    };
+    let existing = match std::fs::read_to_string(&file) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return fail(format!("{}: {e}", file.display())),
+    };
+    match regmirror::http::htpasswd::with_user(&existing, &user, &password, cost) {
+        Ok(text) => match write_private(&file, &text) {
+            Ok(()) => {
+                eprintln!("{}: {user} set (bcrypt, cost {cost})", file.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(format!("{}: {e}", file.display())),
+        },
+        Err(e) => fail(e),
+    }
+}
+
+/// Writes `text` to `path` through a temp file and a rename, readable by its owner only.
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 fn load(path: Option<&Path>) -> Result<Config, ExitCode> {
@@ -411,8 +553,10 @@ fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_env("REGMIRROR_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colour codes only for a person at a terminal, never into files, pipes or log collectors.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),

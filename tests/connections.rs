@@ -338,3 +338,49 @@ async fn http1_clients_that_stop_reading_are_cut() {
         assert!(got < len, "a cut response is short ({got} bytes)");
     }
 }
+
+/// `[server] shutdown_delay`: on SIGTERM the server goes on serving while `/readyz` answers
+/// 503 (a Service takes it out of rotation), then stops gracefully and exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_first_drains_with_readyz_503_then_exits_cleanly() {
+    let fake = FakeUpstream::start(Auth::None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut mirror = start(&fake, &dir, "shutdown_delay = \"4s\"\n").await;
+    let client = reqwest::Client::new();
+    let status = |path: &str| {
+        let request = client.get(mirror.url(path)).send();
+        async move { request.await.map(|r| r.status().as_u16()).ok() }
+    };
+    assert_eq!(status("/readyz").await, Some(200));
+    let pid = mirror.child.id().to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let mut draining = false;
+    for _ in 0..100 {
+        if status("/readyz").await == Some(503) {
+            draining = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(draining, "/readyz answers 503 once SIGTERM arrived");
+    assert_eq!(
+        status("/healthz").await,
+        Some(200),
+        "still serving while draining"
+    );
+    assert_eq!(
+        status("/v2/").await,
+        Some(200),
+        "still serving while draining"
+    );
+    assert!(
+        mirror.child.try_wait().unwrap().is_none(),
+        "the process waits out the delay"
+    );
+    let exit = tokio::task::block_in_place(|| mirror.child.wait().unwrap());
+    assert!(exit.success(), "exit after draining: {exit:?}");
+}

@@ -15,6 +15,11 @@ pub struct ServerConfig {
     /// On SIGTERM/SIGINT, how long responses and downloads in flight may take to finish.
     #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// On SIGTERM/SIGINT, how long to go on serving first while `/readyz` answers 503, so that
+    /// load balancers and Kubernetes Services stop sending new requests before the listener
+    /// closes (a `preStop` sleep that works on every Kubernetes version and needs no shell).
+    #[serde(default, with = "humantime_serde")]
+    pub shutdown_delay: Duration,
     /// PEM certificate chain; with `tls_key`, the mirror serves HTTPS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_cert: Option<PathBuf>,
@@ -92,6 +97,7 @@ impl Default for ServerConfig {
             listen: default_listen(),
             offline: false,
             shutdown_timeout: default_shutdown_timeout(),
+            shutdown_delay: Duration::ZERO,
             tls_cert: None,
             tls_key: None,
             public_url: None,

@@ -75,7 +75,7 @@ pub struct App {
     /// How long a blob GET waits for a permit (`[server] send_timeout`).
     pub blob_reader_wait: std::time::Duration,
     /// `/readyz`'s probe, shared.
-    pub readiness: Readiness,
+    pub readiness: Arc<Readiness>,
 }
 
 impl App {

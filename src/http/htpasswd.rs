@@ -83,3 +83,66 @@ impl Htpasswd {
         }
     }
 }
+
+/// Why a user cannot be added.
+#[derive(Debug, thiserror::Error)]
+pub enum AddUserError {
+    /// A name the file format cannot hold.
+    #[error("user names cannot be empty or contain ':' or line breaks")]
+    BadName,
+    /// Hashing failed (a cost out of range).
+    #[error("bcrypt: {0}")]
+    Hash(#[from] bcrypt::BcryptError),
+}
+
+/// The htpasswd text `existing` with `user`'s password set to `password` (bcrypt, `cost`):
+/// their line replaced where it was, or appended. Other lines are kept as they are.
+pub fn with_user(
+    existing: &str,
+    user: &str,
+    password: &str,
+    cost: u32,
+) -> Result<String, AddUserError> {
+    if user.is_empty() || user.contains([':', '\n', '\r']) {
+        return Err(AddUserError::BadName);
+    }
+    let line = format!("{user}:{}", bcrypt::hash(password, cost)?);
+    let mut replaced = false;
+    let mut lines: Vec<String> = existing
+        .lines()
+        .map(|l| {
+            if l.split_once(':').is_some_and(|(name, _)| name == user) {
+                replaced = true;
+                line.clone()
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect();
+    if !replaced {
+        lines.push(line);
+    }
+    Ok(lines.join("\n") + "\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_user_is_added_or_replaced_and_verifies() {
+        let one = with_user("# users\n", "alice", "first", 4).unwrap();
+        let two = with_user(&one, "bob", "second", 4).unwrap();
+        let three = with_user(&two, "alice", "changed", 4).unwrap();
+        assert!(three.starts_with("# users\nalice:$2"), "{three}");
+        assert_eq!(three.lines().count(), 3);
+        let file = Htpasswd::parse(&three, "t").unwrap();
+        assert!(file.verify("alice", "changed"));
+        assert!(!file.verify("alice", "first"));
+        assert!(file.verify("bob", "second"));
+        assert!(matches!(
+            with_user("", "a:b", "x", 4),
+            Err(AddUserError::BadName)
+        ));
+    }
+}

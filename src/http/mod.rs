@@ -8,7 +8,7 @@ pub(crate) mod body;
 mod catalog;
 mod context;
 pub(crate) mod errors;
-pub(crate) mod htpasswd;
+pub mod htpasswd;
 pub(crate) mod limits;
 mod manifests;
 mod paging;

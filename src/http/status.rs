@@ -15,7 +15,7 @@ pub(super) async fn ready(readiness: &Readiness, mirror: &Mirror) -> Response<Bo
     {
         Ok(()) => text_response("ready\n", "text/plain"),
         Err(e) => {
-            let mut response = text_response(format!("store not writable: {e}\n"), "text/plain");
+            let mut response = text_response(format!("not ready: {e}\n"), "text/plain");
             *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
             response
         }
@@ -28,18 +28,29 @@ pub const READINESS_PROBE_EVERY: std::time::Duration = std::time::Duration::from
 
 /// The last readiness probe of the store, shared by every `/readyz` within
 /// [`READINESS_PROBE_EVERY`]; one probe at a time.
+/// A server that is shutting down is not ready whatever the store says.
 #[derive(Default)]
 pub struct Readiness {
     last: tokio::sync::Mutex<Option<(Instant, Result<(), String>)>>,
+    draining: std::sync::atomic::AtomicBool,
 }
 
 impl Readiness {
+    /// From now on `/readyz` answers 503: the server is about to stop.
+    pub fn start_draining(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Whether the store is writable, probed at most every [`READINESS_PROBE_EVERY`].
     pub async fn check(
         &self,
         store: &crate::store::Store,
         probes: &prometheus::IntCounter,
     ) -> Result<(), String> {
+        if self.draining.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err("shutting down".to_owned());
+        }
         let mut last = self.last.lock().await;
         if let Some((at, result)) = last.as_ref()
             && at.elapsed() < READINESS_PROBE_EVERY
