@@ -17,10 +17,8 @@ pub fn spawn(mirror: &Arc<Mirror>, storage: &StorageConfig) -> Vec<JoinHandle<()
         tokio::spawn(expire_uploads(Arc::clone(mirror), storage.upload_ttl)),
         tokio::spawn(save_state(Arc::clone(mirror))),
         tokio::spawn(periodic_gc(Arc::clone(mirror), storage.clone())),
+        tokio::spawn(follow_index(Arc::clone(mirror))),
     ];
-    if mirror.store.is_remote() {
-        tasks.push(tokio::spawn(follow_index(Arc::clone(mirror))));
-    }
     if mirror.cluster().is_some() {
         tasks.push(tokio::spawn(ping_redis(Arc::clone(mirror))));
     }
@@ -35,11 +33,13 @@ pub fn spawn(mirror: &Arc<Mirror>, storage: &StorageConfig) -> Vec<JoinHandle<()
     tasks
 }
 
-/// How often a replica on a bucket reads the index journal for what other replicas changed.
+/// How often a server reads the index journal for what other replicas (on a bucket) or
+/// commands beside it (`prefetch`, `import`, `gc`) changed.
 pub const FOLLOW_INDEX_EVERY: Duration = Duration::from_secs(1);
 
 /// Reads the index journal every [`FOLLOW_INDEX_EVERY`]: tags pushed and content deleted
-/// through other replicas reach this one within that time.
+/// through other replicas, or by commands on the same directory, reach this one within that
+/// time.
 async fn follow_index(mirror: Arc<Mirror>) {
     let mut ticker = tokio::time::interval(FOLLOW_INDEX_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -9,6 +9,11 @@
 //! change commits). A start reads the snapshot and the journal, never the whole bucket;
 //! [`Index::save`] folds the journal into a new snapshot now and then. Only the very first start
 //! on a bucket without a snapshot lists it, once.
+//!
+//! On a local directory the journal is only a message box: a command run beside a server on the
+//! same directory (`prefetch`, `import`, `gc`) writes an entry per change, and the server
+//! applies and deletes them every second, so `_catalog`, the UI and the store totals show what
+//! the command did without a restart.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;
@@ -134,11 +139,22 @@ struct Snapshot {
     folded: Vec<String>,
 }
 
+/// What the journal is to this process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Journal {
+    /// A bucket: every change is journaled and kept until folded into a snapshot.
+    Bucket,
+    /// A local directory opened by a command: changes are journaled for the server.
+    LocalWriter,
+    /// A local directory opened by the server: it reads and deletes what commands journaled.
+    LocalReader,
+}
+
 /// The index of one store.
 pub struct Index {
     state: Mutex<State>,
-    /// Whether changes are journaled to the backend (remote backends).
-    journaled: bool,
+    /// What the journal is to this process.
+    journal: Journal,
     /// Journal entries applied to the state: the next snapshot folds them in.
     unfolded: Mutex<Vec<String>>,
     /// When the journal was last read.
@@ -149,23 +165,35 @@ pub struct Index {
 
 impl Index {
     /// Loads the index of `backend`: by listing it when that is cheap, else from its snapshot
-    /// and journal (listing it once when there is no snapshot yet).
+    /// and journal (listing it once when there is no snapshot yet). `server` says whether this
+    /// process is the server (which reads a local journal) or a command beside it (which
+    /// writes one).
     pub(crate) async fn load(
         backend: &dyn Backend,
         link: std::sync::Arc<std::sync::OnceLock<std::sync::Arc<dyn super::ClusterLink>>>,
+        server: bool,
     ) -> Result<Index> {
-        let journaled = !backend.lists_cheaply();
+        let journal = match (backend.lists_cheaply(), server) {
+            (false, _) => Journal::Bucket,
+            (true, false) => Journal::LocalWriter,
+            (true, true) => Journal::LocalReader,
+        };
         let index = Index {
             state: Mutex::default(),
-            journaled,
+            journal,
             unfolded: Mutex::default(),
             synced: Mutex::new(std::time::Instant::now()),
             link,
         };
-        if !journaled {
+        if journal != Journal::Bucket {
             let mut state = rebuild(backend).await?;
             state.recount();
             *index.lock() = state;
+            if journal == Journal::LocalReader {
+                // What commands journaled before this start is in the listing already;
+                // applying it again changes nothing, and empties the box.
+                index.consume_local(backend).await?;
+            }
             return Ok(index);
         }
         index.reload(backend).await?;
@@ -242,7 +270,7 @@ impl Index {
     /// Applies a change that has just committed, journaling it for a remote backend.
     pub(crate) async fn record(&self, backend: &dyn Backend, change: Change) -> Result<()> {
         self.lock().apply(&change);
-        if self.journaled {
+        if self.journal != Journal::LocalReader {
             let key = format!(
                 "{JOURNAL}{:013}-{}.json",
                 super::usage::now_ms(),
@@ -253,6 +281,9 @@ impl Index {
                 message: e.to_string(),
             })?;
             backend.put(&key, Bytes::from(bytes)).await?;
+            if self.journal == Journal::LocalWriter {
+                return Ok(());
+            }
             {
                 let mut unfolded = self.lock_unfolded();
                 if !unfolded.contains(&key) {
@@ -287,7 +318,7 @@ impl Index {
     /// first, so the snapshot loses none of their changes; entries younger than
     /// [`FOLD_GRACE_MS`] stay in the journal (listed as folded) for replicas yet to read them.
     pub(crate) async fn save(&self, backend: &dyn Backend) -> Result<Synced> {
-        if !self.journaled {
+        if self.journal != Journal::Bucket {
             return Ok(Synced::Changes(Vec::new()));
         }
         let synced = self.sync(backend).await?;
@@ -322,8 +353,10 @@ impl Index {
     /// Applies the journal entries other processes (replicas, `regmirror import` or `gc`)
     /// wrote since this one last looked; after a long pause, reloads everything instead.
     pub(crate) async fn sync(&self, backend: &dyn Backend) -> Result<Synced> {
-        if !self.journaled {
-            return Ok(Synced::Changes(Vec::new()));
+        match self.journal {
+            Journal::Bucket => {}
+            Journal::LocalWriter => return Ok(Synced::Changes(Vec::new())),
+            Journal::LocalReader => return self.consume_local(backend).await.map(Synced::Changes),
         }
         let started = std::time::Instant::now();
         if started.duration_since(*self.lock_synced()) > RELOAD_AFTER {
@@ -350,6 +383,35 @@ impl Index {
         self.lock_unfolded().retain(|k| listed.contains(k.as_str()));
         *self.lock_synced() = started;
         Ok(Synced::Changes(changes))
+    }
+
+    /// Applies and deletes the entries commands journaled in a local directory, oldest first.
+    async fn consume_local(&self, backend: &dyn Backend) -> Result<Vec<Change>> {
+        let mut entries = backend.list(JOURNAL).await?;
+        entries.sort_by(|a, b| a.key.cmp(&b.key));
+        let mut changes = Vec::new();
+        for entry in &entries {
+            match backend.get(&entry.key).await? {
+                Some(bytes) => match serde_json::from_slice::<Change>(&bytes) {
+                    Ok(change) => {
+                        self.lock().apply(&change);
+                        changes.push(change);
+                    }
+                    Err(e) => {
+                        tracing::warn!(key = %entry.key, error = %e, "unreadable index journal entry skipped")
+                    }
+                },
+                None => continue,
+            }
+            backend.delete(&entry.key).await?;
+        }
+        if !changes.is_empty() {
+            tracing::info!(
+                changes = changes.len(),
+                "applied what a command beside the server changed"
+            );
+        }
+        Ok(changes)
     }
 
     /// The blob, if indexed.

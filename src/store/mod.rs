@@ -201,17 +201,27 @@ impl Store {
         staging: &Path,
         options: StoreOptions,
     ) -> Result<Store> {
-        let store = Store::open_shared(backend, staging, options).await?;
+        let store = Store::open_as(backend, staging, options, true).await?;
         store.clean_tmp().await?;
         Ok(store)
     }
 
     /// Opens the store without touching `tmp/`, for maintenance commands that may run beside a
-    /// server (`gc`, `import`, `export`).
+    /// server (`gc`, `import`, `export`, `prefetch`): what they change reaches the server
+    /// through the index journal.
     pub(crate) async fn open_shared(
         backend: Arc<dyn Backend>,
         staging: &Path,
         options: StoreOptions,
+    ) -> Result<Store> {
+        Store::open_as(backend, staging, options, false).await
+    }
+
+    async fn open_as(
+        backend: Arc<dyn Backend>,
+        staging: &Path,
+        options: StoreOptions,
+        server: bool,
     ) -> Result<Store> {
         for dir in ["tmp", "uploads"] {
             let path = staging.join(dir);
@@ -227,7 +237,7 @@ impl Store {
         let index_bytes = options.index_bytes;
         let link: Arc<std::sync::OnceLock<Arc<dyn ClusterLink>>> = Arc::default();
         let store = Store {
-            index: index::Index::load(backend.as_ref(), Arc::clone(&link)).await?,
+            index: index::Index::load(backend.as_ref(), Arc::clone(&link), server).await?,
             backend,
             staging: staging.to_owned(),
             hot,
