@@ -10,7 +10,8 @@
 //! - [`cluster`]: what replicas share (keys from the secret, Redis, signed peer reads).
 //! - [`metrics`]: every Prometheus metric and the outcome vocabulary.
 //! - [`store`]: the content-addressed store, its index, and its backends (fs, S3).
-//! - [`config`]: the `mirror.toml` settings; [`oci`]: pure OCI types; [`clock`], [`signing`].
+//! - [`config`]: the `mirror.toml` settings; [`oci`]: pure OCI types; [`clock`], [`signing`],
+//!   [`units`], [`byte_stream`].
 
 pub mod byte_stream;
 pub(crate) mod clock;
@@ -24,6 +25,7 @@ pub mod oci;
 pub(crate) mod proxy;
 pub(crate) mod signing;
 pub mod store;
+pub mod units;
 pub(crate) mod upstream;
 
 use std::net::SocketAddr;

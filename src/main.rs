@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use regmirror::config::{Config, LogFormat};
 use regmirror::images::{self, Platform};
 use regmirror::oci::image_ref::ImageRef;
+use regmirror::units::HumanBytes;
 
 /// A pull-through caching mirror for container registries.
 #[derive(Parser)]
@@ -362,7 +363,7 @@ async fn gc(config: Config, dry_run: bool) -> ExitCode {
             let verb = if dry_run { "would remove" } else { "removed" };
             println!("{verb}: {report}");
             let (bytes, blobs) = mirror.store.usage();
-            println!("store now: {blobs} blobs, {bytes} bytes");
+            println!("store now: {blobs} blobs, {}", HumanBytes(bytes));
             ExitCode::SUCCESS
         }
         Err(e) => fail(e),
@@ -441,8 +442,10 @@ async fn prefetch(
         Err(e) => return fail(e),
     };
     let progress = Arc::new(LayerProgress::new());
-    let (mut layers, mut fetched_bytes, mut cached_bytes, mut failed) = (0, 0u64, 0u64, 0);
+    let (mut layers, mut fetched_bytes, mut cached_bytes) = (0, 0u64, 0u64);
+    let mut failed: Vec<(String, String)> = Vec::new();
     for image in &images {
+        progress.start_image(&image.to_string());
         let report = {
             let progress = Arc::clone(&progress);
             images::walk(&mirror, image, platform.as_ref(), &move |d, seen, total| {
@@ -450,43 +453,55 @@ async fn prefetch(
             })
             .await
         };
+        progress.finish_all();
         match report {
             Ok(walked) => {
-                progress.finish_all();
+                let mut size = 0;
                 for blob in &walked.blobs {
                     layers += 1;
+                    size += blob.size;
                     if blob.fetched {
                         fetched_bytes += blob.size;
                     } else {
                         cached_bytes += blob.size;
                     }
                 }
-                println!(
-                    "{image}: {} manifests, {} blobs",
+                progress.println(&format!(
+                    "{image}: {} manifests, {} blobs, {}",
                     walked.manifests.len(),
-                    walked.blobs.len()
-                );
+                    walked.blobs.len(),
+                    HumanBytes(size)
+                ));
             }
             Err(e) => {
-                failed += 1;
-                eprintln!("regmirror: {e}");
+                progress.eprintln(&format!("regmirror: {image}: {e}"));
+                failed.push((image.to_string(), e.to_string()));
             }
         }
     }
     println!(
-        "prefetched {} images ({failed} failed): {layers} blobs, {fetched_bytes} bytes fetched, {cached_bytes} bytes already cached",
-        images.len() - failed
+        "prefetched {} of {} images: {layers} blobs, {} fetched, {} already cached",
+        images.len() - failed.len(),
+        images.len(),
+        HumanBytes(fetched_bytes),
+        HumanBytes(cached_bytes)
     );
-    if failed > 0 {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
+    if failed.is_empty() {
+        return ExitCode::SUCCESS;
     }
+    eprintln!("failed ({}):", failed.len());
+    for (image, error) in &failed {
+        eprintln!("  {image}: {error}");
+    }
+    ExitCode::FAILURE
 }
 
-/// Progress of blob downloads: a bar per blob on a terminal, a line per finished blob otherwise.
+/// Progress of blob downloads: a bar per blob on a terminal (named by image and layer), a line
+/// per finished blob otherwise. Lines printed through it go above the bars, so redraws never
+/// erase them.
 struct LayerProgress {
     multi: Option<indicatif::MultiProgress>,
+    image: std::sync::Mutex<String>,
     bars: std::sync::Mutex<std::collections::HashMap<String, indicatif::ProgressBar>>,
 }
 
@@ -496,23 +511,52 @@ impl LayerProgress {
             multi: std::io::stderr()
                 .is_terminal()
                 .then(indicatif::MultiProgress::new),
+            image: Default::default(),
             bars: Default::default(),
+        }
+    }
+
+    /// The image whose blobs the next updates are about.
+    fn start_image(&self, image: &str) {
+        *self.image.lock().unwrap_or_else(|p| p.into_inner()) = image.to_owned();
+    }
+
+    /// A line on stdout, above the bars.
+    fn println(&self, line: &str) {
+        match &self.multi {
+            Some(multi) => multi.suspend(|| println!("{line}")),
+            None => println!("{line}"),
+        }
+    }
+
+    /// A line on stderr, above the bars.
+    fn eprintln(&self, line: &str) {
+        match &self.multi {
+            Some(multi) => {
+                if multi.println(line).is_err() {
+                    eprintln!("{line}");
+                }
+            }
+            None => eprintln!("{line}"),
         }
     }
 
     fn update(&self, digest: &regmirror::oci::Digest, seen: u64, total: Option<u64>) {
         let key = digest.to_string();
+        let image = self.image.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let short = key.split_once(':').map_or(key.as_str(), |(_, hex)| hex);
+        let name = format!("{image} {}", &short[..short.len().min(12)]);
         let mut bars = self.bars.lock().unwrap_or_else(|p| p.into_inner());
         match &self.multi {
             Some(multi) => {
                 let bar = bars.entry(key.clone()).or_insert_with(|| {
                     let bar = multi.add(indicatif::ProgressBar::new(total.unwrap_or(0)));
                     if let Ok(style) = indicatif::ProgressStyle::with_template(
-                        "{msg:20} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec}",
+                        "{msg:40!} [{bar:30}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec}",
                     ) {
                         bar.set_style(style.progress_chars("=> "));
                     }
-                    bar.set_message(key[7..19].to_owned());
+                    bar.set_message(name);
                     bar
                 });
                 bar.set_position(seen);
@@ -520,7 +564,7 @@ impl LayerProgress {
             None => {
                 if total == Some(seen) && !bars.contains_key(&key) {
                     bars.insert(key.clone(), indicatif::ProgressBar::hidden());
-                    eprintln!("{key}: {seen} bytes");
+                    eprintln!("{image}: {key} {}", HumanBytes(seen));
                 }
             }
         }

@@ -96,3 +96,27 @@ async fn prefetch_and_import_beside_a_server_show_up_in_its_catalog_and_totals()
         "B served the import, not its upstream"
     );
 }
+
+/// `prefetch` with an image the upstream does not have: the others are fetched, the summary
+/// names the one that failed and why, sizes read as people read them, and the exit status
+/// says it failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetch_names_every_failed_image_in_its_summary() {
+    let fake = FakeUpstream::start(Auth::None).await;
+    put_runnable_image(&fake, "library/hello", "1.0");
+    let (m, config) = server_and_config(&fake).await;
+    let (ok, out, err) = run(&["prefetch", "hello:1.0", "nothere:9"], &config);
+    assert!(!ok, "a failed image fails the command");
+    assert!(out.contains("prefetched 1 of 2 images"), "{out}");
+    assert!(
+        out.contains(" B fetched") || out.contains("iB fetched"),
+        "{out}"
+    );
+    let summary = err
+        .split("failed (1):")
+        .nth(1)
+        .expect("a summary of failures");
+    assert!(summary.contains("nothere:9"), "{err}");
+    assert!(!summary.contains("hello:1.0"), "{err}");
+    drop(m);
+}

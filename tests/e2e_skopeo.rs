@@ -599,17 +599,17 @@ async fn prefetch_warms_the_cache_for_one_platform() {
         "amd64 layer fetched despite --platform"
     );
     assert!(
-        first.contains("prefetched 1 images (0 failed): 2 blobs"),
+        first.contains("prefetched 1 of 1 images: 2 blobs"),
         "{first}"
     );
     assert!(
-        first.contains("bytes already cached") && !first.contains(" 0 bytes fetched"),
+        first.contains("already cached") && !first.contains(", 0 B fetched"),
         "{first}"
     );
-    // Not a terminal: plain lines, one per fetched blob.
-    assert!(first.contains(&format!("{arm_layer}: ")), "{first}");
+    // Not a terminal: plain lines, one per fetched blob, naming the image and the layer.
+    assert!(first.contains(&format!(": {arm_layer} ")), "{first}");
     let second = tokio::task::block_in_place(run);
-    assert!(second.contains(" 0 bytes fetched"), "{second}");
+    assert!(second.contains(", 0 B fetched"), "{second}");
 }
 
 /// The same real parts on the S3 backend (a Garage bucket): skopeo pulls through from

@@ -250,13 +250,13 @@ async fn gc_command_dry_run_reports_and_then_removes() {
         .join(hex);
     let dry = run(&["--dry-run"]);
     assert!(
-        dry.contains("would remove: 1 unreachable blobs (3000 bytes)"),
+        dry.contains("would remove: 1 unreachable blobs (2.9 KiB)"),
         "{dry}"
     );
     assert!(path.exists());
     let wet = run(&[]);
     assert!(
-        wet.contains("removed: 1 unreachable blobs (3000 bytes)"),
+        wet.contains("removed: 1 unreachable blobs (2.9 KiB)"),
         "{wet}"
     );
     assert!(!path.exists());

@@ -44,8 +44,13 @@ impl std::fmt::Display for GcReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} unreachable blobs ({} bytes), {} dangling tag records, {} expired upload sessions, {} leftover temp files, {} stray backend uploads",
-            self.blobs, self.bytes, self.tags, self.uploads, self.temp_files, self.stray_uploads
+            "{} unreachable blobs ({}), {} dangling tag records, {} expired upload sessions, {} leftover temp files, {} stray backend uploads",
+            self.blobs,
+            crate::units::HumanBytes(self.bytes),
+            self.tags,
+            self.uploads,
+            self.temp_files,
+            self.stray_uploads
         )
     }
 }
