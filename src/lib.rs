@@ -79,6 +79,45 @@ pub enum StartError {
     },
 }
 
+/// Checks everything `serve` checks before it listens, without opening the store or binding:
+/// the TLS certificate and key (readable, and a pair), the htpasswd file, each upstream's
+/// client (`ca_file`, password variables), the cluster secret and Redis URL, the bucket's
+/// credentials. `regmirror check-config` runs it, so it says "valid" only when `serve` would
+/// start.
+pub async fn check(config: &Config) -> Result<(), StartError> {
+    if let (Some(cert), Some(key)) = (&config.server.tls_cert, &config.server.tls_key) {
+        http::server::tls_acceptor(cert, key)?;
+    }
+    load_htpasswd(config).await?;
+    Upstreams::new(
+        &config.upstreams,
+        config.server.offline,
+        &Arc::new(Metrics::new()),
+    )?;
+    cluster::ClusterKeys::from_config(&config.cluster)?;
+    config.cluster.redis_url()?;
+    if let Some(s3) = &config.storage.s3 {
+        s3.credentials()?;
+    }
+    Ok(())
+}
+
+/// The htpasswd file `[auth] htpasswd` names, loaded (hashing once: off the async workers).
+async fn load_htpasswd(config: &Config) -> Result<Option<http::htpasswd::Htpasswd>, StartError> {
+    let Some(path) = config.auth.htpasswd.clone() else {
+        return Ok(None);
+    };
+    let loaded = tokio::task::spawn_blocking(move || http::htpasswd::Htpasswd::load(&path))
+        .await
+        .map_err(|e| {
+            StartError::Htpasswd(http::htpasswd::HtpasswdError::Read {
+                path: "htpasswd".into(),
+                source: std::io::Error::other(e),
+            })
+        })??;
+    Ok(Some(loaded))
+}
+
 /// Builds the mirror (store, upstream clients, fills, metrics) for a server, which owns the
 /// store's temp files.
 pub async fn build_mirror(config: &Config) -> Result<Arc<Mirror>, StartError> {
@@ -213,20 +252,7 @@ impl Server {
 /// Binds `config.server.listen` and serves in a background task.
 pub async fn start(config: &Config) -> Result<Server, StartError> {
     let mirror = build_mirror(config).await?;
-    let htpasswd = match config.auth.htpasswd.clone() {
-        // Loading hashes once (the decoy for unknown users): off the async workers.
-        Some(path) => Some(
-            tokio::task::spawn_blocking(move || http::htpasswd::Htpasswd::load(&path))
-                .await
-                .map_err(|e| {
-                    StartError::Htpasswd(http::htpasswd::HtpasswdError::Read {
-                        path: "htpasswd".into(),
-                        source: std::io::Error::other(e),
-                    })
-                })??,
-        ),
-        None => None,
-    };
+    let htpasswd = load_htpasswd(config).await?;
     let keys = cluster::ClusterKeys::from_config(&config.cluster)?;
     if !keys.is_shared() && mirror.store.is_remote() {
         tracing::info!(

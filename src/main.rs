@@ -172,19 +172,33 @@ fn main() -> ExitCode {
             file.as_deref(),
             images,
         )),
-        Command::CheckConfig { config: path } => match config.to_toml() {
-            Ok(text) => {
-                println!(
-                    "# {} is valid. The effective settings, defaults filled in, passwords hidden:\n\n{text}",
-                    path.display()
-                );
-                ExitCode::SUCCESS
-            }
-            Err(e) => fail(e),
-        },
+        Command::CheckConfig { config: path } => runtime.block_on(check_config(&config, &path)),
         Command::Healthcheck { .. } => healthcheck(&config),
         Command::Htpasswd { .. } => ExitCode::SUCCESS,
     }
+}
+
+/// `regmirror check-config`: what `serve` would refuse, refused here too; then the effective
+/// settings.
+async fn check_config(config: &Config, path: &Path) -> ExitCode {
+    if let Err(e) = regmirror::check(config).await {
+        eprintln!("regmirror: {}: {e}", path.display());
+        return ExitCode::from(2);
+    }
+    let text = match config.to_toml() {
+        Ok(text) => text,
+        Err(e) => return fail(e),
+    };
+    println!(
+        "# {} is valid. The effective settings, defaults filled in, passwords hidden:\n\n{text}",
+        path.display()
+    );
+    if !config.upstreams.iter().any(|u| u.default) {
+        eprintln!(
+            "note: no upstream is the default: a pull must name its upstream (containerd's ?ns=, or /v2/<upstream name>/...); set default = true on one to serve plain names"
+        );
+    }
+    ExitCode::SUCCESS
 }
 
 /// `regmirror healthcheck`: `GET /healthz` on the loopback address of `[server] listen`.

@@ -132,11 +132,12 @@ impl Config {
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
         let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: origin.to_owned(),
-            message: e.to_string(),
+            message: with_hint(e.to_string()),
         })?;
         if config.upstreams.is_empty() {
             config.upstreams.push(UpstreamConfig::docker_hub());
         }
+        upstream::fill_defaults(&mut config.upstreams);
         config.validate()?;
         Ok(config)
     }
@@ -156,6 +157,26 @@ impl Config {
         self.auth.validate()?;
         Ok(())
     }
+}
+
+/// The parser's message with the fix for the mistakes people make: a duration without a unit
+/// or in words, a URL without a scheme.
+fn with_hint(message: String) -> String {
+    if message.contains("expected a duration") {
+        return format!(
+            "{message}\ndurations are a number and a unit: \"30s\", \"10m\", \"1h30m\", \"500ms\""
+        );
+    }
+    if let Some(value) = message
+        .split("relative URL without a base: \"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+    {
+        return format!(
+            "{message}\nadd the scheme: \"https://{value}\" (or http:// for a plain-HTTP registry)"
+        );
+    }
+    message
 }
 
 #[cfg(test)]

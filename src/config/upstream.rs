@@ -32,7 +32,7 @@ pub struct UpstreamConfig {
     pub name: String,
     /// Base URL of the registry (`https://registry-1.docker.io`).
     pub url: Url,
-    /// Names with no `ns` or prefix go to the default upstream.
+    /// Names with no `ns` or prefix go to the default upstream (a lone upstream is the default).
     #[serde(default)]
     pub default: bool,
     /// How long a cached tag is served without asking the upstream.
@@ -79,7 +79,8 @@ pub struct UpstreamConfig {
     #[serde(default = "default_negative_ttl", with = "humantime_serde")]
     pub negative_ttl: Duration,
     /// Where `docker search` results of this upstream come from (`GET <search_url>/v1/search`;
-    /// Docker Hub: `https://index.docker.io`). Unset: search only lists what the mirror holds.
+    /// Docker Hub: `https://index.docker.io`, the default for an upstream at
+    /// `registry-1.docker.io`). Unset: search only lists what the mirror holds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub search_url: Option<Url>,
     /// Regular expressions on the whole tag (`'^v?\d+\.\d+\.\d+$'`): a cached tag that
@@ -147,6 +148,20 @@ impl UpstreamConfig {
     }
 }
 
+/// Fills in what follows from the rest: a lone upstream is the default (there is no other
+/// choice, and without a default every pull without `ns` would be refused), and an upstream
+/// that is Docker Hub searches Docker Hub's index unless told otherwise.
+pub(super) fn fill_defaults(upstreams: &mut [UpstreamConfig]) {
+    if let [only] = upstreams {
+        only.default = true;
+    }
+    for up in upstreams {
+        if up.search_url.is_none() && up.url.host_str() == Some("registry-1.docker.io") {
+            up.search_url = UpstreamConfig::docker_hub().search_url;
+        }
+    }
+}
+
 /// Checks the upstreams: names, URLs, one default, credentials in pairs, timeouts.
 pub(super) fn validate(upstreams: &[UpstreamConfig]) -> Result<(), ConfigError> {
     let invalid = |key: String, message: &str| ConfigError::Invalid {
@@ -173,6 +188,19 @@ pub(super) fn validate(upstreams: &[UpstreamConfig]) -> Result<(), ConfigError> 
         }
         if up.url.query().is_some() || up.url.fragment().is_some() {
             return Err(invalid(key("url"), "must not have a query or fragment"));
+        }
+        if !matches!(up.url.path(), "" | "/") {
+            let base = format!(
+                "{}://{}",
+                up.url.scheme(),
+                up.url.host_str().unwrap_or_default()
+            ) + &up.url.port().map(|p| format!(":{p}")).unwrap_or_default();
+            return Err(invalid(
+                key("url"),
+                &format!(
+                    "must be the registry's base URL without a path (\"{base}\"): regmirror adds /v2/ itself"
+                ),
+            ));
         }
         for (j, entry) in up.redirect_allow.iter().enumerate() {
             let valid = entry

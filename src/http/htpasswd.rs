@@ -7,7 +7,7 @@ use std::path::Path;
 #[derive(Debug, thiserror::Error)]
 pub enum HtpasswdError {
     /// Unreadable.
-    #[error("cannot read htpasswd file {path}: {source}")]
+    #[error("[auth] htpasswd = \"{path}\": {source}")]
     Read {
         /// The file.
         path: String,

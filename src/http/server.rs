@@ -22,15 +22,17 @@ use super::{App, ConnInfo, handle};
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     /// The certificate or key file is unreadable or holds no usable PEM item.
-    #[error("cannot load {path}: {message}")]
+    #[error("[server] {key} = \"{path}\": {message}")]
     Pem {
+        /// `tls_cert` or `tls_key`.
+        key: &'static str,
         /// The file.
         path: String,
         /// Why.
         message: String,
     },
-    /// rustls refused the pair.
-    #[error("invalid TLS certificate/key: {0}")]
+    /// rustls refused the pair (a key that is not the certificate's, say).
+    #[error("[server] tls_cert and tls_key cannot be used together: {0}")]
     Config(#[from] rustls::Error),
 }
 
@@ -38,18 +40,19 @@ pub enum TlsError {
 pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    let pem_err = |path: &Path, e: &dyn std::fmt::Display| TlsError::Pem {
+    let pem_err = |key: &'static str, path: &Path, e: &dyn std::fmt::Display| TlsError::Pem {
+        key,
         path: path.display().to_string(),
         message: e.to_string(),
     };
     let chain = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| pem_err(cert, &e))?
+        .map_err(|e| pem_err("tls_cert", cert, &e))?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| pem_err(cert, &e))?;
+        .map_err(|e| pem_err("tls_cert", cert, &e))?;
     if chain.is_empty() {
-        return Err(pem_err(cert, &"no certificate found"));
+        return Err(pem_err("tls_cert", cert, &"no certificate found"));
     }
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| pem_err(key, &e))?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| pem_err("tls_key", key, &e))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?

@@ -145,8 +145,8 @@ impl UpstreamClient {
             .dns_resolver(Arc::new(super::destinations::GuardedResolver(destinations)));
         if let Some(path) = &config.ca_file {
             let invalid = |message: String| {
-                UpstreamError::Invalid(format!(
-                    "upstream {}: ca_file {}: {message}",
+                UpstreamError::Config(format!(
+                    "upstream \"{}\".ca_file = \"{}\": {message}",
                     config.name,
                     path.display()
                 ))
@@ -161,16 +161,18 @@ impl UpstreamClient {
                 builder = builder.add_root_certificate(cert);
             }
         }
-        let http = builder
-            .build()
-            .map_err(|e| UpstreamError::Network(error_chain(&e)))?;
+        let http = builder.build().map_err(|e| {
+            UpstreamError::Config(format!("upstream \"{}\": {}", config.name, error_chain(&e)))
+        })?;
         let immutable = regex::RegexSet::new(
             config
                 .immutable_tags
                 .iter()
                 .map(|pattern| format!("^(?:{pattern})$")),
         )
-        .map_err(|e| UpstreamError::Invalid(format!("immutable_tags: {e}")))?;
+        .map_err(|e| {
+            UpstreamError::Config(format!("upstream \"{}\".immutable_tags: {e}", config.name))
+        })?;
         Ok(UpstreamClient {
             immutable,
             last_error: std::sync::Mutex::new(None),
@@ -178,7 +180,7 @@ impl UpstreamClient {
             rate_limit: std::sync::Mutex::new(None),
             password: config
                 .resolved_password()
-                .map_err(|e| UpstreamError::Invalid(e.to_string()))?,
+                .map_err(|e| UpstreamError::Config(e.to_string()))?,
             config,
             http,
             tokens: TokenCache::default(),

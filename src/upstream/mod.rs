@@ -40,6 +40,9 @@ pub enum UpstreamError {
     /// The mirror runs offline: no upstream is ever contacted.
     #[error("the mirror is offline and does not contact upstreams")]
     Offline,
+    /// The upstream's settings cannot be used (an unreadable `ca_file`): found at start.
+    #[error("{0}")]
+    Config(String),
     /// The upstream answered something we cannot use.
     #[error("invalid upstream response: {0}")]
     Invalid(String),
