@@ -198,7 +198,16 @@ pub async fn delete(ctx: &Ctx<'_>, target: &Target, digest: &Digest) -> Answer {
         .into();
     }
     match ctx.mirror.delete_blob(target, digest).await {
-        Ok(true) => super::manifests::accepted(),
+        Ok(true) => {
+            tracing::info!(
+                user = %ctx.actor(),
+                client = %ctx.client,
+                repo = %target.canonical(),
+                %digest,
+                "blob deleted"
+            );
+            super::manifests::accepted()
+        }
         Ok(false) => ApiError::new(ErrorCode::BlobUnknown, format!("{digest} not found")).into(),
         Err(e) => proxy_error(e, Resource::Blob, crate::store::LOCAL).into(),
     }

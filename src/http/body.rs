@@ -90,6 +90,28 @@ pub struct LogInfo {
     pub started: Instant,
     /// The response's declared `Content-Length`.
     pub length: Option<u64>,
+    /// Who asked and what, as the request line names them.
+    pub facts: RequestFacts,
+}
+
+/// Who sent a request and what it was, for its log line.
+#[derive(Debug, Clone, Default)]
+pub struct RequestFacts {
+    /// `X-Request-Id` as sent (when usable), else one made here; echoed in the response.
+    pub request_id: String,
+    /// The client's address (behind trusted proxies: the forwarded one).
+    pub client: Option<std::net::IpAddr>,
+    /// The authenticated user.
+    pub user: Option<String>,
+    /// `User-Agent`, shortened.
+    pub user_agent: String,
+    /// The route's kind (`manifest`, `blob`, ...; `invalid` for a path that is none).
+    pub route: &'static str,
+}
+
+/// Milliseconds with two decimals, as the request line prints them.
+pub fn millis(elapsed: std::time::Duration) -> f64 {
+    (elapsed.as_secs_f64() * 100_000.0).round() / 100.0
 }
 
 /// Wraps a body, counts its bytes, and logs one line when it is finished or dropped.
@@ -176,14 +198,20 @@ impl Drop for Logged {
         }
         let complete = !self.failed
             && (self.ended || self.inner.is_end_stream() || self.expected == Some(self.bytes));
+        let facts = &info.facts;
         tracing::info!(
+            request_id = %facts.request_id,
+            client = %facts.client.map_or_else(|| "-".to_owned(), |c| c.to_string()),
+            user = facts.user.as_deref().unwrap_or("-"),
             method = %info.method,
             path = %info.path,
+            route = facts.route,
             status = info.status,
             bytes = self.bytes,
-            duration_ms = info.started.elapsed().as_secs_f64() * 1000.0,
+            duration_ms = millis(info.started.elapsed()),
             cache = info.cache.unwrap_or("-"),
             upstream = info.upstream.as_deref().unwrap_or("-"),
+            user_agent = %facts.user_agent,
             complete,
             "request"
         );

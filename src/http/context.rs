@@ -181,6 +181,14 @@ pub struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    /// Who did it, for audit lines: the user, or `anonymous`.
+    pub fn actor(&self) -> &str {
+        match &self.identity {
+            auth::Identity::User(user) => user,
+            auth::Identity::Anonymous => "anonymous",
+        }
+    }
+
     /// The owner of what this client creates (upload sessions).
     pub fn owner(&self) -> String {
         self.identity.owner(self.client)

@@ -151,6 +151,11 @@ pub fn route_error(e: &upstream::RouteError) -> ApiError {
 pub fn proxy_error(e: ProxyError, resource: Resource, upstream: &str) -> ApiError {
     match e {
         ProxyError::Route(e) => route_error(&e),
+        ProxyError::RememberedNotFound => upstream_error(
+            &crate::upstream::UpstreamError::NotFound,
+            resource,
+            upstream,
+        ),
         ProxyError::Upstream(e) | ProxyError::Fill(FillError::Upstream(e)) => {
             upstream_error(&e, resource, upstream)
         }

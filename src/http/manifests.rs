@@ -14,8 +14,13 @@ pub async fn get(ctx: &Ctx<'_>, target: &Target, reference: &Reference) -> Answe
     let answer = match ctx.mirror.manifest(target, reference, ctx.head).await {
         Ok(answer) => answer,
         Err(e) => {
+            let negative = matches!(e, crate::proxy::ProxyError::RememberedNotFound);
             let error = proxy_error(e, Resource::Manifest, &upstream);
-            return Answer::failed(error, upstream);
+            let mut answer = Answer::failed(error, upstream);
+            if negative {
+                answer.cache = Some(crate::proxy::CacheResult::Negative);
+            }
+            return answer;
         }
     };
     let mut response = Response::new(match &answer.body {
@@ -95,6 +100,14 @@ pub async fn put(
         Ok(pushed) => pushed,
         Err(e) => return push_error(e).into(),
     };
+    tracing::info!(
+        user = %ctx.actor(),
+        client = %ctx.client,
+        repo = %target.canonical(),
+        %reference,
+        digest = %pushed.digest,
+        "manifest pushed"
+    );
     let mut response = Response::new(empty());
     *response.status_mut() = http::StatusCode::CREATED;
     let headers = response.headers_mut();
@@ -128,7 +141,16 @@ pub async fn delete(ctx: &Ctx<'_>, target: &Target, reference: &Reference) -> An
         .into();
     }
     match ctx.mirror.delete_manifest(target, reference).await {
-        Ok(true) => accepted(),
+        Ok(true) => {
+            tracing::info!(
+                user = %ctx.actor(),
+                client = %ctx.client,
+                repo = %target.canonical(),
+                %reference,
+                "manifest deleted"
+            );
+            accepted()
+        }
         Ok(false) => {
             ApiError::new(ErrorCode::ManifestUnknown, format!("{reference} not found")).into()
         }

@@ -52,9 +52,11 @@ pub async fn handle(
     conn: ConnInfo,
     in_flight: limits::InFlight,
 ) -> Result<Response<Logged>, Infallible> {
+    use tracing::Instrument;
     let started = Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
+    let request_id = request_id(request.headers());
     // A client that hangs up before its answer is ready drops this future: the guard still
     // writes its log line.
     let mut unanswered = Unanswered {
@@ -62,10 +64,24 @@ pub async fn handle(
         path: path.clone(),
         started,
         armed: true,
+        facts: body::RequestFacts {
+            user_agent: user_agent(request.headers()),
+            request_id: request_id.clone(),
+            route: "invalid",
+            ..Default::default()
+        },
     };
-    let answer = dispatch(&app, request, &conn).await;
+    // Whatever is logged while answering (an upstream's failure) names the request.
+    let span = tracing::info_span!("request", request_id = %request_id);
+    let answer = dispatch(&app, request, &conn, &mut unanswered.facts)
+        .instrument(span)
+        .await;
     unanswered.armed = false;
+    let facts = std::mem::take(&mut unanswered.facts);
     let mut response = answer.response;
+    if let Ok(value) = HeaderValue::from_str(&facts.request_id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
     if method == Method::HEAD {
         // Keep the headers (Content-Length included), drop any body.
         *response.body_mut() = body::empty();
@@ -100,9 +116,47 @@ pub async fn handle(
         source: answer.source,
         upstream: answer.upstream,
         started,
+        facts,
     };
     let metrics = Arc::clone(&app.mirror.metrics);
     Ok(response.map(|b| Logged::new(b, info, metrics).holding(in_flight)))
+}
+
+/// Header carrying a request's id: kept from the client (or a proxy in front) when usable,
+/// else made here, and always echoed in the response.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// The request's id: the `X-Request-Id` sent, when it is 1 to 128 characters of letters,
+/// digits and `-_.:`, else a new random one.
+fn request_id(headers: &http::HeaderMap) -> String {
+    headers
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            (1..=128).contains(&v.len())
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+        })
+        .map_or_else(|| uuid::Uuid::new_v4().simple().to_string(), str::to_owned)
+}
+
+/// The `User-Agent`, at most 200 characters of printable ASCII (it goes into log lines).
+fn user_agent(headers: &http::HeaderMap) -> String {
+    let Some(agent) = headers.get(header::USER_AGENT) else {
+        return "-".to_owned();
+    };
+    agent
+        .as_bytes()
+        .iter()
+        .take(200)
+        .map(|&b| {
+            if (0x20..0x7f).contains(&b) {
+                b as char
+            } else {
+                '?'
+            }
+        })
+        .collect()
 }
 
 /// A request whose handler has not answered yet; logged as cancelled if dropped so.
@@ -111,6 +165,7 @@ struct Unanswered {
     path: String,
     started: Instant,
     armed: bool,
+    facts: body::RequestFacts,
 }
 
 impl Drop for Unanswered {
@@ -120,12 +175,18 @@ impl Drop for Unanswered {
         }
         // A handler that panicked is a 500 the client never saw; otherwise the client left.
         let panicked = std::thread::panicking();
+        let facts = &self.facts;
         tracing::info!(
+            request_id = %facts.request_id,
+            client = %facts.client.map_or_else(|| "-".to_owned(), |c| c.to_string()),
+            user = facts.user.as_deref().unwrap_or("-"),
             method = %self.method,
             path = %self.path,
+            route = facts.route,
             status = if panicked { 500 } else { 499 },
             bytes = 0,
-            duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
+            duration_ms = body::millis(self.started.elapsed()),
+            user_agent = %facts.user_agent,
             complete = false,
             cancelled = !panicked,
             panicked,
@@ -148,8 +209,15 @@ fn method_label(method: &Method) -> &'static str {
     }
 }
 
-async fn dispatch(app: &App, request: Request<Incoming>, conn: &ConnInfo) -> Answer {
+async fn dispatch(
+    app: &App,
+    request: Request<Incoming>,
+    conn: &ConnInfo,
+    facts: &mut body::RequestFacts,
+) -> Answer {
     let (parts, body) = request.into_parts();
+    let client = app.client_addr(conn, &parts.headers);
+    facts.client = Some(client);
     let route = match routes::parse(parts.uri.path()) {
         Ok(route) => route,
         // A tag that cannot exist is not found (what the spec's conformance suite expects of
@@ -161,6 +229,7 @@ async fn dispatch(app: &App, request: Request<Incoming>, conn: &ConnInfo) -> Ans
         }
         Err(e) => return ApiError::from(e).into(),
     };
+    facts.route = route.kind();
     let method = parts.method.clone();
     if method == Method::DELETE
         && !app.delete_enabled
@@ -174,7 +243,6 @@ async fn dispatch(app: &App, request: Request<Incoming>, conn: &ConnInfo) -> Ans
         .into();
     }
     let query = Query::parse(parts.uri.query());
-    let client = app.client_addr(conn, &parts.headers);
     let target = match access::resolve_target(app, &route, &query) {
         Ok(target) => target,
         Err(e) => return e.into(),
@@ -186,6 +254,9 @@ async fn dispatch(app: &App, request: Request<Incoming>, conn: &ConnInfo) -> Ans
             Ok(identity) => identity,
             Err(e) => return e.into(),
         };
+    if let auth::Identity::User(user) = &identity {
+        facts.user = Some(user.clone());
+    }
     if route == Route::Token {
         return access::token(app, &parts, conn, client, &query).await;
     }

@@ -64,6 +64,27 @@ pub enum Route {
 }
 
 impl Route {
+    /// What kind of request this is, for the request log (a closed set).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Route::Base => "base",
+            Route::Manifest { .. } => "manifest",
+            Route::Blob { .. } => "blob",
+            Route::Upload { .. } => "upload",
+            Route::Referrers { .. } => "referrers",
+            Route::TagsList { .. } => "tags",
+            Route::Catalog => "catalog",
+            Route::Metrics => "metrics",
+            Route::Health => "health",
+            Route::Ready => "ready",
+            Route::Token => "token",
+            Route::Search => "search",
+            Route::V1Ping => "v1_ping",
+            Route::Ui(_) => "ui",
+            Route::PeerBlob { .. } => "peer_blob",
+        }
+    }
+
     /// Whether the answer depends on tags, manifests or blobs that another replica may have
     /// changed (everything of the registry API but the base and the token endpoint).
     pub fn reads_registry_state(&self) -> bool {

@@ -170,7 +170,6 @@ impl Mirror {
                 .await
                 .map_err(ProxyError::from)?;
         }
-        tracing::info!(repo = %name, %reference, %digest, "manifest pushed");
         Ok(Pushed {
             digest,
             subject: manifest.subject,

@@ -144,7 +144,7 @@ impl Mirror {
             if Instant::now() < until {
                 self.metrics
                     .lookup(Kind::Manifest, CacheResult::Negative, upstream);
-                return Err(ProxyError::Upstream(UpstreamError::NotFound));
+                return Err(ProxyError::RememberedNotFound);
             }
             self.negative.invalidate(&negative_key);
         }

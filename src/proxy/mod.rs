@@ -39,6 +39,9 @@ pub enum ProxyError {
     /// The upstream failed or refused, and nothing cached can answer.
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
+    /// The upstream said 404 a moment ago, and that is remembered (`negative_ttl`).
+    #[error("not found upstream a moment ago (remembered for negative_ttl)")]
+    RememberedNotFound,
     /// The store failed.
     #[error(transparent)]
     Store(Arc<StoreError>),

@@ -90,6 +90,9 @@ pub struct SearchHit {
     pub is_automated: bool,
 }
 
+/// While an upstream keeps failing, how often a failure is logged as a WARN again.
+const FAILURE_WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The largest search answer accepted from an upstream.
 const MAX_SEARCH_BYTES: usize = 1024 * 1024;
 
@@ -637,8 +640,20 @@ impl UpstreamClient {
             Err(e) => Some(format!("{method}: {e}")),
         };
         if let Some(failure) = failure {
-            *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) =
-                Some((std::time::SystemTime::now(), failure));
+            let mut last = self.last_error.lock().unwrap_or_else(|p| p.into_inner());
+            let now = std::time::SystemTime::now();
+            // A WARN with the cause when failures start, and again every so often while they
+            // go on; the failures in between are DEBUG, so an outage does not flood the log.
+            let new_incident = last.as_ref().is_none_or(|(at, _)| {
+                now.duration_since(*at)
+                    .map_or(true, |ago| ago > FAILURE_WARN_EVERY)
+            });
+            if new_incident {
+                tracing::warn!(upstream = self.name(), error = %failure, "upstream failing");
+            } else {
+                tracing::debug!(upstream = self.name(), error = %failure, "upstream failing");
+            }
+            *last = Some((now, failure));
         }
         // Unreachable (no answer at all) backs off; any answer, even an error status, means
         // the upstream is there.
