@@ -348,6 +348,8 @@ async fn export_carry_import_and_serve_offline() {
     let arm64 = layout.add_image("arm64", &[200 * 1024], false);
     let multi = layout.add_index(&[("amd64", &amd64), ("arm64", &arm64)], false);
     let single = layout.add_image("amd64", &[100 * 1024], false);
+    // A Docker-format image: carried by the bundle and read back by `regmirror import`.
+    let legacy = layout.add_image("amd64", &[50 * 1024], true);
     let upstream = FakeUpstream::start(Auth::None).await;
     upstream.put_layout_image(
         &layout.dir,
@@ -362,6 +364,13 @@ async fn export_carry_import_and_serve_offline() {
         "v2",
         &single.digest,
         &single.media_type,
+    );
+    upstream.put_layout_image(
+        &layout.dir,
+        "team/legacy",
+        "v3",
+        &legacy.digest,
+        &legacy.media_type,
     );
 
     // Site A: connected. Export two images (one multi-arch), fetched through the mirror.
@@ -380,9 +389,10 @@ async fn export_carry_import_and_serve_offline() {
             &bundle_s,
             "multi:v1",
             "docker.io/team/single:v2",
+            "team/legacy:v3",
         ])
     });
-    assert!(out.contains("2 images"), "{out}");
+    assert!(out.contains("3 images"), "{out}");
     // skopeo reads the bundle.
     let inspected = tokio::task::block_in_place(|| {
         skopeo(
@@ -436,6 +446,11 @@ async fn export_carry_import_and_serve_offline() {
     let pulled =
         tokio::task::block_in_place(|| pull(&skopeo_bin, &mirror, "team/single:v2", &[], &out_dir));
     assert_eq!(pulled, single.digest);
+    // The Docker-format image, as the upstream made it (docs/operations.md: skopeo reads a
+    // bundle's OCI-format images; regmirror import reads every image).
+    let pulled =
+        tokio::task::block_in_place(|| pull(&skopeo_bin, &mirror, "team/legacy:v3", &[], &out_dir));
+    assert_eq!(pulled, legacy.digest);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
