@@ -136,4 +136,118 @@ async fn every_series_the_dashboard_and_alerts_use_exists() {
         missing.is_empty(),
         "used but not in /metrics: {missing:?}\n{text}"
     );
+    // Which build, the process's own series, and request latency by route kind.
+    let version = format!(
+        "regmirror_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert!(text.contains(&version), "{text}");
+    assert!(text.contains("process_resident_memory_bytes "), "{text}");
+    assert!(text.contains("process_open_fds "), "{text}");
+    assert!(
+        text.contains(
+            "regmirror_http_request_duration_seconds_count{method=\"GET\",route=\"manifest\",status_class=\"2xx\"}"
+        ),
+        "{text}"
+    );
+}
+
+/// Every alert links its runbook entry (an anchor that exists in `docs/runbook.md`) and has a
+/// promtool unit test of its own.
+#[test]
+fn every_alert_has_a_runbook_entry_and_a_unit_test() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let alerts: serde_norway::Value =
+        serde_norway::from_str(&std::fs::read_to_string(deploy("prometheus/alerts.yml")).unwrap())
+            .unwrap();
+    let tests = std::fs::read_to_string(deploy("prometheus/alerts_test.yml")).unwrap();
+    let runbook = std::fs::read_to_string(root.join("docs/runbook.md")).unwrap();
+    let anchors: BTreeSet<String> = runbook
+        .lines()
+        .filter_map(|l| l.strip_prefix("## "))
+        .map(|h| h.trim().to_lowercase())
+        .collect();
+    let rules = alerts["groups"][0]["rules"].as_sequence().unwrap();
+    assert!(rules.len() >= 10, "{} alerts", rules.len());
+    for rule in rules {
+        let name = rule["alert"].as_str().unwrap();
+        let url = rule["annotations"]["runbook_url"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name} has no runbook_url"));
+        let anchor = url.rsplit_once("docs/runbook.md#").map(|(_, a)| a);
+        assert_eq!(anchor, Some(name.to_lowercase().as_str()), "{name}: {url}");
+        assert!(
+            anchors.contains(&name.to_lowercase()),
+            "docs/runbook.md has no {name}"
+        );
+        assert!(
+            tests.contains(&format!("alertname: {name}")),
+            "{name} has no promtool unit test"
+        );
+    }
+    for wanted in [
+        "RegmirrorDown",
+        "RegmirrorClientErrors",
+        "RegmirrorObjectStoreErrors",
+        "RegmirrorStoreNearCap",
+        "RegmirrorUpstreamFailing",
+        "RegmirrorRedisDown",
+        "RegmirrorRateLimitNearZero",
+    ] {
+        assert!(
+            rules.iter().any(|r| r["alert"].as_str() == Some(wanted)),
+            "no {wanted}"
+        );
+    }
+}
+
+/// The dashboard is right on one node and on ten: the gauges every replica reports for the
+/// whole bucket are aggregated with `max`, never summed; it selects instances; it has the
+/// panels an operator looks for.
+#[test]
+fn the_dashboard_aggregates_bucket_wide_gauges_with_max() {
+    let parsed: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(deploy("grafana/regmirror.json")).unwrap())
+            .unwrap();
+    let panels = parsed["panels"].as_array().unwrap();
+    let exprs: Vec<String> = panels
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .map(|t| t["expr"].as_str().unwrap().to_owned())
+        .collect();
+    for bucket_wide in [
+        "regmirror_store_bytes",
+        "regmirror_store_blobs",
+        "regmirror_store_max_bytes",
+        "regmirror_upstream_ratelimit_remaining",
+    ] {
+        let uses: Vec<&String> = exprs.iter().filter(|e| e.contains(bucket_wide)).collect();
+        assert!(!uses.is_empty(), "{bucket_wide} is not on the dashboard");
+        for expr in uses {
+            let at = expr.find(bucket_wide).unwrap();
+            assert!(
+                expr[..at].trim_end().ends_with("max(") || expr[..at].contains("max by"),
+                "{bucket_wide} not under max(): {expr}"
+            );
+        }
+    }
+    for expr in &exprs {
+        assert!(
+            expr.contains("instance=~\"$instance\""),
+            "no instance selector: {expr}"
+        );
+    }
+    let titles: Vec<&str> = panels.iter().filter_map(|p| p["title"].as_str()).collect();
+    for wanted in [
+        "Request latency (p50, p99)",
+        "Client error ratio (5xx)",
+        "Object store requests",
+        "Hot cache",
+        "Redis",
+        "Fetches across replicas",
+    ] {
+        assert!(titles.contains(&wanted), "no panel {wanted}: {titles:?}");
+    }
+    let variables = parsed["templating"]["list"].as_array().unwrap();
+    assert!(variables.iter().any(|v| v["name"] == "instance"));
 }

@@ -76,6 +76,8 @@ pub fn holding_permit(body: Body, permit: tokio::sync::OwnedSemaphorePermit) -> 
 pub struct LogInfo {
     /// HTTP method.
     pub method: String,
+    /// The method as a metric label (a closed set).
+    pub method_label: &'static str,
     /// Request path.
     pub path: String,
     /// Response status.
@@ -107,6 +109,31 @@ pub struct RequestFacts {
     pub user_agent: String,
     /// The route's kind (`manifest`, `blob`, ...; `invalid` for a path that is none).
     pub route: &'static str,
+}
+
+/// A route kind as the request-duration metric labels it: the kinds an operator tells apart,
+/// the rest as `other`.
+fn route_label(kind: &str) -> &'static str {
+    match kind {
+        "manifest" => "manifest",
+        "blob" | "peer_blob" => "blob",
+        "upload" => "upload",
+        "token" => "token",
+        "ui" => "ui",
+        "search" => "search",
+        _ => "other",
+    }
+}
+
+/// `2xx`, `4xx`, ...: a closed set.
+fn status_class(status: u16) -> &'static str {
+    match status / 100 {
+        1 => "1xx",
+        2 => "2xx",
+        3 => "3xx",
+        4 => "4xx",
+        _ => "5xx",
+    }
 }
 
 /// Milliseconds with two decimals, as the request line prints them.
@@ -199,6 +226,15 @@ impl Drop for Logged {
         let complete = !self.failed
             && (self.ended || self.inner.is_end_stream() || self.expected == Some(self.bytes));
         let facts = &info.facts;
+        let elapsed = info.started.elapsed();
+        self.metrics
+            .http_duration
+            .with_label_values(&[
+                route_label(facts.route),
+                info.method_label,
+                status_class(info.status),
+            ])
+            .observe(elapsed.as_secs_f64());
         tracing::info!(
             request_id = %facts.request_id,
             client = %facts.client.map_or_else(|| "-".to_owned(), |c| c.to_string()),
@@ -208,7 +244,7 @@ impl Drop for Logged {
             route = facts.route,
             status = info.status,
             bytes = self.bytes,
-            duration_ms = millis(info.started.elapsed()),
+            duration_ms = millis(elapsed),
             cache = info.cache.unwrap_or("-"),
             upstream = info.upstream.as_deref().unwrap_or("-"),
             user_agent = %facts.user_agent,

@@ -110,6 +110,7 @@ pub async fn handle(
     let info = LogInfo {
         length,
         method: method.to_string(),
+        method_label: method_label(&method),
         path,
         status,
         cache: answer.cache.map(CacheResult::as_str),

@@ -114,6 +114,9 @@ pub struct Metrics {
     pub fills_aborted: IntCounterVec,
     /// `regmirror_http_requests_total{method,status}`.
     pub http_requests: IntCounterVec,
+    /// `regmirror_http_request_duration_seconds{route,method,status_class}`: from the request's
+    /// arrival to its last body byte sent.
+    pub http_duration: HistogramVec,
     /// `regmirror_connections_open`.
     pub connections_open: IntGauge,
     /// `regmirror_connections_closed_total{reason}`: closed by the mirror for a timeout.
@@ -255,6 +258,39 @@ impl Metrics {
         registry
             .register(Box::new(upstream_duration.clone()))
             .unwrap_or_else(|e| panic!("histogram: {e}"));
+        let http_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "regmirror_http_request_duration_seconds",
+                "Client requests, from arrival to the last body byte sent, by route kind (manifest, blob, upload, token, ui, search, other), method and status class.",
+            )
+            .buckets(vec![
+                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                300.0,
+            ]),
+            &["route", "method", "status_class"],
+        )
+        .unwrap_or_else(|e| panic!("histogram: {e}"));
+        registry
+            .register(Box::new(http_duration.clone()))
+            .unwrap_or_else(|e| panic!("histogram: {e}"));
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "regmirror_build_info",
+                "Always 1; its labels say which regmirror this is.",
+            ),
+            &["version"],
+        )
+        .unwrap_or_else(|e| panic!("metric regmirror_build_info: {e}"));
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        registry
+            .register(Box::new(build_info))
+            .unwrap_or_else(|e| panic!("metric regmirror_build_info: {e}"));
+        // process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ...
+        let _ = registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ));
         let backend_requests = counter_vec(
             "regmirror_backend_requests_total",
             "Requests to the storage backend, by backend (fs, s3), operation and outcome (ok, not_found, error).",
@@ -436,6 +472,7 @@ impl Metrics {
             digest_mismatches,
             fills_aborted,
             http_requests,
+            http_duration,
             ratelimit_limit,
             ratelimit_remaining,
             backend: crate::store::backend::BackendMetrics {
