@@ -181,6 +181,26 @@ pub struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    /// The registry host clients pull from, as `docker pull` wants it (`mirror.example:5000`):
+    /// from `public_url` when set, else the request's `Host`.
+    pub fn pull_host(&self) -> String {
+        if let Some(url) = &self.app.public_url
+            && let Ok(url) = url::Url::parse(url)
+            && let Some(host) = url.host_str()
+        {
+            return match url.port() {
+                Some(port) => format!("{host}:{port}"),
+                None => host.to_owned(),
+            };
+        }
+        self.headers
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .filter(|h| valid_host(h))
+            .unwrap_or("localhost:5000")
+            .to_owned()
+    }
+
     /// Who did it, for audit lines: the user, or `anonymous`.
     pub fn actor(&self) -> &str {
         match &self.identity {

@@ -110,6 +110,12 @@ pub enum Page {
     Repository,
     /// `/ui/manifest?digest=`: a manifest's parts and referrers.
     Manifest,
+    /// `/ui/blob?digest=&manifest=`: a config or layer, seen from a manifest that lists it.
+    Blob,
+    /// Any other path under `/ui/`: an HTML 404 in the UI's style.
+    NotFound,
+    /// `/`: where browsers land; redirected to `/ui/`.
+    Root,
     /// `/ui/status`: traffic, upstreams, store.
     Status,
     /// `/ui/style.css`.
@@ -123,8 +129,11 @@ impl Page {
             "/ui" | "/ui/" => Page::Repositories,
             "/ui/repo" => Page::Repository,
             "/ui/manifest" => Page::Manifest,
+            "/ui/blob" => Page::Blob,
             "/ui/status" => Page::Status,
             "/ui/style.css" => Page::Style,
+            "/" => Page::Root,
+            _ if path.starts_with("/ui/") => Page::NotFound,
             _ => return None,
         })
     }
@@ -248,6 +257,8 @@ pub struct Query {
     pub origin: Option<String>,
     /// `name=` of a UI repository page.
     pub repo: Option<String>,
+    /// `manifest=` of a UI blob page: the manifest it was reached from.
+    pub manifest: Option<String>,
     /// `_state=` of an upload session: its signature (see `uploads::UploadSigner`).
     pub state: Option<String>,
 }
@@ -263,6 +274,7 @@ impl Query {
             }
             let slot = match key.as_ref() {
                 "ns" => &mut q.ns,
+                "manifest" => &mut q.manifest,
                 "n" => &mut q.n,
                 "last" => &mut q.last,
                 "digest" => &mut q.digest,

@@ -30,6 +30,7 @@ form input { padding: .3rem .5rem; width: 20rem; } pre { background: #fff; paddi
 .cards { display: flex; gap: 1rem; flex-wrap: wrap; }
 .card { background: #fff; padding: .7rem 1rem; border: 1px solid #e3e6eb; min-width: 12rem; }
 .card b { display: block; font-size: 1.4rem; }
+code.pull { user-select: all; color: #3a4356; } .pager a { margin-right: 1rem; }
 "#;
 
 /// Answers a UI request.
@@ -43,18 +44,60 @@ pub async fn page(ctx: &Ctx<'_>, page: Page) -> Answer {
             );
             return Answer::plain(response);
         }
+        Page::Root => return redirect("/ui/"),
         Page::Repositories => repositories(ctx).await,
         Page::Repository => repository(ctx).await,
         Page::Manifest => manifest(ctx).await,
+        Page::Blob => blob(ctx).await,
         Page::Status => Ok(status(&ctx.mirror.status_view())),
+        Page::NotFound => Err(ApiError::new(
+            ErrorCode::NameUnknown,
+            "There is no such page.",
+        )),
     };
     match rendered {
-        Ok(markup) => Answer::plain(html_response(markup)),
-        Err(e) => e.into(),
+        Ok(markup) => Answer::plain(html_response(markup, StatusCode::OK)),
+        Err(e) => Answer::plain(error_page(&e)),
     }
 }
 
-fn html_response(markup: Markup) -> Response<super::body::Body> {
+/// An error as a page in the UI's style, with the error's status (404 for what does not
+/// exist, 400 for a bad parameter).
+fn error_page(e: &ApiError) -> Response<super::body::Body> {
+    let status = e.status.unwrap_or_else(|| e.code.status());
+    let title = match status {
+        StatusCode::NOT_FOUND => "Not found",
+        StatusCode::BAD_REQUEST => "Bad request",
+        _ => "Error",
+    };
+    let markup = layout(
+        title,
+        html! {
+            h1 { (title) }
+            p { (e.message) }
+            p { a href="/ui/" { "Back to the repositories" } }
+        },
+    );
+    let mut response = html_response(markup, status);
+    for (name, value) in &e.headers {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            response.headers_mut().insert(name.clone(), value);
+        }
+    }
+    response
+}
+
+/// A redirect (`/` to the UI).
+fn redirect(location: &'static str) -> Answer {
+    let mut response = Response::new(super::body::empty());
+    *response.status_mut() = StatusCode::FOUND;
+    response
+        .headers_mut()
+        .insert(header::LOCATION, HeaderValue::from_static(location));
+    Answer::plain(response)
+}
+
+fn html_response(markup: Markup, status: StatusCode) -> Response<super::body::Body> {
     let body = markup.into_string();
     let mut response = Response::new(full(body));
     let headers = response.headers_mut();
@@ -73,7 +116,7 @@ fn html_response(markup: Markup) -> Response<super::body::Body> {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    *response.status_mut() = StatusCode::OK;
+    *response.status_mut() = status;
     response
 }
 
@@ -120,6 +163,7 @@ fn percent(part: u64, whole: u64) -> String {
 }
 
 fn short(digest: &str) -> &str {
+    // `sha256:` and 12 hex digits.
     digest.get(..19).unwrap_or(digest)
 }
 
@@ -131,6 +175,17 @@ fn query_link(path: &str, pairs: &[(&str, &str)]) -> String {
     format!("{path}?{}", url.finish())
 }
 
+/// Next and previous links of a paged listing; `link` makes the URL of the page after a key
+/// (or the first page).
+fn pager(next: Option<&String>, previous: Option<&Option<String>>, link: impl Fn(Option<&str>) -> String) -> Markup {
+    html! {
+        p.pager {
+            @if let Some(previous) = previous { a href=(link(previous.as_deref())) { "← Previous page" } " " }
+            @if let Some(next) = next { a href=(link(Some(next))) { "Next page →" } }
+        }
+    }
+}
+
 async fn repositories(ctx: &Ctx<'_>) -> Result<Markup, ApiError> {
     let q = ctx.query.q.as_deref().unwrap_or("");
     let page = ctx
@@ -139,6 +194,10 @@ async fn repositories(ctx: &Ctx<'_>) -> Result<Markup, ApiError> {
         .await
         .map_err(|e| proxy_error(e, Resource::Repository, LOCAL))?;
     let repos = &page.items;
+    let link = |last: Option<&str>| match last {
+        Some(last) => query_link("/ui/", &[("q", q), ("last", last)]),
+        None => query_link("/ui/", &[("q", q)]),
+    };
     Ok(layout(
         "Repositories",
         html! {
@@ -148,10 +207,15 @@ async fn repositories(ctx: &Ctx<'_>) -> Result<Markup, ApiError> {
                 " " button type="submit" { "Search" }
             }
             table {
-                tr { th { "Repository" } th { "Held as" } th { "From" } }
+                tr { th { "Repository" } th { "Tags" } th { "Size" } th { "Last pulled" } th { "Held as" } th { "From" } }
                 @for r in repos {
                     tr {
                         td { a href=(query_link("/ui/repo", &[("origin", &r.origin), ("name", &r.name)])) { (r.display) } }
+                        td { (r.tags) }
+                        td title={ "the images of its first " (crate::proxy::inventory::SIZED_TAGS) " tags" } {
+                            @if r.size.1 { "≥ " } (bytes(r.size.0))
+                        }
+                        td { (last_pulled(r.last_pulled_ms)) }
                         @if r.origin == LOCAL {
                             td { span.tag.pushed { "pushed" } } td.muted { "pushed to this mirror" }
                         } @else {
@@ -161,20 +225,29 @@ async fn repositories(ctx: &Ctx<'_>) -> Result<Markup, ApiError> {
                 }
             }
             @if repos.is_empty() { p.muted { "No repository matches." } }
-            @if let Some(next) = &page.next {
-                p { a href=(query_link("/ui/", &[("q", q), ("last", next)])) { "Next page →" } }
-            }
+            (pager(page.next.as_ref(), page.previous.as_ref(), link))
+            p.muted { (crate::proxy::inventory::PAGE_REPOSITORIES) " repositories a page, by name." }
         },
     ))
 }
 
-fn tag_row(origin: &str, t: &TagView) -> Markup {
+fn last_pulled(ms: Option<u64>) -> Markup {
+    html! {
+        @match ms {
+            Some(ms) => (when(ms)),
+            None => span.muted title="not pulled through this replica since it started" { "never" },
+        }
+    }
+}
+
+fn tag_row(origin: &str, pull: &str, t: &TagView) -> Markup {
     let digest = &t.record.digest;
     html! {
         tr {
             td {
                 code { (t.tag) }
                 @if t.immutable { " " span.tag.immutable title="matches immutable_tags: never revalidated" { "immutable" } }
+                br; code.pull title="select to copy" { "docker pull " (pull) ":" (t.tag) }
             }
             td { a href=(query_link("/ui/manifest", &[("digest", digest)])) { code { (short(digest)) "…" } } }
             td { code { (t.record.media_type) } }
@@ -184,27 +257,46 @@ fn tag_row(origin: &str, t: &TagView) -> Markup {
             }
             td { (bytes(t.total_size)) }
             td { (when(t.record.fetched_at_ms)) br; span.muted { @if origin == LOCAL { "pushed" } @else { "fetched / confirmed" } } }
-            td { @match t.last_pulled_ms { Some(ms) => (when(ms)), None => span.muted { "not since start" } } }
+            td { (last_pulled(t.last_pulled_ms)) }
         }
     }
 }
 
 async fn repository(ctx: &Ctx<'_>) -> Result<Markup, ApiError> {
     let origin = ctx.query.origin.as_deref().unwrap_or(LOCAL);
-    let name: RepoName = ctx
-        .query
-        .repo
-        .as_deref()
-        .unwrap_or("")
-        .parse()
-        .map_err(|_| ApiError::new(ErrorCode::NameInvalid, "no such repository name"))?;
+    let Some(name) = ctx.query.repo.as_deref() else {
+        return Err(ApiError::new(
+            ErrorCode::NameInvalid,
+            "Which repository? This page needs ?origin=...&name=... (follow a link from the list).",
+        ));
+    };
+    let name: RepoName = name.parse().map_err(|_| {
+        ApiError::new(ErrorCode::NameInvalid, "That is not a repository name.")
+    })?;
+    let unknown = || {
+        ApiError::new(
+            ErrorCode::NameUnknown,
+            format!("The mirror holds no repository {name} from {origin}."),
+        )
+    };
+    let title = ctx
+        .mirror
+        .repository_title(origin, &name)
+        .await
+        .map_err(|e| proxy_error(e, Resource::Repository, LOCAL))?
+        .ok_or_else(unknown)?;
     let page = ctx
         .mirror
         .repository_view(origin, &name, ctx.query.last.as_deref())
         .await
         .map_err(|e| proxy_error(e, Resource::Repository, LOCAL))?;
     let tags = &page.items;
-    let title = name.to_string();
+    let pull = format!("{}/{title}", ctx.pull_host());
+    let link = |last: Option<&str>| {
+        let mut pairs = vec![("origin", origin), ("name", name.as_str())];
+        pairs.extend(last.map(|l| ("last", l)));
+        query_link("/ui/repo", &pairs)
+    };
     Ok(layout(
         &title,
         html! {
@@ -215,28 +307,43 @@ async fn repository(ctx: &Ctx<'_>) -> Result<Markup, ApiError> {
             }
             table {
                 tr { th { "Tag" } th { "Digest" } th { "Media type" } th { "Platforms" } th { "Size" } th { "Recorded" } th { "Last pulled" } }
-                @for t in tags { (tag_row(origin, t)) }
+                @for t in tags { (tag_row(origin, &pull, t)) }
             }
-            @if tags.is_empty() { p.muted { "No tags." } }
-            @if let Some(next) = &page.next {
-                p { a href=(query_link("/ui/repo", &[("origin", origin), ("name", name.as_str()), ("last", next)])) { "Next page →" } }
-            }
+            @if tags.is_empty() { p.muted { "No tags on this page." } }
+            (pager(page.next.as_ref(), page.previous.as_ref(), link))
+            p.muted { (crate::proxy::inventory::PAGE_TAGS) " tags a page, sorted by name." }
         },
     ))
 }
 
-fn parts(title: &str, items: &[PartView]) -> Markup {
+/// A table of a manifest's parts: configs and layers link to their blob page (seen from
+/// `manifest`), child manifests to theirs.
+fn parts(title: &str, manifest: &str, items: &[PartView], blobs: bool) -> Markup {
     html! {
         @if !items.is_empty() {
             h2 { (title) }
             table {
-                tr { th { "Digest" } th { "Media type" } th { "Size" } th { "Platform" } }
+                tr { th { "Digest" } th { "Media type" } th { "Size" } @if !blobs { th { "Platform" } } }
                 @for p in items {
                     tr {
-                        td { a href=(query_link("/ui/manifest", &[("digest", &p.digest)])) { code { (short(&p.digest)) "…" } } }
+                        td {
+                            @if blobs {
+                                a href=(query_link("/ui/blob", &[("digest", &p.digest), ("manifest", manifest)])) { code { (short(&p.digest)) "…" } }
+                            } @else {
+                                a href=(query_link("/ui/manifest", &[("digest", &p.digest)])) { code { (short(&p.digest)) "…" } }
+                            }
+                        }
                         td { code { (p.media_type) } }
                         td { (bytes(p.size)) }
-                        td { @if let Some(platform) = &p.platform { code { (platform) } } }
+                        @if !blobs {
+                            td {
+                                @if let Some(platform) = &p.platform { code { (platform) } }
+                                @if let Some(attests) = &p.attests {
+                                    span.tag.immutable { "attestation" } " of "
+                                    a href=(query_link("/ui/manifest", &[("digest", attests)])) { code { (short(attests)) "…" } }
+                                }
+                            }
+                        }
                     }
                 }
             }
@@ -244,7 +351,7 @@ fn parts(title: &str, items: &[PartView]) -> Markup {
     }
 }
 
-fn manifest_page(m: &ManifestView) -> Markup {
+fn manifest_page(m: &ManifestView, last_pulled_ms: Option<u64>) -> Markup {
     let title = m.digest.to_string();
     let total: u64 =
         m.config.as_ref().map_or(0, |c| c.size) + m.layers.iter().map(|l| l.size).sum::<u64>();
@@ -254,9 +361,10 @@ fn manifest_page(m: &ManifestView) -> Markup {
             h1 { "Manifest" }
             p { code { (title) } }
             p { code { (m.media_type) } " · " (bytes(m.size)) @if !m.layers.is_empty() { " · image " (bytes(total)) } }
-            @if let Some(config) = &m.config { (parts("Config", std::slice::from_ref(config))) }
-            (parts("Layers", &m.layers))
-            (parts("Platform manifests", &m.children))
+            p { "Last pulled by digest or through a tag: " (last_pulled(last_pulled_ms)) }
+            @if let Some(config) = &m.config { (parts("Config", &title, std::slice::from_ref(config), true)) }
+            (parts("Layers", &title, &m.layers, true))
+            (parts("Manifests", &title, &m.children, false))
             @if m.more_parts > 0 { p.muted { "… and " (m.more_parts) " more, in the document." } }
             h2 { "Referrers" }
             @if m.referrers.is_empty() { p.muted { "No signatures, SBOMs or attestations refer to it." } }
@@ -282,18 +390,64 @@ fn manifest_page(m: &ManifestView) -> Markup {
     )
 }
 
+fn digest_param(value: Option<&str>) -> Result<Digest, ApiError> {
+    let Some(value) = value else {
+        return Err(ApiError::new(
+            ErrorCode::DigestInvalid,
+            "Which digest? This page needs ?digest=sha256:... (follow a link).",
+        ));
+    };
+    value.parse().map_err(|e: crate::oci::DigestError| {
+        ApiError::new(ErrorCode::DigestInvalid, format!("That is not a digest: {e}"))
+    })
+}
+
 async fn manifest(ctx: &Ctx<'_>) -> Result<Markup, ApiError> {
-    let digest: Digest = ctx.query.digest.as_deref().unwrap_or("").parse().map_err(
-        |e: crate::oci::DigestError| ApiError::new(ErrorCode::DigestInvalid, e.to_string()),
-    )?;
+    let digest = digest_param(ctx.query.digest.as_deref())?;
     match ctx.mirror.manifest_view(&digest).await {
-        Ok(Some(view)) => Ok(manifest_page(&view)),
+        Ok(Some(view)) => Ok(manifest_page(&view, ctx.mirror.store.last_access(&digest))),
         Ok(None) => Err(ApiError::new(
             ErrorCode::ManifestUnknown,
-            "not in the mirror",
+            format!("The mirror holds no manifest {digest}."),
         )),
         Err(e) => Err(proxy_error(e, Resource::Manifest, LOCAL)),
     }
+}
+
+/// A config or layer: what the manifest it was reached from says of it, its size in the
+/// store, and where to download it.
+async fn blob(ctx: &Ctx<'_>) -> Result<Markup, ApiError> {
+    let digest = digest_param(ctx.query.digest.as_deref())?;
+    let manifest = digest_param(ctx.query.manifest.as_deref())?;
+    let view = ctx
+        .mirror
+        .blob_view(&digest, &manifest)
+        .await
+        .map_err(|e| proxy_error(e, Resource::Blob, LOCAL))?
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::BlobUnknown,
+                format!("The mirror holds no blob {digest} in manifest {manifest}."),
+            )
+        })?;
+    let title = digest.to_string();
+    Ok(layout(
+        &title,
+        html! {
+            h1 { @if view.is_config { "Config" } @else { "Layer" } }
+            p { code { (title) } }
+            table {
+                tr { th { "Media type" } td { code { (view.media_type) } } }
+                tr { th { "Size" } td { (bytes(view.size)) } }
+                tr { th { "Stored" } td { @if view.stored { "yes" } @else { span.muted { "not yet: fetched on its first pull" } } } }
+                tr { th { "Referenced by" } td { a href=(query_link("/ui/manifest", &[("digest", &manifest.to_string())])) { code { (manifest) } } } }
+                @if let Some(repo) = &view.repository {
+                    tr { th { "Download" } td { a href={ "/v2/" (repo) "/blobs/" (digest) } { "/v2/" (repo) "/blobs/" (short(&digest.to_string())) "…" } } }
+                }
+            }
+            p.muted { "Other manifests may use it too: the mirror keeps no index from blobs to the manifests that list them." }
+        },
+    ))
 }
 
 fn status(s: &StatusView) -> Markup {

@@ -25,6 +25,56 @@ pub struct RepoView {
     pub name: String,
     /// How clients pull it.
     pub display: String,
+    /// How many tags it has.
+    pub tags: usize,
+    /// The bytes of the images its first [`SIZED_TAGS`] tags point to (each image once), and
+    /// whether it has more tags than that.
+    pub size: (u64, bool),
+    /// When a client last pulled from it through this replica, milliseconds since the epoch.
+    pub last_pulled_ms: Option<u64>,
+}
+
+/// Tags of a repository whose images the repository list adds up.
+pub const SIZED_TAGS: usize = 10;
+
+/// When tags and repositories were last pulled through this replica (since it started):
+/// what the UI shows as "last pulled", per tag and not per digest (two tags of one image
+/// were not pulled together).
+pub struct PullTimes {
+    tags: moka::sync::Cache<(String, String, String), u64>,
+    repositories: moka::sync::Cache<(String, String), u64>,
+}
+
+impl Default for PullTimes {
+    fn default() -> Self {
+        PullTimes {
+            tags: moka::sync::Cache::builder().max_capacity(100_000).build(),
+            repositories: moka::sync::Cache::builder().max_capacity(10_000).build(),
+        }
+    }
+}
+
+impl PullTimes {
+    /// Notes a pull of `repo` under `origin`, of `tag` when it was pulled by tag.
+    pub fn record(&self, origin: &str, repo: &str, tag: Option<&str>) {
+        let now = crate::clock::now_ms();
+        self.repositories
+            .insert((origin.to_owned(), repo.to_owned()), now);
+        if let Some(tag) = tag {
+            self.tags
+                .insert((origin.to_owned(), repo.to_owned(), tag.to_owned()), now);
+        }
+    }
+
+    fn tag(&self, origin: &str, repo: &str, tag: &str) -> Option<u64> {
+        self.tags
+            .get(&(origin.to_owned(), repo.to_owned(), tag.to_owned()))
+    }
+
+    fn repository(&self, origin: &str, repo: &str) -> Option<u64> {
+        self.repositories
+            .get(&(origin.to_owned(), repo.to_owned()))
+    }
 }
 
 /// A tag of a repository.
@@ -40,7 +90,7 @@ pub struct TagView {
     pub more_children: usize,
     /// Config and layers (of every stored child summarized, for an index), in bytes.
     pub total_size: u64,
-    /// When a client last pulled the manifest, milliseconds since the epoch.
+    /// When a client last pulled this tag through this replica, milliseconds since the epoch.
     pub last_pulled_ms: Option<u64>,
     /// Matches the upstream's `immutable_tags`.
     pub immutable: bool,
@@ -55,8 +105,26 @@ pub struct PartView {
     pub digest: String,
     /// Its size, as declared.
     pub size: u64,
-    /// For a child of an index: its platform.
+    /// For a child of an index: its platform (none for an attestation).
     pub platform: Option<String>,
+    /// For an attestation (BuildKit's provenance and SBOMs, in an index): the digest of the
+    /// manifest it attests.
+    pub attests: Option<String>,
+}
+
+/// A config or layer, as a manifest that lists it describes it.
+#[derive(Debug, Clone)]
+pub struct BlobView {
+    /// Its media type, from the manifest's descriptor.
+    pub media_type: String,
+    /// Its size: the stored blob's, else the descriptor's.
+    pub size: u64,
+    /// Whether the store holds it (a layer is fetched on its first pull).
+    pub stored: bool,
+    /// Whether it is the manifest's config (else a layer).
+    pub is_config: bool,
+    /// A repository that holds the manifest, to download the blob through.
+    pub repository: Option<String>,
 }
 
 /// A manifest, taken apart.
@@ -132,6 +200,31 @@ pub struct Paged<T> {
     pub items: Vec<T>,
     /// Where the next page starts (after this key), when there is one.
     pub next: Option<String>,
+    /// Where the previous page starts: `None` on the first page, `Some(None)` when it is the
+    /// first page, `Some(Some(key))` to start after `key`.
+    pub previous: Option<Option<String>>,
+}
+
+/// Keyset pagination over a sorted list: the page after `after`, and the keys of the pages
+/// around it.
+fn paginate<T>(
+    mut all: Vec<T>,
+    after: Option<&str>,
+    size: usize,
+    key: impl Fn(&T) -> String,
+) -> Paged<T> {
+    let start = after.map_or(0, |after| all.partition_point(|t| key(t).as_str() <= after));
+    let previous = (start > 0).then(|| (start > size).then(|| key(&all[start - size - 1])));
+    let rest = all.split_off(start);
+    let mut items = rest;
+    let more = items.len() > size;
+    items.truncate(size);
+    let next = more.then(|| items.last().map(&key)).flatten();
+    Paged {
+        items,
+        next,
+        previous,
+    }
 }
 
 /// A referrer and the repositories it was pushed to: a referrer belongs to its repository,
@@ -212,6 +305,9 @@ impl Mirror {
                 display: self.display_name(&origin, &name),
                 origin,
                 name,
+                tags: 0,
+                size: (0, false),
+                last_pulled_ms: None,
             })
             .filter(|r| r.display.to_ascii_lowercase().contains(&query))
             .collect())
@@ -224,15 +320,59 @@ impl Mirror {
         after: Option<&str>,
     ) -> Result<Paged<RepoView>, ProxyError> {
         let mut all = self.repositories_view(query).await?;
-        all.sort_by(|a, b| a.display.cmp(&b.display));
         let key = |r: &RepoView| format!("{}\0{}", r.display, r.origin);
-        if let Some(after) = after {
-            all.retain(|r| key(r).as_str() > after);
+        all.sort_by_key(key);
+        let mut page = paginate(all, after, PAGE_REPOSITORIES, key);
+        for repo in &mut page.items {
+            self.describe_repository(repo).await?;
         }
-        let more = all.len() > PAGE_REPOSITORIES;
-        all.truncate(PAGE_REPOSITORIES);
-        let next = more.then(|| all.last().map(key)).flatten();
-        Ok(Paged { items: all, next })
+        Ok(page)
+    }
+
+    /// The name of the repository held as `name` under `origin`, as clients pull it; `None`
+    /// when the mirror holds no tag of it (an unknown origin included).
+    pub async fn repository_title(
+        &self,
+        origin: &str,
+        name: &RepoName,
+    ) -> Result<Option<String>, ProxyError> {
+        if origin != LOCAL && self.upstreams.by_name(origin).is_none() {
+            return Ok(None);
+        }
+        if self.store.list_tags(origin, name).await?.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(self.display_name(origin, name.as_str())))
+    }
+
+    /// Tag count, size and last pull of a repository on the list: the size from the images of
+    /// its first [`SIZED_TAGS`] tags, so a page costs a bounded amount of work.
+    async fn describe_repository(&self, repo: &mut RepoView) -> Result<(), ProxyError> {
+        let Ok(name) = repo.name.parse::<RepoName>() else {
+            return Ok(());
+        };
+        let tags = self.store.list_tags(&repo.origin, &name).await?;
+        repo.tags = tags.len();
+        repo.last_pulled_ms = self.pulls.repository(&repo.origin, &repo.name);
+        let mut seen = std::collections::HashSet::new();
+        let mut size = 0;
+        for tag in tags.iter().take(SIZED_TAGS) {
+            let Ok(tag) = tag.parse::<Tag>() else {
+                continue;
+            };
+            let key = TagKey {
+                upstream: repo.origin.clone(),
+                repo: name.clone(),
+                tag,
+            };
+            if let Some(digest) = self.store.get_tag(&key).await?.and_then(|r| r.digest())
+                && seen.insert(digest.clone())
+            {
+                size += self.image_summary(&digest).await?.size;
+            }
+        }
+        repo.size = (size, tags.len() > SIZED_TAGS);
+        Ok(())
     }
 
     /// A page of the tags of a repository (after `after`), with what each points to.
@@ -244,14 +384,10 @@ impl Mirror {
     ) -> Result<Paged<TagView>, ProxyError> {
         let upstream = self.upstreams.by_name(origin);
         let mut tags = self.store.list_tags(origin, name).await?;
-        if let Some(after) = after {
-            tags.retain(|t| t.as_str() > after);
-        }
-        let more = tags.len() > PAGE_TAGS;
-        tags.truncate(PAGE_TAGS);
-        let next = more.then(|| tags.last().cloned()).flatten();
+        tags.sort();
+        let page = paginate(tags, after, PAGE_TAGS, String::clone);
         let mut out = Vec::new();
-        for tag in tags {
+        for tag in page.items {
             let Ok(tag) = tag.parse::<Tag>() else {
                 continue;
             };
@@ -263,13 +399,11 @@ impl Mirror {
             let Some(record) = self.store.get_tag(&key).await? else {
                 continue;
             };
-            let (summary, last_pulled_ms) = match record.digest() {
-                Some(digest) => (
-                    self.image_summary(&digest).await?,
-                    self.store.last_access(&digest),
-                ),
-                None => (Arc::new(Summary::default()), None),
+            let summary = match record.digest() {
+                Some(digest) => self.image_summary(&digest).await?,
+                None => Arc::new(Summary::default()),
             };
+            let last_pulled_ms = self.pulls.tag(origin, name.as_str(), tag.as_str());
             out.push(TagView {
                 immutable: upstream.is_some_and(|u| u.is_immutable(tag.as_str())),
                 tag: tag.to_string(),
@@ -280,7 +414,11 @@ impl Mirror {
                 last_pulled_ms,
             });
         }
-        Ok(Paged { items: out, next })
+        Ok(Paged {
+            items: out,
+            next: page.next,
+            previous: page.previous,
+        })
     }
 
     /// The platforms of an index and the bytes an image (or the stored children looked at)
@@ -344,6 +482,44 @@ impl Mirror {
             });
         }
         Ok(Some(view))
+    }
+
+    /// A config or layer of `manifest`; `None` when the manifest is not stored or does not
+    /// list the blob.
+    pub async fn blob_view(
+        &self,
+        digest: &Digest,
+        manifest: &Digest,
+    ) -> Result<Option<BlobView>, ProxyError> {
+        let Some(parts) = self.manifest_parts(manifest).await? else {
+            return Ok(None);
+        };
+        let wanted = digest.to_string();
+        let found = match &parts.config {
+            Some(config) if config.digest == wanted => Some((config, true)),
+            _ => parts
+                .layers
+                .iter()
+                .find(|l| l.digest == wanted)
+                .map(|l| (l, false)),
+        };
+        let Some((part, is_config)) = found else {
+            return Ok(None);
+        };
+        let stored = self.store.blob_size(digest).await?;
+        let repository = self
+            .store
+            .holders_cached(manifest)
+            .await?
+            .first()
+            .map(|h| h.split('@').next().unwrap_or(h).to_owned());
+        Ok(Some(BlobView {
+            media_type: part.media_type.clone(),
+            size: stored.unwrap_or(part.size),
+            stored: stored.is_some(),
+            is_config,
+            repository,
+        }))
     }
 
     async fn manifest_parts(&self, digest: &Digest) -> Result<Option<ManifestView>, ProxyError> {
@@ -414,6 +590,18 @@ impl Mirror {
     }
 }
 
+/// The manifest an index entry attests, when it is an attestation: BuildKit marks them with
+/// `vnd.docker.reference.type = attestation-manifest` (and platform `unknown/unknown`).
+fn attested(entry: &serde_json::Value) -> Option<String> {
+    let annotations = &entry["annotations"];
+    (annotations["vnd.docker.reference.type"].as_str() == Some("attestation-manifest")).then(|| {
+        annotations["vnd.docker.reference.digest"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    })
+}
+
 /// A manifest document taken apart for a page: at most [`PAGE_PARTS`] layers and children,
 /// and at most [`SHOWN_DOCUMENT`] bytes of the document.
 fn take_apart(digest: Digest, media_type: String, bytes: &[u8]) -> ManifestView {
@@ -422,7 +610,8 @@ fn take_apart(digest: Digest, media_type: String, bytes: &[u8]) -> ManifestView 
         media_type: v["mediaType"].as_str().unwrap_or("").to_owned(),
         digest: v["digest"].as_str().unwrap_or("").to_owned(),
         size: v["size"].as_u64().unwrap_or(0),
-        platform: v.get("platform").map(|p| {
+        attests: attested(v),
+        platform: v.get("platform").filter(|_| attested(v).is_none()).map(|p| {
             let mut platform = format!(
                 "{}/{}",
                 p["os"].as_str().unwrap_or("?"),

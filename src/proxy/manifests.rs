@@ -84,10 +84,16 @@ impl Mirror {
         {
             return Err(ProxyError::Upstream(UpstreamError::NotFound));
         }
+        let tag = match reference {
+            Reference::Tag(tag) => Some(tag.as_str()),
+            Reference::Digest(_) => None,
+        };
         if let Reference::Tag(tag) = reference
             && let Some(local) = self.local_manifest(target, tag).await?
         {
             self.metrics.lookup(Kind::Manifest, CacheResult::Hit, LOCAL);
+            self.pulls
+                .record(LOCAL, target.canonical().as_str(), Some(tag.as_str()));
             return Ok(ManifestAnswer::from_stored(&local, head, CacheResult::Hit));
         }
         let Some(route) = target.route() else {
@@ -96,11 +102,15 @@ impl Mirror {
                 && let Some(m) = self.visible_manifest(target, digest).await?
             {
                 self.metrics.lookup(Kind::Manifest, CacheResult::Hit, LOCAL);
+                self.pulls.record(LOCAL, target.canonical().as_str(), None);
                 return Ok(ManifestAnswer::from_stored(&m, head, CacheResult::Hit));
             }
             return Err(RouteError::NoUpstream(target.sent().to_string()).into());
         };
-        self.routed_manifest(target, route, reference, head).await
+        let answer = self.routed_manifest(target, route, reference, head).await?;
+        self.pulls
+            .record(route.upstream.name(), route.repo.as_str(), tag);
+        Ok(answer)
     }
 
     /// A stored manifest, when `target` may see it: content cached from upstreams is shared by

@@ -94,6 +94,8 @@ pub struct Mirror {
     search_budget: Arc<search::SearchBudget>,
     /// What the web UI's views remember and their parsing budget.
     inventory: inventory::InventoryCache,
+    /// When tags and repositories were last pulled, for the UI.
+    pub pulls: inventory::PullTimes,
     /// The other replicas (Redis), once the server joined them.
     cluster: std::sync::OnceLock<Arc<Coordinator>>,
     /// Reads from the other replicas.
@@ -127,6 +129,7 @@ impl Mirror {
             search_flights: Singleflight::default(),
             search_budget: Arc::default(),
             inventory: inventory::InventoryCache::default(),
+            pulls: inventory::PullTimes::default(),
             cluster: std::sync::OnceLock::new(),
             peers: std::sync::OnceLock::new(),
             seen_changes: std::sync::atomic::AtomicU64::new(0),
