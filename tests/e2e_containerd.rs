@@ -121,9 +121,11 @@ async fn pull_as_docker_io_mirror(
     let index = layout.add_index(&[("amd64", &amd64), ("arm64", &arm64)], false);
     push_http(&registry.url(), "library/app", "v1", &layout.dir, &index).await;
 
-    // docker.io is reachable only by `ns=docker.io`: no default upstream.
+    // docker.io is reachable only by `ns=docker.io`: no default upstream (a lone upstream
+    // would be the default, so there is a second one, never asked).
     let upstream = format!(
-        "[[upstream]]\nname = \"docker.io\"\nurl = \"{}\"\n",
+        "[[upstream]]\nname = \"docker.io\"\nurl = \"{}\"\n\
+         [[upstream]]\nname = \"quay.io\"\nurl = \"http://127.0.0.1:9\"\n",
         registry.url()
     );
     let storage = garage.map(|g| g.storage_keys("containerd", ""));
