@@ -366,3 +366,228 @@ async fn pages_are_bounded_however_big_the_content() {
         assert!(p.await.unwrap().len() < 200_000);
     }
 }
+
+/// What an operator sees is true: a pulled-through multi-arch image with an attestation
+/// labels the attestation as one; configs and layers open their own blob page; a pushed
+/// repository is titled as clients pull it; "last pulled" is per tag; a repository of 300
+/// tags pages with next and previous links and a copyable pull command; unknown things are
+/// HTML 404s and bad parameters HTML 400s in the UI's style; `/` leads to the UI. A real
+/// browser renders each kind of page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_say_what_is_true() {
+    let fake = FakeUpstream::start(Auth::None).await;
+    let (m, damd) = mirror(&fake, "").await;
+    // A multi-arch image with a BuildKit attestation, pulled through.
+    let config = b"{\"architecture\":\"amd64\"}".to_vec();
+    let layer = common::random_bytes(2000);
+    let (dc, dl) = (fake.put_blob(config.clone()), fake.put_blob(layer.clone()));
+    let image = serde_json::json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": dc, "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": dl, "size": layer.len()}]})
+    .to_string();
+    let attestation = serde_json::json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": dc, "size": config.len()},
+        "layers": []})
+    .to_string();
+    let (dimage, datt) = (sha256(image.as_bytes()), sha256(attestation.as_bytes()));
+    fake.put_manifest("library/web", &dimage, image.clone(), OCI_MANIFEST);
+    fake.put_manifest("library/web", &datt, attestation.clone(), OCI_MANIFEST);
+    let index = serde_json::json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
+        {"mediaType": OCI_MANIFEST, "digest": dimage, "size": image.len(), "platform": {"os": "linux", "architecture": "amd64"}},
+        {"mediaType": OCI_MANIFEST, "digest": datt, "size": attestation.len(),
+         "platform": {"os": "unknown", "architecture": "unknown"},
+         "annotations": {"vnd.docker.reference.type": "attestation-manifest", "vnd.docker.reference.digest": dimage}}]})
+    .to_string();
+    fake.put_manifest("library/web", "1.0", index.clone(), OCI_INDEX);
+    fake.put_manifest("library/web", "stable", index, OCI_INDEX);
+    for path in [
+        "/v2/web/manifests/1.0".to_owned(),
+        "/v2/web/manifests/stable".to_owned(),
+        format!("/v2/web/manifests/{dimage}"),
+        format!("/v2/web/manifests/{datt}"),
+    ] {
+        assert_eq!(m.get(&path).await.status(), 200, "{path}");
+    }
+    // A pushed repository of 300 tags, one image.
+    let pushed = m.get(&format!("/v2/team/app/manifests/{damd}")).await;
+    let pushed = pushed.text().await.unwrap();
+    for i in 0..300 {
+        let r = m
+            .client
+            .put(m.url(&format!("/v2/team/many/manifests/t{i:03}")))
+            .header("content-type", OCI_MANIFEST)
+            .body(pushed.clone());
+        // The image's blobs are in team/app; mount them once.
+        if i == 0 {
+            for digest in serde_json::from_str::<serde_json::Value>(&pushed).unwrap()["layers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .chain(std::iter::once(
+                    &serde_json::from_str::<serde_json::Value>(&pushed).unwrap()["config"],
+                ))
+                .map(|d| d["digest"].as_str().unwrap().to_owned())
+            {
+                let mount = m
+                    .client
+                    .post(m.url(&format!(
+                        "/v2/team/many/blobs/uploads/?mount={digest}&from=team/app"
+                    )))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(mount.status(), 201);
+            }
+        }
+        assert_eq!(r.send().await.unwrap().status(), 201, "t{i:03}");
+    }
+    let host = m.server.addr.to_string();
+
+    // `/` leads to the UI; unknown things are HTML pages with the right status.
+    let root = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(m.url("/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(root.status(), 302);
+    assert_eq!(root.headers()["location"], "/ui/");
+    for (path, status) in [
+        ("/ui/nonexistent", 404),
+        ("/ui/repo", 400),
+        ("/ui/repo?origin=bogus&name=web", 404),
+        ("/ui/repo?origin=docker.io&name=library/nothere", 404),
+        ("/ui/manifest?digest=sha256:nothex", 400),
+        (
+            "/ui/blob?digest=sha256:0000000000000000000000000000000000000000000000000000000000000000&manifest=sha256:0000000000000000000000000000000000000000000000000000000000000000",
+            404,
+        ),
+    ] {
+        let r = m.get(path).await;
+        assert_eq!(r.status(), status, "{path}");
+        assert!(
+            r.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/html"),
+            "{path}"
+        );
+        let body = r.text().await.unwrap();
+        assert!(
+            body.contains("/ui/style.css") && body.contains("<h1>"),
+            "{path}: {body}"
+        );
+    }
+
+    // The list: tag counts, sizes, last pulls.
+    let list = page(&m, "/ui/").await;
+    assert!(
+        list.contains("team/many") && list.contains("<td>300</td>"),
+        "{list}"
+    );
+    // The pushed repository, titled as clients pull it, paged.
+    let first = page(&m, "/ui/repo?origin=_local&name=docker.io/team/many").await;
+    assert!(first.contains("<h1>team/many</h1>"), "{first}");
+    assert_eq!(first.matches("<tr>").count(), 51, "a header and 50 tags");
+    assert!(
+        first.contains(&format!("docker pull {host}/team/many:t000")),
+        "{first}"
+    );
+    assert!(first.contains("Next page") && !first.contains("Previous page"));
+    let second = page(
+        &m,
+        "/ui/repo?origin=_local&name=docker.io/team/many&last=t049",
+    )
+    .await;
+    assert!(
+        second.contains("t050") && !second.contains(">t049<"),
+        "{second}"
+    );
+    assert!(second.contains("Previous page") && second.contains("Next page"));
+    let last = page(
+        &m,
+        "/ui/repo?origin=_local&name=docker.io/team/many&last=t249",
+    )
+    .await;
+    assert!(
+        last.contains("t299") && !last.contains("Next page"),
+        "{last}"
+    );
+    // Last pulled is per tag: `stable` was pulled, `1.0` too; the pushed tags never.
+    let web = page(&m, "/ui/repo?origin=docker.io&name=library/web").await;
+    assert!(web.contains("<h1>library/web</h1>"), "{web}");
+    assert!(first.contains(">never<"), "{first}");
+    assert!(
+        !web.contains(">never<"),
+        "both tags of web were pulled: {web}"
+    );
+    // The index: the attestation is labelled, not a platform.
+    let index_digest = {
+        let r = m.get("/v2/web/manifests/1.0").await;
+        r.headers()["docker-content-digest"]
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
+    let index_page = page(&m, &format!("/ui/manifest?digest={index_digest}")).await;
+    assert!(index_page.contains("attestation"), "{index_page}");
+    assert!(!index_page.contains("unknown/unknown"), "{index_page}");
+    // The image: config and layer open blob pages, not manifest pages.
+    let image_page = page(&m, &format!("/ui/manifest?digest={dimage}")).await;
+    let blob_link = format!("/ui/blob?digest={}", dl.replace(':', "%3A"));
+    assert!(image_page.contains(&blob_link), "{image_page}");
+    let blob = page(&m, &format!("/ui/blob?digest={dl}&manifest={dimage}")).await;
+    assert!(blob.contains("<h1>Layer</h1>"), "{blob}");
+    assert!(
+        blob.contains("application/vnd.oci.image.layer.v1.tar+gzip"),
+        "{blob}"
+    );
+    assert!(
+        blob.contains("2000 B") || blob.contains("2.0 KiB"),
+        "{blob}"
+    );
+    let config_page = page(&m, &format!("/ui/blob?digest={dc}&manifest={dimage}")).await;
+    assert!(config_page.contains("<h1>Config</h1>"), "{config_page}");
+
+    // A real browser renders every kind of page.
+    let test = "pages_say_what_is_true";
+    let Some(binary) = common::require_tool("chromium", test) else {
+        return;
+    };
+    let shots = tempfile::tempdir().unwrap();
+    for (kind, path) in [
+        ("list", "/ui/".to_owned()),
+        (
+            "repository",
+            "/ui/repo?origin=_local&name=docker.io/team/many".to_owned(),
+        ),
+        ("index", format!("/ui/manifest?digest={index_digest}")),
+        ("blob", format!("/ui/blob?digest={dl}&manifest={dimage}")),
+        ("status", "/ui/status".to_owned()),
+        ("not-found", "/ui/nonexistent".to_owned()),
+    ] {
+        let dom = tokio::task::block_in_place(|| chromium(&binary, &["--dump-dom", &m.url(&path)]));
+        assert!(
+            dom.contains("regmirror") && dom.contains("<h1>"),
+            "{kind}: {dom}"
+        );
+        let png = shots.path().join(format!("{kind}.png"));
+        tokio::task::block_in_place(|| {
+            chromium(
+                &binary,
+                &[
+                    &format!("--screenshot={}", png.display()),
+                    "--window-size=1280,900",
+                    &m.url(&path),
+                ],
+            )
+        });
+        let bytes = std::fs::read(&png).unwrap();
+        assert!(
+            bytes.starts_with(b"\x89PNG") && bytes.len() > 5_000,
+            "{kind}"
+        );
+    }
+}

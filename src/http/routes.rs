@@ -344,7 +344,13 @@ mod tests {
 
     #[test]
     fn rejects_bad_paths() {
-        assert_eq!(parse("/"), Err(PathError::NotFound));
+        assert_eq!(
+            parse("/"),
+            Ok(Route::Ui(Page::Root)),
+            "browsers land on the UI"
+        );
+        assert_eq!(parse("/ui/nonexistent"), Ok(Route::Ui(Page::NotFound)));
+        assert_eq!(parse("/other"), Err(PathError::NotFound));
         assert_eq!(parse("/v2/alpine"), Err(PathError::NotFound));
         assert!(matches!(
             parse("/v2/Alpine/manifests/latest"),

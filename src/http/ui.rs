@@ -177,7 +177,11 @@ fn query_link(path: &str, pairs: &[(&str, &str)]) -> String {
 
 /// Next and previous links of a paged listing; `link` makes the URL of the page after a key
 /// (or the first page).
-fn pager(next: Option<&String>, previous: Option<&Option<String>>, link: impl Fn(Option<&str>) -> String) -> Markup {
+fn pager(
+    next: Option<&String>,
+    previous: Option<&Option<String>>,
+    link: impl Fn(Option<&str>) -> String,
+) -> Markup {
     html! {
         p.pager {
             @if let Some(previous) = previous { a href=(link(previous.as_deref())) { "← Previous page" } " " }
@@ -270,9 +274,9 @@ async fn repository(ctx: &Ctx<'_>) -> Result<Markup, ApiError> {
             "Which repository? This page needs ?origin=...&name=... (follow a link from the list).",
         ));
     };
-    let name: RepoName = name.parse().map_err(|_| {
-        ApiError::new(ErrorCode::NameInvalid, "That is not a repository name.")
-    })?;
+    let name: RepoName = name
+        .parse()
+        .map_err(|_| ApiError::new(ErrorCode::NameInvalid, "That is not a repository name."))?;
     let unknown = || {
         ApiError::new(
             ErrorCode::NameUnknown,
@@ -398,7 +402,10 @@ fn digest_param(value: Option<&str>) -> Result<Digest, ApiError> {
         ));
     };
     value.parse().map_err(|e: crate::oci::DigestError| {
-        ApiError::new(ErrorCode::DigestInvalid, format!("That is not a digest: {e}"))
+        ApiError::new(
+            ErrorCode::DigestInvalid,
+            format!("That is not a digest: {e}"),
+        )
     })
 }
 

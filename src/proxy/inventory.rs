@@ -72,8 +72,7 @@ impl PullTimes {
     }
 
     fn repository(&self, origin: &str, repo: &str) -> Option<u64> {
-        self.repositories
-            .get(&(origin.to_owned(), repo.to_owned()))
+        self.repositories.get(&(origin.to_owned(), repo.to_owned()))
     }
 }
 
@@ -611,18 +610,21 @@ fn take_apart(digest: Digest, media_type: String, bytes: &[u8]) -> ManifestView 
         digest: v["digest"].as_str().unwrap_or("").to_owned(),
         size: v["size"].as_u64().unwrap_or(0),
         attests: attested(v),
-        platform: v.get("platform").filter(|_| attested(v).is_none()).map(|p| {
-            let mut platform = format!(
-                "{}/{}",
-                p["os"].as_str().unwrap_or("?"),
-                p["architecture"].as_str().unwrap_or("?")
-            );
-            if let Some(variant) = p["variant"].as_str() {
-                platform.push('/');
-                platform.push_str(variant);
-            }
-            platform
-        }),
+        platform: v
+            .get("platform")
+            .filter(|_| attested(v).is_none())
+            .map(|p| {
+                let mut platform = format!(
+                    "{}/{}",
+                    p["os"].as_str().unwrap_or("?"),
+                    p["architecture"].as_str().unwrap_or("?")
+                );
+                if let Some(variant) = p["variant"].as_str() {
+                    platform.push('/');
+                    platform.push_str(variant);
+                }
+                platform
+            }),
     };
     let mut more_parts = 0;
     let mut list = |key: &str| -> Vec<PartView> {
