@@ -394,6 +394,71 @@ async fn concurrent_cold_requests_over_all_replicas_cost_one_upstream_fetch() {
         followers += metric(node, "regmirror_cluster_fills_total{role=\"follower\"}").await;
     }
     assert_eq!((leaders, followers), (1.0, 2.0));
+
+    // The dashboard on three replicas: each reports the whole bucket (what `max` shows; a
+    // `sum` would triple it), and every regmirror series its queries use is scraped. A
+    // manifest pull first, whose answer carries the upstream's rate-limit headers.
+    let manifest = serde_json::json!({"schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": digest, "size": blob.len()},
+        "layers": []})
+    .to_string();
+    upstream.put_manifest(
+        "library/app",
+        "v1",
+        manifest.clone(),
+        "application/vnd.oci.image.manifest.v1+json",
+    );
+    let r = reqwest::get(replicas.nodes[0].url("/v2/library/app/manifests/v1"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let stored = (blob.len() + manifest.len()) as f64;
+    let mut scraped = String::new();
+    for node in &replicas.nodes {
+        common::eventually_async(10, "the bucket's size on every replica", || async {
+            metric(node, "regmirror_store_bytes").await == stored
+        })
+        .await;
+        scraped.push_str(&node.metrics().await);
+    }
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/grafana/regmirror.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let exprs = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .map(|t| t["expr"].as_str().unwrap().to_owned())
+        .collect::<Vec<_>>()
+        .join("\n");
+    for name in series_names(&exprs) {
+        assert!(
+            scraped.contains(&name),
+            "{name} is on the dashboard but no replica exports it"
+        );
+    }
+}
+
+/// The metric families a PromQL text names (`regmirror_*` and `process_*`; histogram series
+/// by their family).
+fn series_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    for word in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        if word.starts_with("regmirror_") || word.starts_with("process_") {
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| word.strip_suffix(s))
+                .unwrap_or(word);
+            names.insert(family.to_owned());
+        }
+    }
+    names
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
