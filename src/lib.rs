@@ -135,12 +135,22 @@ async fn open_mirror(config: &Config, owns_tmp: bool) -> Result<Arc<Mirror>, Sta
     let storage = &config.storage;
     let backend = open_backend(storage, &metrics)?;
     if let Some(s3) = storage.s3.as_ref().filter(|_| !backend.lists_cheaply()) {
-        // Fail at start, saying which bucket and key, rather than at the first pull.
-        backend.check().await.map_err(|source| StartError::Bucket {
-            backend: backend.describe(),
-            access_key_id: s3.credentials().map(|(id, _)| id).unwrap_or_default(),
-            source: Box::new(source),
-        })?;
+        // Refused credentials or a missing bucket stop the start, saying which bucket and
+        // key, rather than fail at the first pull. A store that does not answer (an outage)
+        // does not: a server starts, serves degraded and loads the store when it is back.
+        match backend.check().await {
+            Ok(()) => {}
+            Err(e) if e.is_unavailable() && owns_tmp => {
+                tracing::warn!(backend = %backend.describe(), error = %e, "the object store does not answer; starting anyway (not ready until it does)");
+            }
+            Err(source) => {
+                return Err(StartError::Bucket {
+                    backend: backend.describe(),
+                    access_key_id: s3.credentials().map(|(id, _)| id).unwrap_or_default(),
+                    source: Box::new(source),
+                });
+            }
+        }
     }
     let options = store::StoreOptions {
         index_bytes: storage.index_memory_mib * 1024 * 1024,
@@ -288,6 +298,9 @@ pub async fn start(config: &Config) -> Result<Server, StartError> {
         readiness: Arc::clone(&readiness),
         body_idle_timeout: config.server.body_idle_timeout,
     });
+    if !mirror.store.is_loaded() {
+        mirror.metrics.store_available.set(0);
+    }
     mirror.metrics.store_max_bytes.set(
         config
             .storage

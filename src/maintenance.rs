@@ -46,8 +46,14 @@ async fn follow_index(mirror: Arc<Mirror>) {
     ticker.tick().await; // The index was just loaded.
     loop {
         ticker.tick().await;
-        if let Err(e) = mirror.store.sync_index().await {
-            tracing::warn!(error = %e, "cannot read the index journal");
+        match mirror.store.sync_index().await {
+            Ok(()) => {}
+            // Not loaded since start: the readiness probe and the status page say so; each
+            // retry need not.
+            Err(e) if !mirror.store.is_loaded() => {
+                tracing::debug!(error = %e, "the object store still does not answer")
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read the index journal"),
         }
     }
 }

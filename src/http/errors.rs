@@ -176,8 +176,17 @@ pub fn proxy_error(e: ProxyError, resource: Resource, upstream: &str) -> ApiErro
 }
 
 /// Maps a store failure: a full disk is 507 with a clear message (clients and operators can
-/// act on it), anything else a logged 500.
+/// act on it), an object store in an outage 503 (nothing changed; try again), anything else
+/// a logged 500.
 pub fn store_error(e: &crate::store::StoreError) -> ApiError {
+    if e.is_unavailable() {
+        tracing::debug!(error = %e, "store unavailable");
+        return ApiError::new(
+            ErrorCode::Unavailable,
+            "the mirror's storage is unavailable; nothing was changed, try again later",
+        )
+        .with_header(header::RETRY_AFTER, "30".into());
+    }
     if e.is_disk_full() {
         tracing::error!(error = %e, "storage full");
         return ApiError::new(
@@ -243,6 +252,16 @@ mod tests {
             source: std::io::Error::from_raw_os_error(5),
         };
         assert_eq!(store_error(&other).code, ErrorCode::Unknown);
+        let outage = crate::store::StoreError::Backend(crate::store::BackendError::Unavailable {
+            op: "put",
+            bucket: "b".into(),
+            key: "k".into(),
+            message: "connection refused".into(),
+        });
+        let e = store_error(&outage);
+        assert_eq!(e.code, ErrorCode::Unavailable);
+        assert!(!e.message.contains("connection refused"), "{}", e.message);
+        assert_eq!(e.into_response().status(), 503);
         let upload = upload_error(crate::store::UploadError::Store(full));
         assert_eq!(upload.code, ErrorCode::StorageFull);
     }

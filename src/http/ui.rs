@@ -464,6 +464,15 @@ fn status(s: &StatusView) -> Markup {
         html! {
             h1 { "Status" }
             @if s.offline { p.bad { "Offline: no upstream is contacted." } }
+            @if !s.store_loaded {
+                p.bad { "The object store has not answered since this replica started: not ready; it loads the store's index as soon as the store answers." }
+            }
+            @if let Some((since, why)) = &s.store_outage {
+                p.bad {
+                    "The object store is unavailable since " (when(*since)) ": " (why) ". "
+                    "Serving degraded: cached content is served, pulls pass through from the upstream verified but not kept, pushes and deletes are refused (503)."
+                }
+            }
             div.cards {
                 div.card { b { (percent(s.since_start.hits, s.since_start.lookups)) } "hit ratio since start" }
                 div.card { b { (bytes(s.since_start.cache_bytes)) } "served from the cache (saved)" }

@@ -123,6 +123,14 @@ pub struct Metrics {
     pub connections_closed: IntCounterVec,
     /// `regmirror_maintenance_failures_total{task}`: eviction or GC runs aborted by an error.
     pub maintenance_failures: IntCounterVec,
+    /// `regmirror_store_available`: 1 while the object store takes writes, 0 during an
+    /// outage (the replica then serves degraded: cached content, and pulls passed through).
+    pub store_available: IntGauge,
+    /// `regmirror_passthrough_requests_total{kind}`: pulls answered from the upstream
+    /// without being kept, because the store could not take them.
+    pub passthrough_requests: IntCounterVec,
+    /// `regmirror_passthrough_bytes_total`: blob bytes passed through without being kept.
+    pub passthrough_bytes: IntCounter,
     /// `regmirror_readiness_probes_total`: probes of the store made for `/readyz` (at most
     /// one every few seconds, however many ask).
     pub readiness_probes: IntCounter,
@@ -428,6 +436,20 @@ impl Metrics {
             "Unreachable blobs removed by GC.",
         );
         // Closed label sets start at zero, so rates and alerts see them before the first event.
+        let store_available = plain_gauge(
+            "regmirror_store_available",
+            "1 while the object store takes writes, 0 during an outage (cached content is served and pulls pass through).",
+        );
+        store_available.set(1);
+        let passthrough_requests = counter_vec(
+            "regmirror_passthrough_requests_total",
+            "Pulls answered from the upstream without being kept because the store could not take them, by kind (manifest, blob).",
+            &["kind"],
+        );
+        let passthrough_bytes = plain_counter(
+            "regmirror_passthrough_bytes_total",
+            "Blob bytes passed through to clients without being kept because the store could not take them.",
+        );
         let readiness_probes = counter(
             "regmirror_readiness_probes_total",
             "Probes of the store (a write, a read and a delete) made for /readyz; at most one every few seconds.",
@@ -454,6 +476,9 @@ impl Metrics {
             connections_closed,
             maintenance_failures,
             blob_readers_refused,
+            store_available,
+            passthrough_requests,
+            passthrough_bytes,
             readiness_probes,
             uploads_bytes,
             store_max_bytes,

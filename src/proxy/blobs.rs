@@ -134,9 +134,18 @@ impl Mirror {
                 .lookup(Kind::Blob, CacheResult::Negative, label);
             return Err(ProxyError::Upstream(UpstreamError::NotFound));
         }
-        if let Some(answer) = self.blob_from_store(digest, head, range).await? {
-            self.metrics.lookup(Kind::Blob, answer.cache, label);
-            return Ok(answer);
+        match self.blob_from_store(digest, head, range).await {
+            Ok(Some(answer)) => {
+                self.metrics.lookup(Kind::Blob, answer.cache, label);
+                return Ok(answer);
+            }
+            Ok(None) => {}
+            // The object store is out: what only it holds comes from the upstream meanwhile
+            // (verified as always; kept again once the store is back).
+            Err(ProxyError::Store(e)) if e.is_unavailable() => {
+                tracing::debug!(%digest, error = %e, "store unavailable: fetching the blob from the upstream");
+            }
+            Err(e) => return Err(e),
         }
         let route = target
             .route()
@@ -332,14 +341,23 @@ impl Mirror {
             // while every request for the blob streams from it.
             OpenBlob::Remote { .. } => {
                 match self.fills.start_or_join(FillSource::Backend, digest)? {
-                    Joined::Leader(fill) | Joined::Follower(fill) | Joined::Verified(fill) => (
-                        BlobBody::Fill {
-                            fill,
-                            start,
-                            end: Some(end),
-                        },
-                        CacheResult::Hit,
-                    ),
+                    Joined::Leader(fill) | Joined::Follower(fill) | Joined::Verified(fill) => {
+                        // A bucket that does not answer fails the read before its first byte:
+                        // say so as a store error, which the caller rides out.
+                        if let Err(FillError::Store(e)) = fill.wait_started().await
+                            && e.is_unavailable()
+                        {
+                            return Err(ProxyError::Store(e));
+                        }
+                        (
+                            BlobBody::Fill {
+                                fill,
+                                start,
+                                end: Some(end),
+                            },
+                            CacheResult::Hit,
+                        )
+                    }
                     Joined::Committed => return Ok(None),
                 }
             }

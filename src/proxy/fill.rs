@@ -508,9 +508,34 @@ impl Fills {
         tokio::spawn(async move {
             let fills = Arc::clone(&entry.fills);
             let upstream_name = job.source.label().to_owned();
+            let from_upstream = matches!(job.source, FillSource::Upstream { .. });
             let digest = job.digest.clone();
             let result = job.run(spool, &fills).await;
-            if let Err(e) = &result {
+            let progress = entry.fill.progress.borrow().clone();
+            // Every reader had the whole verified blob and only keeping it failed: an outage
+            // of the object store, ridden out as a pass-through.
+            let passed = match &result {
+                Err(FillError::Store(e))
+                    if from_upstream && progress.verified && e.is_unavailable() =>
+                {
+                    super::passed_through(
+                        &fills.store,
+                        &fills.metrics,
+                        "blob",
+                        progress.received,
+                        e,
+                    );
+                    true
+                }
+                Ok(_) if from_upstream => {
+                    super::store_answered(&fills.store, &fills.metrics);
+                    false
+                }
+                _ => false,
+            };
+            if let Err(e) = &result
+                && !passed
+            {
                 tracing::warn!(%digest, upstream = %upstream_name, error = %e, "blob fill failed; nothing kept");
                 fills
                     .metrics

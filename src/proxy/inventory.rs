@@ -272,6 +272,11 @@ pub struct StatusView {
     pub uploads_bytes: u64,
     /// `max_size` (0: no cap).
     pub max_size: u64,
+    /// The object store's outage in progress: since when (ms) and why.
+    pub store_outage: Option<(u64, String)>,
+    /// Whether the store's index is loaded (no: the object store has not answered since
+    /// start).
+    pub store_loaded: bool,
     /// Whether the mirror runs offline.
     pub offline: bool,
 }
@@ -585,6 +590,8 @@ impl Mirror {
             uploads_bytes: self.store.uploads_bytes(),
             max_size: u64::try_from(m.store_max_bytes.get()).unwrap_or(0),
             offline: self.upstreams.offline(),
+            store_outage: self.store.outage(),
+            store_loaded: self.store.is_loaded(),
         }
     }
 }

@@ -141,13 +141,19 @@ impl Mirror {
         head: bool,
     ) -> Result<ManifestAnswer, ProxyError> {
         let upstream = route.upstream.name();
-        // Fast path: what the store answers alone, with no lock and no upstream.
-        if let Some(answer) = self
+        // Fast path: what the store answers alone, with no lock and no upstream. A store in
+        // an outage answers nothing: the upstream does, passed through.
+        match self
             .manifest_from_store(target, route, reference, head)
-            .await?
+            .await
         {
-            self.metrics.lookup(Kind::Manifest, answer.cache, upstream);
-            return Ok(answer);
+            Ok(Some(answer)) => {
+                self.metrics.lookup(Kind::Manifest, answer.cache, upstream);
+                return Ok(answer);
+            }
+            Ok(None) => {}
+            Err(ProxyError::Store(e)) if e.is_unavailable() => {}
+            Err(e) => return Err(e),
         }
         let negative_key = FlightKey::new(route, reference, false);
         if let Some(until) = self.negative.get(&negative_key) {
@@ -340,8 +346,11 @@ impl Mirror {
                 .inc();
             return Err(ProxyError::ManifestDigestMismatch);
         }
-        self.store.put_manifest(Arc::clone(&fetched)).await?;
-        self.record_pending_tag(route, &fetched).await?;
+        let kept = match self.store.put_manifest(Arc::clone(&fetched)).await {
+            Ok(()) => self.record_pending_tag(route, &fetched).await,
+            Err(e) => Err(e.into()),
+        };
+        self.kept_or_passed(kept)?;
         Ok(ManifestAnswer::from_stored(
             &fetched,
             head,
@@ -357,7 +366,12 @@ impl Mirror {
     ) -> Result<ManifestAnswer, ProxyError> {
         let key = Self::tag_key(route, tag);
         let reference = Reference::Tag(tag.clone());
-        let cached = self.cached_tag(route, tag).await?;
+        let cached = match self.cached_tag(route, tag).await {
+            Ok(cached) => cached,
+            // The store is out: the tag is asked of the upstream, as if never cached.
+            Err(ProxyError::Store(e)) if e.is_unavailable() => None,
+            Err(e) => return Err(e),
+        };
         if let Some((record, manifest)) = &cached {
             // The upstream just failed to answer: do not make this pull wait for it again.
             if route.upstream.recently_unreachable() {
@@ -366,7 +380,8 @@ impl Mirror {
             // Older than the TTL: a HEAD (free on Docker Hub) tells whether it moved.
             match self.head_upstream(route, &reference).await {
                 Ok(current) if current.digest == manifest.digest => {
-                    self.store.put_tag(&key, &record.refreshed()).await?;
+                    let refreshed = self.store.put_tag(&key, &record.refreshed()).await;
+                    self.kept_or_passed(refreshed.map_err(ProxyError::from))?;
                     return Ok(ManifestAnswer::from_stored(
                         manifest,
                         head,
@@ -402,10 +417,11 @@ impl Mirror {
         );
         // Both writes end in an fsync: overlap them. A tag record whose manifest is missing
         // (a crash between the two) reads as no cached tag, so the order does not matter.
-        tokio::try_join!(
+        let kept = tokio::try_join!(
             self.store.put_manifest(Arc::clone(&fetched)),
             self.store.put_tag(&key, &record)
-        )?;
+        );
+        self.kept_or_passed(kept.map(|_| ()).map_err(ProxyError::from))?;
         Ok(ManifestAnswer::from_stored(
             &fetched,
             head,
@@ -469,6 +485,22 @@ impl Mirror {
                 .await?;
         }
         Ok(())
+    }
+
+    /// The outcome of keeping a fetched manifest: kept, or (the object store in an outage)
+    /// passed through to the client unkept, verified as always; other failures fail.
+    fn kept_or_passed(&self, kept: Result<(), ProxyError>) -> Result<(), ProxyError> {
+        match kept {
+            Ok(()) => {
+                super::store_answered(&self.store, &self.metrics);
+                Ok(())
+            }
+            Err(ProxyError::Store(e)) if e.is_unavailable() => {
+                super::passed_through(&self.store, &self.metrics, "manifest", 0, &e);
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// A cached tag served although it could not be revalidated.

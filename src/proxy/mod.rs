@@ -63,6 +63,34 @@ pub enum ProxyError {
     },
 }
 
+/// Content the store could not take (an outage), answered to the client anyway: counted, and
+/// logged once per incident.
+pub(crate) fn passed_through(
+    store: &Store,
+    metrics: &Metrics,
+    kind: &'static str,
+    bytes: u64,
+    e: &StoreError,
+) {
+    if store.note_outage(e) {
+        tracing::warn!(error = %e, "the object store cannot take content: pulls pass through from the upstream, verified but not kept, until it recovers");
+    }
+    metrics.store_available.set(0);
+    metrics
+        .passthrough_requests
+        .with_label_values(&[kind])
+        .inc();
+    metrics.passthrough_bytes.inc_by(bytes);
+}
+
+/// The object store took a write: an outage, if any, is over.
+pub(crate) fn store_answered(store: &Store, metrics: &Metrics) {
+    if store.note_recovered() {
+        tracing::info!("the object store takes content again");
+    }
+    metrics.store_available.set(1);
+}
+
 impl From<StoreError> for ProxyError {
     fn from(e: StoreError) -> ProxyError {
         ProxyError::Store(Arc::new(e))

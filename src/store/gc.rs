@@ -63,6 +63,9 @@ impl Store {
         target: u64,
         in_use: impl Fn(&Digest) -> bool,
     ) -> Result<EvictionReport> {
+        if !self.index.is_loaded() {
+            return Err(super::StoreError::NotLoaded);
+        }
         let mut report = EvictionReport::default();
         // Unfinished uploads count against the cap too.
         let used = || self.usage().0 + self.uploads_bytes();
@@ -136,6 +139,9 @@ impl Store {
         dry_run: bool,
         in_use: impl Fn(&Digest) -> bool,
     ) -> Result<GcReport> {
+        if !self.index.is_loaded() {
+            return Err(super::StoreError::NotLoaded);
+        }
         let mut report = GcReport::default();
         let blobs = self.index.blobs();
         let mut manifests = HashSet::new();

@@ -161,7 +161,15 @@ pub struct Index {
     synced: Mutex<std::time::Instant>,
     /// The other replicas, told of each journaled change.
     link: std::sync::Arc<std::sync::OnceLock<std::sync::Arc<dyn super::ClusterLink>>>,
+    /// Whether the state was loaded from the backend. A server whose bucket did not answer
+    /// at start runs without it (and does no housekeeping) until a retry loads it.
+    loaded: std::sync::atomic::AtomicBool,
+    /// When to try loading again, and the wait after that (doubling up to a limit).
+    retry: Mutex<(std::time::Instant, std::time::Duration)>,
 }
+
+/// The longest wait between two attempts to load an index the bucket did not give at start.
+const LOAD_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(15);
 
 impl Index {
     /// Loads the index of `backend`: by listing it when that is cheap, else from its snapshot
@@ -184,6 +192,8 @@ impl Index {
             unfolded: Mutex::default(),
             synced: Mutex::new(std::time::Instant::now()),
             link,
+            loaded: std::sync::atomic::AtomicBool::new(true),
+            retry: Mutex::new((std::time::Instant::now(), std::time::Duration::from_secs(1))),
         };
         if journal != Journal::Bucket {
             let mut state = rebuild(backend).await?;
@@ -196,8 +206,57 @@ impl Index {
             }
             return Ok(index);
         }
-        index.reload(backend).await?;
+        match index.reload(backend).await {
+            Ok(()) => {}
+            // The bucket is there but does not answer (an outage): serve without the index
+            // and load it when the bucket is back, rather than refuse to start.
+            Err(StoreError::Backend(e)) if server && e.is_unavailable() => {
+                tracing::warn!(error = %e, "the object store does not answer: starting without its index, retrying in the background");
+                index
+                    .loaded
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
+            }
+            Err(e) => return Err(e),
+        }
         Ok(index)
+    }
+
+    /// Whether the index was loaded from the backend (always, but for a server whose bucket
+    /// has not answered since it started).
+    pub(crate) fn is_loaded(&self) -> bool {
+        self.loaded.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Loads the index the bucket did not give at start, when the backoff allows another
+    /// try: whether it is loaded now.
+    async fn try_load(&self, backend: &dyn Backend) -> Result<bool> {
+        {
+            let retry = self.lock_retry();
+            if std::time::Instant::now() < retry.0 {
+                return Ok(false);
+            }
+        }
+        match self.reload(backend).await {
+            Ok(()) => {
+                self.loaded
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                tracing::info!("the object store answers again: index loaded");
+                Ok(true)
+            }
+            Err(e) => {
+                let mut retry = self.lock_retry();
+                let wait = retry.1;
+                *retry = (
+                    std::time::Instant::now() + wait,
+                    (wait * 2).min(LOAD_RETRY_MAX),
+                );
+                Err(e)
+            }
+        }
+    }
+
+    fn lock_retry(&self) -> std::sync::MutexGuard<'_, (std::time::Instant, std::time::Duration)> {
+        self.retry.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Replaces the state with the snapshot and the journal.
@@ -318,6 +377,10 @@ impl Index {
     /// first, so the snapshot loses none of their changes; entries younger than
     /// [`FOLD_GRACE_MS`] stay in the journal (listed as folded) for replicas yet to read them.
     pub(crate) async fn save(&self, backend: &dyn Backend) -> Result<Synced> {
+        if !self.is_loaded() {
+            // A snapshot of an index never loaded would erase the bucket's.
+            return self.sync(backend).await;
+        }
         if self.journal != Journal::Bucket {
             return Ok(Synced::Changes(Vec::new()));
         }
@@ -353,6 +416,12 @@ impl Index {
     /// Applies the journal entries other processes (replicas, `regmirror import` or `gc`)
     /// wrote since this one last looked; after a long pause, reloads everything instead.
     pub(crate) async fn sync(&self, backend: &dyn Backend) -> Result<Synced> {
+        if !self.is_loaded() {
+            return match self.try_load(backend).await? {
+                true => Ok(Synced::Reloaded),
+                false => Ok(Synced::Changes(Vec::new())),
+            };
+        }
         match self.journal {
             Journal::Bucket => {}
             Journal::LocalWriter => return Ok(Synced::Changes(Vec::new())),

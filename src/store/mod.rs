@@ -90,6 +90,10 @@ pub enum StoreError {
     /// The backend failed.
     #[error(transparent)]
     Backend(#[from] BackendError),
+    /// The object store has not answered since the server started, so the index of what it
+    /// holds is not loaded yet: nothing that needs it (GC, eviction) may run.
+    #[error("the object store has not answered since start; its index is not loaded yet")]
+    NotLoaded,
     /// Bytes offered for a digest hash to something else; nothing was kept.
     #[error("content does not match its digest: {0}")]
     DigestMismatch(#[from] crate::oci::DigestMismatch),
@@ -104,6 +108,15 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Whether the object store is unavailable (an outage to ride out, not a refusal).
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Backend(e) => e.is_unavailable(),
+            StoreError::NotLoaded => true,
+            _ => false,
+        }
+    }
+
     /// Whether the disk (or the user's quota) is full.
     pub(crate) fn is_disk_full(&self) -> bool {
         const ENOSPC: i32 = 28;
@@ -182,6 +195,8 @@ pub struct Store {
     replica: String,
     /// The other replicas, once the server has connected to them.
     link: Arc<std::sync::OnceLock<Arc<dyn ClusterLink>>>,
+    /// The object store's outage in progress: since when (ms) and why.
+    outage: Mutex<Option<(u64, String)>>,
 }
 
 /// How long the replica folding the index journal holds that chore (renewed every minute).
@@ -262,8 +277,13 @@ impl Store {
             live_spools: Arc::default(),
             replica: uuid::Uuid::new_v4().to_string(),
             link,
+            outage: Mutex::default(),
         };
-        store.load_access().await?;
+        match store.load_access().await {
+            // Loaded with the index, once the object store answers.
+            Err(e) if e.is_unavailable() && !store.index.is_loaded() => {}
+            loaded => loaded?,
+        }
         store.load_uploads().await?;
         Ok(store)
     }
@@ -359,9 +379,47 @@ impl Store {
     /// Applies what other replicas changed in the bucket since this one last looked (tags
     /// pushed or deleted, blobs deleted), dropping what this replica cached of it.
     pub(crate) async fn sync_index(&self) -> Result<()> {
+        let was_loaded = self.index.is_loaded();
         let synced = self.index.sync(self.backend.as_ref()).await?;
         self.forget_changed(synced);
+        if !was_loaded && self.index.is_loaded() {
+            self.load_access().await?;
+        }
         Ok(())
+    }
+
+    /// Notes that the object store failed as in an outage; whether this began one (so that
+    /// it is logged once per incident, not per request).
+    pub(crate) fn note_outage(&self, e: &StoreError) -> bool {
+        let mut outage = self.outage.lock().unwrap_or_else(|p| p.into_inner());
+        let began = outage.is_none();
+        if began {
+            *outage = Some((crate::clock::now_ms(), e.to_string()));
+        }
+        began
+    }
+
+    /// Notes that the object store took a write again; whether this ended an outage.
+    pub(crate) fn note_recovered(&self) -> bool {
+        self.outage
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .is_some()
+    }
+
+    /// The outage in progress: since when (ms since the epoch) and the first error.
+    pub(crate) fn outage(&self) -> Option<(u64, String)> {
+        self.outage
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Whether the index of what the store holds is loaded (a server whose object store did
+    /// not answer at start runs without it until the store answers).
+    pub(crate) fn is_loaded(&self) -> bool {
+        self.index.is_loaded()
     }
 
     fn forget_changed(&self, synced: index::Synced) {

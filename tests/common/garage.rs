@@ -83,6 +83,35 @@ impl Garage {
         Some(garage)
     }
 
+    /// Kills the node (`kill -9`): the object store is gone, connections are refused.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the node again on the same data and configuration, and waits until its S3 API
+    /// answers.
+    pub async fn resume(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.path().join("garage.log"))
+            .unwrap();
+        self.child = Command::new(&self.binary)
+            .arg("-c")
+            .arg(&self.config)
+            .arg("server")
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        let backend = self.backend("");
+        let answers = || async {
+            use regmirror::store::Backend;
+            backend.list("_nothing/").await.is_ok()
+        };
+        super::eventually_async(30, "garage to answer again", answers).await;
+    }
+
     /// Runs the CLI; its stdout, or `None` if it failed.
     fn cli(&self, args: &[&str]) -> Option<String> {
         self.run(args).ok()

@@ -35,7 +35,8 @@ pub enum BackendError {
         /// The OS error.
         source: std::io::Error,
     },
-    /// The object store answered with an error or could not be reached.
+    /// The object store answered with a definite refusal (credentials, permissions, a
+    /// missing bucket): a configuration to fix, not an outage to wait out.
     #[error("{op} {key} in bucket {bucket}: {message}")]
     Remote {
         /// What was being done.
@@ -47,12 +48,32 @@ pub enum BackendError {
         /// What the object store said.
         message: String,
     },
+    /// The object store could not be reached or could not answer (connection refused, a
+    /// 5xx such as a lost quorum, a timeout), even after a few retries: an outage, which the
+    /// mirror rides out (pass-through, readiness, retries in the background).
+    #[error("{op} {key} in bucket {bucket}: the object store is unavailable: {message}")]
+    Unavailable {
+        /// What was being done.
+        op: &'static str,
+        /// The bucket.
+        bucket: String,
+        /// The key.
+        key: String,
+        /// What went wrong.
+        message: String,
+    },
     /// An entry where the store's layout has none (a file where a directory belongs).
     #[error("unexpected entry {0} in the store")]
     Layout(String),
 }
 
 impl BackendError {
+    /// Whether this is an outage of the object store (to ride out) rather than a refusal or
+    /// a local error.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, BackendError::Unavailable { .. })
+    }
+
     /// The OS error, when the failure was a local file operation.
     pub fn io(&self) -> Option<&std::io::Error> {
         match self {

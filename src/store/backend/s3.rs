@@ -42,6 +42,15 @@ pub struct S3Settings {
 }
 
 /// Files up to this size are uploaded with one PUT; larger ones in parts of this size.
+/// How often a failed request to the object store is retried (5xx, connection errors).
+const RETRIES: usize = 3;
+
+/// How long after its first attempt a request is retried at most.
+const RETRY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long connecting to the object store may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 const PART_SIZE: usize = 8 * 1024 * 1024;
 
 /// Parts of one upload in flight at once: enough to keep a link to the bucket busy, while a
@@ -77,6 +86,18 @@ impl S3Backend {
             .with_region(&settings.region)
             .with_access_key_id(&settings.access_key_id)
             .with_secret_access_key(&settings.secret_access_key);
+        // A store that does not answer fails a request within seconds, not minutes: the
+        // mirror then passes pulls through and retries in the background (object_store's
+        // default is ten retries over up to three minutes).
+        builder = builder
+            .with_retry(object_store::RetryConfig {
+                backoff: object_store::BackoffConfig::default(),
+                max_retries: RETRIES,
+                retry_timeout: RETRY_TIMEOUT,
+            })
+            .with_client_options(
+                object_store::ClientOptions::new().with_connect_timeout(CONNECT_TIMEOUT),
+            );
         if let Some(endpoint) = &settings.endpoint {
             // S3-compatible stores are addressed by path (`<endpoint>/<bucket>/<key>`).
             builder = builder
@@ -117,11 +138,32 @@ impl S3Backend {
         key: &str,
     ) -> impl FnOnce(object_store::Error) -> BackendError {
         let (bucket, key) = (self.settings.bucket.clone(), key.to_owned());
-        move |e| BackendError::Remote {
-            op,
-            bucket,
-            key,
-            message: error_chain(&e),
+        move |e| {
+            let message = error_chain(&e);
+            // Refusals name a configuration to fix; anything else (a connection refused, a
+            // 5xx after the retries, a timeout) is an outage.
+            match e {
+                object_store::Error::PermissionDenied { .. }
+                | object_store::Error::Unauthenticated { .. }
+                | object_store::Error::NotFound { .. }
+                | object_store::Error::AlreadyExists { .. }
+                | object_store::Error::Precondition { .. }
+                | object_store::Error::NotModified { .. }
+                | object_store::Error::NotSupported { .. }
+                | object_store::Error::NotImplemented { .. }
+                | object_store::Error::InvalidPath { .. } => BackendError::Remote {
+                    op,
+                    bucket,
+                    key,
+                    message,
+                },
+                _ => BackendError::Unavailable {
+                    op,
+                    bucket,
+                    key,
+                    message,
+                },
+            }
         }
     }
 
