@@ -120,3 +120,115 @@ async fn an_object_store_outage_degrades_to_a_proxy_and_recovers_by_itself() {
         201
     );
 }
+
+/// On a real distributed store: three Garage nodes (replication factor 3, one per zone)
+/// behind nginx. One node down changes nothing; two down (no quorum) and the mirror serves
+/// degraded; a replica started then starts; with the nodes back both are ready within 30
+/// seconds, without a restart, and keep what they pull again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_quorum_degrades_and_recovers_on_a_three_node_garage() {
+    use common::garage_cluster::GarageCluster;
+    let test = "a_lost_quorum_degrades_and_recovers_on_a_three_node_garage";
+    let Some(mut garage) = GarageCluster::start(test).await else {
+        return;
+    };
+    let Some(redis) = common::cluster::Redis::start(test).await else {
+        return;
+    };
+    let fake = FakeUpstream::start(Auth::None).await;
+    let blobs: Vec<(Vec<u8>, String)> = (0..5)
+        .map(|_| {
+            let bytes = common::random_bytes(150 * 1024);
+            let digest = fake.put_blob(bytes.clone());
+            (bytes, digest)
+        })
+        .collect();
+    let storage = garage.storage_keys("quorum");
+    // Two replicas of one cluster: Redis shares their fetches.
+    let secret: String = common::random_bytes(32)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let rest = format!(
+        "[cluster]\nsecret = \"{secret}\"\nredis_url = \"{}\"\n[auth]\nanonymous_push = true\n[[upstream]]\nname = \"docker.io\"\nurl = \"{}\"\ndefault = true\n",
+        redis.url(),
+        fake.url()
+    );
+    let a = TestMirror::start_storage(tempfile::tempdir().unwrap(), &storage, &rest).await;
+    let pull = |m: &TestMirror, i: usize| {
+        let (bytes, digest) = blobs[i].clone();
+        let url = m.url(&format!("/v2/app/blobs/{digest}"));
+        let client = m.client.clone();
+        async move {
+            let r = client.get(url).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            assert_eq!(r.bytes().await.unwrap().as_ref(), bytes.as_slice());
+        }
+    };
+    pull(&a, 0).await;
+    a.fills_settled().await;
+
+    // One node down: quorum holds, nothing visible.
+    garage.kill(2);
+    pull(&a, 1).await;
+    a.fills_settled().await;
+    assert_eq!(push_blob(&a, b"one node down").await.status(), 201);
+    assert_eq!(
+        a.metric("regmirror_passthrough_requests_total{kind=\"blob\"}")
+            .await,
+        0.0
+    );
+    common::eventually_async(10, "ready with one node down", || async {
+        readyz(&a).await == (200, "ready\n".to_owned())
+    })
+    .await;
+
+    // Two down: no quorum.
+    garage.kill(1);
+    pull(&a, 0).await; // the hot cache
+    pull(&a, 2).await; // passed through
+    common::eventually_async(30, "the pass-through counted", || async {
+        a.metric("regmirror_passthrough_requests_total{kind=\"blob\"}")
+            .await
+            >= 1.0
+    })
+    .await;
+    let pushed = push_blob(&a, b"no quorum").await;
+    assert_eq!(pushed.status(), 503);
+    common::eventually_async(30, "/readyz to say degraded", || async {
+        let (status, text) = readyz(&a).await;
+        status == 200 && text.starts_with("degraded")
+    })
+    .await;
+
+    // A replica started now starts, not ready.
+    let b = TestMirror::start_storage(tempfile::tempdir().unwrap(), &storage, &rest).await;
+    assert_eq!(readyz(&b).await.0, 503);
+    // A cold blob asked of both at once: whichever leads the fetch for the cluster cannot
+    // keep it, and neither client waits on the other's claim.
+    tokio::join!(pull(&a, 4), pull(&b, 4));
+
+    // The nodes come back: ready within 30 seconds, without a restart.
+    garage.restart(1);
+    garage.restart(2);
+    for (name, m) in [("a", &a), ("b", &b)] {
+        common::eventually_async(30, &format!("replica {name} ready"), || async {
+            readyz(m).await == (200, "ready\n".to_owned())
+        })
+        .await;
+    }
+    pull(&a, 3).await;
+    a.fills_settled().await;
+    let hex = blobs[3].1.strip_prefix("sha256:").unwrap();
+    let key = format!("quorum/blobs/sha256/{}/{hex}", &hex[..2]);
+    let bucket = garage.backend("");
+    use regmirror::store::Backend;
+    common::eventually_async(20, "the new pull kept in the bucket", || async {
+        bucket.stat(&key).await.ok().flatten().is_some()
+    })
+    .await;
+    common::eventually_async(20, "pushes land again", || async {
+        push_blob(&a, b"quorum is back").await.status() == 201
+    })
+    .await;
+}

@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod dockerd;
 pub mod fake_upstream;
 pub mod garage;
+pub mod garage_cluster;
 pub mod images;
 pub mod registry;
 
