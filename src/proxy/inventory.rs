@@ -40,9 +40,24 @@ pub const SIZED_TAGS: usize = 10;
 /// When tags and repositories were last pulled through this replica (since it started):
 /// what the UI shows as "last pulled", per tag and not per digest (two tags of one image
 /// were not pulled together).
+///
+/// On the path of every manifest pull, so it is cheap: keys are hashes (no allocation), and a
+/// time is written at most once a second per key (a read is cheaper than a write).
 pub struct PullTimes {
-    tags: moka::sync::Cache<(String, String, String), u64>,
-    repositories: moka::sync::Cache<(String, String), u64>,
+    tags: moka::sync::Cache<u64, u64>,
+    repositories: moka::sync::Cache<u64, u64>,
+}
+
+/// How stale a recorded pull time may get before a pull writes it again.
+const PULL_TIME_RESOLUTION_MS: u64 = 1000;
+
+/// The key of a repository, or of one of its tags: a hash of the names (a collision would
+/// only show one tag's pull time for another's).
+fn pull_key(origin: &str, repo: &str, tag: Option<&str>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (origin, repo, tag).hash(&mut hasher);
+    hasher.finish()
 }
 
 impl Default for PullTimes {
@@ -58,21 +73,26 @@ impl PullTimes {
     /// Notes a pull of `repo` under `origin`, of `tag` when it was pulled by tag.
     pub fn record(&self, origin: &str, repo: &str, tag: Option<&str>) {
         let now = crate::clock::now_ms();
-        self.repositories
-            .insert((origin.to_owned(), repo.to_owned()), now);
-        if let Some(tag) = tag {
-            self.tags
-                .insert((origin.to_owned(), repo.to_owned(), tag.to_owned()), now);
+        let touch = |times: &moka::sync::Cache<u64, u64>, key: u64| {
+            if times
+                .get(&key)
+                .is_none_or(|at| now.saturating_sub(at) >= PULL_TIME_RESOLUTION_MS)
+            {
+                times.insert(key, now);
+            }
+        };
+        touch(&self.repositories, pull_key(origin, repo, None));
+        if tag.is_some() {
+            touch(&self.tags, pull_key(origin, repo, tag));
         }
     }
 
     fn tag(&self, origin: &str, repo: &str, tag: &str) -> Option<u64> {
-        self.tags
-            .get(&(origin.to_owned(), repo.to_owned(), tag.to_owned()))
+        self.tags.get(&pull_key(origin, repo, Some(tag)))
     }
 
     fn repository(&self, origin: &str, repo: &str) -> Option<u64> {
-        self.repositories.get(&(origin.to_owned(), repo.to_owned()))
+        self.repositories.get(&pull_key(origin, repo, None))
     }
 }
 
