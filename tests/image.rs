@@ -15,14 +15,6 @@ use common::images::put_runnable_image;
 
 const TAG: &str = "regmirror:image-test";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_image_builds_offline_runs_as_non_root_and_serves_pulls() {
     let test = "the_image_builds_offline_runs_as_non_root_and_serves_pulls";
@@ -34,7 +26,7 @@ async fn the_image_builds_offline_runs_as_non_root_and_serves_pulls() {
     };
     let fake = FakeUpstream::start(Auth::None).await;
     put_runnable_image(&fake, "library/hello", "1.0");
-    let port = free_port();
+    let port = common::cluster::free_port();
     let mirror = format!("127.0.0.1:{port}");
     let daemon = Dockerd::start(&dockerd, &docker, &["--insecure-registry", &mirror]).await;
     let run =

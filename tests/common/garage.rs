@@ -25,12 +25,54 @@ pub struct Garage {
     dir: TempDir,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+use super::cluster::free_port;
+
+/// Garage's CLI against the node `config` describes: its stdout, or its stderr if it failed.
+pub(super) fn garage_cli(binary: &Path, config: &Path, args: &[&str]) -> Result<String, String> {
+    let output = Command::new(binary)
+        .arg("-c")
+        .arg(config)
+        .args(args)
+        .output()
+        .unwrap();
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).into_owned())
+    }
+}
+
+/// Runs the CLI until it succeeds: right after start, and after a layout change, Garage
+/// refuses some commands for a moment.
+pub(super) async fn garage_must(binary: &Path, config: &Path, args: &[&str]) -> String {
+    let mut last = String::new();
+    for _ in 0..400 {
+        match garage_cli(binary, config, args) {
+            Ok(out) => return out,
+            Err(e) => last = e,
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("garage {args:?} failed: {last}")
+}
+
+/// Creates `bucket` and a key that may read, write and own it, as an operator would: the
+/// key's id and secret.
+pub(super) async fn bucket_and_key(binary: &Path, config: &Path, bucket: &str) -> (String, String) {
+    garage_must(binary, config, &["bucket", "create", bucket]).await;
+    let key = garage_must(binary, config, &["key", "create", "regmirror-test"]).await;
+    let field = |name: &str| {
+        key.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_owned())
+            .unwrap_or_else(|| panic!("no {name} in:\n{key}"))
+    };
+    let (id, secret) = (field("Key ID:"), field("Secret key:"));
+    let allow = [
+        "bucket", "allow", "--read", "--write", "--owner", bucket, "--key", &id,
+    ];
+    garage_must(binary, config, &allow).await;
+    (id, secret)
 }
 
 impl Garage {
@@ -114,39 +156,11 @@ impl Garage {
 
     /// Runs the CLI; its stdout, or `None` if it failed.
     fn cli(&self, args: &[&str]) -> Option<String> {
-        self.run(args).ok()
+        garage_cli(&self.binary, &self.config, args).ok()
     }
 
-    /// Runs the CLI; its stdout, or its stderr if it failed.
-    fn run(&self, args: &[&str]) -> Result<String, String> {
-        let output = Command::new(&self.binary)
-            .arg("-c")
-            .arg(&self.config)
-            .args(args)
-            .output()
-            .unwrap();
-        if output.status.success() {
-            Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-        } else {
-            Err(String::from_utf8_lossy(&output.stderr).into_owned())
-        }
-    }
-
-    /// Runs the CLI until it succeeds: right after start, and after a layout change, Garage
-    /// refuses some commands for a moment.
     async fn must(&self, args: &[&str]) -> String {
-        let mut last = String::new();
-        for _ in 0..200 {
-            match self.run(args) {
-                Ok(out) => return out,
-                Err(e) => last = e,
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!(
-            "garage {args:?} failed: {last}\nlog:\n{}",
-            std::fs::read_to_string(self.dir.path().join("garage.log")).unwrap_or_default()
-        )
+        garage_must(&self.binary, &self.config, args).await
     }
 
     async fn set_up(&mut self) {
@@ -164,27 +178,7 @@ impl Garage {
         self.must(&["layout", "assign", "-z", "dc1", "-c", "1G", &id])
             .await;
         self.must(&["layout", "apply", "--version", "1"]).await;
-        self.must(&["bucket", "create", &self.bucket]).await;
-        let key = self.must(&["key", "create", "regmirror-test"]).await;
-        let field = |name: &str| {
-            key.lines()
-                .find_map(|l| l.strip_prefix(name))
-                .map(|v| v.trim().to_owned())
-                .unwrap_or_else(|| panic!("no {name} in:\n{key}"))
-        };
-        self.key_id = field("Key ID:");
-        self.secret = field("Secret key:");
-        self.must(&[
-            "bucket",
-            "allow",
-            "--read",
-            "--write",
-            "--owner",
-            &self.bucket,
-            "--key",
-            &self.key_id,
-        ])
-        .await;
+        (self.key_id, self.secret) = bucket_and_key(&self.binary, &self.config, &self.bucket).await;
     }
 
     /// The `[storage]` keys and `[storage.s3]` table of a mirror on this bucket, every key

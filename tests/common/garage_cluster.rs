@@ -5,11 +5,11 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use tempfile::TempDir;
 
-use super::cluster::Nginx;
+use super::cluster::{Nginx, free_port};
+use super::garage::{bucket_and_key, garage_must};
 
 /// One node: its process (while running) and configuration.
 struct Node {
@@ -27,14 +27,6 @@ pub struct GarageCluster {
     key_id: String,
     secret: String,
     dir: TempDir,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl GarageCluster {
@@ -109,33 +101,8 @@ impl GarageCluster {
         );
     }
 
-    /// Runs the CLI against node `i`: its stdout, or its stderr if it failed.
-    fn run(&self, i: usize, args: &[&str]) -> Result<String, String> {
-        let output = Command::new(&self.binary)
-            .arg("-c")
-            .arg(&self.nodes[i].config)
-            .args(args)
-            .output()
-            .unwrap();
-        if output.status.success() {
-            Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-        } else {
-            Err(String::from_utf8_lossy(&output.stderr).into_owned())
-        }
-    }
-
-    /// Runs the CLI against node `i` until it succeeds (right after start and after a
-    /// layout change Garage refuses some commands for a moment).
     async fn must(&self, i: usize, args: &[&str]) -> String {
-        let mut last = String::new();
-        for _ in 0..400 {
-            match self.run(i, args) {
-                Ok(out) => return out,
-                Err(e) => last = e,
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("garage {args:?} failed: {last}")
+        garage_must(&self.binary, &self.nodes[i].config, args).await
     }
 
     async fn set_up(&mut self) {
@@ -153,28 +120,8 @@ impl GarageCluster {
                 .await;
         }
         self.must(0, &["layout", "apply", "--version", "1"]).await;
-        self.must(0, &["bucket", "create", &self.bucket]).await;
-        let key = self.must(0, &["key", "create", "regmirror-test"]).await;
-        let field = |name: &str| {
-            key.lines()
-                .find_map(|l| l.strip_prefix(name))
-                .map(|v| v.trim().to_owned())
-                .unwrap_or_else(|| panic!("no {name} in:\n{key}"))
-        };
-        self.key_id = field("Key ID:");
-        self.secret = field("Secret key:");
-        let allow = [
-            "bucket",
-            "allow",
-            "--read",
-            "--write",
-            "--owner",
-            &self.bucket,
-            "--key",
-        ];
-        let mut args = allow.to_vec();
-        args.push(&self.key_id);
-        self.must(0, &args).await;
+        (self.key_id, self.secret) =
+            bucket_and_key(&self.binary, &self.nodes[0].config, &self.bucket).await;
         // Every node serves the bucket before a test uses it.
         let backend = self.backend("");
         super::eventually_async(30, "the bucket on the cluster", || async {
