@@ -46,6 +46,11 @@ async fn an_object_store_outage_degrades_to_a_proxy_and_recovers_by_itself() {
         "layers": []})
     .to_string();
     fake.put_manifest("library/app", "v1", manifest, OCI_MANIFEST);
+    let cold_manifest = serde_json::json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": dcold, "size": cold.len()},
+        "layers": []})
+    .to_string();
+    fake.put_manifest("library/app", "v2", cold_manifest.clone(), OCI_MANIFEST);
     let storage = garage.storage_keys("degraded", "");
     let rest = format!(
         "[auth]\nanonymous_push = true\n[[upstream]]\nname = \"docker.io\"\nurl = \"{}\"\ndefault = true\n",
@@ -65,9 +70,22 @@ async fn an_object_store_outage_degrades_to_a_proxy_and_recovers_by_itself() {
     assert_eq!(r.status(), 200, "the hot cache still serves");
     assert_eq!(r.bytes().await.unwrap().as_ref(), warm.as_slice());
     assert_eq!(a.get("/v2/app/manifests/v1").await.status(), 200);
+    let r = a.get("/v2/app/manifests/v2").await;
+    let status = r.status();
+    let body = r.text().await.unwrap();
+    assert_eq!(
+        status, 200,
+        "a manifest never cached passes through: {body}"
+    );
+    assert_eq!(body, cold_manifest);
     let r = a.get(&format!("/v2/app/blobs/{dcold}")).await;
     assert_eq!(r.status(), 200, "a cold pull passes through");
     assert_eq!(r.bytes().await.unwrap().as_ref(), cold.as_slice());
+    assert!(
+        a.metric("regmirror_passthrough_requests_total{kind=\"manifest\"}")
+            .await
+            >= 1.0
+    );
     common::eventually_async(20, "the pass-through counted", || async {
         a.metric("regmirror_passthrough_requests_total{kind=\"blob\"}")
             .await

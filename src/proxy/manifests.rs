@@ -89,7 +89,7 @@ impl Mirror {
             Reference::Digest(_) => None,
         };
         if let Reference::Tag(tag) = reference
-            && let Some(local) = self.local_manifest(target, tag).await?
+            && let Some(local) = self.pushed_unless_unavailable(target, tag).await?
         {
             self.metrics.lookup(Kind::Manifest, CacheResult::Hit, LOCAL);
             self.pulls
@@ -111,6 +111,37 @@ impl Mirror {
         self.pulls
             .record(route.upstream.name(), route.repo.as_str(), tag);
         Ok(answer)
+    }
+
+    /// What the store answers alone; while the object store is out, nothing (the upstream
+    /// answers, passed through).
+    async fn stored_unless_unavailable(
+        &self,
+        target: &Target,
+        route: &Resolved,
+        reference: &Reference,
+        head: bool,
+    ) -> Result<Option<ManifestAnswer>, ProxyError> {
+        match self
+            .manifest_from_store(target, route, reference, head)
+            .await
+        {
+            Err(ProxyError::Store(e)) if e.is_unavailable() => Ok(None),
+            found => found,
+        }
+    }
+
+    /// The manifest pushed under `tag`, if any; while the object store is out, none (a pushed
+    /// tag the replica has not cached cannot be read, and the upstream may still answer).
+    async fn pushed_unless_unavailable(
+        &self,
+        target: &Target,
+        tag: &Tag,
+    ) -> Result<Option<Arc<StoredManifest>>, ProxyError> {
+        match self.local_manifest(target, tag).await {
+            Err(ProxyError::Store(e)) if e.is_unavailable() => Ok(None),
+            found => found,
+        }
     }
 
     /// A stored manifest, when `target` may see it: content cached from upstreams is shared by
@@ -141,19 +172,13 @@ impl Mirror {
         head: bool,
     ) -> Result<ManifestAnswer, ProxyError> {
         let upstream = route.upstream.name();
-        // Fast path: what the store answers alone, with no lock and no upstream. A store in
-        // an outage answers nothing: the upstream does, passed through.
-        match self
-            .manifest_from_store(target, route, reference, head)
-            .await
+        // Fast path: what the store answers alone, with no lock and no upstream.
+        if let Some(answer) = self
+            .stored_unless_unavailable(target, route, reference, head)
+            .await?
         {
-            Ok(Some(answer)) => {
-                self.metrics.lookup(Kind::Manifest, answer.cache, upstream);
-                return Ok(answer);
-            }
-            Ok(None) => {}
-            Err(ProxyError::Store(e)) if e.is_unavailable() => {}
-            Err(e) => return Err(e),
+            self.metrics.lookup(Kind::Manifest, answer.cache, upstream);
+            return Ok(answer);
         }
         let negative_key = FlightKey::new(route, reference, false);
         if let Some(until) = self.negative.get(&negative_key) {
@@ -246,7 +271,7 @@ impl Mirror {
     ) -> Result<ManifestAnswer, ProxyError> {
         // Another flight may have filled the store since the fast path looked.
         if let Some(answer) = self
-            .manifest_from_store(target, route, reference, head)
+            .stored_unless_unavailable(target, route, reference, head)
             .await?
         {
             return Ok(answer);
