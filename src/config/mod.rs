@@ -23,7 +23,7 @@ pub use secrets::{redact_url, resolve_secret};
 pub use server::ServerConfig;
 pub use storage::{BackendKind, S3Config, StorageConfig};
 pub use upstream::UpstreamConfig;
-pub use values::{ByteSize, IpNet};
+pub use values::{ByteSize, IpNet, glob_matches};
 
 use secrets::{HIDDEN, hidden, redacted_url};
 use values::default_true;

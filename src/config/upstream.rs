@@ -19,6 +19,8 @@ impl std::fmt::Debug for UpstreamConfig {
             .field("fill_idle_timeout", &self.fill_idle_timeout)
             .field("negative_ttl", &self.negative_ttl)
             .field("immutable_tags", &self.immutable_tags)
+            .field("allow", &self.allow)
+            .field("deny", &self.deny)
             .field("search_url", &self.search_url.as_ref().map(Url::as_str))
             .finish()
     }
@@ -83,6 +85,13 @@ pub struct UpstreamConfig {
     /// `registry-1.docker.io`). Unset: search only lists what the mirror holds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub search_url: Option<Url>,
+    /// Repository patterns on this upstream that may be pulled through (`library/*`; `*`
+    /// matches any run of characters, `/` included). Empty: every repository.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
+    /// Repository patterns that may not be pulled through; deny wins over allow.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<String>,
     /// Regular expressions on the whole tag (`'^v?\d+\.\d+\.\d+$'`): a cached tag that
     /// matches one is never revalidated, as a digest is not.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -127,8 +136,26 @@ impl UpstreamConfig {
             fill_idle_timeout: default_fill_idle_timeout(),
             negative_ttl: default_negative_ttl(),
             immutable_tags: Vec::new(),
+            allow: Vec::new(),
+            deny: Vec::new(),
             search_url: Url::parse("https://index.docker.io").ok(),
         }
+    }
+
+    /// The rule that keeps `repo` (its name on this upstream) from being pulled through, or
+    /// `None` when the lists allow it: a `deny` pattern that matches, or, with an `allow` list,
+    /// the absence of any that does.
+    pub fn refusal(&self, repo: &str) -> Option<String> {
+        if let Some(pattern) = self.deny.iter().find(|p| glob_matches(p, repo)) {
+            return Some(format!("upstream \"{}\" deny = \"{pattern}\"", self.name));
+        }
+        if !self.allow.is_empty() && !self.allow.iter().any(|p| glob_matches(p, repo)) {
+            return Some(format!(
+                "upstream \"{}\" allow = {:?} does not include it",
+                self.name, self.allow
+            ));
+        }
+        None
     }
 
     /// Whether this upstream is Docker Hub, where one-component names mean `library/<name>`.
@@ -255,6 +282,23 @@ pub(super) fn validate(upstreams: &[UpstreamConfig]) -> Result<(), ConfigError> 
                 key("search_url"),
                 "must be an http:// or https:// URL with a host",
             ));
+        }
+        for (field, patterns) in [("allow", &up.allow), ("deny", &up.deny)] {
+            for (j, pattern) in patterns.iter().enumerate() {
+                let valid = !pattern.is_empty()
+                    && !pattern.starts_with('/')
+                    && pattern.bytes().all(|b| {
+                        b.is_ascii_lowercase()
+                            || b.is_ascii_digit()
+                            || matches!(b, b'/' | b'.' | b'_' | b'-' | b'*')
+                    });
+                if !valid {
+                    return Err(invalid(
+                        key(&format!("{field}[{j}]")),
+                        "must be a repository pattern on this upstream, such as \"library/*\" or \"myorg/app\" (lower-case name characters and *)",
+                    ));
+                }
+            }
         }
         for (j, pattern) in up.immutable_tags.iter().enumerate() {
             if let Err(e) = regex::Regex::new(pattern) {

@@ -156,29 +156,6 @@ impl TokenSigner {
 
 use crate::clock::now_secs as unix_now;
 
-/// Whether `pattern` (`*` matches any run of characters) matches all of `name`.
-fn glob_matches(pattern: &str, name: &str) -> bool {
-    let (p, n) = (pattern.as_bytes(), name.as_bytes());
-    let (mut pi, mut ni) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while ni < n.len() {
-        if pi < p.len() && p[pi] == b'*' {
-            star = Some((pi, ni));
-            pi += 1;
-        } else if pi < p.len() && p[pi] == n[ni] {
-            pi += 1;
-            ni += 1;
-        } else if let Some((sp, sn)) = star {
-            pi = sp + 1;
-            ni = sn + 1;
-            star = Some((sp, sn + 1));
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|&c| c == b'*')
-}
-
 /// The authentication and authorization policy.
 pub struct Authenticator {
     htpasswd: Option<Arc<Htpasswd>>,
@@ -238,7 +215,10 @@ impl Authenticator {
             (Identity::User(user), _) => self.rules.iter().any(|rule| {
                 rule.actions.contains(&action)
                     && rule.users.iter().any(|u| u == "*" || u == user)
-                    && rule.repositories.iter().any(|p| glob_matches(p, name))
+                    && rule
+                        .repositories
+                        .iter()
+                        .any(|p| crate::config::glob_matches(p, name))
             }),
         }
     }
@@ -536,12 +516,18 @@ mod tests {
 
     #[test]
     fn globs() {
-        assert!(glob_matches("team/*", "team/app"));
-        assert!(glob_matches("team/*", "team/a/b"));
-        assert!(!glob_matches("team/*", "teamx/app"));
-        assert!(glob_matches("*", "anything"));
-        assert!(glob_matches("library/alp*e", "library/alpine"));
-        assert!(!glob_matches("library/alpine", "library/alpine2"));
+        assert!(crate::config::glob_matches("team/*", "team/app"));
+        assert!(crate::config::glob_matches("team/*", "team/a/b"));
+        assert!(!crate::config::glob_matches("team/*", "teamx/app"));
+        assert!(crate::config::glob_matches("*", "anything"));
+        assert!(crate::config::glob_matches(
+            "library/alp*e",
+            "library/alpine"
+        ));
+        assert!(!crate::config::glob_matches(
+            "library/alpine",
+            "library/alpine2"
+        ));
     }
 
     #[test]

@@ -151,6 +151,7 @@ pub fn route_error(e: &upstream::RouteError) -> ApiError {
 pub fn proxy_error(e: ProxyError, resource: Resource, upstream: &str) -> ApiError {
     match e {
         ProxyError::Route(e) => route_error(&e),
+        ProxyError::Denied(message) => ApiError::new(ErrorCode::Denied, message),
         ProxyError::RememberedNotFound => upstream_error(
             &crate::upstream::UpstreamError::NotFound,
             resource,

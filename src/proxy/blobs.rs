@@ -150,6 +150,7 @@ impl Mirror {
         let route = target
             .route()
             .ok_or_else(|| RouteError::NoUpstream(target.sent().to_string()))?;
+        super::policy_allows(route)?;
         let answer = self.blob_from_upstream(route, digest, head, range).await?;
         self.metrics.lookup(Kind::Blob, answer.cache, label);
         Ok(answer)

@@ -294,7 +294,13 @@ impl Mirror {
     ) -> Result<Option<(Vec<String>, bool)>, ProxyError> {
         let local = self.store.list_tags(LOCAL, target.canonical()).await?;
         let route = match target.route() {
-            Some(route) => Some(route),
+            // The upstream is asked only for repositories its lists allow; pushed tags answer
+            // regardless.
+            Some(route) if super::policy_allows(route).is_err() && !local.is_empty() => None,
+            Some(route) => {
+                super::policy_allows(route)?;
+                Some(route)
+            }
             None if local.is_empty() => {
                 return Err(RouteError::NoUpstream(target.sent().to_string()).into());
             }

@@ -107,6 +107,9 @@ impl Mirror {
             }
             return Err(RouteError::NoUpstream(target.sent().to_string()).into());
         };
+        // Pushed content answered above; what comes through the upstream obeys its lists,
+        // cached or not.
+        super::policy_allows(route)?;
         let answer = self.routed_manifest(target, route, reference, head).await?;
         self.pulls
             .record(route.upstream.name(), route.repo.as_str(), tag);

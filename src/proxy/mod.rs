@@ -39,6 +39,9 @@ pub enum ProxyError {
     /// The upstream failed or refused, and nothing cached can answer.
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
+    /// The upstream's `allow`/`deny` lists keep the repository out; names the rule.
+    #[error("{0}")]
+    Denied(String),
     /// The upstream said 404 a moment ago, and that is remembered (`negative_ttl`).
     #[error("not found upstream a moment ago (remembered for negative_ttl)")]
     RememberedNotFound,
@@ -61,6 +64,19 @@ pub enum ProxyError {
         /// The blob's size.
         size: u64,
     },
+}
+
+/// Whether the upstream's `allow` and `deny` lists let the repository `route` names be
+/// pulled through; the refusal names the rule.
+pub(crate) fn policy_allows(route: &crate::upstream::Resolved) -> Result<(), ProxyError> {
+    match route.upstream.config().refusal(route.repo.as_str()) {
+        Some(rule) => Err(ProxyError::Denied(format!(
+            "{}/{} may not be pulled through this mirror: {rule}",
+            route.upstream.name(),
+            route.repo
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// Content the store could not take (an outage), answered to the client anyway: counted, and
