@@ -134,18 +134,12 @@ impl Mirror {
                 .lookup(Kind::Blob, CacheResult::Negative, label);
             return Err(ProxyError::Upstream(UpstreamError::NotFound));
         }
-        match self.blob_from_store(digest, head, range).await {
-            Ok(Some(answer)) => {
-                self.metrics.lookup(Kind::Blob, answer.cache, label);
-                return Ok(answer);
-            }
-            Ok(None) => {}
-            // The object store is out: what only it holds comes from the upstream meanwhile
-            // (verified as always; kept again once the store is back).
-            Err(ProxyError::Store(e)) if e.is_unavailable() => {
-                tracing::debug!(%digest, error = %e, "store unavailable: fetching the blob from the upstream");
-            }
-            Err(e) => return Err(e),
+        // The object store is out: what only it holds comes from the upstream meanwhile
+        // (verified as always; kept again once the store is back).
+        let stored = super::absent_if_unavailable(self.blob_from_store(digest, head, range).await)?;
+        if let Some(answer) = stored {
+            self.metrics.lookup(Kind::Blob, answer.cache, label);
+            return Ok(answer);
         }
         let route = target
             .route()

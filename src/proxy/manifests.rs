@@ -89,7 +89,8 @@ impl Mirror {
             Reference::Digest(_) => None,
         };
         if let Reference::Tag(tag) = reference
-            && let Some(local) = self.pushed_unless_unavailable(target, tag).await?
+            && let Some(local) =
+                super::absent_if_unavailable(self.local_manifest(target, tag).await)?
         {
             self.metrics.lookup(Kind::Manifest, CacheResult::Hit, LOCAL);
             self.pulls
@@ -114,37 +115,6 @@ impl Mirror {
         self.pulls
             .record(route.upstream.name(), route.repo.as_str(), tag);
         Ok(answer)
-    }
-
-    /// What the store answers alone; while the object store is out, nothing (the upstream
-    /// answers, passed through).
-    async fn stored_unless_unavailable(
-        &self,
-        target: &Target,
-        route: &Resolved,
-        reference: &Reference,
-        head: bool,
-    ) -> Result<Option<ManifestAnswer>, ProxyError> {
-        match self
-            .manifest_from_store(target, route, reference, head)
-            .await
-        {
-            Err(ProxyError::Store(e)) if e.is_unavailable() => Ok(None),
-            found => found,
-        }
-    }
-
-    /// The manifest pushed under `tag`, if any; while the object store is out, none (a pushed
-    /// tag the replica has not cached cannot be read, and the upstream may still answer).
-    async fn pushed_unless_unavailable(
-        &self,
-        target: &Target,
-        tag: &Tag,
-    ) -> Result<Option<Arc<StoredManifest>>, ProxyError> {
-        match self.local_manifest(target, tag).await {
-            Err(ProxyError::Store(e)) if e.is_unavailable() => Ok(None),
-            found => found,
-        }
     }
 
     /// A stored manifest, when `target` may see it: content cached from upstreams is shared by
@@ -176,10 +146,10 @@ impl Mirror {
     ) -> Result<ManifestAnswer, ProxyError> {
         let upstream = route.upstream.name();
         // Fast path: what the store answers alone, with no lock and no upstream.
-        if let Some(answer) = self
-            .stored_unless_unavailable(target, route, reference, head)
-            .await?
-        {
+        if let Some(answer) = super::absent_if_unavailable(
+            self.manifest_from_store(target, route, reference, head)
+                .await,
+        )? {
             self.metrics.lookup(Kind::Manifest, answer.cache, upstream);
             return Ok(answer);
         }
@@ -273,10 +243,10 @@ impl Mirror {
         head: bool,
     ) -> Result<ManifestAnswer, ProxyError> {
         // Another flight may have filled the store since the fast path looked.
-        if let Some(answer) = self
-            .stored_unless_unavailable(target, route, reference, head)
-            .await?
-        {
+        if let Some(answer) = super::absent_if_unavailable(
+            self.manifest_from_store(target, route, reference, head)
+                .await,
+        )? {
             return Ok(answer);
         }
         let what = format!(
@@ -394,12 +364,8 @@ impl Mirror {
     ) -> Result<ManifestAnswer, ProxyError> {
         let key = Self::tag_key(route, tag);
         let reference = Reference::Tag(tag.clone());
-        let cached = match self.cached_tag(route, tag).await {
-            Ok(cached) => cached,
-            // The store is out: the tag is asked of the upstream, as if never cached.
-            Err(ProxyError::Store(e)) if e.is_unavailable() => None,
-            Err(e) => return Err(e),
-        };
+        // The store is out: the tag is asked of the upstream, as if never cached.
+        let cached = super::absent_if_unavailable(self.cached_tag(route, tag).await)?;
         if let Some((record, manifest)) = &cached {
             // The upstream just failed to answer: do not make this pull wait for it again.
             if route.upstream.recently_unreachable() {

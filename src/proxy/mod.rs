@@ -79,6 +79,17 @@ pub(crate) fn policy_allows(route: &crate::upstream::Resolved) -> Result<(), Pro
     }
 }
 
+/// A store lookup during an object-store outage reads as "not in the store", so that the
+/// upstream answers instead (passed through); any other failure stays one.
+pub(crate) fn absent_if_unavailable<T>(
+    found: Result<Option<T>, ProxyError>,
+) -> Result<Option<T>, ProxyError> {
+    match found {
+        Err(ProxyError::Store(e)) if e.is_unavailable() => Ok(None),
+        found => found,
+    }
+}
+
 /// Content the store could not take (an outage), answered to the client anyway: counted, and
 /// logged once per incident.
 pub(crate) fn passed_through(
