@@ -69,6 +69,9 @@ pub enum StartError {
     /// The htpasswd file is unusable.
     #[error(transparent)]
     Htpasswd(#[from] http::htpasswd::HtpasswdError),
+    /// A `[[signatures]]` key file is unusable.
+    #[error(transparent)]
+    SignatureKey(#[from] proxy::SignatureKeyError),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -89,6 +92,7 @@ pub async fn check(config: &Config) -> Result<(), StartError> {
         http::server::tls_acceptor(cert, key)?;
     }
     load_htpasswd(config).await?;
+    proxy::SignatureGate::load(&config.signatures)?;
     Upstreams::new(
         &config.upstreams,
         config.server.offline,
@@ -170,7 +174,10 @@ async fn open_mirror(config: &Config, owns_tmp: bool) -> Result<Arc<Mirror>, Sta
         storage.max_upload_size.0,
         !storage.verify_reads,
     );
-    Ok(Arc::new(Mirror::new(store, upstreams, fills, metrics)))
+    let signatures = proxy::SignatureGate::load(&config.signatures)?;
+    Ok(Arc::new(
+        Mirror::new(store, upstreams, fills, metrics).with_signatures(signatures),
+    ))
 }
 
 /// The backend `[storage]` names, its requests counted in `metrics`.

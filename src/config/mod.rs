@@ -13,6 +13,7 @@ mod auth;
 mod cluster;
 mod secrets;
 mod server;
+mod signatures;
 mod storage;
 mod upstream;
 mod values;
@@ -21,6 +22,7 @@ pub use auth::{AccessRule, Action, AuthConfig};
 pub use cluster::{ClusterConfig, MIN_CLUSTER_SECRET, SECRET_COMMAND, parse_cluster_secret};
 pub use secrets::{redact_url, resolve_secret};
 pub use server::ServerConfig;
+pub use signatures::{SignatureMode, SignaturePolicy};
 pub use storage::{BackendKind, S3Config, StorageConfig};
 pub use upstream::UpstreamConfig;
 pub use values::{ByteSize, IpNet, glob_matches};
@@ -83,6 +85,9 @@ pub struct Config {
     /// `[cluster]`: what replicas sharing one bucket share besides it.
     #[serde(default)]
     pub cluster: ClusterConfig,
+    /// `[[signatures]]`: repositories served only with a valid cosign signature.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub signatures: Vec<SignaturePolicy>,
 }
 
 /// `[log]`.
@@ -114,6 +119,7 @@ impl Default for Config {
             log: LogConfig::default(),
             upstreams: vec![UpstreamConfig::docker_hub()],
             cluster: ClusterConfig::default(),
+            signatures: Vec::new(),
         }
     }
 }
@@ -153,6 +159,7 @@ impl Config {
         self.storage.validate()?;
         self.cluster.validate()?;
         upstream::validate(&self.upstreams)?;
+        signatures::validate(&self.signatures, &self.upstreams)?;
         self.server.validate()?;
         self.auth.validate()?;
         Ok(())

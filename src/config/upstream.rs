@@ -285,17 +285,10 @@ pub(super) fn validate(upstreams: &[UpstreamConfig]) -> Result<(), ConfigError> 
         }
         for (field, patterns) in [("allow", &up.allow), ("deny", &up.deny)] {
             for (j, pattern) in patterns.iter().enumerate() {
-                let valid = !pattern.is_empty()
-                    && !pattern.starts_with('/')
-                    && pattern.bytes().all(|b| {
-                        b.is_ascii_lowercase()
-                            || b.is_ascii_digit()
-                            || matches!(b, b'/' | b'.' | b'_' | b'-' | b'*')
-                    });
-                if !valid {
+                if !values::is_repository_pattern(pattern) {
                     return Err(invalid(
                         key(&format!("{field}[{j}]")),
-                        "must be a repository pattern on this upstream, such as \"library/*\" or \"myorg/app\" (lower-case name characters and *)",
+                        values::REPOSITORY_PATTERN_HINT,
                     ));
                 }
             }

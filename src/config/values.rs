@@ -147,6 +147,21 @@ pub(super) fn default_true() -> bool {
     true
 }
 
+/// Whether `pattern` is a repository pattern (`allow`, `deny`, `[[signatures]]`): name
+/// characters and `*`, not starting with `/`.
+pub(super) fn is_repository_pattern(pattern: &str) -> bool {
+    !pattern.is_empty()
+        && !pattern.starts_with('/')
+        && pattern.bytes().all(|b| {
+            b.is_ascii_lowercase()
+                || b.is_ascii_digit()
+                || matches!(b, b'/' | b'.' | b'_' | b'-' | b'*')
+        })
+}
+
+/// What a repository pattern looks like, for messages.
+pub(super) const REPOSITORY_PATTERN_HINT: &str = "must be a repository pattern on this upstream, such as \"library/*\" or \"myorg/app\" (lower-case name characters and *)";
+
 /// Whether `pattern` (`*` matches any run of characters) matches all of `name`.
 pub fn glob_matches(pattern: &str, name: &str) -> bool {
     let (p, n) = (pattern.as_bytes(), name.as_bytes());

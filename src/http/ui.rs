@@ -25,7 +25,7 @@ th { background: #eef1f5; font-weight: 600; }
 code { font: 12px ui-monospace, monospace; }
 .tag { display: inline-block; padding: 0 .4rem; border-radius: .6rem; font-size: 12px; }
 .pushed { background: #dff3e4; } .cached { background: #e3ecfb; } .immutable { background: #f6ead2; }
-.bad { color: #a1260d; } .muted { color: #69707d; }
+.bad { color: #a1260d; } .verified { background: #dff3e4; } .refused { background: #f8d9d3; } .unchecked { background: #eceef1; } .muted { color: #69707d; }
 form input { padding: .3rem .5rem; width: 20rem; } pre { background: #fff; padding: .8rem; overflow: auto; }
 .cards { display: flex; gap: 1rem; flex-wrap: wrap; }
 .card { background: #fff; padding: .7rem 1rem; border: 1px solid #e3e6eb; min-width: 12rem; }
@@ -244,6 +244,20 @@ fn last_pulled(ms: Option<u64>) -> Markup {
     }
 }
 
+/// A tag's standing under its signature policy: verified (by which key), refused or served
+/// with a warning (and why), or not checked yet.
+fn signature_badge(status: &crate::proxy::SignatureStatus) -> Markup {
+    let policy = format!("signatures[{}]: keys {}", status.policy, status.keys);
+    html! {
+        @match &status.verdict {
+            Some(v) if v.admits() => span.tag.verified title=(policy) { "signed: " (v.describe()) },
+            Some(v) if status.enforced => span.tag.refused title=(policy) { "refused: " (v.describe()) },
+            Some(v) => span.tag.refused title=(policy) { "served with a warning: " (v.describe()) },
+            None => span.tag.unchecked title=(policy) { "signature not checked yet (checked at the next pull)" },
+        }
+    }
+}
+
 fn tag_row(origin: &str, pull: &str, t: &TagView) -> Markup {
     let digest = &t.record.digest;
     html! {
@@ -251,6 +265,7 @@ fn tag_row(origin: &str, pull: &str, t: &TagView) -> Markup {
             td {
                 code { (t.tag) }
                 @if t.immutable { " " span.tag.immutable title="matches immutable_tags: never revalidated" { "immutable" } }
+                @if let Some(status) = &t.signature { " " (signature_badge(status)) }
                 br; code.pull title="select to copy" { "docker pull " (pull) ":" (t.tag) }
             }
             td { a href=(query_link("/ui/manifest", &[("digest", digest)])) { code { (short(digest)) "…" } } }

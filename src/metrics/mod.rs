@@ -131,6 +131,12 @@ pub struct Metrics {
     pub passthrough_requests: IntCounterVec,
     /// `regmirror_passthrough_bytes_total`: blob bytes passed through without being kept.
     pub passthrough_bytes: IntCounter,
+    /// `regmirror_signature_verdicts_total{result}`: signature verdicts worked out (not the
+    /// remembered ones): verified, admitted_by_index, unsigned, invalid, unchecked.
+    pub signature_verdicts: IntCounterVec,
+    /// `regmirror_signature_decisions_total{decision}`: manifest requests under a signature
+    /// policy: served, refused (enforce), warned (served in warn mode).
+    pub signature_decisions: IntCounterVec,
     /// `regmirror_readiness_probes_total`: probes of the store made for `/readyz` (at most
     /// one every few seconds, however many ask).
     pub readiness_probes: IntCounter,
@@ -450,6 +456,28 @@ impl Metrics {
             "regmirror_passthrough_bytes_total",
             "Blob bytes passed through to clients without being kept because the store could not take them.",
         );
+        let signature_verdicts = counter_vec(
+            "regmirror_signature_verdicts_total",
+            "Signature verdicts worked out for manifests under a [[signatures]] policy, by result (verified, admitted_by_index, unsigned, invalid, unchecked).",
+            &["result"],
+        );
+        let signature_decisions = counter_vec(
+            "regmirror_signature_decisions_total",
+            "Manifest requests under a [[signatures]] policy, by decision (served, refused, warned).",
+            &["decision"],
+        );
+        for result in [
+            "verified",
+            "admitted_by_index",
+            "unsigned",
+            "invalid",
+            "unchecked",
+        ] {
+            signature_verdicts.with_label_values(&[result]);
+        }
+        for decision in ["served", "refused", "warned"] {
+            signature_decisions.with_label_values(&[decision]);
+        }
         let readiness_probes = counter(
             "regmirror_readiness_probes_total",
             "Probes of the store (a write, a read and a delete) made for /readyz; at most one every few seconds.",
@@ -479,6 +507,8 @@ impl Metrics {
             store_available,
             passthrough_requests,
             passthrough_bytes,
+            signature_verdicts,
+            signature_decisions,
             readiness_probes,
             uploads_bytes,
             store_max_bytes,

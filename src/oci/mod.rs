@@ -1,6 +1,7 @@
 //! Pure OCI types: no I/O. Everything here is built at the edge from untrusted strings and only
 //! holds valid values afterwards.
 
+pub mod cosign;
 pub mod digest;
 pub mod error;
 pub mod image_ref;

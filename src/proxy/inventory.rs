@@ -113,6 +113,8 @@ pub struct TagView {
     pub last_pulled_ms: Option<u64>,
     /// Matches the upstream's `immutable_tags`.
     pub immutable: bool,
+    /// Its standing under a `[[signatures]]` policy, when one covers it.
+    pub signature: Option<super::SignatureStatus>,
 }
 
 /// One part of a manifest: a layer, the config, or a child manifest.
@@ -428,7 +430,11 @@ impl Mirror {
                 None => Arc::new(Summary::default()),
             };
             let last_pulled_ms = self.pulls.tag(origin, name.as_str(), tag.as_str());
+            let signature = record
+                .digest()
+                .and_then(|d| self.signatures.status(origin, name.as_str(), &d));
             out.push(TagView {
+                signature,
                 immutable: upstream.is_some_and(|u| u.is_immutable(tag.as_str())),
                 tag: tag.to_string(),
                 record,

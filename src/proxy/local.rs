@@ -157,6 +157,8 @@ impl Mirror {
                 .await
                 .map_err(ProxyError::from)?;
         }
+        // A signature pushed here may change what this repository's verdicts would be.
+        self.signatures.forget_repository(name.as_str());
         if let Some(subject) = &manifest.subject {
             let referrer = Referrer {
                 media_type: manifest.media_type.clone(),

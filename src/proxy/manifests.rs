@@ -14,6 +14,7 @@ use crate::store::{IMPORT_HOLDER, LOCAL, StoredManifest, TagKey, TagRecord};
 use crate::upstream::{Resolved, RouteError, UpstreamError};
 
 use super::Target;
+use super::signatures::Origin;
 
 /// A manifest answer: what to put in the headers, and the body for a GET.
 #[derive(Debug, Clone)]
@@ -92,6 +93,8 @@ impl Mirror {
             && let Some(local) =
                 super::absent_if_unavailable(self.local_manifest(target, tag).await)?
         {
+            self.check_signature(target, Origin::Local, &local.digest, Some(&local.bytes))
+                .await?;
             self.metrics.lookup(Kind::Manifest, CacheResult::Hit, LOCAL);
             self.pulls
                 .record(LOCAL, target.canonical().as_str(), Some(tag.as_str()));
@@ -102,6 +105,8 @@ impl Mirror {
             if let Reference::Digest(digest) = reference
                 && let Some(m) = self.visible_manifest(target, digest).await?
             {
+                self.check_signature(target, Origin::Local, &m.digest, Some(&m.bytes))
+                    .await?;
                 self.metrics.lookup(Kind::Manifest, CacheResult::Hit, LOCAL);
                 self.pulls.record(LOCAL, target.canonical().as_str(), None);
                 return Ok(ManifestAnswer::from_stored(&m, head, CacheResult::Hit));
@@ -112,6 +117,7 @@ impl Mirror {
         // cached or not.
         super::policy_allows(route)?;
         let answer = self.routed_manifest(target, route, reference, head).await?;
+        self.check_routed_signature(target, &answer).await?;
         self.pulls
             .record(route.upstream.name(), route.repo.as_str(), tag);
         Ok(answer)
@@ -137,7 +143,7 @@ impl Mirror {
         Ok(visible.then_some(manifest))
     }
 
-    async fn routed_manifest(
+    pub(super) async fn routed_manifest(
         self: &Arc<Self>,
         target: &Target,
         route: &Resolved,

@@ -11,6 +11,7 @@ pub mod inventory;
 pub mod local;
 mod manifests;
 pub mod search;
+pub mod signatures;
 pub mod singleflight;
 pub mod target;
 mod uploads;
@@ -27,6 +28,7 @@ pub use fill::{FillError, Fills};
 pub use manifests::ManifestAnswer;
 // The outcomes the proxy reports belong to the metrics' vocabulary (a layer below).
 pub use crate::metrics::{CacheResult, Kind, Source};
+pub use signatures::{SignatureGate, SignatureKeyError, SignatureStatus};
 pub use singleflight::Singleflight;
 pub use target::Target;
 
@@ -151,6 +153,8 @@ pub struct Mirror {
     inventory: inventory::InventoryCache,
     /// When tags and repositories were last pulled, for the UI.
     pub pulls: inventory::PullTimes,
+    /// The `[[signatures]]` policies and their verdicts.
+    pub signatures: SignatureGate,
     /// The other replicas (Redis), once the server joined them.
     cluster: std::sync::OnceLock<Arc<Coordinator>>,
     /// Reads from the other replicas.
@@ -185,11 +189,18 @@ impl Mirror {
             search_budget: Arc::default(),
             inventory: inventory::InventoryCache::default(),
             pulls: inventory::PullTimes::default(),
+            signatures: SignatureGate::default(),
             cluster: std::sync::OnceLock::new(),
             peers: std::sync::OnceLock::new(),
             seen_changes: std::sync::atomic::AtomicU64::new(0),
             following: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// The mirror with these signature policies (see [`SignatureGate`]).
+    pub fn with_signatures(mut self, signatures: SignatureGate) -> Mirror {
+        self.signatures = signatures;
+        self
     }
 
     /// Joins the other replicas through `cluster`, reading blobs from them with `peers`

@@ -32,6 +32,9 @@ pub const MAX_TAG_LIST_BYTES: usize = 8 * 1024 * 1024;
 /// The largest token endpoint answer accepted.
 const MAX_TOKEN_BYTES: usize = 64 * 1024;
 
+/// At most this many referrers of one manifest are taken from an upstream's list.
+pub const MAX_REFERRERS: usize = 16;
+
 /// After the upstream failed to answer (a timeout, a refused or broken connection), cached
 /// tags are served stale without asking it again for this long, so that every pull does not
 /// wait out another timeout.
@@ -385,6 +388,49 @@ impl UpstreamClient {
             tags: list.tags.unwrap_or_default(),
             more,
         })
+    }
+
+    /// `GET /v2/<repo>/referrers/<digest>?artifactType=<artifact_type>`: the digests of the
+    /// manifests that name `digest` as their subject and are of that type, as the upstream
+    /// lists them (at most [`MAX_REFERRERS`]). An upstream without the referrers API answers
+    /// 404: `Err(NotFound)`. Read whole within `body_timeout`, at most [`MAX_TAG_LIST_BYTES`].
+    pub async fn referrers(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        artifact_type: &str,
+    ) -> Result<Vec<Digest>, UpstreamError> {
+        let mut url = url::Url::parse(&self.url(&format!("{repo}/referrers/{digest}")))
+            .map_err(|e| UpstreamError::Invalid(e.to_string()))?;
+        url.query_pairs_mut()
+            .append_pair("artifactType", artifact_type);
+        let response = self
+            .send(Method::GET, url.as_str(), repo, HeaderMap::new())
+            .await?;
+        let bytes = self
+            .read_capped(response, MAX_TAG_LIST_BYTES, "referrers list")
+            .await?;
+        #[derive(serde::Deserialize)]
+        struct Index {
+            #[serde(default)]
+            manifests: Vec<Listed>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Listed {
+            digest: String,
+            #[serde(rename = "artifactType", default)]
+            artifact_type: Option<String>,
+        }
+        let index: Index = serde_json::from_slice(&bytes)
+            .map_err(|e| UpstreamError::Invalid(format!("referrers list: {e}")))?;
+        // An upstream that ignores the filter lists everything: filter here too.
+        Ok(index
+            .manifests
+            .into_iter()
+            .filter(|m| m.artifact_type.as_deref() == Some(artifact_type))
+            .filter_map(|m| m.digest.parse().ok())
+            .take(MAX_REFERRERS)
+            .collect())
     }
 
     /// `GET <search_url>/v1/search?q=<query>&n=<n>`: the upstream's `docker search` results;

@@ -6,7 +6,7 @@ mod client;
 pub mod destinations;
 mod routing;
 
-pub use client::{SearchHit, UpstreamClient};
+pub use client::{MAX_REFERRERS, SearchHit, UpstreamClient};
 pub use routing::{Resolved, RouteError, Upstreams};
 
 /// Errors of the upstream layer.

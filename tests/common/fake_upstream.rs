@@ -96,6 +96,9 @@ struct State {
     endless_tag_list: bool,
     /// Repository names `/v1/search` knows (with their descriptions).
     search: Vec<(String, String)>,
+    /// The referrers API: (repository, subject digest) → descriptors. A repository with none
+    /// answers 404, as registries without the API do.
+    referrers: HashMap<(String, String), Vec<serde_json::Value>>,
 }
 
 /// The fake registry.
@@ -222,6 +225,33 @@ impl FakeUpstream {
                 (bytes.clone(), media_type.to_owned()),
             );
         }
+        digest
+    }
+
+    /// Adds `manifest` (bytes of an OCI manifest with `artifactType`) by digest, listed by the
+    /// referrers API as a referrer of `subject`; returns its digest.
+    pub fn put_referrer(
+        &self,
+        repo: &str,
+        subject: &str,
+        manifest: &str,
+        artifact_type: &str,
+    ) -> String {
+        let bytes = Bytes::from(manifest.to_owned());
+        let digest = sha256(&bytes);
+        let media_type = "application/vnd.oci.image.manifest.v1+json";
+        let mut s = self.state.lock().unwrap();
+        s.manifests.insert(
+            (repo.to_owned(), digest.clone()),
+            (bytes.clone(), media_type.to_owned()),
+        );
+        s.referrers
+            .entry((repo.to_owned(), subject.to_owned()))
+            .or_default()
+            .push(
+                serde_json::json!({"mediaType": media_type, "digest": digest,
+                "size": bytes.len(), "artifactType": artifact_type}),
+            );
         digest
     }
 
@@ -395,6 +425,20 @@ fn respond(
                 )
             }
             None => error(StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN"),
+        };
+    }
+    if let Some((repo, subject)) = rest.rsplit_once("/referrers/") {
+        let s = state.lock().unwrap();
+        return match s.referrers.get(&(repo.to_owned(), subject.to_owned())) {
+            Some(listed) => reply(
+                StatusCode::OK,
+                serde_json::json!({"schemaVersion": 2,
+                    "mediaType": "application/vnd.oci.image.index.v1+json",
+                    "manifests": listed})
+                .to_string(),
+                &[("content-type", "application/vnd.oci.image.index.v1+json")],
+            ),
+            None => reply(StatusCode::NOT_FOUND, "", &[]),
         };
     }
     if let Some((_repo, digest)) = rest.rsplit_once("/blobs/") {
