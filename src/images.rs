@@ -12,7 +12,7 @@ use crate::oci::manifest::Manifest;
 use crate::oci::{Digest, DigestError, Reference, media};
 use crate::proxy::CacheResult;
 use crate::proxy::{BlobBody, Mirror, ProxyError, Target};
-use crate::store::{IMPORT_HOLDER, Store, StoreError, StoredManifest, TagRecord};
+use crate::store::{IMPORT_HOLDER, Referrer, Store, StoreError, StoredManifest, TagRecord};
 
 /// Errors of whole-image operations.
 #[derive(Debug, thiserror::Error)]
@@ -288,6 +288,16 @@ pub async fn export(
         for b in &walked.blobs {
             blobs.insert(layout_path(&b.digest), b.digest.clone());
         }
+        let signatures = signatures_of(mirror, image, &walked).await?;
+        for (entry, signature) in signatures {
+            index_entries.push(entry);
+            for m in &signature.manifests {
+                blobs.insert(layout_path(&m.digest), m.digest.clone());
+            }
+            for b in &signature.blobs {
+                blobs.insert(layout_path(&b.digest), b.digest.clone());
+            }
+        }
     }
     let index = serde_json::json!({"schemaVersion": 2, "mediaType": media::OCI_INDEX, "manifests": index_entries});
     let out = out.to_owned();
@@ -306,6 +316,48 @@ pub async fn export(
             source,
         })?;
     Ok(count)
+}
+
+/// The cosign signatures of every manifest of a walked image (at `.sig` tags, and referrers),
+/// walked too, each with its `index.json` entry: a `.sig` tag is named
+/// `<repository>:<sha256-hex.sig>` so that import tags it again, a referrer
+/// `<repository>@<digest>`.
+async fn signatures_of(
+    mirror: &Arc<Mirror>,
+    image: &ImageRef,
+    walked: &WalkedImage,
+) -> Result<Vec<(serde_json::Value, WalkedImage)>, ImageError> {
+    let target = mirror
+        .target(None, &image.name)
+        .map_err(|e| ImageError::Pull {
+            image: image.to_string(),
+            source: e.into(),
+        })?;
+    let mut out = Vec::new();
+    for manifest in &walked.manifests {
+        for (tag, digest) in mirror.signatures_of(&target, &manifest.digest).await {
+            let signature = ImageRef {
+                name: image.name.clone(),
+                reference: Reference::Digest(digest.clone()),
+            };
+            let walked_signature = walk(mirror, &signature, None, &|_, _, _| {}).await?;
+            let Some(root) = &walked_signature.root else {
+                continue;
+            };
+            let named = ImageRef {
+                name: image.name.clone(),
+                reference: tag.map_or(Reference::Digest(digest), Reference::Tag),
+            };
+            let entry = serde_json::json!({
+                "mediaType": root.media_type,
+                "digest": root.digest.to_string(),
+                "size": root.bytes.len(),
+                "annotations": {"org.opencontainers.image.ref.name": canonical_name(mirror, &named)},
+            });
+            out.push((entry, walked_signature));
+        }
+    }
+    Ok(out)
 }
 
 /// Writes the tar on a blocking thread, reading each blob from the store as a stream (from
@@ -438,14 +490,29 @@ async fn record_manifests(
             }
         }
         mirror.store.pin(&digest, IMPORT_HOLDER).await?;
+        let subject = Manifest::parse(Some(&media_type), &bytes)
+            .ok()
+            .and_then(|parsed| Some((parsed.subject.clone()?, parsed)));
+        let size = bytes.len() as u64;
         mirror
             .store
             .put_manifest(Arc::new(StoredManifest {
-                digest,
+                digest: digest.clone(),
                 bytes,
-                media_type,
+                media_type: media_type.clone(),
             }))
             .await?;
+        // Imported referrers (signatures, SBOMs) are found through their subject again.
+        if let Some((subject, parsed)) = subject {
+            let referrer = Referrer {
+                media_type,
+                digest: digest.to_string(),
+                size,
+                artifact_type: parsed.artifact_type,
+                annotations: parsed.annotations,
+            };
+            mirror.store.add_referrer(&subject, &referrer).await?;
+        }
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! `regmirror check-config` says "valid" only when `serve` would start, and otherwise names the
 //! key and the fix: unreadable files, a certificate and key that are not a pair, a bad
-//! `ca_file`, URLs with a path or without a scheme, durations without a unit. A lone upstream
+//! `ca_file`, URLs with a path or without a scheme, durations without a unit, signature keys
+//! that are not PEM P-256 public keys and policies naming unknown upstreams. A lone upstream
 //! is the default, and an operator's own Docker Hub upstream keeps Docker Hub's search.
 
 mod common;
@@ -78,6 +79,29 @@ fn check_config_refuses_what_serve_would_refuse_naming_the_key_and_the_fix() {
         (
             "[[upstream]]\nname = \"docker.io\"\nurl = \"https://registry-1.docker.io\"\nusername = \"u\"\npassword_env = \"REGMIRROR_TEST_NEVER_SET\"\n".to_owned(),
             vec!["password_env", "REGMIRROR_TEST_NEVER_SET"],
+        ),
+        (
+            format!(
+                "[[signatures]]\nrepositories = [\"myorg/*\"]\nkeys = [\"{}\"]\n",
+                not_pem.display()
+            ),
+            vec!["signatures[0].keys[0]", "not.pem", "ECDSA P-256"],
+        ),
+        (
+            "[[signatures]]\nrepositories = [\"myorg/*\"]\nkeys = [\"/nonexistent/cosign.pub\"]\n".to_owned(),
+            vec!["signatures[0].keys[0]", "/nonexistent/cosign.pub"],
+        ),
+        (
+            "[[signatures]]\nupstream = \"quay.io\"\nrepositories = [\"myorg/*\"]\nkeys = [\"/k.pub\"]\n".to_owned(),
+            vec!["signatures[0].upstream", "quay.io", "docker.io"],
+        ),
+        (
+            "[[signatures]]\nrepositories = [\"/myorg/*\"]\nkeys = [\"/k.pub\"]\n".to_owned(),
+            vec!["signatures[0].repositories[0]", "repository pattern"],
+        ),
+        (
+            "[[signatures]]\nrepositories = [\"myorg/*\"]\nkeys = [\"/k.pub\"]\nmode = \"audit\"\n".to_owned(),
+            vec!["mode", "enforce", "warn"],
         ),
     ];
     for (i, (text, wanted)) in cases.iter().enumerate() {

@@ -560,3 +560,98 @@ async fn the_ui_shows_each_tags_signature_standing() {
         row("unsigned")
     );
 }
+
+#[tokio::test]
+async fn export_bundles_carry_signatures_and_import_keeps_enforcing_offline() {
+    let hub = FakeUpstream::start(Auth::None).await;
+    let release = CosignKey::generate();
+    let (tagged, _) = image(&hub, "myorg/app", "v1");
+    publish_at_tag(
+        &hub,
+        "myorg/app",
+        &tagged,
+        &[release.sign("docker.io/myorg/app", &tagged).into()],
+    );
+    let (referred, size) = image(&hub, "myorg/tool", "v1");
+    publish_as_referrer(
+        &hub,
+        "myorg/tool",
+        &referred,
+        size,
+        &[release.sign("docker.io/myorg/tool", &referred).into()],
+    );
+    image(&hub, "myorg/unsigned", "v1");
+    let dir = tempfile::tempdir().unwrap();
+    let key = release.write_public(dir.path(), "release.pub");
+    // The exporting mirror has no policy: signatures travel anyway.
+    let m = TestMirror::start(&format!(
+        "[[upstream]]\nname = \"docker.io\"\nurl = \"{}\"\ndefault = true\n",
+        hub.url()
+    ))
+    .await;
+    let bundle = dir.path().join("bundle.tar");
+    let images: Vec<regmirror::oci::image_ref::ImageRef> =
+        ["myorg/app:v1", "myorg/tool:v1", "myorg/unsigned:v1"]
+            .iter()
+            .map(|i| i.parse().unwrap())
+            .collect();
+    regmirror::images::export(&m.server.mirror, &images, &bundle)
+        .await
+        .unwrap();
+    let index: serde_json::Value = {
+        let mut archive = tar::Archive::new(std::fs::File::open(&bundle).unwrap());
+        let entry = archive
+            .entries()
+            .unwrap()
+            .map(Result::unwrap)
+            .find(|e| e.path().unwrap().to_str() == Some("index.json"))
+            .unwrap();
+        serde_json::from_reader(entry).unwrap()
+    };
+    let names: Vec<&str> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["annotations"]["org.opencontainers.image.ref.name"].as_str())
+        .collect();
+    assert!(
+        names.contains(&format!("docker.io/myorg/app:{}", signature_tag(&tagged)).as_str()),
+        "{names:?}"
+    );
+    assert!(
+        names
+            .iter()
+            .any(|n| n.starts_with("docker.io/myorg/tool@sha256:")),
+        "{names:?}"
+    );
+    assert_eq!(names.len(), 5, "three images and two signatures: {names:?}");
+
+    // An air-gapped mirror that enforces the policy, fed only by the bundle.
+    let other = TestMirror::start_with(
+        tempfile::tempdir().unwrap(),
+        "offline = true",
+        &config(&hub, &[key], ""),
+    )
+    .await;
+    regmirror::images::import(&other.server.mirror, &bundle)
+        .await
+        .unwrap();
+    assert_eq!(status(&other, "/v2/myorg/app/manifests/v1").await, 200);
+    assert_eq!(status(&other, "/v2/myorg/tool/manifests/v1").await, 200);
+    let body = other
+        .get("/v2/myorg/unsigned/manifests/v1")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        body.contains("DENIED") && body.contains("no valid signature"),
+        "{body}"
+    );
+    assert_eq!(
+        other
+            .metric("regmirror_signature_verdicts_total{result=\"verified\"}")
+            .await,
+        2.0
+    );
+}

@@ -93,8 +93,12 @@ impl Mirror {
             && let Some(local) =
                 super::absent_if_unavailable(self.local_manifest(target, tag).await)?
         {
-            self.check_signature(target, Origin::Local, &local.digest, Some(&local.bytes))
-                .await?;
+            if self.signatures.covers(target) {
+                // Imported content is gated as the upstream's; pushed content as pushed.
+                let origin = self.origin_of(target, &local.digest).await;
+                self.check_signature(target, origin, &local.digest, Some(&local.bytes))
+                    .await?;
+            }
             self.metrics.lookup(Kind::Manifest, CacheResult::Hit, LOCAL);
             self.pulls
                 .record(LOCAL, target.canonical().as_str(), Some(tag.as_str()));

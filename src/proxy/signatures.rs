@@ -13,8 +13,8 @@ use bytes::Bytes;
 use super::{Mirror, ProxyError, Target};
 use crate::config::{SignatureMode, SignaturePolicy, glob_matches};
 use crate::oci::cosign::{self, PublicKey, Rejection, SignatureLayer};
-use crate::oci::{Digest, Reference, media};
-use crate::store::Referrer;
+use crate::oci::{Digest, Reference, Tag, media};
+use crate::store::{IMPORT_HOLDER, Referrer};
 use crate::upstream::{Resolved, UpstreamError};
 
 /// At most this many signatures are checked for one verdict (over every signature manifest).
@@ -200,6 +200,13 @@ impl SignatureGate {
         Ok(gate)
     }
 
+    /// Whether some policy covers `target`'s content, pulled through or pushed: the one check
+    /// a manifest request outside every policy pays.
+    pub fn covers(&self, target: &Target) -> bool {
+        self.policy_for(target, Origin::Upstream).is_some()
+            || self.policy_for(target, Origin::Local).is_some()
+    }
+
     /// Forgets the verdicts on pushed content of `repository` (its one name): something was
     /// pushed to it, perhaps a signature.
     pub fn forget_repository(&self, repository: &str) {
@@ -296,6 +303,8 @@ impl SignatureGate {
 
 /// A signature manifest and where it was found.
 struct Found {
+    /// The `.sig` tag it was found at; `None` for a referrer.
+    tag: Option<Tag>,
     manifest: Bytes,
 }
 
@@ -308,21 +317,31 @@ impl Mirror {
         target: &Target,
         answer: &super::ManifestAnswer,
     ) -> Result<(), ProxyError> {
-        if self.signatures.policies.is_empty() {
+        if !self.signatures.covers(target) {
             return Ok(());
+        }
+        let origin = self.origin_of(target, &answer.digest).await;
+        self.check_signature(target, origin, &answer.digest, answer.body.as_ref())
+            .await
+    }
+
+    /// Whose content the manifest `digest` is, as `target` serves it: pushed to `target` (or
+    /// to a name that routes nowhere), else the upstream's (cached, or imported by the
+    /// operator, which is trusted as cached content is).
+    pub(super) async fn origin_of(&self, target: &Target, digest: &Digest) -> Origin {
+        if target.route().is_none() {
+            return Origin::Local;
         }
         let pushed = self
             .store
-            .holders_cached(&answer.digest)
+            .holders_cached(digest)
             .await
             .is_ok_and(|holders| holders.iter().any(|h| target.holds(h)));
-        let origin = if pushed {
+        if pushed {
             Origin::Local
         } else {
             Origin::Upstream
-        };
-        self.check_signature(target, origin, &answer.digest, answer.body.as_ref())
-            .await
+        }
     }
 
     /// Lets the manifest `digest` (with its bytes, when at hand) of `target` through the
@@ -385,6 +404,22 @@ impl Mirror {
                 Ok(())
             }
         }
+    }
+
+    /// The signature manifests of the manifest `digest` as `target` sees it (at its `.sig`
+    /// tag, and among its referrers; stored, else asked of the upstream), each with the tag
+    /// it was found at: what an export bundle carries beside the image.
+    pub async fn signatures_of(
+        self: &Arc<Self>,
+        target: &Target,
+        digest: &Digest,
+    ) -> Vec<(Option<Tag>, Digest)> {
+        let origin = self.origin_of(target, digest).await;
+        let (found, _) = self.signature_manifests(target, origin, digest).await;
+        found
+            .into_iter()
+            .map(|f| (f.tag, Digest::of_bytes(&f.manifest)))
+            .collect()
     }
 
     /// Whether `digest` is a cosign signature manifest (read from the store, or fetched by
@@ -561,18 +596,22 @@ impl Mirror {
         let mut trouble = Vec::new();
         let route = target.route().filter(|_| origin == Origin::Upstream);
         if let Some(tag) = cosign::signature_tag(digest) {
-            let at_tag = match route {
-                Some(route) => self
-                    .routed_manifest(target, route, &Reference::Tag(tag), false)
-                    .await
-                    .map(|a| a.body),
-                None => self
-                    .local_manifest(target, &tag)
-                    .await
-                    .map(|m| m.map(|m| m.bytes.clone())),
+            // Pushed (or imported) beside the image first, then the upstream's.
+            let at_tag = match self.local_manifest(target, &tag).await {
+                Ok(Some(m)) => Ok(Some(m.bytes.clone())),
+                Ok(None) | Err(_) => match route {
+                    Some(route) => self
+                        .routed_manifest(target, route, &Reference::Tag(tag.clone()), false)
+                        .await
+                        .map(|a| a.body),
+                    None => Ok(None),
+                },
             };
             match at_tag {
-                Ok(Some(manifest)) => found.push(Found { manifest }),
+                Ok(Some(manifest)) => found.push(Found {
+                    tag: Some(tag),
+                    manifest,
+                }),
                 Ok(None) => {}
                 Err(e) if is_absent(&e) => {}
                 Err(e) => trouble.push(format!("the .sig tag: {e}")),
@@ -603,8 +642,13 @@ impl Mirror {
             };
             let holders = self.store.holders_cached(&manifest).await?;
             let ours = match route {
-                // Kept from an upstream (no holders), or pushed to this repository.
-                Some(_) => holders.is_empty() || holders.iter().any(|h| target.holds(h)),
+                // Kept from an upstream (no holders), imported, or pushed to this repository.
+                Some(_) => {
+                    holders.is_empty()
+                        || holders
+                            .iter()
+                            .any(|h| h == IMPORT_HOLDER || target.holds(h))
+                }
                 None => holders.iter().any(|h| target.holds(h)),
             };
             if ours {
@@ -650,7 +694,10 @@ impl Mirror {
                 // Kept as a referrer, so that it is found offline too.
                 self.remember_referrer(digest, &manifest, &bytes).await;
             }
-            found.push(Found { manifest: bytes });
+            found.push(Found {
+                tag: None,
+                manifest: bytes,
+            });
         }
         Ok(found)
     }

@@ -19,7 +19,7 @@ pub struct Descriptor {
 }
 
 impl Descriptor {
-    fn json(&self) -> serde_json::Value {
+    pub fn json(&self) -> serde_json::Value {
         serde_json::json!({"mediaType": self.media_type, "digest": self.digest, "size": self.size})
     }
 }
