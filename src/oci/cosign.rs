@@ -308,6 +308,68 @@ mod tests {
         ));
     }
 
+    /// A signature `cosign sign` made (not this code, not the tests' signer): the test vector
+    /// sigstore-rs verifies in `src/crypto/verification_key.rs` (payload, signature, key).
+    const COSIGN_KEY: &str = "-----BEGIN PUBLIC KEY-----
+MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAENptdY/l3nB0yqkXLBWkZWQwo6+cu
+OSWS1X9vPavpiQOoTTGC0xX57OojUadxF1cdQmrsiReWg2Wn4FneJfa8xw==
+-----END PUBLIC KEY-----";
+    const COSIGN_SIGNATURE: &str = "MEUCIQD6q/COgzOyW0YH1Dk+CCYSt4uAhm3FDHUwvPI55zwnlwIgE0ZK58ZOWpZw8YVmBapJhBqCfdPekIknimuO0xH8Jh8=";
+    const COSIGN_PAYLOAD: &str = r#"{"critical":{"identity":{"docker-reference":"registry-testing.svc.lan/busybox"},"image":{"docker-manifest-digest":"sha256:f3cfc9d0dbf931d3db4685ec659b7ac68e2a578219da4aae65427886e649b06b"},"type":"cosign container image signature"},"optional":null}"#;
+    const OTHER_KEY: &str = "-----BEGIN PUBLIC KEY-----
+MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAETJP9cqpUQsn2ggmJniWGjHdlsHzD
+JsB89BPhZYch0U0hKANx5TY+ncrm0s8bfJxxHoenAEFhwhuXeb4PqIrtoQ==
+-----END PUBLIC KEY-----";
+
+    #[test]
+    fn a_signature_made_by_cosign_verifies() {
+        use base64::Engine as _;
+        let signature = base64::engine::general_purpose::STANDARD
+            .decode(COSIGN_SIGNATURE)
+            .unwrap();
+        let digest: Digest =
+            "sha256:f3cfc9d0dbf931d3db4685ec659b7ac68e2a578219da4aae65427886e649b06b"
+                .parse()
+                .unwrap();
+        let keys = [
+            PublicKey::from_pem(OTHER_KEY, "other.pub").unwrap(),
+            PublicKey::from_pem(COSIGN_KEY, "cosign.pub").unwrap(),
+        ];
+        let expected = Expectation {
+            digest: &digest,
+            repository: Some("busybox"),
+        };
+        let key = verify(&keys, COSIGN_PAYLOAD.as_bytes(), &signature, expected).unwrap();
+        assert_eq!(key.name, "cosign.pub");
+        // The other key alone, another digest, another repository, a changed payload: refused.
+        assert_eq!(
+            verify(&keys[..1], COSIGN_PAYLOAD.as_bytes(), &signature, expected).unwrap_err(),
+            Rejection::BadSignature
+        );
+        let other = Digest::of_bytes(b"another manifest");
+        let for_other = Expectation {
+            digest: &other,
+            repository: None,
+        };
+        assert!(matches!(
+            verify(&keys, COSIGN_PAYLOAD.as_bytes(), &signature, for_other),
+            Err(Rejection::OtherDigest(_))
+        ));
+        let elsewhere = Expectation {
+            digest: &digest,
+            repository: Some("library/alpine"),
+        };
+        assert!(matches!(
+            verify(&keys, COSIGN_PAYLOAD.as_bytes(), &signature, elsewhere),
+            Err(Rejection::OtherRepository(_))
+        ));
+        let changed = COSIGN_PAYLOAD.replace("null", "{}");
+        assert_eq!(
+            verify(&keys, changed.as_bytes(), &signature, expected).unwrap_err(),
+            Rejection::BadSignature
+        );
+    }
+
     #[test]
     fn garbage_keys_are_refused() {
         assert!(PublicKey::from_pem("not a key", "x.pub").is_err());
