@@ -51,12 +51,12 @@ pub enum StartError {
     #[error(transparent)]
     Config(#[from] config::ConfigError),
     /// The bucket cannot be used: missing, unreachable, or the credentials are refused.
-    #[error("cannot use the {backend} with access key {access_key_id}: {source}")]
+    #[error("cannot use the {backend} with {credentials}: {source}")]
     Bucket {
         /// The bucket and endpoint.
         backend: String,
-        /// Which key was used (never the secret).
-        access_key_id: String,
+        /// Which credentials were used (an access key id, a file; never a secret).
+        credentials: String,
         /// What the object store said.
         source: Box<store::BackendError>,
     },
@@ -100,8 +100,19 @@ pub async fn check(config: &Config) -> Result<(), StartError> {
     )?;
     cluster::ClusterKeys::from_config(&config.cluster)?;
     config.cluster.redis_url()?;
-    if let Some(s3) = &config.storage.s3 {
-        s3.credentials()?;
+    match config.storage.backend {
+        config::BackendKind::S3 if let Some(s3) = &config.storage.s3 => {
+            s3.credentials()?;
+        }
+        config::BackendKind::Azure if let Some(azure) = &config.storage.azure => {
+            azure.resolved_access_key()?;
+        }
+        _ => {}
+    }
+    // Builds the bucket's client (reads a GCS credentials file, parses keys) without
+    // contacting it.
+    if config.storage.backend != config::BackendKind::Fs {
+        open_backend(&config.storage, &Metrics::new())?;
     }
     Ok(())
 }
@@ -138,7 +149,7 @@ async fn open_mirror(config: &Config, owns_tmp: bool) -> Result<Arc<Mirror>, Sta
     let metrics = Arc::new(Metrics::new());
     let storage = &config.storage;
     let backend = open_backend(storage, &metrics)?;
-    if let Some(s3) = storage.s3.as_ref().filter(|_| !backend.lists_cheaply()) {
+    if !backend.lists_cheaply() {
         // Refused credentials or a missing bucket stop the start, saying which bucket and
         // key, rather than fail at the first pull. A store that does not answer (an outage)
         // does not: a server starts, serves degraded and loads the store when it is back.
@@ -150,7 +161,7 @@ async fn open_mirror(config: &Config, owns_tmp: bool) -> Result<Arc<Mirror>, Sta
             Err(source) => {
                 return Err(StartError::Bucket {
                     backend: backend.describe(),
-                    access_key_id: s3.credentials().map(|(id, _)| id).unwrap_or_default(),
+                    credentials: storage.credentials_in_use(),
                     source: Box::new(source),
                 });
             }
@@ -159,7 +170,7 @@ async fn open_mirror(config: &Config, owns_tmp: bool) -> Result<Arc<Mirror>, Sta
     let options = store::StoreOptions {
         index_bytes: storage.index_memory_mib * 1024 * 1024,
         hot_cache_bytes: storage.cache_size.0,
-        redirect: storage.s3.as_ref().is_some_and(|s3| s3.redirect),
+        redirect: storage.redirect(),
     };
     let opened = if owns_tmp {
         Store::open(backend, &storage.path, options).await
@@ -190,13 +201,33 @@ fn open_backend(
     match (storage.backend, &storage.s3) {
         (config::BackendKind::S3, Some(s3)) => {
             let (access_key_id, secret_access_key) = s3.credentials()?;
-            let backend = store::S3Backend::new(store::S3Settings {
+            let backend = store::S3Backend::s3(store::S3Settings {
                 bucket: s3.bucket.clone(),
                 endpoint: s3.endpoint.clone(),
                 region: s3.region.clone(),
                 prefix: s3.prefix.clone(),
                 access_key_id,
                 secret_access_key,
+            })
+            .map_err(store::StoreError::from)?;
+            Ok(Arc::new(Measured::new(backend, measured)))
+        }
+        (config::BackendKind::Gcs, _) if let Some(gcs) = &storage.gcs => {
+            let backend = store::backend::GcsBackend::gcs(store::backend::GcsSettings {
+                bucket: gcs.bucket.clone(),
+                prefix: gcs.prefix.clone(),
+                credentials_file: gcs.credentials_file.clone(),
+            })
+            .map_err(store::StoreError::from)?;
+            Ok(Arc::new(Measured::new(backend, measured)))
+        }
+        (config::BackendKind::Azure, _) if let Some(azure) = &storage.azure => {
+            let backend = store::backend::AzureBackend::azure(store::backend::AzureSettings {
+                account: azure.account.clone(),
+                container: azure.container.clone(),
+                prefix: azure.prefix.clone(),
+                access_key: azure.resolved_access_key()?,
+                endpoint: azure.endpoint.clone(),
             })
             .map_err(store::StoreError::from)?;
             Ok(Arc::new(Measured::new(backend, measured)))
@@ -342,10 +373,7 @@ pub async fn start(config: &Config) -> Result<Server, StartError> {
         .map_err(|source| StartError::Bind { addr, source })?;
     if let Some(redis_url) = &config.cluster.redis_url()? {
         let advertise = advertise_url(config, addr);
-        let scope = match &config.storage.s3 {
-            Some(s3) => format!("{}/{}", s3.bucket, s3.prefix),
-            None => config.storage.path.display().to_string(),
-        };
+        let scope = config.storage.scope();
         mirror.metrics.register_redis_up();
         let coordinator = cluster::Coordinator::connect(
             redis_url,

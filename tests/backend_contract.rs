@@ -1,5 +1,6 @@
 //! One contract for every storage backend: what the store above relies on, checked the same way
-//! against each backend. The filesystem backend always; S3 on Garage when it is installed
+//! against each backend. The filesystem backend always; S3 on Garage, GCS on fake-gcs-server and
+//! Azure on Azurite when they are installed
 //! (required under `REGMIRROR_REQUIRE_E2E=1`). A new backend is one more `#[tokio::test]` that
 //! hands its backend to [`contract`].
 
@@ -177,7 +178,7 @@ async fn the_s3_backend_keeps_the_contract() {
     contract(&garage.backend("contract"), scratch.path()).await;
 
     // A backend whose storage is unusable says so: a bucket that does not exist.
-    let broken = regmirror::store::S3Backend::new(regmirror::store::S3Settings {
+    let broken = regmirror::store::S3Backend::s3(regmirror::store::S3Settings {
         bucket: "no-such-bucket".into(),
         endpoint: Some(garage.endpoint.clone()),
         region: "garage".into(),
@@ -189,4 +190,48 @@ async fn the_s3_backend_keeps_the_contract() {
     let error = broken.check().await.unwrap_err().to_string();
     assert!(error.contains("no-such-bucket"), "{error}");
     assert!(broken.put("k", Bytes::from_static(b"v")).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gcs_backend_keeps_the_contract() {
+    let test = "the_gcs_backend_keeps_the_contract";
+    let Some(gcs) = common::emulators::FakeGcs::start(test).await else {
+        return;
+    };
+    let scratch = tempfile::tempdir().unwrap();
+    contract(&gcs.backend("contract"), scratch.path()).await;
+
+    // A bucket that does not exist.
+    let broken =
+        regmirror::store::backend::GcsBackend::gcs(regmirror::store::backend::GcsSettings {
+            bucket: "no-such-bucket".into(),
+            prefix: String::new(),
+            credentials_file: Some(gcs.credentials.clone()),
+        })
+        .unwrap();
+    let error = broken.check().await.unwrap_err().to_string();
+    assert!(error.contains("no-such-bucket"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_azure_backend_keeps_the_contract() {
+    let test = "the_azure_backend_keeps_the_contract";
+    let Some(azurite) = common::emulators::Azurite::start(test).await else {
+        return;
+    };
+    let scratch = tempfile::tempdir().unwrap();
+    contract(&azurite.backend("contract"), scratch.path()).await;
+
+    // A container that does not exist.
+    let broken =
+        regmirror::store::backend::AzureBackend::azure(regmirror::store::backend::AzureSettings {
+            account: common::emulators::AZURITE_ACCOUNT.into(),
+            container: "no-such-container".into(),
+            prefix: String::new(),
+            access_key: Some(common::emulators::AZURITE_KEY.into()),
+            endpoint: Some(azurite.endpoint.clone()),
+        })
+        .unwrap();
+    let error = broken.check().await.unwrap_err().to_string();
+    assert!(error.contains("no-such-container"), "{error}");
 }

@@ -23,7 +23,7 @@ pub use cluster::{ClusterConfig, MIN_CLUSTER_SECRET, SECRET_COMMAND, parse_clust
 pub use secrets::{redact_url, resolve_secret};
 pub use server::ServerConfig;
 pub use signatures::{SignatureMode, SignaturePolicy};
-pub use storage::{BackendKind, S3Config, StorageConfig};
+pub use storage::{AzureConfig, BackendKind, GcsConfig, S3Config, StorageConfig};
 pub use upstream::UpstreamConfig;
 pub use values::{ByteSize, IpNet, glob_matches};
 

@@ -6,7 +6,8 @@ use super::*;
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
-    /// Where blobs, manifests and tags live: `fs` (under `path`) or `s3` (in `[storage.s3]`).
+    /// Where blobs, manifests and tags live: `fs` (under `path`), or a bucket: `s3` (in
+    /// `[storage.s3]`), `gcs` (`[storage.gcs]`), `azure` (`[storage.azure]`).
     #[serde(default)]
     pub backend: BackendKind,
     /// `fs`: the store. `s3`: local staging for fills and uploads, and the hot cache.
@@ -18,6 +19,12 @@ pub struct StorageConfig {
     /// `[storage.s3]`: the bucket, for `backend = "s3"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub s3: Option<S3Config>,
+    /// `[storage.gcs]`: the bucket, for `backend = "gcs"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gcs: Option<GcsConfig>,
+    /// `[storage.azure]`: the container, for `backend = "azure"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub azure: Option<AzureConfig>,
     /// Upper bound of the in-memory index (tag records, blob sizes, small manifests), in MiB.
     #[serde(default = "default_index_mib")]
     pub index_memory_mib: u64,
@@ -70,6 +77,10 @@ pub enum BackendKind {
     Fs,
     /// An S3 bucket (AWS S3, Garage, MinIO, Ceph RGW...).
     S3,
+    /// A Google Cloud Storage bucket.
+    Gcs,
+    /// An Azure Blob Storage container.
+    Azure,
 }
 
 /// `[storage.s3]`.
@@ -139,6 +150,69 @@ impl S3Config {
     }
 }
 
+/// `[storage.gcs]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GcsConfig {
+    /// The bucket (it must exist).
+    pub bucket: String,
+    /// Every key goes under this prefix (several mirrors may share a bucket).
+    #[serde(default)]
+    pub prefix: String,
+    /// A service-account JSON key file. It also signs the V4 URLs of `redirect`. For an
+    /// emulator (fake-gcs-server) the file names its `gcs_base_url` and `disable_oauth`.
+    /// Absent: `GOOGLE_APPLICATION_CREDENTIALS`, else the instance's metadata server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_file: Option<PathBuf>,
+    /// Blob GETs answer `307` to a V4 signed URL of the bucket (manifests stay here).
+    #[serde(default)]
+    pub redirect: bool,
+}
+
+/// `[storage.azure]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AzureConfig {
+    /// The storage account.
+    pub account: String,
+    /// The blob container (it must exist).
+    pub container: String,
+    /// Every key goes under this prefix (several mirrors may share a container).
+    #[serde(default)]
+    pub prefix: String,
+    /// The account's access key; it also signs the SAS URLs of `redirect`. Never written
+    /// back out. Absent (and no `access_key_env`): the environment's Azure credentials
+    /// (`AZURE_STORAGE_ACCESS_KEY`, a managed identity, ...), which cannot sign SAS URLs.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "hidden"
+    )]
+    pub access_key: Option<String>,
+    /// An environment variable holding the access key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_key_env: Option<String>,
+    /// The account's blob service URL (`http://127.0.0.1:10000/devstoreaccount1` for
+    /// Azurite); absent: `https://<account>.blob.core.windows.net`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Blob GETs answer `307` to a SAS URL of the blob (manifests stay here).
+    #[serde(default)]
+    pub redirect: bool,
+}
+
+impl AzureConfig {
+    /// The access key, from the config or the variable it names; `None`: the environment's
+    /// credentials.
+    pub fn resolved_access_key(&self) -> Result<Option<String>, ConfigError> {
+        resolve_secret(
+            "storage.azure.access_key",
+            self.access_key.as_ref(),
+            self.access_key_env.as_ref(),
+        )
+    }
+}
+
 fn default_s3_region() -> String {
     "us-east-1".to_owned()
 }
@@ -185,6 +259,8 @@ impl Default for StorageConfig {
             path: default_storage_path(),
             cache_size: default_cache_size(),
             s3: None,
+            gcs: None,
+            azure: None,
             index_memory_mib: default_index_mib(),
             delete: false,
             max_upload_size: default_max_upload(),
@@ -202,6 +278,56 @@ impl Default for StorageConfig {
 }
 
 impl StorageConfig {
+    /// Whether blob GETs answer `307` to a signed URL of the bucket (the bucket section's
+    /// `redirect`).
+    pub fn redirect(&self) -> bool {
+        match self.backend {
+            BackendKind::Fs => false,
+            BackendKind::S3 => self.s3.as_ref().is_some_and(|b| b.redirect),
+            BackendKind::Gcs => self.gcs.as_ref().is_some_and(|b| b.redirect),
+            BackendKind::Azure => self.azure.as_ref().is_some_and(|b| b.redirect),
+        }
+    }
+
+    /// The credentials a bucket backend uses, for messages (never a secret): the access key
+    /// id, the credentials file, the account.
+    pub fn credentials_in_use(&self) -> String {
+        match self.backend {
+            BackendKind::Fs => "the local directory".into(),
+            BackendKind::S3 => match self.s3.as_ref().map(S3Config::credentials) {
+                Some(Ok((id, _))) => format!("access key {id}"),
+                _ => "no access key".into(),
+            },
+            BackendKind::Gcs => match self.gcs.as_ref().and_then(|g| g.credentials_file.as_ref()) {
+                Some(file) => format!("credentials file {}", file.display()),
+                None => "the environment's Google credentials".into(),
+            },
+            BackendKind::Azure => match &self.azure {
+                Some(a) if a.access_key.is_some() || a.access_key_env.is_some() => {
+                    format!("account {} and its access key", a.account)
+                }
+                Some(a) => format!(
+                    "account {} with the environment's Azure credentials",
+                    a.account
+                ),
+                None => "no account".into(),
+            },
+        }
+    }
+
+    /// What replicas sharing this store have in common, naming it (for the cluster's keys):
+    /// the bucket and prefix, or the directory.
+    pub fn scope(&self) -> String {
+        match (self.backend, &self.s3, &self.gcs, &self.azure) {
+            (BackendKind::S3, Some(b), _, _) => format!("{}/{}", b.bucket, b.prefix),
+            (BackendKind::Gcs, _, Some(b), _) => format!("gs://{}/{}", b.bucket, b.prefix),
+            (BackendKind::Azure, _, _, Some(b)) => {
+                format!("azure://{}/{}/{}", b.account, b.container, b.prefix)
+            }
+            _ => self.path.display().to_string(),
+        }
+    }
+
     /// Checks what serde cannot, naming the key at fault.
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key: String, message: &str| ConfigError::Invalid {
@@ -236,7 +362,55 @@ impl StorageConfig {
                     ));
                 }
             }
-            (BackendKind::Fs, _) => {}
+            _ => {}
+        }
+        match (self.backend, &self.gcs) {
+            (BackendKind::Gcs, None) => {
+                return Err(invalid(
+                    "storage.gcs".into(),
+                    "backend = \"gcs\" needs a [storage.gcs] section with at least `bucket`",
+                ));
+            }
+            (BackendKind::Gcs, Some(gcs)) if gcs.bucket.is_empty() => {
+                return Err(invalid("storage.gcs.bucket".into(), "must not be empty"));
+            }
+            _ => {}
+        }
+        match (self.backend, &self.azure) {
+            (BackendKind::Azure, None) => {
+                return Err(invalid(
+                    "storage.azure".into(),
+                    "backend = \"azure\" needs a [storage.azure] section with `account` and `container`",
+                ));
+            }
+            (BackendKind::Azure, Some(azure)) => {
+                if azure.account.is_empty() {
+                    return Err(invalid("storage.azure.account".into(), "must not be empty"));
+                }
+                if azure.container.is_empty() {
+                    return Err(invalid(
+                        "storage.azure.container".into(),
+                        "must not be empty",
+                    ));
+                }
+                if azure.access_key.is_some() && azure.access_key_env.is_some() {
+                    return Err(invalid(
+                        "storage.azure.access_key_env".into(),
+                        "set access_key or access_key_env, not both",
+                    ));
+                }
+                if let Some(endpoint) = &azure.endpoint
+                    && url::Url::parse(endpoint)
+                        .map(|u| !matches!(u.scheme(), "http" | "https"))
+                        .unwrap_or(true)
+                {
+                    return Err(invalid(
+                        "storage.azure.endpoint".into(),
+                        "must be the account's blob URL: http:// or https://, such as \"https://myaccount.blob.core.windows.net\"",
+                    ));
+                }
+            }
+            _ => {}
         }
         if self.max_upload_sessions_per_client == 0 {
             return Err(invalid(

@@ -192,7 +192,7 @@ impl Garage {
 
     /// A client of the bucket (regmirror's own backend), to look at what it holds.
     pub fn backend(&self, prefix: &str) -> regmirror::store::S3Backend {
-        regmirror::store::S3Backend::new(regmirror::store::S3Settings {
+        regmirror::store::S3Backend::s3(regmirror::store::S3Settings {
             bucket: self.bucket.clone(),
             endpoint: Some(self.endpoint.clone()),
             region: "garage".into(),

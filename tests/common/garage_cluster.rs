@@ -159,7 +159,7 @@ impl GarageCluster {
 
     /// A client of the bucket (regmirror's own backend), through nginx.
     pub fn backend(&self, prefix: &str) -> regmirror::store::S3Backend {
-        regmirror::store::S3Backend::new(regmirror::store::S3Settings {
+        regmirror::store::S3Backend::s3(regmirror::store::S3Settings {
             bucket: self.bucket.clone(),
             endpoint: Some(self.nginx.url("")),
             region: "garage".into(),

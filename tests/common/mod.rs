@@ -4,6 +4,7 @@
 pub mod binary;
 pub mod cluster;
 pub mod dockerd;
+pub mod emulators;
 pub mod fake_upstream;
 pub mod garage;
 pub mod garage_cluster;

@@ -6,7 +6,10 @@
 //! Every object is written whole or not at all: small ones with [`Backend::put`], blobs from a
 //! verified local file with [`Backend::commit_file`]. Nothing a reader can see is ever partial.
 
+pub mod azure;
+pub mod bucket;
 pub mod fs;
+pub mod gcs;
 mod measured;
 pub mod s3;
 
@@ -18,7 +21,10 @@ use bytes::Bytes;
 
 pub use crate::byte_stream::ByteStream;
 
+pub use azure::{AzureBackend, AzureSettings};
+pub use bucket::{BucketBackend, BucketPlace};
 pub use fs::FsBackend;
+pub use gcs::{GcsBackend, GcsSettings};
 pub use measured::{BackendMetrics, Measured};
 pub use s3::{S3Backend, S3Settings};
 
@@ -109,7 +115,7 @@ pub enum Committed {
 /// Where a store's objects live.
 #[async_trait]
 pub trait Backend: Send + Sync + 'static {
-    /// `fs` or `s3`, for metrics and logs.
+    /// `fs`, `s3`, `gcs` or `azure`, for metrics and logs.
     fn kind(&self) -> &'static str;
 
     /// A short description for start-up logs and errors (a directory, a bucket).
