@@ -109,6 +109,14 @@ fn check_head(output: &str, what: &str) -> usize {
     passed.unwrap_or(0)
 }
 
+/// The backend a `[storage]` text names, for messages.
+fn storage_name(storage: &str) -> &'static str {
+    ["s3", "gcs", "azure"]
+        .into_iter()
+        .find(|b| storage.contains(&format!("backend = \"{b}\"")))
+        .unwrap_or("fs")
+}
+
 fn registry_config() -> &'static str {
     // No upstream is reachable: the mirror is the whole registry, as an air-gapped one is.
     "[server]\noffline = true\n[auth]\nanonymous_push = true\n"
@@ -130,6 +138,17 @@ async fn the_v1_1_1_suite_passes_completely_on_s3() {
     };
     if let Some(garage) = Garage::start(test).await {
         run_v1_1_1(&binary, &garage.storage_keys("", "")).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_v1_1_1_suite_passes_completely_on_gcs() {
+    let test = "the_v1_1_1_suite_passes_completely_on_gcs";
+    let Some(binary) = suite("conformance.test", test) else {
+        return;
+    };
+    if let Some(gcs) = common::emulators::FakeGcs::start(test).await {
+        run_v1_1_1(&binary, &gcs.storage_keys("", "")).await;
     }
 }
 
@@ -158,7 +177,7 @@ async fn run_v1_1_1(binary: &Path, storage: &str) {
             .collect();
         panic!(
             "v1.1.1 ({}): {passed:?} passed, {failed:?} failed:\n{}\n\n(whole output:)\n{output}",
-            if storage.is_empty() { "fs" } else { "s3" },
+            storage_name(storage),
             failing.join("\n")
         );
     }
@@ -183,6 +202,17 @@ async fn the_2026_suite_passes_completely_on_s3() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_2026_suite_passes_completely_on_azure() {
+    let test = "the_2026_suite_passes_completely_on_azure";
+    let Some(binary) = suite("conformance-head.test", test) else {
+        return;
+    };
+    if let Some(azurite) = common::emulators::Azurite::start(test).await {
+        run_2026(&binary, &azurite.storage_keys("", "")).await;
+    }
+}
+
 async fn run_2026(binary: &Path, storage: &str) {
     let dir = tempfile::tempdir().unwrap();
     let (mirror, results) = start(dir.path(), registry_config(), true, storage).await;
@@ -194,12 +224,8 @@ async fn run_2026(binary: &Path, storage: &str) {
         ("OCI_RESULTS_DIR", results.display().to_string()),
     ];
     let output = tokio::task::block_in_place(|| run(binary, &[], &results, &env));
-    let what = if storage.is_empty() {
-        "2026 suite"
-    } else {
-        "2026 suite on s3"
-    };
-    let passed = check_head(&output, what);
+    let what = format!("2026 suite on {}", storage_name(storage));
+    let passed = check_head(&output, &what);
     assert!(passed >= 800, "only {passed} tests ran:\n{output}");
     assert!(
         output.contains("sha512"),
