@@ -103,6 +103,29 @@ fn check_config_refuses_what_serve_would_refuse_naming_the_key_and_the_fix() {
             "[[signatures]]\nrepositories = [\"myorg/*\"]\nkeys = [\"/k.pub\"]\nmode = \"audit\"\n".to_owned(),
             vec!["mode", "enforce", "warn"],
         ),
+        (
+            "[storage]\nbackend = \"gcs\"\n".to_owned(),
+            vec!["storage.gcs", "bucket"],
+        ),
+        (
+            "[storage]\nbackend = \"gcs\"\n[storage.gcs]\nbucket = \"b\"\ncredentials_file = \"/nonexistent/gcs.json\"\n".to_owned(),
+            vec!["credentials_file", "/nonexistent/gcs.json"],
+        ),
+        (
+            format!(
+                "[storage]\nbackend = \"gcs\"\n[storage.gcs]\nbucket = \"b\"\ncredentials_file = \"{}\"\n",
+                not_pem.display()
+            ),
+            vec!["credentials_file", "not a service-account JSON key"],
+        ),
+        (
+            "[storage]\nbackend = \"azure\"\n[storage.azure]\naccount = \"a\"\ncontainer = \"c\"\nendpoint = \"a.blob.core.windows.net\"\n".to_owned(),
+            vec!["storage.azure.endpoint", "blob URL"],
+        ),
+        (
+            "[storage]\nbackend = \"azure\"\n[storage.azure]\naccount = \"a\"\ncontainer = \"c\"\naccess_key_env = \"REGMIRROR_TEST_NEVER_SET\"\n".to_owned(),
+            vec!["access_key_env", "REGMIRROR_TEST_NEVER_SET"],
+        ),
     ];
     for (i, (text, wanted)) in cases.iter().enumerate() {
         let (code, out, err) = check(d, &format!("case{i}.toml"), text);
