@@ -4,10 +4,15 @@
 //!   object from Garage and through nginx in front of Garage, taking turns, medians of 9;
 //! - a cold pull: bytes fetched from the upstream and objects written to the bucket against the
 //!   image;
-//! - start-up with an index of 100,000 blobs against one of 1,000.
+//! - start-up with an index of 100,000 blobs against one of 1,000;
+//! - a column per other object store, on its emulator when installed (GCS on fake-gcs-server,
+//!   Azure on Azurite): the warm blob against the filesystem backend, and the blob with an
+//!   empty hot cache against a direct GET of the object (its signed URL) from the same
+//!   emulator, taking turns, medians.
 //!
-//! Run: `cargo bench --bench s3` (needs `garage`: `cargo install garage --locked`). Ratios come
-//! from one run; nothing here is asserted.
+//! Run: `cargo bench --bench s3` (needs `garage`: `cargo install garage --locked`; the other
+//! columns need `fake-gcs-server` and `azurite-blob`). Ratios come from one run; nothing here
+//! is asserted.
 
 #[path = "../tests/common/mod.rs"]
 #[allow(unused_imports)]
@@ -121,6 +126,55 @@ async fn startup_with_index(garage: &Garage, blobs: usize) -> f64 {
     elapsed
 }
 
+/// The median of `v`.
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// One object store's row: the warm blob (hot cache) against the filesystem backend's
+/// `fs_warm`, and the blob with an empty hot cache against a direct GET of its object.
+async fn other_store(
+    name: &str,
+    storage: &str,
+    bucket: &dyn Backend,
+    blob: &Bytes,
+    fs_warm: f64,
+) -> String {
+    let client = reqwest::Client::new();
+    let size = blob.len();
+    let (mirror, _dir) = start(storage, "").await;
+    let digest = push(&client, &mirror, blob).await;
+    let url = format!("http://{}/v2/bench/blobs/{digest}", mirror.addr);
+    throughput(&client, &url, size, 1).await;
+    let warm = throughput(&client, &url, size, 5).await;
+    mirror.stop().await;
+    let key = format!("blobs/sha256/{}/{}", &digest[7..9], &digest[7..]);
+    let Some(signed) = bucket
+        .presigned_get(&key, Duration::from_secs(600))
+        .await
+        .unwrap()
+    else {
+        return format!("| {name} | {:.2}x | (no signed URL) |\n", warm / fs_warm);
+    };
+    let (mut cold, mut direct) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        let (mirror, _dir) = start(storage, "").await;
+        let url = format!("http://{}/v2/bench/blobs/{digest}", mirror.addr);
+        cold.push(throughput(&client, &url, size, 1).await);
+        mirror.stop().await;
+        direct.push(throughput(&client, signed.as_str(), size, 1).await);
+    }
+    format!(
+        "| {name} | {:.2}x ({warm:.0} vs {fs_warm:.0} MiB/s) | {:.2}x ({:.0} vs {:.0} MiB/s) |\n",
+        warm / fs_warm,
+        median(&cold) / median(&direct),
+        median(&cold),
+        median(&direct)
+    )
+}
+
 #[tokio::main]
 async fn main() {
     // The bench's HTTP clients take the process's TLS provider: ring, as regmirror's.
@@ -179,11 +233,6 @@ async fn main() {
         }
     }
     drop(nginx);
-    let median = |v: &[f64]| {
-        let mut v = v.to_vec();
-        v.sort_by(f64::total_cmp);
-        v.get(v.len() / 2).copied().unwrap_or(0.0)
-    };
 
     // Cold pull through the S3 backend: upstream bytes and bucket objects against the image.
     let fake = FakeUpstream::start(Auth::None).await;
@@ -217,6 +266,32 @@ async fn main() {
     let bucket_bytes: u64 = bucket_objects.iter().map(|o| o.size).sum();
     s3.stop().await;
 
+    let mut others = String::new();
+    if let Some(gcs) = common::emulators::FakeGcs::start("bench s3 (gcs)").await {
+        let keys = gcs.storage_keys("bench", "");
+        let row = other_store(
+            "GCS (fake-gcs-server)",
+            &keys,
+            &gcs.backend("bench"),
+            &blob,
+            fs_warm,
+        )
+        .await;
+        others.push_str(&row);
+    }
+    if let Some(azurite) = common::emulators::Azurite::start("bench s3 (azure)").await {
+        let keys = azurite.storage_keys("bench", "");
+        let row = other_store(
+            "Azure (Azurite)",
+            &keys,
+            &azurite.backend("bench"),
+            &blob,
+            fs_warm,
+        )
+        .await;
+        others.push_str(&row);
+    }
+
     let small = startup_with_index(&garage, 1_000).await;
     let large = startup_with_index(&garage, 100_000).await;
 
@@ -241,6 +316,9 @@ async fn main() {
         large / small,
         large,
         small,
+    );
+    let report = format!(
+        "{report}\n| other object stores (emulators, this machine) | warm vs filesystem | empty hot cache vs direct GET (medians of {ROUNDS}) |\n|---|---|---|\n{others}"
     );
     println!("{report}");
     std::fs::write("bench-s3-results.md", &report).unwrap();
