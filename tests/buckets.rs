@@ -3,7 +3,8 @@
 //! Azurite. Pull-through and pushes survive a wiped local directory with the upstream down
 //! (every object in the bucket verified, one bucket read for concurrent cold clients, the hot
 //! cache after it); deletes and GC; redirects to the store's own signed URLs; what a `kill -9`
-//! mid-commit leaves is cleared by GC and never visible; two replicas with Redis on one bucket;
+//! mid-commit leaves is cleared by GC and never visible; eviction under `max_size` removes the
+//! least recently read blob from the bucket; two replicas with Redis on one bucket; `--offline`,
 //! export and import; metrics and `/readyz`. Skipped (with a message) when an emulator is not
 //! installed, unless REGMIRROR_REQUIRE_E2E=1.
 
@@ -194,6 +195,21 @@ async fn survives_a_wiped_local_directory(kind: &str, test: &str) {
         2,
         "only the first mirror's two fills"
     );
+
+    // `--offline` on the bucket alone: the same answers, no upstream asked.
+    m.stop().await;
+    let m = TestMirror::start_config(
+        tempfile::tempdir().unwrap(),
+        "offline = true",
+        &keys,
+        &upstream(&fake),
+    )
+    .await;
+    assert_eq!(
+        get_bytes(&m, "/v2/app/manifests/v1").await,
+        manifest.as_bytes()
+    );
+    assert_eq!(get_bytes(&m, &format!("/v2/app/blobs/{dc}")).await, config);
 
     // Export from the bucket, import into a mirror on another prefix.
     let work = tempfile::tempdir().unwrap();
@@ -459,4 +475,63 @@ async fn gcs_replicas_with_redis_share_one_bucket() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn azure_replicas_with_redis_share_one_bucket() {
     replicas_share_the_bucket("azure", "azure_replicas_with_redis_share_one_bucket").await;
+}
+
+/// Eviction under `max_size` removes the least recently read cached blob from the bucket and
+/// keeps what was pushed.
+async fn eviction(kind: &str, test: &str) {
+    let Some(bucket) = Bucket::start(kind, test).await else {
+        return;
+    };
+    let fake = FakeUpstream::start(Auth::None).await;
+    let keys = format!(
+        "max_size = \"350KiB\"\nlow_water = 0.9\n{}",
+        bucket.storage_keys("evict", "")
+    );
+    let m = TestMirror::start_storage(tempfile::tempdir().unwrap(), &keys, &upstream(&fake)).await;
+    let pushed = push_blob(&m, "team/app", &random_bytes(100_000)).await;
+    let tick = || tokio::time::sleep(std::time::Duration::from_millis(20));
+    let (da, db, dc) = (
+        fake.put_blob(random_bytes(100_000)),
+        fake.put_blob(random_bytes(100_000)),
+        fake.put_blob(random_bytes(100_000)),
+    );
+    for digest in [&da, &db, &da] {
+        tick().await;
+        get_bytes(&m, &format!("/v2/app/blobs/{digest}")).await;
+        m.fills_settled().await;
+    }
+    tick().await;
+    get_bytes(&m, &format!("/v2/app/blobs/{dc}")).await; // 400 KB > 350 KiB
+    common::eventually_async(10, "the eviction to finish", || async {
+        m.metric("regmirror_evicted_blobs_total").await >= 1.0
+    })
+    .await;
+    let backend = bucket.backend("evict");
+    let key = |d: &str| format!("blobs/sha256/{}/{}", &d[7..9], &d[7..]);
+    assert!(
+        backend.stat(&key(&db)).await.unwrap().is_none(),
+        "{kind}: B, least recently read, kept"
+    );
+    for digest in [&da, &dc, &pushed] {
+        assert!(
+            backend.stat(&key(digest)).await.unwrap().is_some(),
+            "{kind}: {digest} evicted"
+        );
+    }
+    m.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gcs_eviction_removes_the_least_recently_read_blob() {
+    eviction("gcs", "gcs_eviction_removes_the_least_recently_read_blob").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azure_eviction_removes_the_least_recently_read_blob() {
+    eviction(
+        "azure",
+        "azure_eviction_removes_the_least_recently_read_blob",
+    )
+    .await;
 }
