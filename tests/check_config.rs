@@ -126,6 +126,10 @@ fn check_config_refuses_what_serve_would_refuse_naming_the_key_and_the_fix() {
             "[storage]\nbackend = \"azure\"\n[storage.azure]\naccount = \"a\"\ncontainer = \"c\"\naccess_key_env = \"REGMIRROR_TEST_NEVER_SET\"\n".to_owned(),
             vec!["access_key_env", "REGMIRROR_TEST_NEVER_SET"],
         ),
+        (
+            "[storage]\nbackend = \"azure\"\n[storage.azure]\naccount = \"a\"\ncontainer = \"c\"\nredirect = true\n".to_owned(),
+            vec!["storage.azure.redirect", "access_key"],
+        ),
     ];
     for (i, (text, wanted)) in cases.iter().enumerate() {
         let (code, out, err) = check(d, &format!("case{i}.toml"), text);

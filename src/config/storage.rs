@@ -393,6 +393,12 @@ impl StorageConfig {
                         "must not be empty",
                     ));
                 }
+                if azure.redirect && azure.access_key.is_none() && azure.access_key_env.is_none() {
+                    return Err(invalid(
+                        "storage.azure.redirect".into(),
+                        "SAS URLs are signed with the account's key: set access_key or access_key_env, or redirect = false",
+                    ));
+                }
                 if azure.access_key.is_some() && azure.access_key_env.is_some() {
                     return Err(invalid(
                         "storage.azure.access_key_env".into(),
