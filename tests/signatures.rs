@@ -21,6 +21,15 @@ fn image(fake: &FakeUpstream, repo: &str, tag: &str) -> (String, u64) {
     (sha256(manifest.as_bytes()), manifest.len() as u64)
 }
 
+/// An image at `repo:tag` on `fake`, signed by `key` as `cosign sign` signs
+/// `docker.io/<repo>@<digest>`, the signature at its `.sig` tag; its digest and size.
+fn signed_image(fake: &FakeUpstream, key: &CosignKey, repo: &str, tag: &str) -> (String, u64) {
+    let (digest, size) = image(fake, repo, tag);
+    let signature = key.sign(&format!("docker.io/{repo}"), &digest);
+    publish_at_tag(fake, repo, &digest, &[signature.into()]);
+    (digest, size)
+}
+
 /// The `[[upstream]]` of `fake` as Docker Hub, and a policy over `myorg/*` with `keys`.
 fn config(fake: &FakeUpstream, keys: &[std::path::PathBuf], policy_extra: &str) -> String {
     let keys: Vec<String> = keys
@@ -44,13 +53,7 @@ async fn signed_manifests_are_served_and_the_rest_refused_naming_the_keys() {
     let hub = FakeUpstream::start(Auth::None).await;
     let release = CosignKey::generate();
     let stranger = CosignKey::generate();
-    let (signed, _) = image(&hub, "myorg/signed", "v1");
-    publish_at_tag(
-        &hub,
-        "myorg/signed",
-        &signed,
-        &[release.sign("docker.io/myorg/signed", &signed).into()],
-    );
+    let (signed, _) = signed_image(&hub, &release, "myorg/signed", "v1");
     image(&hub, "myorg/unsigned", "v1");
     let (other_key, _) = image(&hub, "myorg/other-key", "v1");
     publish_at_tag(
@@ -335,13 +338,7 @@ async fn referrer_signatures_count_and_are_kept_for_offline_pulls() {
 async fn offline_and_a_dead_upstream_keep_enforcing_with_what_is_stored() {
     let hub = FakeUpstream::start(Auth::None).await;
     let release = CosignKey::generate();
-    let (signed, _) = image(&hub, "myorg/signed", "v1");
-    publish_at_tag(
-        &hub,
-        "myorg/signed",
-        &signed,
-        &[release.sign("docker.io/myorg/signed", &signed).into()],
-    );
+    let (signed, _) = signed_image(&hub, &release, "myorg/signed", "v1");
     image(&hub, "myorg/unsigned", "v1");
     let dir = tempfile::tempdir().unwrap();
     let key = release.write_public(dir.path(), "release.pub");
@@ -520,13 +517,7 @@ async fn pushed_content_under_a_local_policy_is_served_once_its_signature_verifi
 async fn the_ui_shows_each_tags_signature_standing() {
     let hub = FakeUpstream::start(Auth::None).await;
     let release = CosignKey::generate();
-    let (signed, _) = image(&hub, "myorg/app", "signed");
-    publish_at_tag(
-        &hub,
-        "myorg/app",
-        &signed,
-        &[release.sign("docker.io/myorg/app", &signed).into()],
-    );
+    signed_image(&hub, &release, "myorg/app", "signed");
     image(&hub, "myorg/app", "unsigned");
     image(&hub, "myorg/app", "later");
     let dir = tempfile::tempdir().unwrap();
@@ -565,13 +556,7 @@ async fn the_ui_shows_each_tags_signature_standing() {
 async fn export_bundles_carry_signatures_and_import_keeps_enforcing_offline() {
     let hub = FakeUpstream::start(Auth::None).await;
     let release = CosignKey::generate();
-    let (tagged, _) = image(&hub, "myorg/app", "v1");
-    publish_at_tag(
-        &hub,
-        "myorg/app",
-        &tagged,
-        &[release.sign("docker.io/myorg/app", &tagged).into()],
-    );
+    let (tagged, _) = signed_image(&hub, &release, "myorg/app", "v1");
     let (referred, size) = image(&hub, "myorg/tool", "v1");
     publish_as_referrer(
         &hub,

@@ -112,12 +112,7 @@ impl<C: BucketClient> BucketBackend<C> {
 
     /// The prefix with a trailing `/` (or nothing).
     fn prefix(&self) -> String {
-        let p = self.place.prefix.trim_matches('/');
-        if p.is_empty() {
-            String::new()
-        } else {
-            format!("{p}/")
-        }
+        super::key_prefix(&self.place.prefix)
     }
 
     fn error(
@@ -217,7 +212,7 @@ impl<C: BucketClient> BucketBackend<C> {
                     let offset = index as u64 * PART_SIZE as u64;
                     let len = (size - offset).min(PART_SIZE as u64) as usize;
                     let bytes =
-                        read_part(file, offset, len)
+                        super::read_file_part(file, offset, len)
                             .await
                             .map_err(|source| BackendError::Io {
                                 op: "read",
@@ -234,18 +229,6 @@ impl<C: BucketClient> BucketBackend<C> {
             .try_collect()
             .await
     }
-}
-
-/// Reads `len` bytes at `offset` on the blocking pool.
-async fn read_part(file: Arc<std::fs::File>, offset: u64, len: usize) -> std::io::Result<Bytes> {
-    tokio::task::spawn_blocking(move || {
-        use std::os::unix::fs::FileExt;
-        let mut buf = vec![0u8; len];
-        file.read_exact_at(&mut buf, offset)?;
-        Ok(Bytes::from(buf))
-    })
-    .await
-    .map_err(std::io::Error::other)?
 }
 
 /// An error with its causes, which hold what the object store actually said.
@@ -410,13 +393,7 @@ impl<C: BucketClient> Backend for BucketBackend<C> {
     }
 
     async fn check(&self) -> Result<()> {
-        // A write, read and delete: a bucket that exists but refuses writes is not ready.
-        let key = format!("_ready/{}", uuid::Uuid::new_v4());
-        self.put(&key, Bytes::from_static(b"ok")).await?;
-        let read = self.get(&key).await;
-        self.delete(&key).await?;
-        read?;
-        Ok(())
+        super::probe(self).await
     }
 
     async fn abort_stray_uploads(&self, older_than: Duration) -> Result<u64> {

@@ -188,12 +188,7 @@ impl GcsBackend {
 
     /// The prefix with a trailing `/` (or nothing).
     fn prefix(&self) -> String {
-        let p = self.prefix.trim_matches('/');
-        if p.is_empty() {
-            String::new()
-        } else {
-            format!("{p}/")
-        }
+        super::key_prefix(&self.prefix)
     }
 
     /// The JSON API URL of an object.
@@ -410,7 +405,7 @@ impl GcsBackend {
         let mut offset = 0u64;
         while offset < size {
             let len = (size - offset).min(CHUNK_SIZE as u64) as usize;
-            let chunk = read_chunk(Arc::clone(&file), offset, len)
+            let chunk = super::read_file_part(Arc::clone(&file), offset, len)
                 .await
                 .map_err(|source| BackendError::Io {
                     op: "read",
@@ -560,18 +555,6 @@ fn account_jwt(account: &ServiceAccount) -> std::result::Result<String, String> 
     let signed = format!("{header}.{claims}");
     let signature = rsa_sign(&account.key, signed.as_bytes())?;
     Ok(format!("{signed}.{}", b64(&signature)))
-}
-
-/// Reads `len` bytes at `offset` on the blocking pool.
-async fn read_chunk(file: Arc<std::fs::File>, offset: u64, len: usize) -> std::io::Result<Bytes> {
-    tokio::task::spawn_blocking(move || {
-        use std::os::unix::fs::FileExt;
-        let mut buf = vec![0u8; len];
-        file.read_exact_at(&mut buf, offset)?;
-        Ok(Bytes::from(buf))
-    })
-    .await
-    .map_err(std::io::Error::other)?
 }
 
 /// An object's metadata as the JSON API gives it.
@@ -778,13 +761,7 @@ impl Backend for GcsBackend {
     }
 
     async fn check(&self) -> Result<()> {
-        // A write, read and delete: a bucket that exists but refuses writes is not ready.
-        let key = format!("_ready/{}", uuid::Uuid::new_v4());
-        self.put(&key, Bytes::from_static(b"ok")).await?;
-        let read = self.get(&key).await;
-        self.delete(&key).await?;
-        read?;
-        Ok(())
+        super::probe(self).await
     }
 
     async fn abort_stray_uploads(&self, older_than: Duration) -> Result<u64> {

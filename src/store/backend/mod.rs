@@ -172,3 +172,41 @@ pub trait Backend: Send + Sync + 'static {
 }
 
 pub(crate) use crate::clock::epoch_ms;
+
+/// A bucket prefix as keys are written under it: without leading or trailing `/`, then one
+/// `/` (or nothing at all).
+fn key_prefix(prefix: &str) -> String {
+    let p = prefix.trim_matches('/');
+    if p.is_empty() {
+        String::new()
+    } else {
+        format!("{p}/")
+    }
+}
+
+/// Reads `len` bytes of `file` at `offset` on the blocking pool (a part of a blob to upload).
+async fn read_file_part(
+    file: std::sync::Arc<std::fs::File>,
+    offset: u64,
+    len: usize,
+) -> std::io::Result<Bytes> {
+    tokio::task::spawn_blocking(move || {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0u8; len];
+        file.read_exact_at(&mut buf, offset)?;
+        Ok(Bytes::from(buf))
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+/// The readiness probe of a remote backend: a write, a read and a delete of a scratch
+/// object, so that a bucket that exists but refuses writes is not ready.
+async fn probe(backend: &dyn Backend) -> Result<()> {
+    let key = format!("_ready/{}", uuid::Uuid::new_v4());
+    backend.put(&key, Bytes::from_static(b"ok")).await?;
+    let read = backend.get(&key).await;
+    backend.delete(&key).await?;
+    read?;
+    Ok(())
+}
