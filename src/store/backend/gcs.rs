@@ -460,7 +460,10 @@ impl GcsBackend {
         let datetime = stamp.replace(['-', ':'], "");
         let date = &datetime[..8];
         let scope = format!("{date}/auto/storage/goog4_request");
-        let path = format!("/{}/{}", self.bucket, encode(&self.name(key)));
+        // As Google's own signers write it: each path segment encoded, the slashes kept.
+        let name = self.name(key);
+        let segments: Vec<String> = name.split('/').map(encode).collect();
+        let path = format!("/{}/{}", self.bucket, segments.join("/"));
         let mut query = [
             ("X-Goog-Algorithm", "GOOG4-RSA-SHA256".to_owned()),
             ("X-Goog-Credential", format!("{}/{scope}", account.email)),
