@@ -5,6 +5,9 @@
 //! - a cold pull: bytes fetched from the upstream and objects written to the bucket against the
 //!   image;
 //! - start-up with an index of 100,000 blobs against one of 1,000;
+//! - the same blob read by Distribution 2.8 (Debian's `docker-registry`) from the same Garage
+//!   with its s3 driver, redirects disabled, in the same alternation: the peer a replica
+//!   reading from the bucket is measured against, with its CPU per GiB;
 //! - a column per other object store, on its emulator when installed (GCS on fake-gcs-server,
 //!   Azure on Azurite): the warm blob against the filesystem backend, and the blob with an
 //!   empty hot cache against a direct GET of the object (its signed URL) from the same
@@ -126,6 +129,89 @@ async fn startup_with_index(garage: &Garage, blobs: usize) -> f64 {
     elapsed
 }
 
+/// Distribution (Debian's `docker-registry`, 2.8) serving from the same Garage bucket with its
+/// s3 driver, redirects disabled, with `blob` pushed to it; the process and the blob's URL.
+async fn distribution_on_garage(
+    garage: &Garage,
+    dir: &std::path::Path,
+    blob: &Bytes,
+) -> Option<(std::process::Child, String)> {
+    let binary = common::require_tool("docker-registry", "bench s3 (Distribution)")?;
+    let port = common::cluster::free_port();
+    let config = dir.join("distribution.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  s3:\n    accesskey: {}\n    secretkey: {}\n    region: garage\n    regionendpoint: {}\n    bucket: {}\n    rootdirectory: /distribution\n    secure: false\n    v4auth: true\n  redirect:\n    disable: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            garage.key_id, garage.secret, garage.endpoint, garage.bucket
+        ),
+    )
+    .unwrap();
+    let child = std::process::Command::new(binary)
+        .arg("serve")
+        .arg(&config)
+        // Distribution's AWS SDK cannot load a custom CA bundle into its own transport and
+        // panics at start when AWS_CA_BUNDLE is set; Garage here is plain HTTP anyway.
+        .env_remove("AWS_CA_BUNDLE")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    common::eventually_async(30, "Distribution to answer", || {
+        let url = format!("{base}/v2/");
+        let client = client.clone();
+        async move {
+            client
+                .get(url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        }
+    })
+    .await;
+    let digest = sha256(blob);
+    let started = client
+        .post(format!("{base}/v2/bench/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
+    let location = started.headers()["location"].to_str().unwrap().to_owned();
+    let location = if location.starts_with("http") {
+        location
+    } else {
+        format!("{base}{location}")
+    };
+    let sep = if location.contains('?') { '&' } else { '?' };
+    let put = client
+        .put(format!("{location}{sep}digest={digest}"))
+        .body(blob.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 201, "push to Distribution on Garage");
+    Some((child, format!("{base}/v2/bench/blobs/{digest}")))
+}
+
+/// A process's CPU time (user + system) so far, from `/proc`.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name (which is in parentheses and may hold spaces).
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 /// The median of `v`.
 fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
@@ -218,13 +304,22 @@ async fn main() {
         .next()
         .unwrap();
     let nginx = common::cluster::Nginx::start("bench s3", &[garage_addr]).await;
-    let (mut cold, mut direct, mut proxied) = (Vec::new(), Vec::new(), Vec::new());
+    let dist_dir = tempfile::tempdir().unwrap();
+    let mut distribution = distribution_on_garage(&garage, dist_dir.path(), &blob).await;
+    let dist_cpu_before = distribution
+        .as_ref()
+        .map_or(0.0, |(child, _)| cpu_seconds(child.id()));
+    let (mut cold, mut direct, mut proxied, mut dist) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
         let (s3, _dir) = start(&s3_keys, "").await;
         let url = format!("http://{}/v2/bench/blobs/{digest}", s3.addr);
         cold.push(throughput(&client, &url, size, 1).await);
         s3.stop().await;
         direct.push(throughput(&client, presigned.as_str(), size, 1).await);
+        if let Some((_, url)) = &distribution {
+            dist.push(throughput(&client, url, size, 1).await);
+        }
         if let Some(nginx) = &nginx {
             let mut through = presigned.clone();
             through.set_port(Some(nginx.addr.port())).unwrap();
@@ -233,6 +328,13 @@ async fn main() {
         }
     }
     drop(nginx);
+    let dist_cpu_per_gib = distribution.as_ref().map_or(0.0, |(child, _)| {
+        (cpu_seconds(child.id()) - dist_cpu_before) / (ROUNDS * size) as f64 * (1024 * MIB) as f64
+    });
+    if let Some((child, _)) = distribution.as_mut() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 
     // Cold pull through the S3 backend: upstream bytes and bucket objects against the image.
     let fake = FakeUpstream::start(Auth::None).await;
@@ -300,6 +402,7 @@ async fn main() {
          | warm 200 MiB blob, hot cache vs filesystem backend | {:.2}x ({s3_warm:.0} vs {fs_warm:.0} MiB/s) |\n\
          | 200 MiB blob, empty hot cache vs direct GET from Garage | {:.2}x ({:.0} vs {:.0} MiB/s, medians of {ROUNDS}) |\n\
          | the same GET through nginx in front of Garage vs direct | {:.2}x ({:.0} MiB/s) |\n\
+         | 200 MiB blob, empty hot cache vs Distribution 2.8's s3 driver (redirect off), same Garage | {:.2}x ({:.0} vs {:.0} MiB/s; Distribution {:.2} CPU s/GiB) |\n\
          | cold pull (4 clients per layer): upstream bytes / image | {:.2}x |\n\
          | cold pull: bucket bytes written / image ({} objects for {} blobs) | {:.2}x |\n\
          | start-up, index of 100,000 blobs vs 1,000 | {:.2}x ({:.2} s vs {:.2} s) |\n",
@@ -309,6 +412,10 @@ async fn main() {
         median(&direct),
         median(&proxied) / median(&direct),
         median(&proxied),
+        median(&cold) / median(&dist),
+        median(&cold),
+        median(&dist),
+        dist_cpu_per_gib,
         upstream_bytes / image_bytes as f64,
         bucket_objects.len(),
         layers.len(),
