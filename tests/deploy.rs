@@ -88,6 +88,7 @@ async fn every_series_the_dashboard_and_alerts_use_exists() {
         "regmirror_upstream_ratelimit_remaining",
         "regmirror_digest_mismatches_total",
         "regmirror_cluster_redis_up",
+        "regmirror_signature_decisions_total",
     ] {
         assert!(
             used.contains(wanted),
