@@ -257,17 +257,8 @@ impl<C: BucketClient> Backend for BucketBackend<C> {
     }
 
     fn describe(&self) -> String {
-        format!(
-            "{} bucket {} at {}{}",
-            self.place.kind,
-            self.place.bucket,
-            self.place.location,
-            if self.prefix().is_empty() {
-                String::new()
-            } else {
-                format!(" under {}", self.prefix())
-            }
-        )
+        let place = &self.place;
+        super::describe_bucket(place.kind, &place.bucket, &place.location, &place.prefix)
     }
 
     fn lists_cheaply(&self) -> bool {

@@ -590,16 +590,7 @@ impl Backend for GcsBackend {
     }
 
     fn describe(&self) -> String {
-        format!(
-            "gcs bucket {} at {}{}",
-            self.bucket,
-            self.base,
-            if self.prefix().is_empty() {
-                String::new()
-            } else {
-                format!(" under {}", self.prefix())
-            }
-        )
+        super::describe_bucket("gcs", &self.bucket, &self.base, &self.prefix)
     }
 
     fn lists_cheaply(&self) -> bool {

@@ -184,6 +184,18 @@ fn key_prefix(prefix: &str) -> String {
     }
 }
 
+/// How a bucket backend names itself in logs and errors:
+/// `<kind> bucket <bucket> at <location>[ under <prefix>/]`.
+fn describe_bucket(kind: &str, bucket: &str, location: &str, prefix: &str) -> String {
+    let prefix = key_prefix(prefix);
+    let under = if prefix.is_empty() {
+        String::new()
+    } else {
+        format!(" under {prefix}")
+    };
+    format!("{kind} bucket {bucket} at {location}{under}")
+}
+
 /// Reads `len` bytes of `file` at `offset` on the blocking pool (a part of a blob to upload).
 async fn read_file_part(
     file: std::sync::Arc<std::fs::File>,
