@@ -273,7 +273,7 @@ async fn dispatch(
         facts.user = Some(user.clone());
     }
     if route == Route::Token {
-        return access::token(app, &parts, conn, client, &query).await;
+        return Box::pin(access::token(app, &parts, conn, client, &query)).await;
     }
     let ctx = Ctx {
         app,
@@ -296,13 +296,13 @@ async fn dispatch(
         (Route::Base, _) if read => Answer::plain(status::base_response()),
         (Route::Health, _) if read => Answer::plain(text_response("ok\n", "text/plain")),
         (Route::Ready, _) if read => {
-            Answer::plain(status::ready(&app.readiness, &app.mirror).await)
+            Answer::plain(Box::pin(status::ready(&app.readiness, &app.mirror)).await)
         }
         (Route::Metrics, _) if read => Answer::plain(status::metrics_response(&app.mirror)),
-        (Route::PeerBlob { digest }, Method::GET) => blobs::peer_get(&ctx, &digest).await,
-        (Route::Catalog, _) if read => catalog::list(&ctx).await,
-        (Route::Search, _) if read => search::search(&ctx).await,
-        (Route::Ui(page), _) if read => ui::page(&ctx, page).await,
+        (Route::PeerBlob { digest }, Method::GET) => Box::pin(blobs::peer_get(&ctx, &digest)).await,
+        (Route::Catalog, _) if read => Box::pin(catalog::list(&ctx)).await,
+        (Route::Search, _) if read => Box::pin(search::search(&ctx)).await,
+        (Route::Ui(page), _) if read => Box::pin(ui::page(&ctx, page)).await,
         (Route::V1Ping, _) if read => Answer::plain(text_response("{}", "application/json")),
         (_, method) => unsupported(&method),
     }
@@ -318,29 +318,36 @@ async fn repository(
     body: Incoming,
 ) -> Answer {
     let read = method == Method::GET || method == Method::HEAD;
+    // Every handler but the manifest GET is boxed: a future is as large as its largest branch,
+    // and hyper moves each request's future into place; the manifest GET, the request every
+    // node of a cluster sends on every pull, stays small and allocation-free that way.
     match (route, method) {
         (Route::Manifest { reference, .. }, _) if read => {
             manifests::get(ctx, target, &reference).await
         }
         (Route::Manifest { reference, .. }, Method::PUT) => {
-            manifests::put(ctx, target, &reference, body).await
+            Box::pin(manifests::put(ctx, target, &reference, body)).await
         }
         (Route::Manifest { reference, .. }, Method::DELETE) => {
-            manifests::delete(ctx, target, &reference).await
+            Box::pin(manifests::delete(ctx, target, &reference)).await
         }
-        (Route::Blob { digest, .. }, _) if read => blobs::get(ctx, target, &digest).await,
-        (Route::Blob { digest, .. }, Method::DELETE) => blobs::delete(ctx, target, &digest).await,
+        (Route::Blob { digest, .. }, _) if read => Box::pin(blobs::get(ctx, target, &digest)).await,
+        (Route::Blob { digest, .. }, Method::DELETE) => {
+            Box::pin(blobs::delete(ctx, target, &digest)).await
+        }
         (Route::Upload { session: None, .. }, Method::POST) => {
-            uploads::start(ctx, target, body).await
+            Box::pin(uploads::start(ctx, target, body)).await
         }
         (
             Route::Upload {
                 session: Some(id), ..
             },
             m,
-        ) => uploads::session(ctx, target, &id, m, body).await,
-        (Route::TagsList { .. }, _) if read => tags::list(ctx, target).await,
-        (Route::Referrers { digest, .. }, _) if read => referrers::list(ctx, target, &digest).await,
+        ) => Box::pin(uploads::session(ctx, target, &id, m, body)).await,
+        (Route::TagsList { .. }, _) if read => Box::pin(tags::list(ctx, target)).await,
+        (Route::Referrers { digest, .. }, _) if read => {
+            Box::pin(referrers::list(ctx, target, &digest)).await
+        }
         (_, method) => unsupported(&method),
     }
 }

@@ -174,17 +174,20 @@ impl Mirror {
         }
         let mirror = Arc::clone(self);
         let (target_owned, reference_owned) = (target.clone(), reference.clone());
-        let (result, joined) = self
-            .manifest_flights
-            .run(FlightKey::new(route, reference, head), async move {
+        // Boxed: the upstream path's future is several KiB; inline, every request's future
+        // (cache hits included) would carry it, and hyper moves that future per request.
+        let (result, joined) = Box::pin(self.manifest_flights.run(
+            FlightKey::new(route, reference, head),
+            async move {
                 let Some(route) = target_owned.route() else {
                     return Err(RouteError::NoUpstream(target_owned.sent().to_string()).into());
                 };
                 mirror
                     .manifest_from_upstream(&target_owned, route, &reference_owned, head)
                     .await
-            })
-            .await;
+            },
+        ))
+        .await;
         let mut answer = result
             .unwrap_or_else(|| Err(ProxyError::Internal("manifest lookup task failed".into())))?;
         if joined {

@@ -362,7 +362,9 @@ impl Mirror {
             Some(verdict) => verdict,
             // A signature manifest is no image: clients that verify signatures fetch it.
             None if body.is_some_and(|b| cosign::is_signature_manifest(b)) => return Ok(()),
-            None => self.verdict(target, origin, key.clone()).await,
+            // Boxed: working a verdict out is rare, and its future is large; inline, every
+            // manifest request's future would carry (and move) its size.
+            None => Box::pin(self.verdict(target, origin, key.clone())).await,
         };
         if verdict.admits() {
             if let Some(body) = body {
