@@ -27,7 +27,7 @@ const ACCEPT_MANIFESTS: &str = "application/vnd.oci.image.index.v1+json, \
 
 /// A server process and where it answers.
 struct Proc {
-    name: &'static str,
+    name: String,
     child: Child,
     url: String,
 }
@@ -50,6 +50,43 @@ impl Proc {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0)
     }
+
+    /// CPU seconds (user + system) the server has used so far: the process and its live
+    /// children (nginx's workers).
+    fn cpu_seconds(&self) -> f64 {
+        let pid = self.child.id();
+        let children =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        std::iter::once(pid)
+            .chain(children.split_whitespace().filter_map(|c| c.parse().ok()))
+            .map(cpu_seconds)
+            .sum()
+    }
+}
+
+/// A process's CPU time (user + system) so far, from `/proc/<pid>/stat`.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name (which is in parentheses and may hold spaces).
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name.
+    (ticks(11) + ticks(12)) / clock_ticks()
+}
+
+/// Clock ticks per second, the unit of `/proc/<pid>/stat`'s times.
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf only reads a constant of the system.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 { ticks as f64 } else { 100.0 }
 }
 
 fn free_port() -> u16 {
@@ -80,7 +117,7 @@ async fn wait_ready(url: &str) {
 }
 
 /// Distribution, as an upstream (`proxy = None`) or as a pull-through cache of `proxy`.
-async fn distribution(dir: &Path, name: &'static str, proxy: Option<&str>) -> Proc {
+async fn distribution(dir: &Path, name: &str, proxy: Option<&str>) -> Proc {
     let port = free_port();
     std::fs::create_dir_all(dir).unwrap();
     let proxy = proxy.map_or(String::new(), |u| format!("proxy:\n  remoteurl: {u}\n"));
@@ -99,10 +136,39 @@ async fn distribution(dir: &Path, name: &'static str, proxy: Option<&str>) -> Pr
         .unwrap();
     let url = format!("http://127.0.0.1:{port}");
     wait_ready(&url).await;
-    Proc { name, child, url }
+    Proc {
+        name: name.to_owned(),
+        child,
+        url,
+    }
 }
 
-async fn regmirror(dir: &Path, upstream: &str) -> Proc {
+/// A regmirror binary to measure: this checkout's, or another build named by
+/// `REGMIRROR_BEFORE` (the "before" of a change, measured in the same run).
+#[derive(Clone)]
+struct Build {
+    name: String,
+    binary: PathBuf,
+}
+
+/// The builds to measure: this checkout's, and `REGMIRROR_BEFORE`'s when set.
+fn builds() -> Vec<Build> {
+    let mut builds = vec![Build {
+        name: "regmirror".into(),
+        binary: PathBuf::from(env!("CARGO_BIN_EXE_regmirror")),
+    }];
+    if let Some(before) = std::env::var_os("REGMIRROR_BEFORE") {
+        builds.push(Build {
+            name: "regmirror (before)".into(),
+            binary: PathBuf::from(before),
+        });
+    }
+    builds
+}
+
+/// regmirror in front of `upstream`, logging every request (info level, as it runs by
+/// default) to a file, as nginx's and Distribution's access logs go to files here.
+async fn regmirror(build: &Build, dir: &Path, upstream: &str) -> Proc {
     let port = free_port();
     std::fs::create_dir_all(dir).unwrap();
     let config = dir.join("mirror.toml");
@@ -114,34 +180,35 @@ async fn regmirror(dir: &Path, upstream: &str) -> Proc {
         ),
     )
     .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_regmirror"))
+    let log = std::fs::File::create(dir.join("regmirror.log")).unwrap();
+    let child = Command::new(&build.binary)
         .args(["serve", "--config"])
         .arg(&config)
         .env(
             "REGMIRROR_LOG",
-            std::env::var("REGMIRROR_LOG").unwrap_or_else(|_| "warn".into()),
+            std::env::var("REGMIRROR_LOG").unwrap_or_else(|_| "info".into()),
         )
         .stdout(Stdio::null())
-        // Its log (warnings only, unless REGMIRROR_LOG says otherwise) goes to the terminal.
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::from(log))
         .spawn()
         .unwrap();
     let url = format!("http://127.0.0.1:{port}");
     wait_ready(&url).await;
     Proc {
-        name: "regmirror",
+        name: build.name.clone(),
         child,
         url,
     }
 }
 
-/// nginx serving `root` (laid out as the registry's URL paths) with sendfile.
+/// nginx serving `root` (laid out as the registry's URL paths) with sendfile, writing its
+/// access log (every request, as regmirror logs every request).
 async fn nginx(dir: &Path, root: &Path) -> Proc {
     let port = free_port();
     let conf = format!(
         "user root;\nworker_processes 2;\npid {dir}/nginx.pid;\nerror_log {dir}/error.log;\ndaemon off;\n\
          events {{ worker_connections 1024; }}\n\
-         http {{\n  access_log off;\n  sendfile on;\n  tcp_nopush on;\n  keepalive_requests 100000;\n\
+         http {{\n  access_log {dir}/access.log;\n  sendfile on;\n  tcp_nopush on;\n  keepalive_requests 100000;\n\
            client_body_temp_path {dir}/body; proxy_temp_path {dir}/proxy; fastcgi_temp_path {dir}/fcgi;\n\
            uwsgi_temp_path {dir}/uwsgi; scgi_temp_path {dir}/scgi;\n\
            server {{\n    listen 127.0.0.1:{port};\n    root {root};\n\
@@ -162,7 +229,7 @@ async fn nginx(dir: &Path, root: &Path) -> Proc {
     let url = format!("http://127.0.0.1:{port}");
     wait_ready(&url).await;
     Proc {
-        name: "nginx",
+        name: "nginx".into(),
         child,
         url,
     }
@@ -183,8 +250,8 @@ fn upstream_bytes(log: &Path) -> u64 {
         .sum()
 }
 
-/// wrk at concurrency 32 for 3 s: (req/s, p50 ms, p99 ms).
-fn wrk(url: &str) -> (f64, f64, f64) {
+/// wrk at concurrency 32 for 3 s: ((req/s, p50 ms, p99 ms), requests answered).
+fn wrk(url: &str) -> ((f64, f64, f64), f64) {
     let out = Command::new("wrk")
         .args(["-t2", "-c32", "-d3s", "--latency", "-H"])
         .arg(format!("Accept: {ACCEPT_MANIFESTS}"))
@@ -205,7 +272,10 @@ fn wrk(url: &str) -> (f64, f64, f64) {
             .map(to_ms)
             .unwrap_or(f64::NAN)
     };
-    (rps, percentile("50%"), percentile("99%"))
+    (
+        (rps, percentile("50%"), percentile("99%")),
+        wrk_requests(&text),
+    )
 }
 
 fn to_ms(v: &str) -> f64 {
@@ -331,31 +401,80 @@ fn ratio(a: f64, b: f64) -> String {
     }
 }
 
-/// Cold pulls of each image in `images`, from each of `bases` (direct, regmirror,
-/// Distribution), alternating who goes first: the median (time, upstream bytes) of each.
-async fn cold_pulls(
-    bases: [&str; 3],
-    images: &[Descriptor],
-    layout: &Path,
+/// One server in a cold comparison: its URL, and the process whose CPU is counted (none for
+/// the upstream itself).
+struct Cold<'a> {
+    url: &'a str,
+    proc: Option<&'a Proc>,
+}
+
+/// What one server took over the cold rounds: the median time and upstream bytes, and CPU
+/// seconds in all.
+#[derive(Clone, Copy, Default)]
+struct ColdResult {
+    time: Duration,
+    upstream_bytes: u64,
+    cpu: f64,
+}
+
+/// Waits after a cold fetch from Distribution's proxy, which writes its copy in the background
+/// after answering: the copy's CPU is counted, and the next fetch does not compete with it.
+async fn settle(server: &Cold<'_>) {
+    if server.proc.is_some_and(|p| p.name == "distribution") {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    } else {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Runs `fetch(server, round)` once per round on each server, rotating who goes first: the
+/// median (time, upstream bytes) and the CPU of each.
+async fn cold_rounds<F, Fut>(
+    servers: &[Cold<'_>],
+    rounds: usize,
     upstream_log: &Path,
-) -> Vec<(Duration, u64)> {
-    let mut rows: Vec<Vec<(Duration, u64)>> = vec![Vec::new(); 3];
-    for (round, image) in images.iter().enumerate() {
-        let repo = format!("bench/multi{round}");
-        let mut order: Vec<usize> = vec![0, 1, 2];
-        order.rotate_left(round % 3);
+    fetch: F,
+) -> Vec<ColdResult>
+where
+    F: Fn(String, usize) -> Fut,
+    Fut: std::future::Future<Output = Duration>,
+{
+    let mut samples: Vec<Vec<(Duration, u64)>> = vec![Vec::new(); servers.len()];
+    let mut cpu = vec![0.0; servers.len()];
+    for round in 0..rounds {
+        let mut order: Vec<usize> = (0..servers.len()).collect();
+        order.rotate_left(round % servers.len());
         for who in order {
-            let before = upstream_bytes(upstream_log);
-            let t = pull_image(bases[who], &repo, image, layout).await;
-            if who == 2 {
-                // Distribution writes its copy in the background after answering: let it
-                // finish before counting, and before the next pull competes with it.
-                tokio::time::sleep(Duration::from_secs(2)).await;
-            }
-            rows[who].push((t, upstream_bytes(upstream_log) - before));
+            let server = &servers[who];
+            let bytes_before = upstream_bytes(upstream_log);
+            let cpu_before = server.proc.map_or(0.0, Proc::cpu_seconds);
+            let t = fetch(server.url.to_owned(), round).await;
+            settle(server).await;
+            cpu[who] += server.proc.map_or(0.0, Proc::cpu_seconds) - cpu_before;
+            samples[who].push((t, upstream_bytes(upstream_log) - bytes_before));
         }
     }
-    rows.into_iter().map(median).collect()
+    samples
+        .into_iter()
+        .zip(cpu)
+        .map(|(s, cpu)| {
+            let (time, upstream_bytes) = median(s);
+            ColdResult {
+                time,
+                upstream_bytes,
+                cpu,
+            }
+        })
+        .collect()
+}
+
+/// CPU seconds per GiB, from `cpu` seconds spent on `bytes`.
+fn per_gib(cpu: f64, bytes: f64) -> String {
+    if bytes > 0.0 {
+        format!("{:.2}", cpu / bytes * (1024 * MIB) as f64)
+    } else {
+        "n/a".into()
+    }
 }
 
 /// The speed of the paced link in the second cold-pull table: a fast internet link.
@@ -442,6 +561,18 @@ fn median(mut samples: Vec<(Duration, u64)>) -> (Duration, u64) {
     samples[samples.len() / 2]
 }
 
+/// How many cold GETs of a 200 MiB blob each server makes (a new blob each round).
+const COLD_BLOB_ROUNDS: usize = 5;
+
+/// Parses wrk's "N requests in 3.00s" line.
+fn wrk_requests(text: &str) -> f64 {
+    text.lines()
+        .find(|l| l.contains(" requests in "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     // The bench's HTTP clients take the process's TLS provider: ring, as regmirror's.
@@ -454,6 +585,7 @@ async fn main() {
             std::process::exit(1);
         }
     }
+    let builds = builds();
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
     println!("building and seeding images...");
@@ -472,6 +604,17 @@ async fn main() {
     for (i, m) in multis.iter().enumerate() {
         images.push((format!("bench/multi{i}"), m.clone()));
     }
+    // A new 200 MiB blob for each cold GET round.
+    let cold_blobs: Vec<Descriptor> = if wanted("cold-blob") {
+        (0..COLD_BLOB_ROUNDS)
+            .map(|_| layout.add_image("amd64", &[200 * MIB], false))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    for (i, m) in cold_blobs.iter().enumerate() {
+        images.push((format!("bench/cold{i}"), m.clone()));
+    }
     let upstream = distribution(&w.join("upstream"), "upstream", None).await;
     let static_root = w.join("static");
     for (repo, m) in &images {
@@ -479,17 +622,22 @@ async fn main() {
         static_tree(&static_root, &layout.dir, repo, m);
     }
     let upstream_log = w.join("upstream/access.log");
-    // Seeding leaves over a gigabyte of dirty pages: write them back now, not during the runs.
+    // Seeding leaves gigabytes of dirty pages: write them back now, not during the runs.
     std::process::Command::new("sync").status().unwrap();
 
-    let rm = regmirror(&w.join("regmirror"), &upstream.url).await;
+    let mut rms = Vec::new();
+    for (i, build) in builds.iter().enumerate() {
+        rms.push(regmirror(build, &w.join(format!("regmirror{i}")), &upstream.url).await);
+    }
     let dist = distribution(&w.join("proxy"), "distribution", Some(&upstream.url)).await;
     let ngx = nginx(&w.join("nginx"), &static_root).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let idle: Vec<u64> = [&rm, &dist, &ngx]
-        .iter()
-        .map(|p| p.rss_kib("VmRSS:"))
-        .collect();
+    // regmirror builds, then Distribution, then nginx: the order of every table's rows.
+    let mut servers: Vec<&Proc> = rms.iter().collect();
+    servers.push(&dist);
+    let proxies = servers.clone();
+    servers.push(&ngx);
+    let idle: Vec<u64> = servers.iter().map(|p| p.rss_kib("VmRSS:")).collect();
 
     let mut report = String::new();
     let mut line = |s: String| {
@@ -497,82 +645,166 @@ async fn main() {
         report.push_str(&s);
         report.push('\n');
     };
+    // Each regmirror build's values against server `other`'s: (row name, ratios), where
+    // `values(i)` are server i's.
+    let ratios = |values: &dyn Fn(usize) -> Vec<f64>, other: usize| {
+        builds
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                let cells: Vec<String> = values(i)
+                    .iter()
+                    .zip(values(other))
+                    .map(|(a, o)| ratio(*a, o))
+                    .collect();
+                (format!("{} / {}", b.name, servers[other].name), cells)
+            })
+            .collect::<Vec<_>>()
+    };
 
     // (c) cold pulls of a multi-layer image, alternating who goes first, and direct pulls of
     // the same image from the upstream to compare with.
     if wanted("cold") {
         let multi_size: u64 = multi_layers.iter().sum::<usize>() as u64;
-        let loopback = cold_pulls(
-            [&upstream.url, &rm.url, &dist.url],
-            &multis,
-            &layout.dir,
-            &upstream_log,
-        )
-        .await;
+        let layout_dir = layout.dir.clone();
+        let pull = |base: String, round: usize| {
+            let (layout_dir, image) = (layout_dir.clone(), multis[round].clone());
+            async move { pull_image(&base, &format!("bench/multi{round}"), &image, &layout_dir).await }
+        };
+        let mut loopback_servers = vec![Cold {
+            url: &upstream.url,
+            proc: None,
+        }];
+        loopback_servers.extend(proxies.iter().map(|p| Cold {
+            url: &p.url,
+            proc: Some(*p),
+        }));
+        let loopback = cold_rounds(&loopback_servers, COLD_ROUNDS, &upstream_log, pull).await;
         // The same through a link of a real network's speed: fresh caches in front of a relay
         // that paces what the upstream sends.
         let link = paced_relay(&upstream.url, LINK_MIB_PER_S * MIB as f64).await;
-        let rm_paced = regmirror(&w.join("regmirror-paced"), &link).await;
-        let dist_paced = distribution(&w.join("proxy-paced"), "distribution", Some(&link)).await;
-        let paced = cold_pulls(
-            [&link, &rm_paced.url, &dist_paced.url],
-            &multis,
-            &layout.dir,
-            &upstream_log,
-        )
-        .await;
-        for (title, medians) in [
+        let mut paced_procs = Vec::new();
+        for (i, build) in builds.iter().enumerate() {
+            paced_procs.push(regmirror(build, &w.join(format!("regmirror-paced{i}")), &link).await);
+        }
+        paced_procs.push(distribution(&w.join("proxy-paced"), "distribution", Some(&link)).await);
+        let mut paced_servers = vec![Cold {
+            url: &link,
+            proc: None,
+        }];
+        paced_servers.extend(paced_procs.iter().map(|p| Cold {
+            url: &p.url,
+            proc: Some(p),
+        }));
+        let paced = cold_rounds(&paced_servers, COLD_ROUNDS, &upstream_log, pull).await;
+        for (title, results) in [
             (
-                "over loopback (CPU-bound: all three processes share the cores)",
+                "over loopback (CPU-bound: all three processes share the cores)".to_owned(),
                 loopback,
             ),
             (
-                &*format!("with the upstream behind a {LINK_MIB_PER_S} MiB/s link"),
+                format!("with the upstream behind a {LINK_MIB_PER_S} MiB/s link"),
                 paced,
             ),
         ] {
-            let (direct_time, direct_bytes) = medians[0];
+            let direct = results[0];
             line(format!(
                 "\n## Cold pull of a 5-layer image (~{} MiB) {title}, median of {COLD_ROUNDS} images\n",
                 multi_size / MIB as u64
             ));
-            line("| | time | upstream bytes | × image | time vs direct |".into());
-            line("|---|---|---|---|---|".into());
-            for (name, (t, bytes)) in ["direct from upstream", "regmirror", "distribution"]
-                .iter()
-                .zip(&medians)
-            {
+            line("| | time | upstream bytes | × image | time vs direct | CPU s/GiB |".into());
+            line("|---|---|---|---|---|---|".into());
+            let names = std::iter::once("direct from upstream".to_owned())
+                .chain(proxies.iter().map(|p| p.name.clone()));
+            for (name, r) in names.zip(&results) {
+                let cpu = if name.starts_with("direct") {
+                    "-".to_owned()
+                } else {
+                    per_gib(r.cpu, (COLD_ROUNDS as u64 * multi_size) as f64)
+                };
                 line(format!(
-                    "| {name} | {:.0} ms | {bytes} | {} | {} |",
-                    t.as_secs_f64() * 1000.0,
-                    ratio(*bytes as f64, direct_bytes as f64),
-                    ratio(t.as_secs_f64(), direct_time.as_secs_f64())
+                    "| {name} | {:.0} ms | {} | {} | {} | {cpu} |",
+                    r.time.as_secs_f64() * 1000.0,
+                    r.upstream_bytes,
+                    ratio(r.upstream_bytes as f64, direct.upstream_bytes as f64),
+                    ratio(r.time.as_secs_f64(), direct.time.as_secs_f64())
                 ));
             }
         }
     }
 
-    // (d) 16 concurrent cold GETs of one 100 MiB blob.
+    // (f) cold GETs of a 200 MiB blob: the time from request to last byte, alternating who
+    // goes first, a new blob each round.
+    if wanted("cold-blob") {
+        let layers: Vec<String> = cold_blobs
+            .iter()
+            .map(|m| layer_digest(&layout.dir, m))
+            .collect();
+        let get = |base: String, round: usize| {
+            let url = format!("{base}/v2/bench/cold{round}/blobs/{}", layers[round]);
+            async move { download(&url, 1).await.1 }
+        };
+        let mut cold_servers = vec![Cold {
+            url: &upstream.url,
+            proc: None,
+        }];
+        cold_servers.extend(proxies.iter().map(|p| Cold {
+            url: &p.url,
+            proc: Some(*p),
+        }));
+        let results = cold_rounds(&cold_servers, COLD_BLOB_ROUNDS, &upstream_log, get).await;
+        let dist_time = results[proxies.len()].time.as_secs_f64();
+        line(format!(
+            "\n## Cold GET of a 200 MiB blob over loopback, median of {COLD_BLOB_ROUNDS} blobs (alternating who goes first)\n"
+        ));
+        line(
+            "| | time | MiB/s | upstream bytes | × blob | time vs distribution | CPU s/GiB |"
+                .into(),
+        );
+        line("|---|---|---|---|---|---|---|".into());
+        let names = std::iter::once("direct from upstream".to_owned())
+            .chain(proxies.iter().map(|p| p.name.clone()));
+        for (name, r) in names.zip(&results) {
+            let cpu = if name.starts_with("direct") {
+                "-".to_owned()
+            } else {
+                per_gib(r.cpu, (COLD_BLOB_ROUNDS * 200 * MIB) as f64)
+            };
+            line(format!(
+                "| {name} | {:.0} ms | {:.0} | {} | {} | {} | {cpu} |",
+                r.time.as_secs_f64() * 1000.0,
+                200.0 / r.time.as_secs_f64(),
+                r.upstream_bytes,
+                ratio(r.upstream_bytes as f64, (200 * MIB) as f64),
+                ratio(r.time.as_secs_f64(), dist_time),
+            ));
+        }
+    }
+
+    // (d) 16 concurrent cold GETs of one 100 MiB blob (one fetch per server: not alternated).
     if wanted("concurrent") {
         let hundred_layer = layer_digest(&layout.dir, &hundred);
         line("\n## 16 concurrent cold GETs of one 100 MiB blob\n".into());
-        line("| | first byte | total | upstream bytes | × blob |".into());
-        line("|---|---|---|---|---|".into());
-        for p in [&rm, &dist] {
+        line("| | first byte | total | upstream bytes | × blob | CPU s/GiB served |".into());
+        line("|---|---|---|---|---|---|".into());
+        for p in &proxies {
             let before = upstream_bytes(&upstream_log);
+            let cpu_before = p.cpu_seconds();
             let (first, total) = download(
                 &format!("{}/v2/bench/hundred/blobs/{hundred_layer}", p.url),
                 16,
             )
             .await;
             tokio::time::sleep(Duration::from_secs(2)).await;
+            let cpu = p.cpu_seconds() - cpu_before;
             let bytes = upstream_bytes(&upstream_log) - before;
             line(format!(
-                "| {} | {:.1} ms | {:.0} ms | {bytes} | {} |",
+                "| {} | {:.1} ms | {:.0} ms | {bytes} | {} | {} |",
                 p.name,
                 first.as_secs_f64() * 1000.0,
                 total.as_secs_f64() * 1000.0,
-                ratio(bytes as f64, (100 * MIB) as f64)
+                ratio(bytes as f64, (100 * MIB) as f64),
+                per_gib(cpu, (16 * 100 * MIB) as f64)
             ));
         }
     }
@@ -580,112 +812,127 @@ async fn main() {
     // Warm everything for (a) and (b).
     let big_layer = layer_digest(&layout.dir, &big);
     if wanted("manifests") || wanted("blobs") {
-        for p in [&rm, &dist] {
+        for p in &proxies {
             download(&format!("{}/v2/bench/big/blobs/{big_layer}", p.url), 1).await;
             download(&format!("{}/v2/bench/multi0/manifests/v1", p.url), 1).await;
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
 
-    // (a) cached manifests, alternating servers, best of two rounds.
+    // (a) cached manifests, alternating servers, best of ROUNDS rounds; CPU per request over
+    // all rounds.
     if wanted("manifests") {
-        let mut manifests = [[(0.0, 0.0, 0.0); 2]; 3];
+        let mut best = vec![[(0.0, 0.0, 0.0); 2]; servers.len()];
+        let mut cpu = vec![[(0.0f64, 0.0f64); 2]; servers.len()];
         for _round in 0..ROUNDS {
-            for (i, p) in [&rm, &dist, &ngx].iter().enumerate() {
+            for (i, p) in servers.iter().enumerate() {
                 for (j, reference) in ["v1", multis[0].digest.as_str()].iter().enumerate() {
-                    let r = tokio::task::block_in_place(|| {
+                    let before = p.cpu_seconds();
+                    let (r, requests) = tokio::task::block_in_place(|| {
                         wrk(&format!("{}/v2/bench/multi0/manifests/{reference}", p.url))
                     });
-                    if r.0 > manifests[i][j].0 {
-                        manifests[i][j] = r;
+                    cpu[i][j].0 += p.cpu_seconds() - before;
+                    cpu[i][j].1 += requests;
+                    if r.0 > best[i][j].0 {
+                        best[i][j] = r;
                     }
                 }
             }
         }
         line(format!(
-            "\n## Cached manifest GET, concurrency 32 (wrk, best of {ROUNDS} alternating rounds)\n"
+            "\n## Cached manifest GET, concurrency 32 (wrk, best of {ROUNDS} alternating rounds; every server logs each request to a file)\n"
         ));
-        line("| | by tag req/s | p50 | p99 | by digest req/s | p50 | p99 |".into());
-        line("|---|---|---|---|---|---|---|".into());
-        for (i, name) in ["regmirror", "distribution", "nginx"].iter().enumerate() {
-            let [(t, t50, t99), (d, d50, d99)] = manifests[i];
+        line("| | by tag req/s | p50 | p99 | CPU µs/req | by digest req/s | p50 | p99 | CPU µs/req |".into());
+        line("|---|---|---|---|---|---|---|---|---|".into());
+        let per_request = |(cpu, requests): (f64, f64)| {
+            if requests > 0.0 {
+                format!("{:.1}", cpu / requests * 1e6)
+            } else {
+                "n/a".into()
+            }
+        };
+        for (i, p) in servers.iter().enumerate() {
+            let [(t, t50, t99), (d, d50, d99)] = best[i];
             line(format!(
-                "| {name} | {t:.0} | {t50:.2} ms | {t99:.2} ms | {d:.0} | {d50:.2} ms | {d99:.2} ms |"
+                "| {} | {t:.0} | {t50:.2} ms | {t99:.2} ms | {} | {d:.0} | {d50:.2} ms | {d99:.2} ms | {} |",
+                p.name,
+                per_request(cpu[i][0]),
+                per_request(cpu[i][1]),
             ));
         }
-        line(format!(
-            "| regmirror / distribution | {} | | | {} | | |",
-            ratio(manifests[0][0].0, manifests[1][0].0),
-            ratio(manifests[0][1].0, manifests[1][1].0)
-        ));
-        line(format!(
-            "| regmirror / nginx | {} | | | {} | | |",
-            ratio(manifests[0][0].0, manifests[2][0].0),
-            ratio(manifests[0][1].0, manifests[2][1].0)
-        ));
+        let values = |i: usize| vec![best[i][0].0, best[i][1].0];
+        for other in [builds.len(), builds.len() + 1] {
+            for (name, cells) in ratios(&values, other) {
+                line(format!(
+                    "| {name} | {} | | | | {} | | | |",
+                    cells[0], cells[1]
+                ));
+            }
+        }
     }
 
-    // (b) warm 200 MiB blob throughput.
+    // (b) warm 200 MiB blob throughput; CPU per GiB over all rounds.
     if wanted("blobs") {
-        let mut blobs = [[0.0f64; 2]; 3];
+        let mut best = vec![[0.0f64; 2]; servers.len()];
+        let mut cpu = vec![[0.0f64; 2]; servers.len()];
         for _round in 0..ROUNDS {
-            for (i, p) in [&rm, &dist, &ngx].iter().enumerate() {
+            for (i, p) in servers.iter().enumerate() {
                 for (j, clients) in [1usize, 4].iter().enumerate() {
                     let url = format!("{}/v2/bench/big/blobs/{big_layer}", p.url);
                     // Several downloads per sample: one takes well under 100 ms here.
+                    let before = p.cpu_seconds();
                     let start = Instant::now();
                     for _ in 0..BLOB_REPEATS {
                         download(&url, *clients).await;
                     }
                     let mibps =
                         (BLOB_REPEATS * clients * 200) as f64 / start.elapsed().as_secs_f64();
-                    blobs[i][j] = blobs[i][j].max(mibps);
+                    cpu[i][j] += p.cpu_seconds() - before;
+                    best[i][j] = best[i][j].max(mibps);
                 }
             }
         }
         line(format!(
-            "\n## Warm 200 MiB blob GET throughput (MiB/s, best of {ROUNDS} alternating rounds)\n"
+            "\n## Warm 200 MiB blob GET throughput (MiB/s, best of {ROUNDS} alternating rounds; CPU s/GiB over all rounds)\n"
         ));
-        line("| | concurrency 1 | concurrency 4 |".into());
-        line("|---|---|---|".into());
-        for (i, name) in ["regmirror", "distribution", "nginx"].iter().enumerate() {
+        line("| | concurrency 1 | CPU s/GiB | concurrency 4 | CPU s/GiB |".into());
+        line("|---|---|---|---|---|".into());
+        for (i, p) in servers.iter().enumerate() {
+            let served = |clients: usize| (ROUNDS * BLOB_REPEATS * clients * 200 * MIB) as f64;
             line(format!(
-                "| {name} | {:.0} | {:.0} |",
-                blobs[i][0], blobs[i][1]
+                "| {} | {:.0} | {} | {:.0} | {} |",
+                p.name,
+                best[i][0],
+                per_gib(cpu[i][0], served(1)),
+                best[i][1],
+                per_gib(cpu[i][1], served(4)),
             ));
         }
-        line(format!(
-            "| regmirror / distribution | {} | {} |",
-            ratio(blobs[0][0], blobs[1][0]),
-            ratio(blobs[0][1], blobs[1][1])
-        ));
-        line(format!(
-            "| regmirror / nginx | {} | {} |",
-            ratio(blobs[0][0], blobs[2][0]),
-            ratio(blobs[0][1], blobs[2][1])
-        ));
+        let values = |i: usize| vec![best[i][0], best[i][1]];
+        for other in [builds.len(), builds.len() + 1] {
+            for (name, cells) in ratios(&values, other) {
+                line(format!("| {name} | {} | | {} | |", cells[0], cells[1]));
+            }
+        }
     }
 
     // (e) memory.
-    let peak: Vec<u64> = [&rm, &dist, &ngx]
-        .iter()
-        .map(|p| p.rss_kib("VmHWM:"))
-        .collect();
+    let peak: Vec<u64> = servers.iter().map(|p| p.rss_kib("VmHWM:")).collect();
     line("\n## Resident memory (MiB; nginx: master process only)\n".into());
     line("| | idle | peak |".into());
     line("|---|---|---|".into());
-    for (i, name) in ["regmirror", "distribution", "nginx"].iter().enumerate() {
+    for (i, p) in servers.iter().enumerate() {
         line(format!(
-            "| {name} | {:.1} | {:.1} |",
+            "| {} | {:.1} | {:.1} |",
+            p.name,
             idle[i] as f64 / 1024.0,
             peak[i] as f64 / 1024.0
         ));
     }
-    line(format!(
-        "| regmirror / distribution | {} | {} |",
-        ratio(idle[0] as f64, idle[1] as f64),
-        ratio(peak[0] as f64, peak[1] as f64)
-    ));
+    let memory = |i: usize| vec![idle[i] as f64, peak[i] as f64];
+    for (name, cells) in ratios(&memory, builds.len()) {
+        line(format!("| {name} | {} | {} |", cells[0], cells[1]));
+    }
 
     let machine = format!(
         "{} cores, {}",
