@@ -138,7 +138,8 @@ fn main() -> ExitCode {
         Ok(config) => config,
         Err(code) => return code,
     };
-    init_logging(config.log.format);
+    // Declared before the runtime, so dropped after it: what it logs while stopping is written.
+    let _log_writer = init_logging(config.log.format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -606,18 +607,33 @@ async fn shutdown_signal() {
     }
 }
 
-fn init_logging(format: LogFormat) {
+/// How many log lines may wait for the log's writer thread before whoever logs waits too.
+const LOG_QUEUE_LINES: usize = 64 * 1024;
+
+/// Logs to stderr through a writer thread: each line is formatted where it is logged and
+/// handed over; the thread writes whatever has gathered in one `write(2)` as soon as it
+/// has it (one per request when idle, one per burst under load), so serving a request never
+/// waits on stderr's lock or a system call. Nothing is dropped: when the queue is full,
+/// logging waits for room. The returned guard writes what is left when dropped.
+fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("REGMIRROR_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    let stderr = std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr());
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .buffered_lines_limit(LOG_QUEUE_LINES)
+        .thread_name("regmirror-log")
+        .finish(stderr);
     // Colour codes only for a person at a terminal, never into files, pipes or log collectors.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }
+    guard
 }
