@@ -627,13 +627,31 @@ fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
         .thread_name("regmirror-log")
         .finish(stderr);
     // Colour codes only for a person at a terminal, never into files, pipes or log collectors.
+    let terminal = std::io::stderr().is_terminal();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
+        .with_ansi(terminal)
         .with_writer(writer);
     match format {
         LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
+        LogFormat::Text if terminal => builder.init(),
+        LogFormat::Text => builder.fmt_fields(plain_fields()).init(),
     }
     guard
+}
+
+/// Text fields as the default formatter writes them without colour (the message bare, then
+/// `name=value`, strings quoted, `%` values as displayed), written straight into the line: the
+/// default formatter styles each name and `=` even when colour is off, which was a tenth of the
+/// CPU of a cached manifest GET's log line.
+fn plain_fields() -> impl for<'w> tracing_subscriber::fmt::FormatFields<'w> + 'static {
+    use tracing_subscriber::field::MakeExt;
+    tracing_subscriber::fmt::format::debug_fn(|writer, field, value| {
+        if field.name() == "message" {
+            write!(writer, "{value:?}")
+        } else {
+            write!(writer, "{field}={value:?}")
+        }
+    })
+    .delimited(" ")
 }
