@@ -75,7 +75,7 @@ pub fn holding_permit(body: Body, permit: tokio::sync::OwnedSemaphorePermit) -> 
 /// What the request log line says about a request, filled in by the handler.
 pub struct LogInfo {
     /// HTTP method.
-    pub method: String,
+    pub method: http::Method,
     /// The method as a metric label (a closed set).
     pub method_label: &'static str,
     /// Request path.
@@ -133,6 +133,19 @@ fn status_class(status: u16) -> &'static str {
         3 => "3xx",
         4 => "4xx",
         _ => "5xx",
+    }
+}
+
+/// A value as a log line shows it, `-` when there is none; formatted into the line, with no
+/// string of its own.
+pub struct OrDash<T>(pub Option<T>);
+
+impl<T: std::fmt::Display> std::fmt::Display for OrDash<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(value) => value.fmt(f),
+            None => f.write_str("-"),
+        }
     }
 }
 
@@ -237,7 +250,7 @@ impl Drop for Logged {
             .observe(elapsed.as_secs_f64());
         tracing::info!(
             request_id = %facts.request_id,
-            client = %facts.client.map_or_else(|| "-".to_owned(), |c| c.to_string()),
+            client = %OrDash(facts.client),
             user = facts.user.as_deref().unwrap_or("-"),
             method = %info.method,
             path = %info.path,

@@ -29,15 +29,16 @@ pub async fn get(ctx: &Ctx<'_>, target: &Target, reference: &Reference) -> Answe
     });
     let headers = response.headers_mut();
     let digest = answer.digest.to_string();
+    // Owned strings become header values without another copy.
     for (name, value) in [
-        (header::CONTENT_TYPE, answer.media_type.as_str()),
+        (header::ETAG, format!("\"{digest}\"")),
+        (header::CONTENT_TYPE, answer.media_type),
         (
             header::HeaderName::from_static("docker-content-digest"),
-            digest.as_str(),
+            digest,
         ),
-        (header::ETAG, &format!("\"{digest}\"")),
     ] {
-        if let Ok(value) = HeaderValue::from_str(value) {
+        if let Ok(value) = HeaderValue::try_from(value) {
             headers.insert(name, value);
         }
     }

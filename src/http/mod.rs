@@ -100,7 +100,7 @@ pub async fn handle(
     app.mirror
         .metrics
         .http_requests
-        .with_label_values(&[method_label(&method), &status.to_string()])
+        .with_label_values(&[method_label(&method), response.status().as_str()])
         .inc();
     let length = response
         .headers()
@@ -109,8 +109,8 @@ pub async fn handle(
         .and_then(|v| v.parse().ok());
     let info = LogInfo {
         length,
-        method: method.to_string(),
         method_label: method_label(&method),
+        method,
         path,
         status,
         cache: answer.cache.map(CacheResult::as_str),
@@ -193,7 +193,7 @@ impl Drop for Unanswered {
         let facts = &self.facts;
         tracing::info!(
             request_id = %facts.request_id,
-            client = %facts.client.map_or_else(|| "-".to_owned(), |c| c.to_string()),
+            client = %body::OrDash(facts.client),
             user = facts.user.as_deref().unwrap_or("-"),
             method = %self.method,
             path = %self.path,
