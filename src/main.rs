@@ -608,7 +608,9 @@ async fn shutdown_signal() {
 }
 
 /// How many log lines may wait for the log's writer thread before whoever logs waits too.
-const LOG_QUEUE_LINES: usize = 64 * 1024;
+/// The queue's slots are allocated up front (about 40 bytes each): enough for bursts far
+/// beyond what the writer falls behind by, small at rest.
+const LOG_QUEUE_LINES: usize = 8 * 1024;
 
 /// Logs to stderr through a writer thread: each line is formatted where it is logged and
 /// handed over; the thread writes whatever has gathered in one `write(2)` as soon as it
