@@ -59,34 +59,9 @@ impl Proc {
             std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
         std::iter::once(pid)
             .chain(children.split_whitespace().filter_map(|c| c.parse().ok()))
-            .map(cpu_seconds)
+            .map(common::cpu_seconds)
             .sum()
     }
-}
-
-/// A process's CPU time (user + system) so far, from `/proc/<pid>/stat`.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // The fields after the command name (which is in parentheses and may hold spaces).
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name.
-    (ticks(11) + ticks(12)) / clock_ticks()
-}
-
-/// Clock ticks per second, the unit of `/proc/<pid>/stat`'s times.
-fn clock_ticks() -> f64 {
-    // SAFETY: sysconf only reads a constant of the system.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if ticks > 0 { ticks as f64 } else { 100.0 }
 }
 
 fn free_port() -> u16 {
@@ -408,6 +383,19 @@ struct Cold<'a> {
     proc: Option<&'a Proc>,
 }
 
+/// The servers of a cold comparison: the upstream itself (direct), then each proxy.
+fn cold_servers<'a>(direct: &'a str, proxies: impl IntoIterator<Item = &'a Proc>) -> Vec<Cold<'a>> {
+    std::iter::once(Cold {
+        url: direct,
+        proc: None,
+    })
+    .chain(proxies.into_iter().map(|p| Cold {
+        url: &p.url,
+        proc: Some(p),
+    }))
+    .collect()
+}
+
 /// What one server took over the cold rounds: the median time and upstream bytes, and CPU
 /// seconds in all.
 #[derive(Clone, Copy, Default)]
@@ -689,14 +677,7 @@ async fn main() {
             let (layout_dir, image) = (layout_dir.clone(), multis[round].clone());
             async move { pull_image(&base, &format!("bench/multi{round}"), &image, &layout_dir).await }
         };
-        let mut loopback_servers = vec![Cold {
-            url: &upstream.url,
-            proc: None,
-        }];
-        loopback_servers.extend(proxies.iter().map(|p| Cold {
-            url: &p.url,
-            proc: Some(*p),
-        }));
+        let loopback_servers = cold_servers(&upstream.url, proxies.iter().copied());
         let loopback = cold_rounds(&loopback_servers, COLD_ROUNDS, &upstream_log, pull).await;
         // The same through a link of a real network's speed: fresh caches in front of a relay
         // that paces what the upstream sends.
@@ -706,14 +687,7 @@ async fn main() {
             paced_procs.push(regmirror(build, &w.join(format!("regmirror-paced{i}")), &link).await);
         }
         paced_procs.push(distribution(&w.join("proxy-paced"), "distribution", Some(&link)).await);
-        let mut paced_servers = vec![Cold {
-            url: &link,
-            proc: None,
-        }];
-        paced_servers.extend(paced_procs.iter().map(|p| Cold {
-            url: &p.url,
-            proc: Some(p),
-        }));
+        let paced_servers = cold_servers(&link, &paced_procs);
         let paced = cold_rounds(&paced_servers, COLD_ROUNDS, &upstream_log, pull).await;
         for (title, results) in [
             (
@@ -762,15 +736,8 @@ async fn main() {
             let url = format!("{base}/v2/bench/cold{round}/blobs/{}", layers[round]);
             async move { download(&url, 1).await.1 }
         };
-        let mut cold_servers = vec![Cold {
-            url: &upstream.url,
-            proc: None,
-        }];
-        cold_servers.extend(proxies.iter().map(|p| Cold {
-            url: &p.url,
-            proc: Some(*p),
-        }));
-        let results = cold_rounds(&cold_servers, COLD_BLOB_ROUNDS, &upstream_log, get).await;
+        let servers = cold_servers(&upstream.url, proxies.iter().copied());
+        let results = cold_rounds(&servers, COLD_BLOB_ROUNDS, &upstream_log, get).await;
         let dist_time = results[proxies.len()].time.as_secs_f64();
         line(format!(
             "\n## Cold GET of a 200 MiB blob over loopback, median of {COLD_BLOB_ROUNDS} blobs (alternating who goes first)\n"

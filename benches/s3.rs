@@ -194,24 +194,6 @@ async fn distribution_on_garage(
     Some((child, format!("{base}/v2/bench/blobs/{digest}")))
 }
 
-/// A process's CPU time (user + system) so far, from `/proc`.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // The fields after the command name (which is in parentheses and may hold spaces).
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name.
-    (ticks(11) + ticks(12)) / 100.0
-}
-
 /// The median of `v`.
 fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
@@ -308,7 +290,7 @@ async fn main() {
     let mut distribution = distribution_on_garage(&garage, dist_dir.path(), &blob).await;
     let dist_cpu_before = distribution
         .as_ref()
-        .map_or(0.0, |(child, _)| cpu_seconds(child.id()));
+        .map_or(0.0, |(child, _)| common::cpu_seconds(child.id()));
     let (mut cold, mut direct, mut proxied, mut dist) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
@@ -329,7 +311,8 @@ async fn main() {
     }
     drop(nginx);
     let dist_cpu_per_gib = distribution.as_ref().map_or(0.0, |(child, _)| {
-        (cpu_seconds(child.id()) - dist_cpu_before) / (ROUNDS * size) as f64 * (1024 * MIB) as f64
+        (common::cpu_seconds(child.id()) - dist_cpu_before) / (ROUNDS * size) as f64
+            * (1024 * MIB) as f64
     });
     if let Some((child, _)) = distribution.as_mut() {
         let _ = child.kill();

@@ -16,6 +16,32 @@ use std::path::PathBuf;
 use regmirror::config::Config;
 use tempfile::TempDir;
 
+/// A process's CPU time (user + system) so far, in seconds, from `/proc/<pid>/stat`; 0 when
+/// it cannot be read.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name (which is in parentheses and may hold spaces).
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // SAFETY: sysconf only reads a constant of the system.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let per_second = if per_second > 0 {
+        per_second as f64
+    } else {
+        100.0
+    };
+    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name.
+    (ticks(11) + ticks(12)) / per_second
+}
+
 /// Installs the process's TLS provider (ring, as regmirror's) for the tests' own HTTP clients;
 /// every harness entry point calls it.
 pub fn tls() {
