@@ -474,6 +474,27 @@ fn same_memory_state() {
     }
 }
 
+/// The rows of a cold table: (name, result, CPU s/GiB over `moved` bytes), the direct fetch
+/// from the upstream first (no CPU of ours to show), then each proxy.
+fn cold_rows<'a>(
+    proxies: &[&Proc],
+    results: &'a [ColdResult],
+    moved: f64,
+) -> impl Iterator<Item = (String, &'a ColdResult, String)> {
+    std::iter::once("direct from upstream".to_owned())
+        .chain(proxies.iter().map(|p| p.name.clone()))
+        .zip(results)
+        .enumerate()
+        .map(move |(i, (name, r))| {
+            let cpu = if i == 0 {
+                "-".to_owned()
+            } else {
+                per_gib(r.cpu, moved)
+            };
+            (name, r, cpu)
+        })
+}
+
 /// CPU seconds per GiB, from `cpu` seconds spent on `bytes`.
 fn per_gib(cpu: f64, bytes: f64) -> String {
     if bytes > 0.0 {
@@ -706,14 +727,8 @@ async fn main() {
             ));
             line("| | time | upstream bytes | × image | time vs direct | CPU s/GiB |".into());
             line("|---|---|---|---|---|---|".into());
-            let names = std::iter::once("direct from upstream".to_owned())
-                .chain(proxies.iter().map(|p| p.name.clone()));
-            for (name, r) in names.zip(&results) {
-                let cpu = if name.starts_with("direct") {
-                    "-".to_owned()
-                } else {
-                    per_gib(r.cpu, (COLD_ROUNDS as u64 * multi_size) as f64)
-                };
+            let moved = (COLD_ROUNDS as u64 * multi_size) as f64;
+            for (name, r, cpu) in cold_rows(&proxies, &results, moved) {
                 line(format!(
                     "| {name} | {:.0} ms | {} | {} | {} | {cpu} |",
                     r.time.as_secs_f64() * 1000.0,
@@ -747,14 +762,8 @@ async fn main() {
                 .into(),
         );
         line("|---|---|---|---|---|---|---|".into());
-        let names = std::iter::once("direct from upstream".to_owned())
-            .chain(proxies.iter().map(|p| p.name.clone()));
-        for (name, r) in names.zip(&results) {
-            let cpu = if name.starts_with("direct") {
-                "-".to_owned()
-            } else {
-                per_gib(r.cpu, (COLD_BLOB_ROUNDS * 200 * MIB) as f64)
-            };
+        let moved = (COLD_BLOB_ROUNDS * 200 * MIB) as f64;
+        for (name, r, cpu) in cold_rows(&proxies, &results, moved) {
             line(format!(
                 "| {name} | {:.0} ms | {:.0} | {} | {} | {} | {cpu} |",
                 r.time.as_secs_f64() * 1000.0,
