@@ -194,6 +194,86 @@ async fn distribution_on_garage(
     Some((child, format!("{base}/v2/bench/blobs/{digest}")))
 }
 
+/// A regmirror binary to measure: this checkout's, or another build named by
+/// `REGMIRROR_BEFORE` (the "before" of a change, measured in the same run).
+struct MirrorBuild {
+    name: String,
+    binary: std::path::PathBuf,
+}
+
+/// The builds to measure: this checkout's, and `REGMIRROR_BEFORE`'s when set.
+fn mirror_builds() -> Vec<MirrorBuild> {
+    let mut builds = vec![MirrorBuild {
+        name: "regmirror".into(),
+        binary: env!("CARGO_BIN_EXE_regmirror").into(),
+    }];
+    if let Some(before) = std::env::var_os("REGMIRROR_BEFORE") {
+        builds.push(MirrorBuild {
+            name: "regmirror (before)".into(),
+            binary: before.into(),
+        });
+    }
+    builds
+}
+
+/// One GET of the blob `digest` from a regmirror process started on the bucket with an empty
+/// hot cache (a new local directory), as a replica that has not seen the blob reads it: MiB/s,
+/// and the CPU seconds the process spent on the GET. Like Distribution, it runs as a process
+/// of its own and logs every request (to a file), so the two compare alike.
+async fn cold_read_by_process(
+    build: &MirrorBuild,
+    storage: &str,
+    digest: &str,
+    size: usize,
+) -> (f64, f64) {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::cluster::free_port();
+    let config = dir.path().join("mirror.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[storage]\npath = \"{}\"\n{storage}",
+            dir.path().join("store").display()
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.path().join("regmirror.log")).unwrap();
+    let mut child = std::process::Command::new(&build.binary)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("REGMIRROR_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::from(log))
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    common::eventually_async(30, "regmirror to answer", || {
+        let url = format!("{base}/v2/");
+        let client = client.clone();
+        async move { client.get(url).send().await.is_ok() }
+    })
+    .await;
+    let before = common::cpu_seconds(child.id());
+    let mbs = throughput(&client, &format!("{base}/v2/bench/blobs/{digest}"), size, 1).await;
+    // The CPU of the whole read: the local copy is kept (hashed, adopted) once the fill ends,
+    // which may be after the client has its last byte.
+    common::eventually_async(30, "the local copy to be kept", || {
+        let url = format!("{base}/metrics");
+        let client = client.clone();
+        async move {
+            let text = client.get(url).send().await.unwrap().text().await.unwrap();
+            metric(&text, "regmirror_hot_cache_bytes") >= size as f64
+                && metric(&text, "regmirror_fills_in_flight") == 0.0
+        }
+    })
+    .await;
+    let cpu = common::cpu_seconds(child.id()) - before;
+    let _ = child.kill();
+    let _ = child.wait();
+    (mbs, cpu)
+}
+
 /// The median of `v`.
 fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
@@ -293,11 +373,15 @@ async fn main() {
         .map_or(0.0, |(child, _)| common::cpu_seconds(child.id()));
     let (mut cold, mut direct, mut proxied, mut dist) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let builds = mirror_builds();
+    let mut cold_cpu = vec![0.0; builds.len()];
+    cold.resize(builds.len(), Vec::new());
     for _ in 0..ROUNDS {
-        let (s3, _dir) = start(&s3_keys, "").await;
-        let url = format!("http://{}/v2/bench/blobs/{digest}", s3.addr);
-        cold.push(throughput(&client, &url, size, 1).await);
-        s3.stop().await;
+        for (i, build) in builds.iter().enumerate() {
+            let (mbs, cpu) = cold_read_by_process(build, &s3_keys, &digest, size).await;
+            cold[i].push(mbs);
+            cold_cpu[i] += cpu;
+        }
         direct.push(throughput(&client, presigned.as_str(), size, 1).await);
         if let Some((_, url)) = &distribution {
             dist.push(throughput(&client, url, size, 1).await);
@@ -380,25 +464,34 @@ async fn main() {
     let small = startup_with_index(&garage, 1_000).await;
     let large = startup_with_index(&garage, 100_000).await;
 
+    let per_gib = |cpu: f64| cpu / (ROUNDS * size) as f64 * (1024 * MIB) as f64;
+    let mut bucket_rows = String::new();
+    for (i, build) in builds.iter().enumerate() {
+        let name = &build.name;
+        bucket_rows.push_str(&format!(
+            "| {name}: 200 MiB blob, empty hot cache vs direct GET from Garage | {:.2}x ({:.0} vs {:.0} MiB/s, medians of {ROUNDS}; {:.2} CPU s/GiB) |\n\
+             | {name}: the same vs Distribution 2.8's s3 driver (redirect off), same Garage | {:.2}x ({:.0} vs {:.0} MiB/s; Distribution {:.2} CPU s/GiB) |\n",
+            median(&cold[i]) / median(&direct),
+            median(&cold[i]),
+            median(&direct),
+            per_gib(cold_cpu[i]),
+            median(&cold[i]) / median(&dist),
+            median(&cold[i]),
+            median(&dist),
+            dist_cpu_per_gib,
+        ));
+    }
     let report = format!(
         "| S3 backend (Garage, one node, this machine) | result |\n|---|---|\n\
          | warm 200 MiB blob, hot cache vs filesystem backend | {:.2}x ({s3_warm:.0} vs {fs_warm:.0} MiB/s) |\n\
-         | 200 MiB blob, empty hot cache vs direct GET from Garage | {:.2}x ({:.0} vs {:.0} MiB/s, medians of {ROUNDS}) |\n\
+         {bucket_rows}\
          | the same GET through nginx in front of Garage vs direct | {:.2}x ({:.0} MiB/s) |\n\
-         | 200 MiB blob, empty hot cache vs Distribution 2.8's s3 driver (redirect off), same Garage | {:.2}x ({:.0} vs {:.0} MiB/s; Distribution {:.2} CPU s/GiB) |\n\
          | cold pull (4 clients per layer): upstream bytes / image | {:.2}x |\n\
          | cold pull: bucket bytes written / image ({} objects for {} blobs) | {:.2}x |\n\
          | start-up, index of 100,000 blobs vs 1,000 | {:.2}x ({:.2} s vs {:.2} s) |\n",
         s3_warm / fs_warm,
-        median(&cold) / median(&direct),
-        median(&cold),
-        median(&direct),
         median(&proxied) / median(&direct),
         median(&proxied),
-        median(&cold) / median(&dist),
-        median(&cold),
-        median(&dist),
-        dist_cpu_per_gib,
         upstream_bytes / image_bytes as f64,
         bucket_objects.len(),
         layers.len(),
