@@ -22,6 +22,25 @@ async fn read_from(backend: &dyn Backend, key: &str, from: u64) -> Option<(u64, 
     Some((size, chunks.concat()))
 }
 
+/// Reads an object the caller knows the size of from `from` on, whole (a bucket may split it
+/// into ranged GETs side by side).
+async fn read_sized_from(
+    backend: &dyn Backend,
+    key: &str,
+    from: u64,
+    size: u64,
+) -> Option<(u64, Vec<u8>)> {
+    let stream = backend.read_sized(key, from, size).await.unwrap()?;
+    assert_eq!(
+        stream.start,
+        Some(from),
+        "a sized read says where it starts"
+    );
+    let total = stream.total()?;
+    let chunks: Vec<Bytes> = stream.chunks.try_collect().await.unwrap();
+    Some((total, chunks.concat()))
+}
+
 async fn sorted_keys(backend: &dyn Backend, prefix: &str) -> Vec<String> {
     let mut keys: Vec<String> = backend
         .list(prefix)
@@ -40,6 +59,13 @@ async fn contract(backend: &dyn Backend, scratch: &Path) {
     assert_eq!(backend.get("c/none").await.unwrap(), None);
     assert_eq!(backend.stat("c/none").await.unwrap(), None);
     assert!(backend.read("c/none", 0).await.unwrap().is_none());
+    assert!(
+        backend
+            .read_sized("c/none", 0, 100 << 20)
+            .await
+            .unwrap()
+            .is_none()
+    );
     assert!(backend.list("c/").await.unwrap().is_empty());
 
     // Small objects: whole, overwritten whole, stat'ed.
@@ -101,9 +127,14 @@ async fn contract(backend: &dyn Backend, scratch: &Path) {
     assert!(backend.list("c/a/").await.unwrap().is_empty());
     assert_eq!(sorted_keys(backend, "c/").await, ["c/ab/three"]);
 
-    // Committing a verified local file: the object appears whole (a large one too, which a
-    // bucket takes in parts), and the file is moved or copied as the backend says.
-    for (key, len) in [("c/blobs/small", 1000), ("c/blobs/large", 20 << 20)] {
+    // Committing a verified local file: the object appears whole (large ones too, which a
+    // bucket takes in parts and reads back in ranges), and the file is moved or copied as the
+    // backend says.
+    for (key, len) in [
+        ("c/blobs/small", 1000),
+        ("c/blobs/large", 20 << 20),
+        ("c/blobs/larger", (40 << 20) + 12_345),
+    ] {
         let bytes = common::random_bytes(len);
         let file = scratch.join(key.replace('/', "_"));
         std::fs::write(&file, &bytes).unwrap();
@@ -116,6 +147,21 @@ async fn contract(backend: &dyn Backend, scratch: &Path) {
         let (size, read) = read_from(backend, key, 0).await.unwrap();
         assert_eq!(size, len as u64);
         assert!(read == bytes, "{key}: the object is not the file");
+        // Read knowing its size (as blobs in the index are): the same bytes, from the start
+        // and from the middle of a range.
+        let (size, read) = read_sized_from(backend, key, 0, len as u64).await.unwrap();
+        assert!(
+            size == len as u64 && read == bytes,
+            "{key}: a sized read is not the file"
+        );
+        let mid = (len as u64 * 3 / 7).max(1);
+        let (size, read) = read_sized_from(backend, key, mid, len as u64)
+            .await
+            .unwrap();
+        assert!(
+            size == len as u64 && read[..] == bytes[mid as usize..],
+            "{key}: a sized read from {mid} is not the file's tail"
+        );
         // The page-cache fast path, where the backend has one, reads the same bytes.
         if let Some((mut local, size)) = backend.open_local(key).await.unwrap() {
             use std::io::Read;

@@ -495,34 +495,70 @@ async fn a_bucket_object_that_does_not_match_its_digest_is_not_kept_locally() {
     else {
         return;
     };
+    // A small blob (one GET of the bucket) and a large one (ranged GETs side by side, the
+    // rotten byte in a late range).
+    rotten_object_is_never_served_whole_or_kept(&garage, &fake, "rot", 1_000_000).await;
+    rotten_object_is_never_served_whole_or_kept(&garage, &fake, "rot-large", (40 << 20) + 4321)
+        .await;
+}
+
+async fn rotten_object_is_never_served_whole_or_kept(
+    garage: &Garage,
+    fake: &FakeUpstream,
+    prefix: &str,
+    len: usize,
+) {
     let m = start(
-        &garage,
+        garage,
         tempfile::tempdir().unwrap(),
-        "rot",
-        &upstream(&fake),
+        prefix,
+        &upstream(fake),
     )
     .await;
-    let blob = random_bytes(1_000_000);
+    let blob = random_bytes(len);
     let digest = push_blob(&m, "team/app", &blob, false).await;
     m.stop().await;
+    // Intact, a replica without a local copy reads it whole, keeps it, and reads the bucket
+    // once.
+    let m = start(
+        garage,
+        tempfile::tempdir().unwrap(),
+        prefix,
+        &upstream(fake),
+    )
+    .await;
+    let path = format!("/v2/team/app/blobs/{digest}");
+    assert!(
+        get_bytes(&m, &path).await == blob,
+        "read back from the bucket"
+    );
+    m.fills_settled().await;
+    assert!(
+        get_bytes(&m, &path).await == blob,
+        "served from the local copy"
+    );
+    assert_eq!(
+        m.metric("regmirror_backend_read_bytes_total").await,
+        blob.len() as f64
+    );
+    m.stop().await;
     // Something rots the object in the bucket (same size, one byte changed).
-    let bucket = garage.backend("rot");
+    let bucket = garage.backend(prefix);
     let key = format!("blobs/sha256/{}/{}", &digest[7..9], &digest[7..]);
     let mut rotten = blob.clone();
-    rotten[500_000] ^= 0xff;
+    rotten[len * 5 / 6] ^= 0xff;
     bucket.put(&key, rotten.clone().into()).await.unwrap();
 
     // A replica without a local copy reads the bucket and, by default (`verify_reads`),
     // completes no response before its own hash agrees: the client sees a failure, never a
     // complete 200 of wrong bytes, and nothing is kept.
     let m = start(
-        &garage,
+        garage,
         tempfile::tempdir().unwrap(),
-        "rot",
-        &upstream(&fake),
+        prefix,
+        &upstream(fake),
     )
     .await;
-    let path = format!("/v2/team/app/blobs/{digest}");
     let r = m.get(&path).await;
     let complete = r.status() == 200 && r.bytes().await.is_ok_and(|b| b.len() == blob.len());
     assert!(
@@ -541,8 +577,8 @@ async fn a_bucket_object_that_does_not_match_its_digest_is_not_kept_locally() {
     // would hand them out: streamed whole, but the hash still keeps them out of the hot cache.
     let m = TestMirror::start_storage(
         tempfile::tempdir().unwrap(),
-        &format!("verify_reads = false\n{}", garage.storage_keys("rot", "")),
-        &upstream(&fake),
+        &format!("verify_reads = false\n{}", garage.storage_keys(prefix, "")),
+        &upstream(fake),
     )
     .await;
     assert_eq!(get_bytes(&m, &path).await.len(), blob.len());

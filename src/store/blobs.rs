@@ -179,7 +179,12 @@ impl Store {
         digest: &Digest,
         from: u64,
     ) -> Result<Option<ByteStream>> {
-        Ok(self.backend.read(&Store::blob_key(digest), from).await?)
+        let key = Store::blob_key(digest);
+        let read = match self.blob_size(digest).await? {
+            Some(size) => self.backend.read_sized(&key, from, size).await?,
+            None => self.backend.read(&key, from).await?,
+        };
+        Ok(read)
     }
 
     /// Where a client may fetch the blob directly, when redirects are on and the backend can

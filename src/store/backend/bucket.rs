@@ -23,8 +23,9 @@ use object_store::signer::Signer;
 use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 
+use super::read_ahead::{MIN_READ_AHEAD, RangeOpener, ReadAheadBudget, SEGMENT, read_ahead};
 use super::{Backend, BackendError, Committed, ObjectInfo, Result};
-use crate::byte_stream::ByteStream;
+use crate::byte_stream::{ByteStream, Chunks};
 
 /// How often a failed request to the object store is retried (5xx, connection errors).
 pub(super) const RETRIES: usize = 3;
@@ -94,6 +95,34 @@ pub struct BucketPlace {
 pub struct BucketBackend<C: BucketClient> {
     store: Arc<C>,
     place: BucketPlace,
+    read_ahead: ReadAheadBudget,
+}
+
+/// The ranged GETs of one object, for a read that runs ahead of its reader.
+struct ObjectRanges<C: BucketClient> {
+    store: Arc<C>,
+    path: ObjectPath,
+    bucket: String,
+}
+
+#[async_trait]
+impl<C: BucketClient> RangeOpener for ObjectRanges<C> {
+    async fn open(&self, start: u64, end: u64) -> std::io::Result<Chunks> {
+        let options = GetOptions {
+            range: Some(GetRange::Bounded(start..end)),
+            ..GetOptions::default()
+        };
+        let bucket = self.bucket.clone();
+        let failed = move |e: object_store::Error| {
+            std::io::Error::other(format!("bucket {bucket}: {}", error_chain(&e)))
+        };
+        let got = self
+            .store
+            .get_opts(&self.path, options)
+            .await
+            .map_err(failed.clone())?;
+        Ok(Box::pin(got.into_stream().map_err(failed)))
+    }
 }
 
 impl<C: BucketClient> BucketBackend<C> {
@@ -102,6 +131,7 @@ impl<C: BucketClient> BucketBackend<C> {
         BucketBackend {
             store: Arc::new(client),
             place,
+            read_ahead: ReadAheadBudget::default(),
         }
     }
 
@@ -369,6 +399,44 @@ impl<C: BucketClient> Backend for BucketBackend<C> {
             .into_stream()
             .map_err(move |e| std::io::Error::other(format!("bucket {bucket}: {e}")));
         Ok(Some(ByteStream::from_offset(size, from, Box::pin(body))))
+    }
+
+    async fn read_sized(&self, key: &str, from: u64, size: u64) -> Result<Option<ByteStream>> {
+        if size.saturating_sub(from) <= MIN_READ_AHEAD {
+            return self.read(key, from).await;
+        }
+        // The first segment is opened here, so that a missing object or an unreachable bucket
+        // is an answer, not a broken stream.
+        let ranges = ObjectRanges {
+            store: Arc::clone(&self.store),
+            path: self.path(key),
+            bucket: self.place.bucket.clone(),
+        };
+        let first_end = from + SEGMENT;
+        let options = GetOptions {
+            range: Some(GetRange::Bounded(from..first_end)),
+            ..GetOptions::default()
+        };
+        let got = match self.store.get_opts(&ranges.path, options).await {
+            Ok(got) => got,
+            Err(e) if is_not_found(&e) => return Ok(None),
+            Err(e) => return Err(self.error("read", key)(e)),
+        };
+        // The object's own size, should it differ from what the caller was told.
+        let size = got.meta.size;
+        let bucket = self.place.bucket.clone();
+        let first = Box::pin(
+            got.into_stream()
+                .map_err(move |e| std::io::Error::other(format!("bucket {bucket}: {e}"))),
+        );
+        let chunks = read_ahead(
+            first,
+            first_end.min(size),
+            size,
+            Arc::new(ranges),
+            &self.read_ahead,
+        );
+        Ok(Some(ByteStream::from_offset(size, from, chunks)))
     }
 
     async fn presigned_get(&self, key: &str, ttl: Duration) -> Result<Option<url::Url>> {

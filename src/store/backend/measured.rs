@@ -130,6 +130,13 @@ impl<B: Backend> Backend for Measured<B> {
         result
     }
 
+    async fn read_sized(&self, key: &str, from: u64, size: u64) -> Result<Option<ByteStream>> {
+        let started = Instant::now();
+        let result = self.inner.read_sized(key, from, size).await;
+        self.observe("read", started, &result, found(&result));
+        result
+    }
+
     async fn presigned_get(&self, key: &str, ttl: Duration) -> Result<Option<url::Url>> {
         self.inner.presigned_get(key, ttl).await
     }
