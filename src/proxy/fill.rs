@@ -603,7 +603,17 @@ impl FillJob {
         let writer = {
             let tx = self.tx.clone();
             let digest = self.digest.clone();
-            tokio::task::spawn_blocking(move || write_spool(spool, from_network, &tx, &digest))
+            // Readers of trusted bytes do not wait for the hash: it runs after the last byte
+            // is written, off their path (two cores shared with the bucket and the client
+            // finish the read sooner without it).
+            let hash = if self.tx.borrow().trusted {
+                Hashing::AfterLastByte
+            } else {
+                Hashing::AsWritten
+            };
+            tokio::task::spawn_blocking(move || {
+                write_spool(spool, from_network, &tx, &digest, hash)
+            })
         };
         let streamed = self.stream_with_resume(response, total, &to_writer).await;
         if streamed.is_ok() {
@@ -747,6 +757,16 @@ impl FillJob {
     }
 }
 
+/// When a fill's disk writer hashes what it writes.
+#[derive(Clone, Copy)]
+enum Hashing {
+    /// Each chunk as it is written, so the last byte can be released the moment it is.
+    AsWritten,
+    /// All of it once the last byte is written, reading it back: for bytes readers have
+    /// before they are verified, where only keeping the copy waits for the hash.
+    AfterLastByte,
+}
+
 /// The disk side of a fill: appends, hashes, publishes how much is on disk, and on `Finish`
 /// verifies and releases the last byte to readers. Committing is the caller's.
 fn write_spool(
@@ -754,6 +774,7 @@ fn write_spool(
     mut from_network: mpsc::Receiver<ToWriter>,
     tx: &watch::Sender<Progress>,
     digest: &Digest,
+    hashing: Hashing,
 ) -> Result<VerifiedSpool, FillError> {
     while let Some(first) = from_network.blocking_recv() {
         let mut next = Some(first);
@@ -762,7 +783,11 @@ fn write_spool(
         while let Some(message) = next.take() {
             match message {
                 ToWriter::Data(chunk) => {
-                    spool.append(&chunk).map_err(|source| {
+                    let appended = match hashing {
+                        Hashing::AsWritten => spool.append(&chunk),
+                        Hashing::AfterLastByte => spool.append_unhashed(&chunk),
+                    };
+                    appended.map_err(|source| {
                         FillError::Store(Arc::new(StoreError::Io {
                             path: "spool".into(),
                             source,

@@ -21,7 +21,8 @@ use crate::oci::{Digest, media};
 /// How long a presigned blob URL is valid.
 const REDIRECT_TTL: Duration = Duration::from_secs(10 * 60);
 
-/// A local temp file being filled with a blob's bytes, hashed as they are written.
+/// A local temp file being filled with a blob's bytes, hashed as they are written (or, for
+/// bytes that need not be verified before readers have them, once they are all written).
 ///
 /// Readers may read it concurrently through [`Spool::reader`] (positional reads, so they never
 /// disturb the writer). Only a [`VerifiedSpool`] can be committed; dropping a spool without
@@ -30,18 +31,53 @@ pub struct Spool {
     path: PathBuf,
     file: Arc<std::fs::File>,
     hasher: Hasher,
+    /// How many of the bytes written (from the start) `hasher` has seen.
+    hashed: u64,
     written: u64,
     committed: bool,
     live: Arc<Mutex<HashSet<PathBuf>>>,
 }
+
+/// Bytes read at a time when [`Spool::verify`] catches up on bytes written unhashed: they come
+/// from the page cache, and a buffer this size stays in the CPU's cache for the hash.
+const CATCH_UP_READ: usize = 1024 * 1024;
 
 impl Spool {
     /// Appends bytes. Blocking I/O: call from a blocking-friendly context.
     pub(crate) fn append(&mut self, chunk: &[u8]) -> io::Result<()> {
         use std::io::Write;
         (&*self.file).write_all(chunk)?;
-        self.hasher.update(chunk);
+        if self.hashed == self.written {
+            self.hasher.update(chunk);
+            self.hashed += chunk.len() as u64;
+        }
         self.written += chunk.len() as u64;
+        Ok(())
+    }
+
+    /// Appends bytes without hashing them now: [`Spool::verify`] hashes them afterwards,
+    /// reading them back. For a fill whose readers need not wait for its verification (bytes
+    /// from our own bucket), so that the hash is not on their path. Blocking I/O.
+    pub(crate) fn append_unhashed(&mut self, chunk: &[u8]) -> io::Result<()> {
+        use std::io::Write;
+        (&*self.file).write_all(chunk)?;
+        self.written += chunk.len() as u64;
+        Ok(())
+    }
+
+    /// Hashes what was appended unhashed, reading it back from the file.
+    fn catch_up(&mut self) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0u8; CATCH_UP_READ];
+        while self.hashed < self.written {
+            let len = (self.written - self.hashed).min(CATCH_UP_READ as u64) as usize;
+            let read = self.file.read_at(&mut buf[..len], self.hashed)?;
+            if read == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            self.hasher.update(&buf[..read]);
+            self.hashed += read as u64;
+        }
         Ok(())
     }
 
@@ -55,9 +91,11 @@ impl Spool {
         BlobReader::shared(&self.file)
     }
 
-    /// Checks that the bytes written hash to `digest`. On a mismatch the spool is dropped
-    /// (and its file deleted); only a [`VerifiedSpool`] can be committed.
+    /// Checks that the bytes written hash to `digest` (hashing first what was appended
+    /// unhashed: blocking I/O). On a mismatch the spool is dropped (and its file deleted);
+    /// only a [`VerifiedSpool`] can be committed.
     pub(crate) fn verify(mut self, digest: &Digest) -> Result<VerifiedSpool> {
+        self.catch_up().map_err(io_err(&self.path))?;
         let actual = std::mem::replace(&mut self.hasher, digest.hasher()).finish();
         digest.check(actual)?;
         Ok(VerifiedSpool {
@@ -217,6 +255,7 @@ impl Store {
             path,
             file: Arc::new(file),
             hasher: digest.hasher(),
+            hashed: 0,
             written: 0,
             committed: false,
             live: Arc::clone(&self.live_spools),
@@ -415,4 +454,58 @@ impl Store {
 #[derive(serde::Serialize, serde::Deserialize)]
 struct ManifestMeta {
     media_type: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spool(dir: &std::path::Path, digest: &Digest) -> Spool {
+        let path = dir.join("spool");
+        let file = std::fs::OpenOptions::new()
+            .create_new(true)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        Spool {
+            path,
+            file: Arc::new(file),
+            hasher: digest.hasher(),
+            hashed: 0,
+            written: 0,
+            committed: false,
+            live: Arc::default(),
+        }
+    }
+
+    #[test]
+    fn bytes_appended_unhashed_are_hashed_when_verified() {
+        let blob: Vec<u8> = (0..3 * CATCH_UP_READ + 17)
+            .map(|i| (i % 253) as u8)
+            .collect();
+        let digest = Digest::of_bytes(&blob);
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = spool(dir.path(), &digest);
+        let (first, rest) = blob.split_at(CATCH_UP_READ + 5);
+        s.append_unhashed(first).unwrap();
+        // Appended the usual way after unhashed bytes: hashed in order all the same.
+        s.append(rest).unwrap();
+        assert_eq!(s.written(), blob.len() as u64);
+        assert!(s.verify(&digest).is_ok());
+
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = spool(dir.path(), &digest);
+        let mut wrong = blob.clone();
+        wrong[2 * CATCH_UP_READ] ^= 1;
+        s.append_unhashed(&wrong).unwrap();
+        assert!(matches!(
+            s.verify(&digest),
+            Err(StoreError::DigestMismatch(_))
+        ));
+        assert!(
+            !dir.path().join("spool").exists(),
+            "a spool that does not verify is deleted"
+        );
+    }
 }
