@@ -36,6 +36,13 @@ pub(super) const RETRY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long connecting to the object store may take.
 pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a request to the object store may wait for its next byte (the answer's head, or
+/// more of its body) before it fails: a store that accepts connections and then says nothing
+/// ties up a request this long at most, not forever. Sending a request's body counts as
+/// waiting for its answer: an 8 MiB upload chunk must go through in this time, as it must
+/// under `object_store`'s clients, which bound each request as a whole (30 s by default).
+pub(super) const STALL_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The retry policy of every object store client: a store that does not answer fails a
 /// request within seconds, not minutes; the mirror then passes pulls through and retries in
 /// the background (object_store's default is ten retries over up to three minutes).

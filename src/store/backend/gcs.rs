@@ -21,7 +21,7 @@ use futures_util::TryStreamExt;
 use reqwest::{RequestBuilder, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 
-use super::bucket::{CONNECT_TIMEOUT, RETRIES, RETRY_TIMEOUT};
+use super::bucket::{CONNECT_TIMEOUT, RETRIES, RETRY_TIMEOUT, STALL_TIMEOUT};
 use super::{Backend, BackendError, Committed, ObjectInfo, Result};
 use crate::byte_stream::ByteStream;
 
@@ -115,6 +115,11 @@ pub struct GcsBackend {
 impl GcsBackend {
     /// A client for the bucket. Nothing is contacted yet; the key file is read and parsed.
     pub fn gcs(settings: GcsSettings) -> Result<GcsBackend> {
+        GcsBackend::with_stall_timeout(settings, STALL_TIMEOUT)
+    }
+
+    /// [`GcsBackend::gcs`], where a request fails after `stall` without a byte.
+    fn with_stall_timeout(settings: GcsSettings, stall: Duration) -> Result<GcsBackend> {
         crate::signing::install_crypto_provider();
         let configure = |message: String| BackendError::Remote {
             op: "configure",
@@ -168,6 +173,7 @@ impl GcsBackend {
         }
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
+            .read_timeout(stall)
             .build()
             .map_err(|e| configure(e.to_string()))?;
         Ok(GcsBackend {
@@ -788,5 +794,70 @@ impl Backend for GcsBackend {
             aborted += 1;
         }
         Ok(aborted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store that accepts connections and reads requests, then answers `head` (if any) and
+    /// nothing more.
+    async fn silent_store(head: &'static str) -> (String, tokio::task::JoinHandle<()>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let mut request = [0u8; 4096];
+                let _ = socket.read(&mut request).await;
+                let _ = socket.write_all(head.as_bytes()).await;
+                held.push(socket);
+            }
+        });
+        (url, task)
+    }
+
+    fn backend_at(url: &str, dir: &Path, stall: Duration) -> GcsBackend {
+        let credentials = dir.join("key.json");
+        std::fs::write(
+            &credentials,
+            serde_json::json!({"gcs_base_url": url, "disable_oauth": true}).to_string(),
+        )
+        .unwrap();
+        let settings = GcsSettings {
+            bucket: "b".into(),
+            prefix: String::new(),
+            credentials_file: Some(credentials),
+        };
+        GcsBackend::with_stall_timeout(settings, stall).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_store_that_stalls_fails_requests_as_an_outage_instead_of_hanging() {
+        let dir = tempfile::tempdir().unwrap();
+        let stall = Duration::from_millis(300);
+        // Nothing after the request, or a head that promises a body that never comes.
+        for head in [
+            "",
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{",
+        ] {
+            let (url, store) = silent_store(head).await;
+            let backend = backend_at(&url, dir.path(), stall);
+            let started = Instant::now();
+            let got = tokio::time::timeout(Duration::from_secs(30), backend.get("some/key"))
+                .await
+                .expect("a silent store held the request");
+            let error = got.expect_err("a silent store answered");
+            assert!(error.is_unavailable(), "{head:?}: {error}");
+            // Each attempt waits `stall` at most; the retries stop within RETRY_TIMEOUT.
+            assert!(
+                started.elapsed() < RETRY_TIMEOUT + stall * 2,
+                "{head:?}: {:?}",
+                started.elapsed()
+            );
+            store.abort();
+        }
     }
 }
