@@ -194,23 +194,37 @@ async fn distribution_on_garage(
     Some((child, format!("{base}/v2/bench/blobs/{digest}")))
 }
 
-/// A regmirror binary to measure: this checkout's, or another build named by
-/// `REGMIRROR_BEFORE` (the "before" of a change, measured in the same run).
+/// A regmirror to measure: this checkout's build, or another named by `REGMIRROR_BEFORE` (the
+/// "before" of a change, measured in the same run), with its `[storage]` settings.
 struct MirrorBuild {
     name: String,
     binary: std::path::PathBuf,
+    /// `[storage]` keys beside the bucket's.
+    storage: &'static str,
 }
 
-/// The builds to measure: this checkout's, and `REGMIRROR_BEFORE`'s when set.
+/// What to measure: this checkout's build as configured by default (`verify_reads = true`:
+/// no response completes before this machine verified the blob), the same trusting the
+/// bucket's bytes (`verify_reads = false`), and `REGMIRROR_BEFORE`'s build when set.
 fn mirror_builds() -> Vec<MirrorBuild> {
-    let mut builds = vec![MirrorBuild {
-        name: "regmirror".into(),
-        binary: env!("CARGO_BIN_EXE_regmirror").into(),
-    }];
+    let this: std::path::PathBuf = env!("CARGO_BIN_EXE_regmirror").into();
+    let mut builds = vec![
+        MirrorBuild {
+            name: "regmirror".into(),
+            binary: this.clone(),
+            storage: "",
+        },
+        MirrorBuild {
+            name: "regmirror (verify_reads = false)".into(),
+            binary: this,
+            storage: "verify_reads = false\n",
+        },
+    ];
     if let Some(before) = std::env::var_os("REGMIRROR_BEFORE") {
         builds.push(MirrorBuild {
             name: "regmirror (before)".into(),
             binary: before.into(),
+            storage: "",
         });
     }
     builds
@@ -232,8 +246,9 @@ async fn cold_read_by_process(
     std::fs::write(
         &config,
         format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\n[storage]\npath = \"{}\"\n{storage}",
-            dir.path().join("store").display()
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[storage]\npath = \"{}\"\n{}{storage}",
+            dir.path().join("store").display(),
+            build.storage
         ),
     )
     .unwrap();
