@@ -438,6 +438,7 @@ impl<C: BucketClient> Backend for BucketBackend<C> {
         );
         let chunks = read_ahead(
             first,
+            from,
             first_end.min(size),
             size,
             Arc::new(ranges),

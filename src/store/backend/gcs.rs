@@ -22,8 +22,9 @@ use reqwest::{RequestBuilder, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 
 use super::bucket::{CONNECT_TIMEOUT, RETRIES, RETRY_TIMEOUT, STALL_TIMEOUT};
+use super::read_ahead::{MIN_READ_AHEAD, RangeOpener, ReadAheadBudget, SEGMENT, read_ahead};
 use super::{Backend, BackendError, Committed, ObjectInfo, Result};
-use crate::byte_stream::ByteStream;
+use crate::byte_stream::{ByteStream, Chunks};
 
 /// Where the bucket is and how to reach it.
 #[derive(Debug, Clone)]
@@ -76,6 +77,7 @@ struct ServiceAccount {
 }
 
 /// How requests are authorized.
+#[derive(Clone, Copy)]
 enum Credentials {
     /// An emulator: no token.
     None,
@@ -99,7 +101,8 @@ struct UploadRecord {
     started_ms: u64,
 }
 
-/// Objects in a GCS bucket.
+/// Objects in a GCS bucket. Cloning it is cheap: clones share the HTTP client and the token.
+#[derive(Clone)]
 pub struct GcsBackend {
     http: reqwest::Client,
     /// `https://storage.googleapis.com`, or an emulator's URL, without a trailing `/`.
@@ -109,7 +112,29 @@ pub struct GcsBackend {
     credentials: Credentials,
     /// Signs tokens' JWTs and V4 URLs, when a key file was given.
     account: Option<Arc<ServiceAccount>>,
-    token: tokio::sync::Mutex<Option<Token>>,
+    token: Arc<tokio::sync::Mutex<Option<Token>>>,
+    read_ahead: ReadAheadBudget,
+}
+
+/// The ranged GETs of one object, for a read that runs ahead of its reader.
+struct ObjectRanges {
+    backend: GcsBackend,
+    key: String,
+}
+
+#[async_trait]
+impl RangeOpener for ObjectRanges {
+    async fn open(&self, start: u64, end: u64) -> std::io::Result<Chunks> {
+        let range = Some(format!("bytes={start}-{}", end - 1));
+        match self.backend.read_range(&self.key, start, range).await {
+            Ok(Some((_, chunks))) => Ok(chunks),
+            Ok(None) => Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("{}: gone while being read", self.key),
+            )),
+            Err(e) => Err(std::io::Error::other(e.to_string())),
+        }
+    }
 }
 
 impl GcsBackend {
@@ -183,7 +208,8 @@ impl GcsBackend {
             prefix: settings.prefix,
             credentials,
             account,
-            token: tokio::sync::Mutex::new(None),
+            token: Arc::default(),
+            read_ahead: ReadAheadBudget::default(),
         })
     }
 
@@ -319,6 +345,54 @@ impl GcsBackend {
             tokio::time::sleep(delay).await;
             delay *= 2;
         }
+    }
+
+    /// Reads the object `key` from byte `from` on, with the `Range` header `range` (`None`:
+    /// all of it): the object's size and the bytes; `None` if there is no such object.
+    async fn read_range(
+        &self,
+        key: &str,
+        from: u64,
+        range: Option<String>,
+    ) -> Result<Option<(u64, Chunks)>> {
+        let url = format!("{}?alt=media", self.object_url(key));
+        let response = self
+            .send("read", key, || {
+                let request = self.http.get(&url);
+                match &range {
+                    Some(range) => request.header("range", range),
+                    None => request,
+                }
+            })
+            .await?;
+
+        let status = response.status();
+        if status == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !status.is_success() {
+            return Err(self.failed("read", key, response).await);
+        }
+        let size = if status == StatusCode::PARTIAL_CONTENT {
+            response
+                .headers()
+                .get(reqwest::header::CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.rsplit('/').next())
+                .and_then(|total| total.parse::<u64>().ok())
+        } else if from == 0 {
+            response.content_length()
+        } else {
+            None
+        };
+        let Some(size) = size else {
+            return Err(self.unavailable("read", key, "an answer without its size".into()));
+        };
+        let bucket = self.bucket.clone();
+        let body = response
+            .bytes_stream()
+            .map_err(move |e| std::io::Error::other(format!("bucket {bucket}: {e}")));
+        Ok(Some((size, Box::pin(body))))
     }
 
     /// The error of an answer that is not a success: a refusal (4xx, the configuration's
@@ -716,44 +790,38 @@ impl Backend for GcsBackend {
     }
 
     async fn read(&self, key: &str, from: u64) -> Result<Option<ByteStream>> {
-        let url = format!("{}?alt=media", self.object_url(key));
-        let response = self
-            .send("read", key, || {
-                let request = self.http.get(&url);
-                if from > 0 {
-                    request.header("range", format!("bytes={from}-"))
-                } else {
-                    request
-                }
-            })
-            .await?;
-        let status = response.status();
-        if status == StatusCode::NOT_FOUND {
+        let range = (from > 0).then(|| format!("bytes={from}-"));
+        Ok(self
+            .read_range(key, from, range)
+            .await?
+            .map(|(size, chunks)| ByteStream::from_offset(size, from, chunks)))
+    }
+
+    async fn read_sized(&self, key: &str, from: u64, size: u64) -> Result<Option<ByteStream>> {
+        if size.saturating_sub(from) <= MIN_READ_AHEAD {
+            return self.read(key, from).await;
+        }
+        // The first segment is asked for here, so that a missing object or an unreachable
+        // bucket is an answer, not a broken stream.
+        let first_end = from + SEGMENT;
+        let range = Some(format!("bytes={from}-{}", first_end - 1));
+        // The object's own size, should it differ from what the caller was told.
+        let Some((size, first)) = self.read_range(key, from, range).await? else {
             return Ok(None);
-        }
-        if !status.is_success() {
-            return Err(self.failed("read", key, response).await);
-        }
-        let size = if status == StatusCode::PARTIAL_CONTENT {
-            response
-                .headers()
-                .get(reqwest::header::CONTENT_RANGE)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.rsplit('/').next())
-                .and_then(|total| total.parse::<u64>().ok())
-        } else if from == 0 {
-            response.content_length()
-        } else {
-            None
         };
-        let Some(size) = size else {
-            return Err(self.unavailable("read", key, "an answer without its size".into()));
+        let ranges = ObjectRanges {
+            backend: self.clone(),
+            key: key.to_owned(),
         };
-        let bucket = self.bucket.clone();
-        let body = response
-            .bytes_stream()
-            .map_err(move |e| std::io::Error::other(format!("bucket {bucket}: {e}")));
-        Ok(Some(ByteStream::from_offset(size, from, Box::pin(body))))
+        let chunks = read_ahead(
+            first,
+            from,
+            first_end.min(size),
+            size,
+            Arc::new(ranges),
+            &self.read_ahead,
+        );
+        Ok(Some(ByteStream::from_offset(size, from, chunks)))
     }
 
     async fn presigned_get(&self, key: &str, ttl: Duration) -> Result<Option<url::Url>> {

@@ -54,16 +54,24 @@ impl Default for ReadAheadBudget {
     }
 }
 
-/// The bytes of an object of `size` bytes from the start of `first` on: `first`, the segment
-/// the caller opened already (it ends at `first_end`), then consecutive ranged GETs of
-/// [`SEGMENT`] bytes, up to [`AHEAD`] of them running ahead of the reader.
+/// The bytes `from..size` of an object of `size` bytes: `first`, the segment `from..first_end`
+/// the caller opened already, then consecutive ranged GETs of [`SEGMENT`] bytes, up to
+/// [`AHEAD`] of them running ahead of the reader.
 pub(super) fn read_ahead(
     first: Chunks,
+    from: u64,
     first_end: u64,
     size: u64,
     opener: Arc<dyn RangeOpener>,
     budget: &ReadAheadBudget,
 ) -> Chunks {
+    // A store that ignored the range would shift every later byte: the first segment is held
+    // to its length as the others are.
+    let first = Box::pin(Exactly {
+        chunks: first,
+        left: first_end.saturating_sub(from),
+        ended: false,
+    });
     let mut reader = ReadAhead {
         opener,
         budget: budget.clone(),
@@ -308,6 +316,7 @@ mod tests {
         let first = opened(Arc::clone(object) as Arc<dyn RangeOpener>, from, first_end);
         read_ahead(
             first,
+            from,
             first_end,
             size,
             Arc::clone(object) as Arc<dyn RangeOpener>,
@@ -380,6 +389,23 @@ mod tests {
         assert_eq!(budget.0.available_permits(), AHEAD);
         read_all(reader(&object, 0, &budget)).await.unwrap();
         assert_eq!(budget.0.available_permits(), AHEAD);
+    }
+
+    #[tokio::test]
+    async fn a_store_that_ignores_the_first_range_is_caught() {
+        let object = Object::new(4 * SEGMENT as usize);
+        // The whole object where the first segment was asked for.
+        let whole = object.open(0, object.bytes.len() as u64).await.unwrap();
+        let size = object.bytes.len() as u64;
+        let opener = Arc::clone(&object) as Arc<dyn RangeOpener>;
+        let chunks = read_ahead(whole, 0, SEGMENT, size, opener, &ReadAheadBudget::default());
+        let error = read_all(chunks)
+            .await
+            .expect_err("bytes past the first range");
+        assert!(
+            error.to_string().contains("more bytes than asked for"),
+            "{error}"
+        );
     }
 
     #[tokio::test]
