@@ -50,7 +50,7 @@ pub struct StorageConfig {
     /// A remote backend: whether a blob read from the bucket (by a replica without a local
     /// copy) completes a response only once this machine verified its digest (`true`), or as
     /// soon as its last byte arrives (`false`: the bucket's bytes are trusted as a presigned
-    /// URL would hand them out, about 10% faster; a rotten object is still never kept).
+    /// URL would hand them out, about a fifth faster; a rotten object is still never kept).
     #[serde(default = "default_true")]
     pub verify_reads: bool,
     /// Size cap of the store; cached content is evicted (least recently accessed first) when
