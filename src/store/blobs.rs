@@ -45,6 +45,25 @@ pub struct Spool {
 const CATCH_UP_READ: usize = 256 * 1024;
 
 impl Spool {
+    /// An empty spool in the new file `file` at `path`, for a blob of `digest`, listed in `live`
+    /// while it exists.
+    fn new(
+        path: PathBuf,
+        file: std::fs::File,
+        digest: &Digest,
+        live: Arc<Mutex<HashSet<PathBuf>>>,
+    ) -> Spool {
+        Spool {
+            path,
+            file: Arc::new(file),
+            hasher: digest.hasher(),
+            hashed: 0,
+            written: 0,
+            committed: false,
+            live,
+        }
+    }
+
     /// Appends bytes. Blocking I/O: call from a blocking-friendly context.
     pub(crate) fn append(&mut self, chunk: &[u8]) -> io::Result<()> {
         use std::io::Write;
@@ -256,15 +275,12 @@ impl Store {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(path.clone());
-        Ok(Spool {
+        Ok(Spool::new(
             path,
-            file: Arc::new(file),
-            hasher: digest.hasher(),
-            hashed: 0,
-            written: 0,
-            committed: false,
-            live: Arc::clone(&self.live_spools),
-        })
+            file,
+            digest,
+            Arc::clone(&self.live_spools),
+        ))
     }
 
     /// Whether `path` is a spool being written.
@@ -473,15 +489,7 @@ mod tests {
             .write(true)
             .open(&path)
             .unwrap();
-        Spool {
-            path,
-            file: Arc::new(file),
-            hasher: digest.hasher(),
-            hashed: 0,
-            written: 0,
-            committed: false,
-            live: Arc::default(),
-        }
+        Spool::new(path, file, digest, Arc::default())
     }
 
     #[test]

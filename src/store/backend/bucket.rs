@@ -23,7 +23,7 @@ use object_store::signer::Signer;
 use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 
-use super::read_ahead::{MIN_READ_AHEAD, RangeOpener, ReadAheadBudget, SEGMENT, read_ahead};
+use super::read_ahead::{MIN_READ_AHEAD, RangeOpener, ReadAheadBudget, first_segment, sized_read};
 use super::{Backend, BackendError, Committed, ObjectInfo, Result};
 use crate::byte_stream::{ByteStream, Chunks};
 
@@ -419,9 +419,8 @@ impl<C: BucketClient> Backend for BucketBackend<C> {
             path: self.path(key),
             bucket: self.place.bucket.clone(),
         };
-        let first_end = from + SEGMENT;
         let options = GetOptions {
-            range: Some(GetRange::Bounded(from..first_end)),
+            range: Some(GetRange::Bounded(first_segment(from))),
             ..GetOptions::default()
         };
         let got = match self.store.get_opts(&ranges.path, options).await {
@@ -436,15 +435,14 @@ impl<C: BucketClient> Backend for BucketBackend<C> {
             got.into_stream()
                 .map_err(move |e| std::io::Error::other(format!("bucket {bucket}: {e}"))),
         );
-        let chunks = read_ahead(
+        let budget = &self.read_ahead;
+        Ok(Some(sized_read(
             first,
             from,
-            first_end.min(size),
             size,
             Arc::new(ranges),
-            &self.read_ahead,
-        );
-        Ok(Some(ByteStream::from_offset(size, from, chunks)))
+            budget,
+        )))
     }
 
     async fn presigned_get(&self, key: &str, ttl: Duration) -> Result<Option<url::Url>> {

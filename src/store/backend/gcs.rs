@@ -22,7 +22,7 @@ use reqwest::{RequestBuilder, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 
 use super::bucket::{CONNECT_TIMEOUT, RETRIES, RETRY_TIMEOUT, STALL_TIMEOUT};
-use super::read_ahead::{MIN_READ_AHEAD, RangeOpener, ReadAheadBudget, SEGMENT, read_ahead};
+use super::read_ahead::{MIN_READ_AHEAD, RangeOpener, ReadAheadBudget, first_segment, sized_read};
 use super::{Backend, BackendError, Committed, ObjectInfo, Result};
 use crate::byte_stream::{ByteStream, Chunks};
 
@@ -803,8 +803,8 @@ impl Backend for GcsBackend {
         }
         // The first segment is asked for here, so that a missing object or an unreachable
         // bucket is an answer, not a broken stream.
-        let first_end = from + SEGMENT;
-        let range = Some(format!("bytes={from}-{}", first_end - 1));
+        let segment = first_segment(from);
+        let range = Some(format!("bytes={}-{}", segment.start, segment.end - 1));
         // The object's own size, should it differ from what the caller was told.
         let Some((size, first)) = self.read_range(key, from, range).await? else {
             return Ok(None);
@@ -813,15 +813,14 @@ impl Backend for GcsBackend {
             backend: self.clone(),
             key: key.to_owned(),
         };
-        let chunks = read_ahead(
+        let budget = &self.read_ahead;
+        Ok(Some(sized_read(
             first,
             from,
-            first_end.min(size),
             size,
             Arc::new(ranges),
-            &self.read_ahead,
-        );
-        Ok(Some(ByteStream::from_offset(size, from, chunks)))
+            budget,
+        )))
     }
 
     async fn presigned_get(&self, key: &str, ttl: Duration) -> Result<Option<url::Url>> {

@@ -23,10 +23,10 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt, TryStreamExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
-use crate::byte_stream::Chunks;
+use crate::byte_stream::{ByteStream, Chunks};
 
 /// Bytes per ranged GET.
-pub(super) const SEGMENT: u64 = 8 * 1024 * 1024;
+const SEGMENT: u64 = 8 * 1024 * 1024;
 
 /// Segments fetched ahead of the one being read.
 pub(super) const AHEAD: usize = 2;
@@ -54,10 +54,30 @@ impl Default for ReadAheadBudget {
     }
 }
 
+/// The range a read of an object from `from` on asks for itself, before reading ahead: its
+/// answer also tells the object's size.
+pub(super) fn first_segment(from: u64) -> std::ops::Range<u64> {
+    from..from + SEGMENT
+}
+
+/// The bytes `from..size` of an object of `size` bytes as a body: `first`, the answer to
+/// [`first_segment`], then the rest read ahead through `opener`.
+pub(super) fn sized_read(
+    first: Chunks,
+    from: u64,
+    size: u64,
+    opener: Arc<dyn RangeOpener>,
+    budget: &ReadAheadBudget,
+) -> ByteStream {
+    let first_end = first_segment(from).end.min(size);
+    let chunks = read_ahead(first, from, first_end, size, opener, budget);
+    ByteStream::from_offset(size, from, chunks)
+}
+
 /// The bytes `from..size` of an object of `size` bytes: `first`, the segment `from..first_end`
 /// the caller opened already, then consecutive ranged GETs of [`SEGMENT`] bytes, up to
 /// [`AHEAD`] of them running ahead of the reader.
-pub(super) fn read_ahead(
+fn read_ahead(
     first: Chunks,
     from: u64,
     first_end: u64,
