@@ -242,8 +242,10 @@ impl Store {
         from: u64,
     ) -> Result<Option<ByteStream>> {
         let key = Store::blob_key(digest);
-        let read = match self.blob_size(digest).await? {
-            Some(size) => self.backend.read_sized(&key, from, size).await?,
+        // The index knows the size of every blob a read is asked for (opening it put it
+        // there): no request to the bucket just to learn it.
+        let read = match self.index.blob(digest) {
+            Some(blob) => self.backend.read_sized(&key, from, blob.size).await?,
             None => self.backend.read(&key, from).await?,
         };
         Ok(read)

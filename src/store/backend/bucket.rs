@@ -115,21 +115,37 @@ struct ObjectRanges<C: BucketClient> {
 #[async_trait]
 impl<C: BucketClient> RangeOpener for ObjectRanges<C> {
     async fn open(&self, start: u64, end: u64) -> std::io::Result<Chunks> {
-        let options = GetOptions {
-            range: Some(GetRange::Bounded(start..end)),
-            ..GetOptions::default()
-        };
-        let bucket = self.bucket.clone();
-        let failed = move |e: object_store::Error| {
-            std::io::Error::other(format!("bucket {bucket}: {}", error_chain(&e)))
-        };
-        let got = self
-            .store
-            .get_opts(&self.path, options)
-            .await
-            .map_err(failed.clone())?;
-        Ok(Box::pin(got.into_stream().map_err(failed)))
+        let range = Some(GetRange::Bounded(start..end));
+        match open_range(&*self.store, &self.path, &self.bucket, range).await {
+            Ok((_, chunks)) => Ok(chunks),
+            Err(e) => Err(std::io::Error::other(format!(
+                "bucket {}: {}",
+                self.bucket,
+                error_chain(&e)
+            ))),
+        }
     }
+}
+
+/// Opens `range` of the object at `path` (all of it for `None`): the object's size and the
+/// bytes asked for.
+async fn open_range<C: BucketClient>(
+    store: &C,
+    path: &ObjectPath,
+    bucket: &str,
+    range: Option<GetRange>,
+) -> object_store::Result<(u64, Chunks)> {
+    let options = GetOptions {
+        range,
+        ..GetOptions::default()
+    };
+    let got = store.get_opts(path, options).await?;
+    let size = got.meta.size;
+    let bucket = bucket.to_owned();
+    let body = got
+        .into_stream()
+        .map_err(move |e| std::io::Error::other(format!("bucket {bucket}: {}", error_chain(&e))));
+    Ok((size, Box::pin(body)))
 }
 
 impl<C: BucketClient> BucketBackend<C> {
@@ -184,6 +200,20 @@ impl<C: BucketClient> BucketBackend<C> {
                     message,
                 },
             }
+        }
+    }
+
+    /// Opens `range` of the object `key` (all of it for `None`): its size and the bytes asked
+    /// for; `None` if there is no such object.
+    async fn read_range(
+        &self,
+        key: &str,
+        range: Option<GetRange>,
+    ) -> Result<Option<(u64, Chunks)>> {
+        match open_range(&*self.store, &self.path(key), &self.place.bucket, range).await {
+            Ok(opened) => Ok(Some(opened)),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(self.error("read", key)(e)),
         }
     }
 
@@ -391,21 +421,11 @@ impl<C: BucketClient> Backend for BucketBackend<C> {
     }
 
     async fn read(&self, key: &str, from: u64) -> Result<Option<ByteStream>> {
-        let options = GetOptions {
-            range: (from > 0).then_some(GetRange::Offset(from)),
-            ..GetOptions::default()
-        };
-        let got = match self.store.get_opts(&self.path(key), options).await {
-            Ok(got) => got,
-            Err(e) if is_not_found(&e) => return Ok(None),
-            Err(e) => return Err(self.error("read", key)(e)),
-        };
-        let size = got.meta.size;
-        let bucket = self.place.bucket.clone();
-        let body = got
-            .into_stream()
-            .map_err(move |e| std::io::Error::other(format!("bucket {bucket}: {e}")));
-        Ok(Some(ByteStream::from_offset(size, from, Box::pin(body))))
+        let range = (from > 0).then_some(GetRange::Offset(from));
+        Ok(self
+            .read_range(key, range)
+            .await?
+            .map(|(size, chunks)| ByteStream::from_offset(size, from, chunks)))
     }
 
     async fn read_sized(&self, key: &str, from: u64, size: u64) -> Result<Option<ByteStream>> {
@@ -413,28 +433,17 @@ impl<C: BucketClient> Backend for BucketBackend<C> {
             return self.read(key, from).await;
         }
         // The first segment is opened here, so that a missing object or an unreachable bucket
-        // is an answer, not a broken stream.
+        // is an answer, not a broken stream; the object's own size counts, should it differ
+        // from what the caller was told.
+        let range = Some(GetRange::Bounded(first_segment(from)));
+        let Some((size, first)) = self.read_range(key, range).await? else {
+            return Ok(None);
+        };
         let ranges = ObjectRanges {
             store: Arc::clone(&self.store),
             path: self.path(key),
             bucket: self.place.bucket.clone(),
         };
-        let options = GetOptions {
-            range: Some(GetRange::Bounded(first_segment(from))),
-            ..GetOptions::default()
-        };
-        let got = match self.store.get_opts(&ranges.path, options).await {
-            Ok(got) => got,
-            Err(e) if is_not_found(&e) => return Ok(None),
-            Err(e) => return Err(self.error("read", key)(e)),
-        };
-        // The object's own size, should it differ from what the caller was told.
-        let size = got.meta.size;
-        let bucket = self.place.bucket.clone();
-        let first = Box::pin(
-            got.into_stream()
-                .map_err(move |e| std::io::Error::other(format!("bucket {bucket}: {e}"))),
-        );
         let budget = &self.read_ahead;
         Ok(Some(sized_read(
             first,

@@ -163,8 +163,7 @@ pub trait Backend: Send + Sync + 'static {
     /// Streams an object the caller knows to be `size` bytes long (a blob the index lists) from
     /// byte `from` on, as [`Backend::read`]; a bucket splits a large one into ranged GETs run
     /// side by side. `None` if the backend does not have it.
-    async fn read_sized(&self, key: &str, from: u64, size: u64) -> Result<Option<ByteStream>> {
-        let _ = size;
+    async fn read_sized(&self, key: &str, from: u64, _size: u64) -> Result<Option<ByteStream>> {
         self.read(key, from).await
     }
 
