@@ -9,6 +9,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use regmirror::config::{Config, LogFormat};
 use regmirror::images::{self, Platform};
+use regmirror::log_writer::{LogWriter, LogWriterGuard};
 use regmirror::oci::image_ref::ImageRef;
 use regmirror::units::HumanBytes;
 
@@ -139,7 +140,13 @@ fn main() -> ExitCode {
         Err(code) => return code,
     };
     // Declared before the runtime, so dropped after it: what it logs while stopping is written.
-    let _log_writer = init_logging(config.log.format);
+    let _log_writer = match init_logging(config.log.format) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("regmirror: cannot start the log's writer thread: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -607,27 +614,17 @@ async fn shutdown_signal() {
     }
 }
 
-/// How many log lines may wait for the log's writer thread before whoever logs waits too.
-/// The queue's slots are allocated up front (about 40 bytes each): enough for bursts far
-/// beyond what the writer falls behind by, small at rest.
-const LOG_QUEUE_LINES: usize = 8 * 1024;
-
-/// Logs to stderr through a writer thread: each line is formatted where it is logged and
-/// handed over; the thread writes whatever has gathered in one `write(2)` as soon as it
-/// has it (one per request when idle, one per burst under load), so serving a request never
-/// waits on stderr's lock or a system call. Nothing is dropped: when the queue is full,
-/// logging waits for room. The returned guard writes what is left when dropped.
-fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+/// Logs to stderr through [`LogWriter`]: each line is formatted where it is logged and added
+/// to a shared buffer; one thread writes whatever has gathered in one `write(2)` (one per
+/// request when idle, one per burst under load), so serving a request never waits on stderr's
+/// lock or a system call. Nothing is dropped. The returned guard writes what is left when
+/// dropped.
+fn init_logging(format: LogFormat) -> std::io::Result<LogWriterGuard> {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("REGMIRROR_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let stderr = std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr());
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .buffered_lines_limit(LOG_QUEUE_LINES)
-        .thread_name("regmirror-log")
-        .finish(stderr);
+    let (writer, guard) = LogWriter::spawn(Box::new(std::io::stderr()))?;
     // Colour codes only for a person at a terminal, never into files, pipes or log collectors.
     let terminal = std::io::stderr().is_terminal();
     let builder = tracing_subscriber::fmt()
@@ -639,7 +636,7 @@ fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
         LogFormat::Text if terminal => builder.init(),
         LogFormat::Text => builder.fmt_fields(plain_fields()).init(),
     }
-    guard
+    Ok(guard)
 }
 
 /// Text fields as the default formatter writes them without colour (the message bare, then
