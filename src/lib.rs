@@ -11,7 +11,7 @@
 //! - [`metrics`]: every Prometheus metric and the outcome vocabulary.
 //! - [`store`]: the content-addressed store, its index, and its backends (fs, S3).
 //! - [`config`]: the `mirror.toml` settings; [`oci`]: pure OCI types; [`clock`], [`signing`],
-//!   [`units`], [`byte_stream`], [`log_writer`].
+//!   [`units`], [`byte_stream`], [`log_writer`] and [`log_format`].
 
 pub mod byte_stream;
 pub(crate) mod clock;
@@ -19,6 +19,7 @@ pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod images;
+pub mod log_format;
 pub mod log_writer;
 pub mod maintenance;
 pub(crate) mod metrics;

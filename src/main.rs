@@ -9,6 +9,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use regmirror::config::{Config, LogFormat};
 use regmirror::images::{self, Platform};
+use regmirror::log_format::{PlainFields, UtcMicros};
 use regmirror::log_writer::{LogWriter, LogWriterGuard};
 use regmirror::oci::image_ref::ImageRef;
 use regmirror::units::HumanBytes;
@@ -630,27 +631,12 @@ fn init_logging(format: LogFormat) -> std::io::Result<LogWriterGuard> {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(terminal)
+        .with_timer(UtcMicros)
         .with_writer(writer);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text if terminal => builder.init(),
-        LogFormat::Text => builder.fmt_fields(plain_fields()).init(),
+        LogFormat::Text => builder.fmt_fields(PlainFields).init(),
     }
     Ok(guard)
-}
-
-/// Text fields as the default formatter writes them without colour (the message bare, then
-/// `name=value`, strings quoted, `%` values as displayed), written straight into the line: the
-/// default formatter styles each name and `=` even when colour is off, which was a tenth of the
-/// CPU of a cached manifest GET's log line.
-fn plain_fields() -> impl for<'w> tracing_subscriber::fmt::FormatFields<'w> + 'static {
-    use tracing_subscriber::field::MakeExt;
-    tracing_subscriber::fmt::format::debug_fn(|writer, field, value| {
-        if field.name() == "message" {
-            write!(writer, "{value:?}")
-        } else {
-            write!(writer, "{field}={value:?}")
-        }
-    })
-    .delimited(" ")
 }
