@@ -50,11 +50,14 @@ impl PlainVisitor<'_> {
         }
         let separator = if self.first { "" } else { " " };
         self.first = false;
-        self.result = match field.name() {
-            "message" => self.writer.write_str(separator),
-            name => write!(self.writer, "{separator}{name}="),
-        }
-        .and_then(|()| value(&mut self.writer));
+        let writer = &mut self.writer;
+        self.result = writer
+            .write_str(separator)
+            .and_then(|()| match field.name() {
+                "message" => Ok(()),
+                name => writer.write_str(name).and_then(|()| writer.write_char('=')),
+            })
+            .and_then(|()| value(writer));
     }
 }
 
@@ -64,7 +67,11 @@ impl Visit for PlainVisitor<'_> {
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.write(field, |writer| write!(writer, "{value}"));
+        self.write(field, |writer| write_decimal(writer, value));
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.write(field, |writer| write_f64(writer, value));
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
@@ -79,6 +86,46 @@ impl Visit for PlainVisitor<'_> {
 
     fn record_debug(&mut self, field: &Field, value: &dyn Debug) {
         self.write(field, |writer| write!(writer, "{value:?}"));
+    }
+}
+
+/// `value` in decimal, as `{}` writes it, without the formatter's padding machinery.
+fn write_decimal(writer: &mut Writer<'_>, mut value: u64) -> fmt::Result {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            break;
+        }
+    }
+    // Only ASCII digits were written.
+    writer.write_str(std::str::from_utf8(&digits[start..]).map_err(|_| fmt::Error)?)
+}
+
+/// `value` as `{:?}` writes it. A duration in milliseconds rounded to hundredths (every log
+/// line's `duration_ms`) is written from its integer hundredths: for such a number `{:?}`'s
+/// shortest round-trip form is exactly those digits, trailing zeros dropped.
+fn write_f64(writer: &mut Writer<'_>, value: f64) -> fmt::Result {
+    let hundredths = (value * 100.0).round();
+    let exact = value.is_sign_positive()
+        && (0.0..1e11).contains(&hundredths)
+        && hundredths / 100.0 == value;
+    if !exact {
+        return write!(writer, "{value:?}");
+    }
+    // In range and integral, checked above.
+    let hundredths = hundredths as u64;
+    write_decimal(writer, hundredths / 100)?;
+    writer.write_char('.')?;
+    let fraction = hundredths % 100;
+    if fraction.is_multiple_of(10) {
+        write_decimal(writer, fraction / 10)
+    } else {
+        writer.write_char(char::from(b'0' + (fraction / 10) as u8))?;
+        writer.write_char(char::from(b'0' + (fraction % 10) as u8))
     }
 }
 
@@ -255,6 +302,7 @@ mod tests {
                 quoted = "a \"b\" \\ c\n",
                 unicode = "ü\u{7}",
                 status = 200u16,
+                bytes = 18_446_744_073_709_551_615u64,
                 delta = -3i64,
                 duration_ms = 0.25f64,
                 complete = true,
@@ -263,6 +311,32 @@ mod tests {
         });
         let bytes = captured.0.lock().unwrap().clone();
         String::from_utf8(bytes).unwrap()
+    }
+
+    #[test]
+    fn numbers_are_written_as_the_formatter_writes_them() {
+        let written = |write: &dyn Fn(&mut Writer<'_>) -> fmt::Result| {
+            let mut out = String::new();
+            write(&mut Writer::new(&mut out)).unwrap();
+            out
+        };
+        for value in [0, 7, 10, 99, 100, 12_345, u64::MAX] {
+            assert_eq!(written(&|w| write_decimal(w, value)), value.to_string());
+        }
+        let mut durations: Vec<f64> = (0..100_000).map(|n| f64::from(n) / 100.0).collect();
+        durations.extend([
+            123_456.78,
+            -0.0,
+            0.125,
+            1e-7,
+            1e300,
+            -1.5,
+            f64::NAN,
+            f64::INFINITY,
+        ]);
+        for value in durations {
+            assert_eq!(written(&|w| write_f64(w, value)), format!("{value:?}"));
+        }
     }
 
     /// The timestamp as tracing-subscriber writes it: same shape, the same second or the next.
