@@ -26,7 +26,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::{HeaderValue, Method, Request, Response, header};
+use http::{HeaderName, HeaderValue, Method, Request, Response, header};
 use hyper::body::Incoming;
 
 use body::{LogInfo, Logged};
@@ -43,7 +43,8 @@ use crate::proxy::{CacheResult, Target};
 /// Header naming how a lookup was answered: `hit`, `revalidated`, `miss`, `coalesced` or
 /// `stale` (a cached tag served because the upstream could not be asked; a `Warning: 110`
 /// header comes with it).
-pub const CACHE_HEADER: &str = "x-regmirror-cache";
+/// (A `HeaderName` constant, not a string: every use of a string name parses it again.)
+pub const CACHE_HEADER: HeaderName = HeaderName::from_static("x-regmirror-cache");
 
 /// Answers one request.
 pub async fn handle(
@@ -125,13 +126,13 @@ pub async fn handle(
 
 /// Header carrying a request's id: kept from the client (or a proxy in front) when usable,
 /// else made here, and always echoed in the response.
-pub const REQUEST_ID: &str = "x-request-id";
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The request's id: the `X-Request-Id` sent, when it is 1 to 128 characters of letters,
 /// digits and `-_.:`, else a new random one.
 fn request_id(headers: &http::HeaderMap) -> String {
     headers
-        .get(REQUEST_ID)
+        .get(&REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .filter(|v| {
             (1..=128).contains(&v.len())
