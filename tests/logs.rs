@@ -303,3 +303,45 @@ async fn text_logs_to_a_file_have_no_colour_codes() {
     assert!(raw.contains("INFO"), "{raw}");
     assert!(!raw.contains('\u{1b}'), "{raw:?}");
 }
+
+/// The log is written by a thread a burst at a time: a burst of requests gets every line,
+/// once and whole, and what is still waiting when the server stops is written before it exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_requests_gets_every_line_and_a_stop_writes_what_is_waiting() {
+    let fake = FakeUpstream::start(Auth::None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("mirror.toml");
+    common::write_config(&config, &dir.path().join("store"), &fake.url(), "");
+    let log = dir.path().join("regmirror.log");
+    let mut mirror = Regmirror::start_logging_to(&config, &log).await;
+    let client = reqwest::Client::new();
+    let requests = (0..500).map(|n| {
+        let request = client
+            .get(mirror.url("/v2/"))
+            .header("x-request-id", format!("burst-{n}"))
+            .send();
+        async move { request.await.unwrap().status() }
+    });
+    for status in futures_util::future::join_all(requests).await {
+        assert_eq!(status, 200);
+    }
+    let exit = tokio::task::block_in_place(|| mirror.terminate());
+    assert!(exit.success(), "{exit:?}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    for n in 0..500 {
+        let id = format!("request_id=burst-{n} ");
+        let lines = text.lines().filter(|line| line.contains(&id)).count();
+        assert_eq!(lines, 1, "request {n}: {lines} lines");
+    }
+    for line in text
+        .lines()
+        .filter(|line| line.contains("request_id=burst-"))
+    {
+        assert!(
+            line.ends_with("complete=true"),
+            "a line cut or mixed: {line}"
+        );
+    }
+    let last = text.lines().last().unwrap_or_default();
+    assert!(last.contains("stopped"), "the last line: {last}");
+}
