@@ -162,35 +162,57 @@ impl Azurite {
     pub async fn start(test: &str) -> Option<Azurite> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let binary = super::require_tool("azurite-blob", test)?;
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let log = std::fs::File::create(dir.path().join("azurite.log")).unwrap();
-        let child = Command::new(binary)
-            .current_dir(dir.path())
-            .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
-            .args([
-                "--inMemoryPersistence",
-                "--disableTelemetry",
-                "--skipApiVersionCheck",
-            ])
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap();
-        let azurite = Azurite {
-            child,
-            endpoint: format!("http://127.0.0.1:{port}/{AZURITE_ACCOUNT}"),
-            container: "regmirror".into(),
-            _dir: dir,
-        };
-        super::eventually_async(60, "Azurite to answer", || async move {
-            tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-        })
-        .await;
-        azurite.create_container().await;
-        Some(azurite)
+        // A port found free can be taken by another test's server before Azurite binds it:
+        // Azurite then exits and the port answers as someone else. So it is up only when
+        // Azurite itself answers there, and a new port is tried when it has exited.
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().unwrap();
+            let port = free_port();
+            let log = std::fs::File::create(dir.path().join("azurite.log")).unwrap();
+            let child = Command::new(&binary)
+                .current_dir(dir.path())
+                .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
+                .args([
+                    "--inMemoryPersistence",
+                    "--disableTelemetry",
+                    "--skipApiVersionCheck",
+                ])
+                .stdout(Stdio::from(log.try_clone().unwrap()))
+                .stderr(Stdio::from(log))
+                .spawn()
+                .unwrap();
+            let mut azurite = Azurite {
+                child,
+                endpoint: format!("http://127.0.0.1:{port}/{AZURITE_ACCOUNT}"),
+                container: "regmirror".into(),
+                _dir: dir,
+            };
+            if azurite.answers().await {
+                azurite.create_container().await;
+                return Some(azurite);
+            }
+        }
+        panic!("Azurite did not start on any of five ports");
+    }
+
+    /// Waits until Azurite answers on its port (its `Server` header), or has exited.
+    async fn answers(&mut self) -> bool {
+        let client = reqwest::Client::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while std::time::Instant::now() < deadline {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return false;
+            }
+            let asked = client.get(format!("{}?comp=list", self.endpoint)).send();
+            if let Ok(response) = asked.await {
+                let server = response.headers().get("server");
+                if server.is_some_and(|s| s.as_bytes().starts_with(b"Azurite")) {
+                    return true;
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("Azurite did not answer within 60 s");
     }
 
     /// `PUT ?restype=container`, signed with the account's Shared Key.
