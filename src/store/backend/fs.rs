@@ -140,10 +140,7 @@ impl Backend for FsBackend {
         let (file, target) = (file.to_owned(), self.path(key));
         blocking("commit", key, move || {
             std::fs::File::open(&file)?.sync_all()?;
-            if let Some(parent) = target.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            std::fs::rename(&file, &target)
+            rename_into_place(&file, &target)
         })
         .await?;
         Ok(Committed::Moved)
@@ -236,17 +233,47 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<ObjectInfo>) -> io::Result<()> {
     Ok(())
 }
 
+/// How often a rename is tried again after its directory vanished under it.
+const RENAME_ATTEMPTS: usize = 8;
+
+/// Renames `from` to `path`, creating `path`'s directories. A delete in the same directory
+/// (another process's, or this one's: the server emptying the journal a command writes to)
+/// removes a directory once it is empty, possibly between our `create_dir_all` and our
+/// `rename` (`NotFound`), or between `create_dir_all`'s own `mkdir` and its check that the
+/// directory is there (`AlreadyExists`); then the whole step is tried again.
+fn rename_into_place(from: &Path, path: &Path) -> io::Result<()> {
+    let Some(parent) = path.parent() else {
+        return std::fs::rename(from, path);
+    };
+    let mut attempt = 1;
+    loop {
+        match std::fs::create_dir_all(parent).and_then(|()| std::fs::rename(from, path)) {
+            Err(e)
+                if attempt < RENAME_ATTEMPTS && lost_a_race_with_a_delete(&e) && from.exists() =>
+            {
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// The errors a directory removed under a write gives.
+fn lost_a_race_with_a_delete(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::NotFound | io::ErrorKind::AlreadyExists
+    )
+}
+
 /// Writes `bytes` to `tmp`, syncs it and renames it to `path`; removes `tmp` on failure.
 fn write_atomic(tmp: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
     use std::io::Write;
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
     let result = (|| {
         let mut file = std::fs::File::create(tmp)?;
         file.write_all(bytes)?;
         file.sync_all()?;
-        std::fs::rename(tmp, path)
+        rename_into_place(tmp, path)
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(tmp);
@@ -281,5 +308,43 @@ mod tests {
         assert!(!fs.delete("a/b/c").await.unwrap());
         assert!(!dir.path().join("a/b").exists(), "empty directories go");
         assert!(fs.list("nothing/").await.unwrap().is_empty());
+    }
+
+    /// A command writes journal entries while the server reads and deletes them (its delete
+    /// removing the directory whenever it is empty): no write fails, none is lost.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_survive_a_reader_emptying_their_directory() {
+        const ENTRIES: usize = 300;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("tmp")).unwrap();
+        let writer = FsBackend::new(dir.path(), &dir.path().join("tmp"));
+        let reader = FsBackend::new(dir.path(), &dir.path().join("tmp"));
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let consumer = {
+            let done = std::sync::Arc::clone(&done);
+            tokio::spawn(async move {
+                let mut consumed = std::collections::HashSet::new();
+                loop {
+                    let finished = done.load(Ordering::SeqCst);
+                    for entry in reader.list("j/").await.unwrap() {
+                        assert!(reader.delete(&entry.key).await.unwrap());
+                        consumed.insert(entry.key);
+                    }
+                    if finished {
+                        return consumed;
+                    }
+                    tokio::task::yield_now().await;
+                }
+            })
+        };
+        for n in 0..ENTRIES {
+            writer
+                .put(&format!("j/{n:04}"), Bytes::from_static(b"change"))
+                .await
+                .unwrap_or_else(|e| panic!("entry {n}: {e}"));
+        }
+        done.store(true, Ordering::SeqCst);
+        let consumed = consumer.await.unwrap();
+        assert_eq!(consumed.len(), ENTRIES, "every entry written was read");
     }
 }
