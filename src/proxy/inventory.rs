@@ -48,8 +48,8 @@ pub const SIZED_TAGS: usize = 10;
 pub struct PullTimes {
     /// Tells this instance's entries in [`RecentPulls`] from another's (tests run many).
     id: u64,
-    tags: moka::sync::Cache<u64, u64>,
-    repositories: moka::sync::Cache<u64, u64>,
+    tags: moka::sync::Cache<u64, u64, ahash::RandomState>,
+    repositories: moka::sync::Cache<u64, u64, ahash::RandomState>,
 }
 
 /// How stale a recorded pull time may get before a pull writes it again.
@@ -58,10 +58,11 @@ const PULL_TIME_RESOLUTION_MS: u64 = 1000;
 /// The key of a repository, or of one of its tags: a hash of the names (a collision would
 /// only show one tag's pull time for another's).
 fn pull_key(origin: &str, repo: &str, tag: Option<&str>) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    (origin, repo, tag).hash(&mut hasher);
-    hasher.finish()
+    // Keyed once per process (random keys, as std's `RandomState`): a client cannot pick a
+    // tag whose key is another's. ahash rather than SipHash: this runs on every pull.
+    static KEYS: std::sync::OnceLock<ahash::RandomState> = std::sync::OnceLock::new();
+    KEYS.get_or_init(ahash::RandomState::new)
+        .hash_one((origin, repo, tag))
 }
 
 /// How many keys each thread remembers having seen fresh.
@@ -88,8 +89,12 @@ impl Default for PullTimes {
         static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         PullTimes {
             id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-            tags: moka::sync::Cache::builder().max_capacity(100_000).build(),
-            repositories: moka::sync::Cache::builder().max_capacity(10_000).build(),
+            tags: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .build_with_hasher(ahash::RandomState::new()),
+            repositories: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .build_with_hasher(ahash::RandomState::new()),
         }
     }
 }
@@ -105,7 +110,7 @@ impl PullTimes {
     }
 
     /// Makes the time stored under `key` at most a second older than `now`.
-    fn touch(&self, times: &moka::sync::Cache<u64, u64>, key: u64, now: u64) {
+    fn touch(&self, times: &moka::sync::Cache<u64, u64, ahash::RandomState>, key: u64, now: u64) {
         let fresh = |at: u64| now.saturating_sub(at) < PULL_TIME_RESOLUTION_MS;
         RECENT_PULLS.with(|recent| {
             let mut recent = recent.borrow_mut();
@@ -474,7 +479,7 @@ impl Mirror {
                 signature,
                 immutable: upstream.is_some_and(|u| u.is_immutable(tag.as_str())),
                 tag: tag.to_string(),
-                record,
+                record: TagRecord::clone(&record),
                 platforms: summary.platforms.clone(),
                 more_children: summary.more_children,
                 total_size: summary.size,

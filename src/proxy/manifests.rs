@@ -233,7 +233,7 @@ impl Mirror {
         &self,
         route: &Resolved,
         tag: &Tag,
-    ) -> Result<Option<(TagRecord, Arc<StoredManifest>)>, ProxyError> {
+    ) -> Result<Option<(Arc<TagRecord>, Arc<StoredManifest>)>, ProxyError> {
         let Some(record) = self.store.get_tag(&Self::tag_key(route, tag)).await? else {
             return Ok(None);
         };

@@ -182,11 +182,11 @@ pub struct Store {
     grew: tokio::sync::Notify,
     /// Tag records, and tags known to be absent. Entries expire after a minute so that changes
     /// made by another process (`regmirror import` beside a server) are seen.
-    tags: Cache<TagKey, Option<TagRecord>>,
-    manifests: Cache<Digest, Arc<StoredManifest>>,
+    tags: Cache<TagKey, Option<Arc<TagRecord>>, ahash::RandomState>,
+    manifests: Cache<Digest, Arc<StoredManifest>, ahash::RandomState>,
     /// Who holds pins on a manifest, for deciding which repositories see it (see
     /// [`Store::holders_cached`]).
-    holders: Cache<Digest, Arc<Vec<String>>>,
+    holders: Cache<Digest, Arc<Vec<String>>, ahash::RandomState>,
     /// What unfinished uploads hold.
     uploads: Mutex<uploads::UploadBook>,
     /// Spool files being written: GC leaves them alone.
@@ -262,17 +262,17 @@ impl Store {
             tags: Cache::builder()
                 .max_capacity(index_bytes / 4 / 256)
                 .time_to_live(Duration::from_secs(60))
-                .build(),
+                .build_with_hasher(ahash::RandomState::new()),
             manifests: Cache::builder()
                 .weigher(|_, m: &Arc<StoredManifest>| {
                     u32::try_from(m.bytes.len() + 256).unwrap_or(u32::MAX)
                 })
                 .max_capacity(index_bytes / 2)
-                .build(),
+                .build_with_hasher(ahash::RandomState::new()),
             holders: Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(HOLDERS_TTL)
-                .build(),
+                .build_with_hasher(ahash::RandomState::new()),
             uploads: Mutex::default(),
             live_spools: Arc::default(),
             replica: uuid::Uuid::new_v4().to_string(),

@@ -1,5 +1,6 @@
 //! Tag records: which digest a tag of an upstream repository pointed to, and when we last knew.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -65,8 +66,9 @@ impl TagRecord {
 use crate::clock::now_ms;
 
 impl Store {
-    /// The record of a tag, if the store has one.
-    pub(crate) async fn get_tag(&self, key: &TagKey) -> Result<Option<TagRecord>> {
+    /// The record of a tag, if the store has one (shared with the cache: a cached lookup
+    /// copies nothing).
+    pub(crate) async fn get_tag(&self, key: &TagKey) -> Result<Option<Arc<TagRecord>>> {
         if let Some(record) = self.tags.get(key) {
             return Ok(record);
         }
@@ -81,7 +83,8 @@ impl Store {
                 key: object,
                 message: e.to_string(),
             })?;
-        self.tags.insert(key.clone(), Some(record.clone()));
+        let record = Arc::new(record);
+        self.tags.insert(key.clone(), Some(Arc::clone(&record)));
         Ok(Some(record))
     }
 
@@ -99,7 +102,8 @@ impl Store {
             message: e.to_string(),
         })?;
         self.put_object(&object, bytes).await?;
-        self.tags.insert(key.clone(), Some(record.clone()));
+        self.tags
+            .insert(key.clone(), Some(Arc::new(record.clone())));
         let place = Store::tag_place(key);
         // Pushed tags are journaled at every write, so that other replicas drop what they
         // cached of the old record at once; cached upstream tags only when first written

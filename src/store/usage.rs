@@ -9,10 +9,13 @@ use std::sync::{Arc, Mutex};
 use super::{Result, Store};
 use crate::oci::Digest;
 
+/// The access times' map (looked up on every cached read).
+type AccessTimes = HashMap<Digest, u64, ahash::RandomState>;
+
 /// Counters and access times.
 #[derive(Default)]
 pub struct Usage {
-    access: Mutex<HashMap<Digest, u64>>,
+    access: Mutex<AccessTimes>,
     dirty: AtomicBool,
     readers: Mutex<HashMap<Digest, usize>>,
 }
@@ -31,7 +34,7 @@ pub struct BlobEntry {
 pub use crate::clock::now_ms;
 
 impl Usage {
-    fn lock_access(&self) -> std::sync::MutexGuard<'_, HashMap<Digest, u64>> {
+    fn lock_access(&self) -> std::sync::MutexGuard<'_, AccessTimes> {
         self.access.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -81,7 +84,16 @@ impl Store {
 
     /// Notes an access to a blob (memory only).
     pub(crate) fn touch(&self, digest: &Digest) {
-        self.usage.lock_access().insert(digest.clone(), now_ms());
+        let now = now_ms();
+        // Updated in place when known: a cached manifest's every read comes here.
+        let mut access = self.usage.lock_access();
+        match access.get_mut(digest) {
+            Some(at) => *at = now,
+            None => {
+                access.insert(digest.clone(), now);
+            }
+        }
+        drop(access);
         self.usage.dirty.store(true, Ordering::Relaxed);
     }
 
