@@ -156,7 +156,12 @@ fn new_request_id() -> String {
     let mut bytes = [0u8; 16];
     bytes[..8].copy_from_slice(&prefix.to_be_bytes());
     bytes[8..].copy_from_slice(&count.to_be_bytes());
-    hex::encode(bytes)
+    // Into a buffer on the stack (`hex::encode` collects an iterator char by char).
+    let mut digits = [0u8; 32];
+    match hex::encode_to_slice(bytes, &mut digits) {
+        Ok(()) => String::from_utf8_lossy(&digits).into_owned(),
+        Err(_) => hex::encode(bytes),
+    }
 }
 
 /// The `User-Agent`, at most 200 characters of printable ASCII (it goes into log lines).
@@ -164,8 +169,12 @@ fn user_agent(headers: &http::HeaderMap) -> String {
     let Some(agent) = headers.get(header::USER_AGENT) else {
         return "-".to_owned();
     };
-    agent
-        .as_bytes()
+    let bytes = agent.as_bytes();
+    if bytes.len() <= 200 && bytes.iter().all(|b| (0x20..0x7f).contains(b)) {
+        // The usual agent, copied as it is.
+        return String::from_utf8_lossy(bytes).into_owned();
+    }
+    bytes
         .iter()
         .take(200)
         .map(|&b| {
@@ -362,4 +371,39 @@ fn unsupported(method: &Method) -> Answer {
         format!("{method} is not supported on this path"),
     )
     .into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_request_ids_are_32_hex_digits_and_differ() {
+        let (a, b) = (new_request_id(), new_request_id());
+        assert_ne!(a, b);
+        for id in [&a, &b] {
+            assert_eq!(id.len(), 32, "{id}");
+            assert!(
+                id.bytes()
+                    .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()),
+                "{id}"
+            );
+        }
+        assert_eq!(a[..16], b[..16], "one prefix per process");
+    }
+
+    #[test]
+    fn user_agents_are_printable_ascii_and_at_most_200_characters() {
+        let agent = |value: &[u8]| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert(header::USER_AGENT, HeaderValue::from_bytes(value).unwrap());
+            user_agent(&headers)
+        };
+        assert_eq!(user_agent(&http::HeaderMap::new()), "-");
+        assert_eq!(agent(b"containerd/v2.0.0"), "containerd/v2.0.0");
+        assert_eq!(agent(b"a\tb\x80c"), "a?b?c");
+        assert_eq!(agent(&[b'x'; 300]).len(), 200);
+        let long = [b"\x80".as_slice(), &[b'x'; 300]].concat();
+        assert_eq!(agent(&long), format!("?{}", "x".repeat(199)));
+    }
 }

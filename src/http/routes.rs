@@ -226,7 +226,16 @@ pub fn parse(path: &str) -> Result<Route, PathError> {
 
 /// Splits at the last occurrence of `sep` (names may contain `manifests` or `blobs` components).
 fn split_last<'a>(s: &'a str, sep: &str) -> Option<(&'a str, &'a str)> {
-    let at = s.rfind(sep)?;
+    // Tried at each candidate start from the end: `rfind` with a pattern string sets up a
+    // substring searcher per call, which was a measurable share of a cached manifest GET.
+    let first = *sep.as_bytes().first()?;
+    let at = s
+        .bytes()
+        .enumerate()
+        .rev()
+        .filter(|&(_, b)| b == first)
+        .map(|(i, _)| i)
+        .find(|&i| s.as_bytes()[i..].starts_with(sep.as_bytes()))?;
     Some((&s[..at], &s[at + sep.len()..]))
 }
 
@@ -299,6 +308,26 @@ mod tests {
     use super::*;
 
     const D: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+    #[test]
+    fn split_last_splits_where_rfind_does() {
+        for s in [
+            "a/manifests/b",
+            "manifests/manifests/x/manifests/y",
+            "a/manifests/",
+            "/manifests/b",
+            "no separator",
+            "a/manifest/b",
+            "a//manifests//b",
+            "é/manifests/ü",
+            "",
+        ] {
+            for sep in ["/manifests/", "/blobs/uploads", "/"] {
+                let expected = s.rfind(sep).map(|at| (&s[..at], &s[at + sep.len()..]));
+                assert_eq!(split_last(s, sep), expected, "{s:?} at {sep:?}");
+            }
+        }
+    }
 
     #[test]
     fn parses_routes() {

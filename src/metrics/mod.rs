@@ -72,7 +72,8 @@ impl Totals {
     /// Today's tally, started afresh at midnight.
     fn today(&self) -> &AtomicTally {
         let day = Self::today_number();
-        if self.day.swap(day, Ordering::Relaxed) != day {
+        // Read first: a write on every request would pull this line from the other cores.
+        if self.day.load(Ordering::Relaxed) != day && self.day.swap(day, Ordering::Relaxed) != day {
             self.today.reset();
         }
         &self.today
