@@ -23,6 +23,48 @@ async fn start(fake: &FakeUpstream, dir: &tempfile::TempDir, server_keys: &str) 
     Regmirror::start(&config).await
 }
 
+/// One HTTP/1.1 connection, kept open across requests.
+struct KeptAlive(tokio::io::BufReader<TcpStream>);
+
+impl KeptAlive {
+    async fn connect(addr: std::net::SocketAddr) -> KeptAlive {
+        KeptAlive(tokio::io::BufReader::new(
+            TcpStream::connect(addr).await.unwrap(),
+        ))
+    }
+
+    /// GETs `path` and reads the whole answer (its body by `Content-Length`); the status.
+    async fn get(&mut self, path: &str) -> u16 {
+        use tokio::io::AsyncBufReadExt;
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: mirror\r\nAccept: {OCI_MANIFEST}\r\n\r\n");
+        self.0
+            .get_mut()
+            .write_all(request.as_bytes())
+            .await
+            .unwrap();
+        let mut line = String::new();
+        self.0.read_line(&mut line).await.unwrap();
+        let status: u16 = line.split(' ').nth(1).unwrap().parse().unwrap();
+        let mut length = 0;
+        loop {
+            line.clear();
+            self.0.read_line(&mut line).await.unwrap();
+            if line == "\r\n" {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0; length];
+        self.0.read_exact(&mut body).await.unwrap();
+        status
+    }
+}
+
 /// Reads until the server closes the connection; how long that took.
 async fn closed_after(stream: &mut TcpStream) -> Duration {
     let started = Instant::now();
@@ -112,20 +154,11 @@ async fn a_flood_of_idle_connections_does_not_stop_real_clients() {
         "max_connections = 16\nheader_read_timeout = \"2s\"\nidle_timeout = \"2s\"",
     )
     .await;
-    // A real client, already connected (keep-alive). It reads each body to the end, as real
-    // clients do: a response dropped unread may cost the connection, and a new one would
-    // wait behind the flood.
-    let client = reqwest::Client::new();
-    let pull = || async {
-        let r = client
-            .get(mirror.url("/v2/app/manifests/v1"))
-            .send()
-            .await
-            .unwrap();
-        let status = r.status();
-        r.bytes().await.unwrap();
-        status
-    };
+    // A real client, already connected (keep-alive), on one connection it keeps: a pooled
+    // client may open a new connection when its last one is not back in its pool yet, and a
+    // new connection waits behind the flood (which is the point of the test, below).
+    let mut client = KeptAlive::connect(mirror.addr).await;
+    let mut pull = async || client.get("/v2/app/manifests/v1").await;
     assert_eq!(pull().await, 200);
 
     // Far more idle connections than the cap; each sends half a header and stops.
