@@ -48,9 +48,12 @@ pub const SIZED_TAGS: usize = 10;
 pub struct PullTimes {
     /// Tells this instance's entries in [`RecentPulls`] from another's (tests run many).
     id: u64,
-    tags: moka::sync::Cache<u64, u64, ahash::RandomState>,
-    repositories: moka::sync::Cache<u64, u64, ahash::RandomState>,
+    tags: PullTimeMap,
+    repositories: PullTimeMap,
 }
+
+/// Last pull times (ms since the epoch) by [`pull_key`].
+type PullTimeMap = moka::sync::Cache<u64, u64, ahash::RandomState>;
 
 /// How stale a recorded pull time may get before a pull writes it again.
 const PULL_TIME_RESOLUTION_MS: u64 = 1000;
@@ -110,7 +113,7 @@ impl PullTimes {
     }
 
     /// Makes the time stored under `key` at most a second older than `now`.
-    fn touch(&self, times: &moka::sync::Cache<u64, u64, ahash::RandomState>, key: u64, now: u64) {
+    fn touch(&self, times: &PullTimeMap, key: u64, now: u64) {
         let fresh = |at: u64| now.saturating_sub(at) < PULL_TIME_RESOLUTION_MS;
         RECENT_PULLS.with(|recent| {
             let mut recent = recent.borrow_mut();
