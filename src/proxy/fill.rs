@@ -8,9 +8,11 @@
 //! after, off the client's critical path.
 //!
 //! The newest few MiB of a fill are also kept in memory ([`Tail`]), so readers at the live edge
-//! (every client keeping up with the upstream, the usual case) are handed the upstream's own
-//! buffers as they arrive, while the disk writer appends and hashes them on its own thread: no
-//! file read, no copy, no trip to the blocking pool, no wait for the disk.
+//! (every client keeping up with the upstream, the usual case) are handed the bytes as they
+//! arrive, while the disk writer appends and hashes them on its own thread: no file read, no
+//! trip to the blocking pool, no wait for the disk. The bytes are copied once, out of the HTTP
+//! client's buffer into a few segments the fill reuses (`segments`), which costs less than
+//! the page faults of keeping the client's buffers did.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -28,6 +30,9 @@ use crate::oci::{Digest, RepoName};
 use crate::store::{BlobReader, Spool, Store, StoreError, VerifiedSpool, reads};
 use crate::upstream::{UpstreamClient, UpstreamError};
 
+mod segments;
+use segments::Segments;
+
 /// How many times a broken-off upstream body is resumed with a Range request.
 pub const MAX_RESUMES: u32 = 3;
 
@@ -35,8 +40,11 @@ pub const MAX_RESUMES: u32 = 3;
 const TAIL_BYTES: usize = 4 * 1024 * 1024;
 
 /// How many bytes the disk writer takes from the network before publishing how much is on
-/// disk: one update per batch, not per (often 16 KiB) network chunk.
+/// disk: one update per batch, not per network chunk.
 const WRITE_BATCH: usize = 512 * 1024;
+
+/// How many pieces of a fill may wait for its disk writer.
+const WRITER_QUEUE: usize = 8;
 
 /// Why a fill failed. Cloned to every reader.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -146,7 +154,7 @@ impl Progress {
     }
 }
 
-/// A fill's newest bytes, as the upstream's own buffers, contiguous and in order.
+/// A fill's newest bytes, as slices of its segments, contiguous and in order.
 #[derive(Default)]
 struct Tail {
     inner: Mutex<TailChunks>,
@@ -599,7 +607,9 @@ impl FillJob {
         });
         // Disk writes and hashing run on a blocking thread fed by a bounded channel, so the
         // network side never blocks the runtime and a slow disk pushes back on the upstream.
-        let (to_writer, from_network) = mpsc::channel::<ToWriter>(32);
+        // Eight pieces (each at most a network read) are enough to ride out the writer's
+        // hiccups; more only kept more segments in use (32 held ~13 MiB per fill).
+        let (to_writer, from_network) = mpsc::channel::<ToWriter>(WRITER_QUEUE);
         let writer = {
             let tx = self.tx.clone();
             let digest = self.digest.clone();
@@ -714,6 +724,7 @@ impl FillJob {
             FillSource::Peer { .. } => self.metrics.peer_read_bytes.clone(),
         };
         let mut body = response.chunks;
+        let mut segments = Segments::new(total.map(|t| t.saturating_sub(*received)));
         loop {
             let next = tokio::time::timeout(idle, body.next())
                 .await
@@ -735,13 +746,24 @@ impl FillJob {
                         return Err(FillError::TooLarge(self.max_size));
                     }
                     // Readers at the live edge take it from memory now; the disk writer
-                    // catches up on its own thread.
-                    self.tail.push(offset, chunk.clone());
+                    // catches up on its own thread. The client's buffer is let go at once,
+                    // so that it can read the next chunk into it (see `segments`).
+                    let mut pieces = [None, None];
+                    let mut start = offset;
+                    segments.copy_in(&chunk, |piece| {
+                        self.tail.push(start, piece.clone());
+                        start += piece.len() as u64;
+                        let slot = if pieces[0].is_none() { 0 } else { 1 };
+                        pieces[slot] = Some(piece);
+                    });
+                    drop(chunk);
                     let now = *received;
                     self.tx.send_modify(|p| p.received = now);
-                    if to_writer.send(ToWriter::Data(chunk)).await.is_err() {
-                        // The writer stopped: it will report why.
-                        return Ok(());
+                    for piece in pieces.into_iter().flatten() {
+                        if to_writer.send(ToWriter::Data(piece)).await.is_err() {
+                            // The writer stopped: it will report why.
+                            return Ok(());
+                        }
                     }
                 }
                 Some(Err(e)) => {
