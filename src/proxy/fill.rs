@@ -724,7 +724,15 @@ impl FillJob {
             FillSource::Peer { .. } => self.metrics.peer_read_bytes.clone(),
         };
         let mut body = response.chunks;
-        let mut segments = Segments::new(total.map(|t| t.saturating_sub(*received)));
+        // A bucket read's chunks come from its read-ahead queue, buffers that wait there
+        // anyway: copying them would only add a copy.
+        let mut segments = match self.source {
+            FillSource::Backend => None,
+            FillSource::Upstream { .. } | FillSource::Peer { .. } => {
+                Some(Segments::new(total.map(|t| t.saturating_sub(*received))))
+            }
+        };
+        let mut pieces = Vec::with_capacity(2);
         loop {
             let next = tokio::time::timeout(idle, body.next())
                 .await
@@ -746,20 +754,21 @@ impl FillJob {
                         return Err(FillError::TooLarge(self.max_size));
                     }
                     // Readers at the live edge take it from memory now; the disk writer
-                    // catches up on its own thread. The client's buffer is let go at once,
-                    // so that it can read the next chunk into it (see `segments`).
-                    let mut pieces = [None, None];
+                    // catches up on its own thread.
+                    match &mut segments {
+                        // Copied, and the client's buffer let go at once, so that it reads
+                        // the next chunk into the same memory (see `segments`).
+                        Some(segments) => segments.copy_in(&chunk, &mut pieces),
+                        None => pieces.push(chunk),
+                    }
                     let mut start = offset;
-                    segments.copy_in(&chunk, |piece| {
+                    for piece in &pieces {
                         self.tail.push(start, piece.clone());
                         start += piece.len() as u64;
-                        let slot = if pieces[0].is_none() { 0 } else { 1 };
-                        pieces[slot] = Some(piece);
-                    });
-                    drop(chunk);
+                    }
                     let now = *received;
                     self.tx.send_modify(|p| p.received = now);
-                    for piece in pieces.into_iter().flatten() {
+                    for piece in pieces.drain(..) {
                         if to_writer.send(ToWriter::Data(piece)).await.is_err() {
                             // The writer stopped: it will report why.
                             return Ok(());

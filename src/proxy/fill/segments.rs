@@ -41,14 +41,14 @@ impl Segments {
         }
     }
 
-    /// Copies `bytes` in and passes them to `emit` as one or two pieces (two when they span
-    /// the end of a segment), in order.
-    pub(super) fn copy_in(&mut self, mut bytes: &[u8], mut emit: impl FnMut(Bytes)) {
+    /// Copies `bytes` in and appends them to `pieces`, in order: one piece per segment they
+    /// fill (usually one, two when they span the end of a segment).
+    pub(super) fn copy_in(&mut self, mut bytes: &[u8], pieces: &mut Vec<Bytes>) {
         while !bytes.is_empty() {
             let segment = self.writable();
             let n = (segment.capacity() - segment.len()).min(bytes.len());
             segment.extend_from_slice(&bytes[..n]);
-            emit(segment.split().freeze());
+            pieces.push(segment.split().freeze());
             bytes = &bytes[n..];
         }
     }
@@ -90,9 +90,16 @@ mod tests {
     fn copy_all(segments: &mut Segments, chunks: &[Vec<u8>]) -> Vec<Bytes> {
         let mut out = Vec::new();
         for chunk in chunks {
-            segments.copy_in(chunk, |piece| out.push(piece));
+            segments.copy_in(chunk, &mut out);
         }
         out
+    }
+
+    fn copy_one(segments: &mut Segments, chunk: &[u8]) -> Bytes {
+        let mut out = Vec::new();
+        segments.copy_in(chunk, &mut out);
+        assert_eq!(out.len(), 1);
+        out.remove(0)
     }
 
     #[test]
@@ -117,17 +124,32 @@ mod tests {
     }
 
     #[test]
+    fn a_chunk_larger_than_a_segment_comes_out_whole_in_several_pieces() {
+        let mut segments = Segments::new(None);
+        let mut pieces = Vec::new();
+        segments.copy_in(&[0u8; 300_000], &mut pieces);
+        let big: Vec<u8> = (0..(2 * SEGMENT + 12_345))
+            .map(|b| (b % 253) as u8)
+            .collect();
+        segments.copy_in(&big, &mut pieces);
+        assert_eq!(
+            pieces.len(),
+            4,
+            "the rest of the first segment, two more, a part"
+        );
+        let received: Vec<u8> = pieces[1..].iter().flat_map(|p| p.iter().copied()).collect();
+        assert_eq!(received, big);
+    }
+
+    #[test]
     fn a_segment_is_reused_once_its_readers_let_go() {
         let mut segments = Segments::new(Some(10 * SEGMENT as u64));
-        let mut first = None;
-        segments.copy_in(&vec![1u8; SEGMENT], |p| first = Some(p));
-        let first = first.unwrap();
+        let first = copy_one(&mut segments, &vec![1u8; SEGMENT]);
         let at = first.as_ptr();
         drop(first);
         // The next write finds the first segment full, retires it and reclaims it.
-        let mut second = None;
-        segments.copy_in(&[2u8; 10], |p| second = Some(p));
-        assert_eq!(second.unwrap().as_ptr(), at);
+        let second = copy_one(&mut segments, &[2u8; 10]);
+        assert_eq!(second.as_ptr(), at);
     }
 
     #[test]
@@ -135,7 +157,7 @@ mod tests {
         let mut segments = Segments::new(None);
         let mut held = Vec::new();
         for i in 0..(MAX_RETIRED as u8 + 4) {
-            segments.copy_in(&vec![i; SEGMENT], |p| held.push(p));
+            segments.copy_in(&vec![i; SEGMENT], &mut held);
         }
         for (i, piece) in held.iter().enumerate() {
             assert!(
@@ -149,9 +171,7 @@ mod tests {
     #[test]
     fn a_small_blob_gets_a_small_segment() {
         let mut segments = Segments::new(Some(1_000));
-        let mut piece = None;
-        segments.copy_in(&[7u8; 1_000], |p| piece = Some(p));
-        assert_eq!(piece.unwrap().len(), 1_000);
+        assert_eq!(copy_one(&mut segments, &[7u8; 1_000]).len(), 1_000);
         assert_eq!(segments.size, MIN_SEGMENT);
     }
 }
