@@ -725,12 +725,15 @@ impl FillJob {
         };
         let mut body = response.chunks;
         // A bucket read's chunks come from its read-ahead queue, buffers that wait there
-        // anyway: copying them would only add a copy.
-        let mut segments = match self.source {
-            FillSource::Backend => None,
-            FillSource::Upstream { .. } | FillSource::Peer { .. } => {
-                Some(Segments::new(total.map(|t| t.saturating_sub(*received))))
+        // anyway: copying them would only add a copy. So would copying a body too small to
+        // come back round to its first segments.
+        let mut segments = match (&self.source, total) {
+            (FillSource::Upstream { .. } | FillSource::Peer { .. }, Some(total))
+                if total.saturating_sub(*received) >= segments::WORTH_COPYING =>
+            {
+                Some(Segments::new())
             }
+            _ => None,
         };
         let mut pieces = Vec::with_capacity(2);
         loop {
