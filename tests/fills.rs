@@ -258,8 +258,18 @@ async fn a_cut_off_body_without_range_support_aborts_and_keeps_nothing() {
 
 #[tokio::test]
 async fn wrong_bytes_abort_a_response_already_streaming() {
+    wrong_bytes_abort_the_response(2 * 1024 * 1024).await;
+}
+
+/// Large enough that the fill copies the body into its own reused segments.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_bytes_abort_a_large_response_already_streaming() {
+    wrong_bytes_abort_the_response(40 * 1024 * 1024 + 12_345).await;
+}
+
+async fn wrong_bytes_abort_the_response(size: usize) {
     let fake = FakeUpstream::start(Auth::None).await;
-    let blob = random_bytes(2 * 1024 * 1024);
+    let blob = random_bytes(size);
     let digest = fake.put_blob(blob.clone());
     fake.set_fault(&digest, Some(Fault::Corrupt));
     let mirror = TestMirror::start(&upstream_toml(&fake.url(), "")).await;
