@@ -101,8 +101,11 @@ impl Mirror {
         target: &Target,
         tag: &Tag,
     ) -> Result<Option<Arc<StoredManifest>>, ProxyError> {
-        let key = Store::local_tag_key(target.canonical(), tag);
-        let Some(record) = self.store.get_tag(&key).await? else {
+        let local = self
+            .store
+            .get_tag_of(LOCAL, target.canonical(), tag)
+            .await?;
+        let Some(record) = local else {
             return Ok(None);
         };
         let Some(digest) = record.digest() else {

@@ -234,7 +234,11 @@ impl Mirror {
         route: &Resolved,
         tag: &Tag,
     ) -> Result<Option<(Arc<TagRecord>, Arc<StoredManifest>)>, ProxyError> {
-        let Some(record) = self.store.get_tag(&Self::tag_key(route, tag)).await? else {
+        let cached = self
+            .store
+            .get_tag_of(route.upstream.name(), &route.repo, tag)
+            .await?;
+        let Some(record) = cached else {
             return Ok(None);
         };
         let Some(digest) = record.digest() else {

@@ -1,5 +1,7 @@
 //! Tag records: which digest a tag of an upstream repository pointed to, and when we last knew.
 
+use std::borrow::Borrow;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,7 +12,7 @@ use super::{Result, Store, StoreError};
 use crate::oci::{Digest, RepoName, Tag};
 
 /// Identifies a tag: the upstream it came from, the repository there, and the tag.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TagKey {
     /// The upstream's configured name.
     pub upstream: String,
@@ -18,6 +20,62 @@ pub struct TagKey {
     pub repo: RepoName,
     /// The tag.
     pub tag: Tag,
+}
+
+/// A tag key as its three parts, owned ([`TagKey`]) or borrowed: the cache of tag records is
+/// looked up by borrowed parts, so a pull that finds its record in memory allocates no key.
+pub trait TagKeyParts {
+    /// Upstream, repository, tag.
+    fn parts(&self) -> (&str, &str, &str);
+}
+
+impl TagKeyParts for TagKey {
+    fn parts(&self) -> (&str, &str, &str) {
+        (&self.upstream, self.repo.as_str(), self.tag.as_str())
+    }
+}
+
+/// The parts of a tag key, borrowed from the request's own values.
+struct BorrowedTagKey<'a> {
+    upstream: &'a str,
+    repo: &'a RepoName,
+    tag: &'a Tag,
+}
+
+impl TagKeyParts for BorrowedTagKey<'_> {
+    fn parts(&self) -> (&str, &str, &str) {
+        (self.upstream, self.repo.as_str(), self.tag.as_str())
+    }
+}
+
+impl<'a> Borrow<dyn TagKeyParts + 'a> for TagKey {
+    fn borrow(&self) -> &(dyn TagKeyParts + 'a) {
+        self
+    }
+}
+
+// Owned and borrowed keys hash and compare by their parts alone, so that either finds the other.
+impl Hash for dyn TagKeyParts + '_ {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        let (upstream, repo, tag) = self.parts();
+        upstream.hash(state);
+        repo.hash(state);
+        tag.hash(state);
+    }
+}
+
+impl PartialEq for dyn TagKeyParts + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for dyn TagKeyParts + '_ {}
+
+impl Hash for TagKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        (self as &dyn TagKeyParts).hash(state);
+    }
 }
 
 /// What the store remembers about a tag.
@@ -66,6 +124,30 @@ impl TagRecord {
 use crate::clock::now_ms;
 
 impl Store {
+    /// [`Store::get_tag`] of the tag `tag` of `repo` under `upstream`: a record this process
+    /// holds (what nearly every pull finds) is found without building a key.
+    pub(crate) async fn get_tag_of(
+        &self,
+        upstream: &str,
+        repo: &RepoName,
+        tag: &Tag,
+    ) -> Result<Option<Arc<TagRecord>>> {
+        let parts = BorrowedTagKey {
+            upstream,
+            repo,
+            tag,
+        };
+        if let Some(record) = self.tags.get(&parts as &dyn TagKeyParts) {
+            return Ok(record);
+        }
+        let key = TagKey {
+            upstream: upstream.to_owned(),
+            repo: repo.clone(),
+            tag: tag.clone(),
+        };
+        self.get_tag(&key).await
+    }
+
     /// The record of a tag, if the store has one (shared with the cache: a cached lookup
     /// copies nothing).
     pub(crate) async fn get_tag(&self, key: &TagKey) -> Result<Option<Arc<TagRecord>>> {
@@ -127,5 +209,44 @@ impl Store {
                 .await?;
         }
         Ok(existed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(upstream: &str, repo: &str, tag: &str) -> TagKey {
+        TagKey {
+            upstream: upstream.to_owned(),
+            repo: repo.parse().unwrap(),
+            tag: tag.parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_key_is_found_by_its_borrowed_parts_and_only_by_them() {
+        let cache: moka::sync::Cache<TagKey, u32, ahash::RandomState> =
+            moka::sync::Cache::builder()
+                .max_capacity(100)
+                .build_with_hasher(ahash::RandomState::new());
+        cache.insert(key("docker.io", "library/alpine", "3"), 1);
+        cache.insert(key("docker.io", "library/alpine3", "x"), 2);
+        let find = |upstream: &str, repo: &str, tag: &str| {
+            let (repo, tag): (RepoName, Tag) = (repo.parse().unwrap(), tag.parse().unwrap());
+            let parts = BorrowedTagKey {
+                upstream,
+                repo: &repo,
+                tag: &tag,
+            };
+            cache.get(&parts as &dyn TagKeyParts)
+        };
+        assert_eq!(find("docker.io", "library/alpine", "3"), Some(1));
+        assert_eq!(find("docker.io", "library/alpine3", "x"), Some(2));
+        assert_eq!(find("docker.io", "library/alpine", "x"), None);
+        assert_eq!(find("ghcr.io", "library/alpine", "3"), None);
+        // The same characters split differently between the parts are another key.
+        assert_eq!(find("docker.io", "library/alpine3", "3"), None);
+        assert_eq!(cache.get(&key("docker.io", "library/alpine", "3")), Some(1));
     }
 }
