@@ -62,23 +62,25 @@ pub async fn handle(
     // writes its log line.
     let mut unanswered = Unanswered {
         method: method.clone(),
-        path: path.clone(),
+        path,
         started,
         armed: true,
         facts: body::RequestFacts {
             user_agent: user_agent(request.headers()),
-            request_id: request_id.clone(),
+            request_id,
             route: "invalid",
             ..Default::default()
         },
     };
     // Whatever is logged while answering (an upstream's failure) names the request.
-    let span = tracing::info_span!("request", request_id = %request_id);
+    let span = tracing::info_span!("request", request_id = %unanswered.facts.request_id);
     let answer = dispatch(&app, request, &conn, &mut unanswered.facts)
         .instrument(span)
         .await;
+    // Answered: the log line is the response body's to write; its parts move there.
     unanswered.armed = false;
     let facts = std::mem::take(&mut unanswered.facts);
+    let path = std::mem::take(&mut unanswered.path);
     let mut response = answer.response;
     if let Ok(value) = HeaderValue::from_str(&facts.request_id) {
         response.headers_mut().insert(REQUEST_ID, value);

@@ -49,12 +49,33 @@ impl RepoName {
         Some((first, RepoName(rest.to_owned())))
     }
 
-    /// `library/<name>` for a one-component name (Docker Hub's official images).
-    pub fn with_library_prefix(&self) -> RepoName {
+    /// `<first>/<name>`: the name under one or more leading components. Only `first` and the
+    /// length are checked: the rest is a valid name already (same result as parsing the
+    /// joined string, without going over the name twice).
+    pub fn under(&self, first: &str) -> Result<RepoName, NameError> {
+        let len = first.len() + 1 + self.0.len();
+        if len > MAX_NAME_LEN {
+            return Err(NameError::InvalidName("longer than 255 characters"));
+        }
+        if !first.split('/').all(valid_component) {
+            return Err(NameError::InvalidName(
+                "components must be lower-case letters and digits separated by '.', '_', '__' or '-'",
+            ));
+        }
+        let mut joined = String::with_capacity(len);
+        joined.push_str(first);
+        joined.push('/');
+        joined.push_str(&self.0);
+        Ok(RepoName(joined))
+    }
+
+    /// `library/<name>` for a one-component name (Docker Hub's official images); any other
+    /// name as it is.
+    pub fn with_library_prefix(self) -> RepoName {
         if self.depth() == 1 {
             RepoName(format!("library/{}", self.0))
         } else {
-            self.clone()
+            self
         }
     }
 }
@@ -221,8 +242,24 @@ mod tests {
         assert_eq!(rest.as_str(), "org/app");
         let one: RepoName = "alpine".parse().unwrap();
         assert!(one.split_first().is_none());
-        assert_eq!(one.with_library_prefix().as_str(), "library/alpine");
-        assert_eq!(rest.with_library_prefix().as_str(), "org/app");
+        assert_eq!(one.clone().with_library_prefix().as_str(), "library/alpine");
+        assert_eq!(rest.clone().with_library_prefix().as_str(), "org/app");
+    }
+
+    #[test]
+    fn a_name_under_a_prefix_is_what_parsing_the_joined_string_gives() {
+        let long = "a".repeat(250);
+        for first in ["docker.io", "ghcr.io/org", "", "UPPER", "a..b", "-x", &long] {
+            for rest in ["library/alpine", "app", "x/y/z"] {
+                let rest: RepoName = rest.parse().unwrap();
+                let parsed: Result<RepoName, _> = format!("{first}/{rest}").parse();
+                assert_eq!(
+                    rest.under(first).ok(),
+                    parsed.ok(),
+                    "{first:?} over {rest:?}"
+                );
+            }
+        }
     }
 
     #[test]

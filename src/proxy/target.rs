@@ -46,8 +46,9 @@ impl Target {
             Err(RouteError::NoUpstream(_)) => None,
         };
         let canonical = match &route {
-            Some(r) => format!("{}/{}", r.upstream.name(), r.repo)
-                .parse()
+            Some(r) => r
+                .repo
+                .under(r.upstream.name())
                 .map_err(|_| RouteError::NoUpstream(name.to_string()))?,
             None => name.clone(),
         };
