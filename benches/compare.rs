@@ -33,7 +33,21 @@ struct Proc {
 }
 
 impl Drop for Proc {
+    /// Asks the server to stop (SIGTERM) and waits a moment before killing it: nginx's master
+    /// stops its workers on SIGTERM, while a SIGKILL left them running, orphaned, after every
+    /// run of this bench.
     fn drop(&mut self) {
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            // SAFETY: signals our own child, which has not been waited for yet.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
