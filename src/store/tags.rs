@@ -2,7 +2,7 @@
 
 use std::borrow::Borrow;
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -89,7 +89,22 @@ pub struct TagRecord {
     pub size: u64,
     /// When the upstream last confirmed this, in milliseconds since the Unix epoch.
     pub fetched_at_ms: u64,
+    /// `digest` parsed, once: a record lives in the cache and every pull by tag reads it.
+    #[serde(skip)]
+    parsed: ParsedDigest,
 }
+
+/// A record's digest as parsed on first use. Part of no comparison: it only repeats `digest`.
+#[derive(Debug, Clone, Default)]
+struct ParsedDigest(OnceLock<Option<Digest>>);
+
+impl PartialEq for ParsedDigest {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for ParsedDigest {}
 
 impl TagRecord {
     /// A record confirmed now.
@@ -99,12 +114,17 @@ impl TagRecord {
             media_type: media_type.to_owned(),
             size,
             fetched_at_ms: now_ms(),
+            parsed: ParsedDigest(OnceLock::from(Some(digest.clone()))),
         }
     }
 
-    /// The digest (records are only written from valid digests).
+    /// The digest (records are only written from valid digests; a record read from the store
+    /// with anything else has none).
     pub(crate) fn digest(&self) -> Option<Digest> {
-        self.digest.parse().ok()
+        self.parsed
+            .0
+            .get_or_init(|| self.digest.parse().ok())
+            .clone()
     }
 
     /// How long ago the upstream last confirmed the record.
@@ -222,6 +242,23 @@ mod tests {
             repo: repo.parse().unwrap(),
             tag: tag.parse().unwrap(),
         }
+    }
+
+    #[test]
+    fn a_record_read_back_has_its_digest_and_equals_the_one_written() {
+        let digest: Digest = format!("sha256:{}", "ab".repeat(32)).parse().unwrap();
+        let record = TagRecord::new(&digest, "application/json", 12);
+        let json = serde_json::to_string(&record).unwrap();
+        assert!(!json.contains("parsed"), "{json}");
+        let read: TagRecord = serde_json::from_str(&json).unwrap();
+        assert_eq!(read, record);
+        assert_eq!(read.digest(), Some(digest.clone()));
+        assert_eq!(read.refreshed().digest(), Some(digest));
+        let rotten: TagRecord = serde_json::from_str(
+            r#"{"digest":"sha256:nope","media_type":"x","size":1,"fetched_at_ms":0}"#,
+        )
+        .unwrap();
+        assert_eq!(rotten.digest(), None);
     }
 
     #[test]
