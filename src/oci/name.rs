@@ -54,14 +54,8 @@ impl RepoName {
     /// joined string, without going over the name twice).
     pub fn under(&self, first: &str) -> Result<RepoName, NameError> {
         let len = first.len() + 1 + self.0.len();
-        if len > MAX_NAME_LEN {
-            return Err(NameError::InvalidName("longer than 255 characters"));
-        }
-        if !first.split('/').all(valid_component) {
-            return Err(NameError::InvalidName(
-                "components must be lower-case letters and digits separated by '.', '_', '__' or '-'",
-            ));
-        }
+        check_length(len)?;
+        check_components(first)?;
         let mut joined = String::with_capacity(len);
         joined.push_str(first);
         joined.push('/');
@@ -78,6 +72,24 @@ impl RepoName {
             self
         }
     }
+}
+
+/// A name of `len` bytes is not too long.
+fn check_length(len: usize) -> Result<(), NameError> {
+    if len > MAX_NAME_LEN {
+        return Err(NameError::InvalidName("longer than 255 characters"));
+    }
+    Ok(())
+}
+
+/// Every `/`-separated component of `s` is valid.
+fn check_components(s: &str) -> Result<(), NameError> {
+    if !s.split('/').all(valid_component) {
+        return Err(NameError::InvalidName(
+            "components must be lower-case letters and digits separated by '.', '_', '__' or '-'",
+        ));
+    }
+    Ok(())
 }
 
 /// Whether `c` matches `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`.
@@ -120,14 +132,8 @@ impl FromStr for RepoName {
         if s.is_empty() {
             return Err(NameError::InvalidName("empty"));
         }
-        if s.len() > MAX_NAME_LEN {
-            return Err(NameError::InvalidName("longer than 255 characters"));
-        }
-        if !s.split('/').all(valid_component) {
-            return Err(NameError::InvalidName(
-                "components must be lower-case letters and digits separated by '.', '_', '__' or '-'",
-            ));
-        }
+        check_length(s.len())?;
+        check_components(s)?;
         Ok(RepoName(s.to_owned()))
     }
 }

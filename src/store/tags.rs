@@ -42,6 +42,17 @@ struct BorrowedTagKey<'a> {
     tag: &'a Tag,
 }
 
+impl BorrowedTagKey<'_> {
+    /// The key as an owned [`TagKey`], for the cache to keep.
+    fn to_key(&self) -> TagKey {
+        TagKey {
+            upstream: self.upstream.to_owned(),
+            repo: self.repo.clone(),
+            tag: self.tag.clone(),
+        }
+    }
+}
+
 impl TagKeyParts for BorrowedTagKey<'_> {
     fn parts(&self) -> (&str, &str, &str) {
         (self.upstream, self.repo.as_str(), self.tag.as_str())
@@ -160,12 +171,7 @@ impl Store {
         if let Some(record) = self.tags.get(&parts as &dyn TagKeyParts) {
             return Ok(record);
         }
-        let key = TagKey {
-            upstream: upstream.to_owned(),
-            repo: repo.clone(),
-            tag: tag.clone(),
-        };
-        self.get_tag(&key).await
+        self.get_tag(&parts.to_key()).await
     }
 
     /// The record of a tag, if the store has one (shared with the cache: a cached lookup
