@@ -201,11 +201,20 @@ struct MirrorBuild {
     binary: std::path::PathBuf,
     /// `[storage]` keys beside the bucket's.
     storage: &'static str,
+    /// Its `[cluster]` section: replicas sharing the secret of the process that pushed the
+    /// blob share its seal key too, and check what they read back by the blob's seal.
+    cluster: &'static str,
 }
 
+/// The `[cluster]` section of the replicas of the bench's bucket.
+const SHARED_SECRET: &str =
+    "[cluster]\nsecret = \"5c1e9a7f3b2d80e6a4f1c7b9d3e5a2f60b8c4d1e7a9f2b5c3d6e8a0f4b1c7d92\"\n";
+
 /// What to measure: this checkout's build as configured by default (`verify_reads = true`:
-/// no response completes before this machine verified the blob), the same trusting the
-/// bucket's bytes (`verify_reads = false`), and `REGMIRROR_BEFORE`'s build when set.
+/// no response completes before this machine verified the blob) on a replica sharing the
+/// cluster secret (the blob's seal checked), the same without the secret (its bytes hashed
+/// with SHA-256), the same trusting the bucket's bytes (`verify_reads = false`), and
+/// `REGMIRROR_BEFORE`'s build when set.
 fn mirror_builds() -> Vec<MirrorBuild> {
     let this: std::path::PathBuf = env!("CARGO_BIN_EXE_regmirror").into();
     let mut builds = vec![
@@ -213,11 +222,19 @@ fn mirror_builds() -> Vec<MirrorBuild> {
             name: "regmirror".into(),
             binary: this.clone(),
             storage: "",
+            cluster: SHARED_SECRET,
+        },
+        MirrorBuild {
+            name: "regmirror (no shared secret: SHA-256)".into(),
+            binary: this.clone(),
+            storage: "",
+            cluster: "",
         },
         MirrorBuild {
             name: "regmirror (verify_reads = false)".into(),
             binary: this,
             storage: "verify_reads = false\n",
+            cluster: SHARED_SECRET,
         },
     ];
     if let Some(before) = std::env::var_os("REGMIRROR_BEFORE") {
@@ -225,6 +242,7 @@ fn mirror_builds() -> Vec<MirrorBuild> {
             name: "regmirror (before)".into(),
             binary: before.into(),
             storage: "",
+            cluster: SHARED_SECRET,
         });
     }
     builds
@@ -246,9 +264,10 @@ async fn cold_read_by_process(
     std::fs::write(
         &config,
         format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\n[storage]\npath = \"{}\"\n{}{storage}",
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[storage]\npath = \"{}\"\n{}{storage}{}",
             dir.path().join("store").display(),
-            build.storage
+            build.storage,
+            build.cluster,
         ),
     )
     .unwrap();
@@ -356,7 +375,7 @@ async fn main() {
     throughput(&client, &fs_url, size, 1).await;
     let fs_warm = throughput(&client, &fs_url, size, 5).await;
     let s3_keys = garage.storage_keys("bench", "");
-    let (s3, _s3_dir) = start(&s3_keys, "").await;
+    let (s3, _s3_dir) = start(&s3_keys, SHARED_SECRET).await;
     push(&client, &s3, &blob).await;
     let s3_url = format!("http://{}/v2/bench/blobs/{digest}", s3.addr);
     throughput(&client, &s3_url, size, 1).await;

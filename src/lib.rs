@@ -173,6 +173,7 @@ async fn open_mirror(config: &Config, owns_tmp: bool) -> Result<Arc<Mirror>, Sta
         index_bytes: storage.index_memory_mib * 1024 * 1024,
         hot_cache_bytes: storage.cache_size.0,
         redirect: storage.redirect(),
+        seal_key: shared_seal_key(&config.cluster)?,
     };
     let opened = if owns_tmp {
         Store::open(backend, &storage.path, options).await
@@ -191,6 +192,15 @@ async fn open_mirror(config: &Config, owns_tmp: bool) -> Result<Arc<Mirror>, Sta
     Ok(Arc::new(
         Mirror::new(store, upstreams, fills, metrics).with_signatures(signatures),
     ))
+}
+
+/// The blob seal key the replicas share, derived from the cluster secret; `None` without one
+/// (the store keeps a key of its own directory).
+fn shared_seal_key(cluster: &config::ClusterConfig) -> Result<Option<store::SealKey>, StartError> {
+    let keys = cluster::ClusterKeys::from_config(cluster)?;
+    Ok(keys
+        .is_shared()
+        .then(|| store::SealKey::derive(&keys.derive("blob-seal"))))
 }
 
 /// The backend `[storage]` names, its requests counted in `metrics`.

@@ -598,6 +598,95 @@ async fn rotten_object_is_never_served_whole_or_kept(
     m.stop().await;
 }
 
+/// The `[cluster]` section of replicas that share a secret (and so a seal key).
+const SHARED_SECRET: &str =
+    "[cluster]\nsecret = \"8f3a61c2d94e07b5a1c8e2f6039d4b7c5e1a9f2d6b8c0e4a7f3d5b9c1e6a2d40\"\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_sharing_a_secret_check_bucket_reads_by_seal_and_rotten_bytes_still_fail() {
+    let Some((garage, fake)) = garage_and_upstream(
+        "replicas_sharing_a_secret_check_bucket_reads_by_seal_and_rotten_bytes_still_fail",
+    )
+    .await
+    else {
+        return;
+    };
+    let shared = format!("{}{SHARED_SECRET}", upstream(&fake));
+    // A pushed blob (sealed as the push completes) and one filled from the upstream (sealed
+    // as the fill writes it), large enough to be read back in ranged GETs side by side.
+    let pushed = random_bytes(1_000_000);
+    let pulled = random_bytes((25 << 20) + 77);
+    let pulled_digest = fake.put_blob(pulled.clone());
+    let m = start(&garage, tempfile::tempdir().unwrap(), "seal", &shared).await;
+    let pushed_digest = push_blob(&m, "team/app", &pushed, false).await;
+    let pushed_path = format!("/v2/team/app/blobs/{pushed_digest}");
+    let pulled_path = format!("/v2/library/app/blobs/{pulled_digest}");
+    assert!(get_bytes(&m, &pulled_path).await == pulled);
+    m.fills_settled().await;
+    m.stop().await;
+
+    // Another replica with the same secret and an empty local directory: both blobs are read
+    // back from the bucket, checked by their seals, and kept.
+    let m = start(&garage, tempfile::tempdir().unwrap(), "seal", &shared).await;
+    assert!(get_bytes(&m, &pushed_path).await == pushed);
+    assert!(get_bytes(&m, &pulled_path).await == pulled);
+    m.fills_settled().await;
+    let checks = |by: &str| format!("regmirror_backend_read_checks_total{{by=\"{by}\"}}");
+    assert_eq!(m.metric(&checks("seal")).await, 2.0);
+    assert_eq!(m.metric(&checks("digest")).await, 0.0);
+    assert!(
+        get_bytes(&m, &pulled_path).await == pulled,
+        "from the local copy"
+    );
+    assert_eq!(
+        m.metric("regmirror_backend_read_bytes_total").await,
+        (pushed.len() + pulled.len()) as f64
+    );
+    m.stop().await;
+
+    // A replica without the secret has a key of its own: the seals are not its, and it
+    // checks what it reads against the digests.
+    let m = start(
+        &garage,
+        tempfile::tempdir().unwrap(),
+        "seal",
+        &upstream(&fake),
+    )
+    .await;
+    assert!(get_bytes(&m, &pushed_path).await == pushed);
+    m.fills_settled().await;
+    assert_eq!(m.metric(&checks("digest")).await, 1.0);
+    assert_eq!(m.metric(&checks("seal")).await, 0.0);
+    m.stop().await;
+
+    // The large blob rots in the bucket (its seal still recorded): a replica with the secret
+    // finds the seal does not match, hashes the bytes, completes no response and keeps
+    // nothing — and a later read checks the bucket again.
+    let bucket = garage.backend("seal");
+    let key = format!(
+        "blobs/sha256/{}/{}",
+        &pulled_digest[7..9],
+        &pulled_digest[7..]
+    );
+    let mut rotten = pulled.clone();
+    rotten[pulled.len() * 5 / 6] ^= 0xff;
+    bucket.put(&key, rotten.into()).await.unwrap();
+    let m = start(&garage, tempfile::tempdir().unwrap(), "seal", &shared).await;
+    for _ in 0..2 {
+        let r = m.get(&pulled_path).await;
+        let complete = r.status() == 200 && r.bytes().await.is_ok_and(|b| b.len() == pulled.len());
+        assert!(!complete, "rotten bytes were served as a complete 200");
+        m.fills_settled().await;
+    }
+    assert_eq!(
+        m.metric("regmirror_digest_mismatches_total{upstream=\"backend\"}")
+            .await,
+        2.0
+    );
+    assert_eq!(m.metric(&checks("seal")).await, 0.0);
+    m.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gc_aborts_the_multipart_upload_a_kill_9_mid_commit_leaves() {
     use object_store::multipart::MultipartStore;

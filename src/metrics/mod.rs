@@ -168,6 +168,10 @@ pub struct Metrics {
     /// `regmirror_backend_read_bytes_total`: blob bytes read from a remote backend into the
     /// hot cache.
     pub backend_read_bytes: IntCounter,
+    /// `regmirror_backend_read_checks_total{by}`: blobs read from a remote backend and found
+    /// intact, by their seal (`seal`) or by hashing them with their digest's algorithm
+    /// (`digest`: no seal, another key's, or one that did not match).
+    pub backend_read_checks: IntCounterVec,
     /// `regmirror_cluster_peer_read_bytes_total`: blob bytes read from the replica leading a
     /// cluster-wide fill.
     pub peer_read_bytes: IntCounter,
@@ -343,6 +347,14 @@ impl Metrics {
             "regmirror_backend_read_bytes_total",
             "Blob bytes read from a remote storage backend (to fill the hot cache).",
         );
+        let backend_read_checks = counter_vec(
+            "regmirror_backend_read_checks_total",
+            "Blobs read from a remote storage backend and found intact, by their seal (seal) or by their digest (digest).",
+            &["by"],
+        );
+        for by in ["seal", "digest"] {
+            backend_read_checks.with_label_values(&[by]);
+        }
         let peer_read_bytes = plain_counter(
             "regmirror_cluster_peer_read_bytes_total",
             "Blob bytes read from the replica leading a cluster-wide fill.",
@@ -536,6 +548,7 @@ impl Metrics {
                 duration: backend_duration,
             },
             backend_read_bytes,
+            backend_read_checks,
             peer_read_bytes,
             cluster_fills,
             redis_up,

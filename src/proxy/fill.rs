@@ -481,7 +481,14 @@ impl Fills {
         if !matches!(source, FillSource::Backend) && self.store.has_blob(digest) {
             return Ok(Joined::Committed);
         }
-        let spool = self.store.create_spool(digest)?;
+        // A blob from the upstream is committed (and sealed as it is written); a local copy
+        // of one the bucket holds is checked against its seal.
+        let spool = match source {
+            FillSource::Upstream { .. } => self.store.create_spool(digest)?,
+            FillSource::Backend | FillSource::Peer { .. } => {
+                self.store.create_copy_spool(digest)?
+            }
+        };
         let (tx, rx) = watch::channel(Progress {
             total: None,
             received: 0,
@@ -616,7 +623,9 @@ impl FillJob {
             // Readers of trusted bytes do not wait for the hash: it runs after the last byte
             // is written, off their path (two cores shared with the bucket and the client
             // finish the read sooner without it).
-            let hash = if self.tx.borrow().trusted {
+            // So do bytes checked against their seal: the digest's hash only runs if the seal
+            // does not match.
+            let hash = if self.tx.borrow().trusted || spool.has_seal_check() {
                 Hashing::AfterLastByte
             } else {
                 Hashing::AsWritten
@@ -634,6 +643,17 @@ impl FillJob {
         // The network's error first: the writer only knows that the network side gave up.
         streamed?;
         let verified = written.map_err(|_| FillError::Aborted)??;
+        if matches!(self.source, FillSource::Backend) {
+            let by = if verified.verified_by_seal() {
+                "seal"
+            } else {
+                "digest"
+            };
+            self.metrics
+                .backend_read_checks
+                .with_label_values(&[by])
+                .inc();
+        }
         // Readers have every byte already; making the blob durable is off their path.
         let kept = match self.source {
             FillSource::Upstream { .. } => fills.store.commit_verified(verified).await,
@@ -797,7 +817,9 @@ enum Hashing {
     /// Each chunk as it is written, so the last byte can be released the moment it is.
     AsWritten,
     /// All of it once the last byte is written, reading it back: for bytes readers have
-    /// before they are verified, where only keeping the copy waits for the hash.
+    /// before they are verified, where only keeping the copy waits for the hash; and for bytes
+    /// checked against their seal as they are written, which need the hash only if the seal
+    /// does not match.
     AfterLastByte,
 }
 

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use super::backend::Committed;
 use super::index::{Change, IndexedBlob};
 use super::reads::BlobReader;
+use super::seal::{Seal, SealCheck, Sealer};
 use super::usage::now_ms;
 use super::{MAX_INDEXED_MANIFEST, Result, Store, StoreError, StoredManifest, io_err};
 use crate::byte_stream::ByteStream;
@@ -34,6 +35,12 @@ pub struct Spool {
     /// How many of the bytes written (from the start) `hasher` has seen.
     hashed: u64,
     written: u64,
+    /// For a blob about to be committed to a remote backend: its seal, computed as it is
+    /// written (see `seal`).
+    sealer: Option<Sealer>,
+    /// For a blob read back from a remote backend: its recorded seal, checked as it is
+    /// written, so that [`Spool::verify`] need not hash it with the digest's algorithm.
+    seal_check: Option<SealCheck>,
     committed: bool,
     live: Arc<Mutex<HashSet<PathBuf>>>,
 }
@@ -59,6 +66,8 @@ impl Spool {
             hasher: digest.hasher(),
             hashed: 0,
             written: 0,
+            sealer: None,
+            seal_check: None,
             committed: false,
             live,
         }
@@ -66,24 +75,39 @@ impl Spool {
 
     /// Appends bytes. Blocking I/O: call from a blocking-friendly context.
     pub(crate) fn append(&mut self, chunk: &[u8]) -> io::Result<()> {
-        use std::io::Write;
-        (&*self.file).write_all(chunk)?;
         if self.hashed == self.written {
             self.hasher.update(chunk);
             self.hashed += chunk.len() as u64;
+        }
+        self.append_unhashed(chunk)
+    }
+
+    /// Appends bytes without hashing them with the digest's algorithm now: [`Spool::verify`]
+    /// does that afterwards, reading them back, unless they match their seal. For bytes read
+    /// back from our own bucket, so that the hash is not on their readers' path. (A seal
+    /// being made or checked sees every byte either way.) Blocking I/O.
+    pub(crate) fn append_unhashed(&mut self, chunk: &[u8]) -> io::Result<()> {
+        use std::io::Write;
+        (&*self.file).write_all(chunk)?;
+        if let Some(sealer) = &mut self.sealer {
+            sealer.update(chunk);
+        }
+        if let Some(check) = &mut self.seal_check {
+            check.update(chunk);
         }
         self.written += chunk.len() as u64;
         Ok(())
     }
 
-    /// Appends bytes without hashing them now: [`Spool::verify`] hashes them afterwards,
-    /// reading them back. For a fill whose readers need not wait for its verification (bytes
-    /// from our own bucket), so that the hash is not on their path. Blocking I/O.
-    pub(crate) fn append_unhashed(&mut self, chunk: &[u8]) -> io::Result<()> {
-        use std::io::Write;
-        (&*self.file).write_all(chunk)?;
-        self.written += chunk.len() as u64;
-        Ok(())
+    /// Checks the bytes about to be written against `check` (before the first byte).
+    pub(crate) fn check_seal(&mut self, check: SealCheck) {
+        debug_assert_eq!(self.written, 0);
+        self.seal_check = Some(check);
+    }
+
+    /// Whether the bytes written are checked against a seal.
+    pub(crate) fn has_seal_check(&self) -> bool {
+        self.seal_check.is_some()
     }
 
     /// Hashes what was appended unhashed, reading it back from the file.
@@ -116,15 +140,29 @@ impl Spool {
     }
 
     /// Checks that the bytes written hash to `digest` (hashing first what was appended
-    /// unhashed: blocking I/O). On a mismatch the spool is dropped (and its file deleted);
-    /// only a [`VerifiedSpool`] can be committed.
+    /// unhashed: blocking I/O) — or, for bytes read back from the bucket, that they match
+    /// their seal, which was made from bytes that hashed to `digest`. On a mismatch the spool
+    /// is dropped (and its file deleted); only a [`VerifiedSpool`] can be committed.
     pub(crate) fn verify(mut self, digest: &Digest) -> Result<VerifiedSpool> {
-        self.catch_up().map_err(io_err(&self.path))?;
-        let actual = std::mem::replace(&mut self.hasher, digest.hasher()).finish();
-        digest.check(actual)?;
+        let by_seal = match self.seal_check.take().map(SealCheck::matches) {
+            Some(true) => true,
+            Some(false) => {
+                tracing::warn!(%digest, "bytes read back from the bucket do not match their seal; checking them against their digest");
+                false
+            }
+            None => false,
+        };
+        if !by_seal {
+            self.catch_up().map_err(io_err(&self.path))?;
+            let actual = std::mem::replace(&mut self.hasher, digest.hasher()).finish();
+            digest.check(actual)?;
+        }
+        let seal = self.sealer.take().map(Sealer::finish);
         Ok(VerifiedSpool {
             spool: self,
             digest: digest.clone(),
+            seal,
+            by_seal,
         })
     }
 }
@@ -134,6 +172,16 @@ impl Spool {
 pub struct VerifiedSpool {
     spool: Spool,
     digest: Digest,
+    /// Its seal, for a blob about to be committed to a remote backend.
+    seal: Option<Seal>,
+    by_seal: bool,
+}
+
+impl VerifiedSpool {
+    /// Whether its bytes were found intact by their seal rather than by hashing them.
+    pub(crate) fn verified_by_seal(&self) -> bool {
+        self.by_seal
+    }
 }
 
 impl Drop for Spool {
@@ -191,6 +239,7 @@ impl Store {
                 size: object.size,
                 written: object.modified_ms,
                 manifest,
+                seal: None,
             },
         );
         Ok(Some(object.size))
@@ -264,8 +313,28 @@ impl Store {
             .await?)
     }
 
-    /// Creates a spool for a blob about to be fetched.
+    /// Creates a spool for a blob about to be fetched and committed, sealed as it is written
+    /// when the store has a seal key.
     pub(crate) fn create_spool(&self, digest: &Digest) -> Result<Spool> {
+        let mut spool = self.create_local_spool(digest)?;
+        spool.sealer = self.seal_key.as_ref().map(|key| key.sealer(digest));
+        Ok(spool)
+    }
+
+    /// Creates a spool for a local copy of a blob the backend holds, checked against the
+    /// blob's seal as it is written when there is one made with this store's key.
+    pub(crate) fn create_copy_spool(&self, digest: &Digest) -> Result<Spool> {
+        let mut spool = self.create_local_spool(digest)?;
+        let seal = self.index.blob(digest).and_then(|b| b.seal);
+        if let (Some(key), Some(seal)) = (&self.seal_key, seal)
+            && let Some(check) = key.check(digest, seal)
+        {
+            spool.check_seal(check);
+        }
+        Ok(spool)
+    }
+
+    fn create_local_spool(&self, digest: &Digest) -> Result<Spool> {
         let path = self.temp_path(&format!("spool-{}", &digest.hex()[..12]));
         let file = std::fs::OpenOptions::new()
             .create_new(true)
@@ -302,16 +371,24 @@ impl Store {
     /// Makes a verified spool durable in the backend (renamed into place, or uploaded whole and
     /// then kept in the hot cache).
     pub(crate) async fn commit_verified(&self, verified: VerifiedSpool) -> Result<u64> {
-        let VerifiedSpool { mut spool, digest } = verified;
+        let VerifiedSpool {
+            mut spool,
+            digest,
+            seal,
+            ..
+        } = verified;
         let size = spool.written;
-        self.commit_local_file(&spool.path, &digest, size).await?;
+        self.commit_local_file(&spool.path, &digest, size, seal)
+            .await?;
         spool.committed = true;
         Ok(size)
     }
 
     /// Keeps a verified spool of a blob read from the remote backend as its local copy.
     pub(crate) async fn keep_local_copy(&self, verified: VerifiedSpool) -> Result<u64> {
-        let VerifiedSpool { mut spool, digest } = verified;
+        let VerifiedSpool {
+            mut spool, digest, ..
+        } = verified;
         let size = spool.written;
         if let Some(hot) = &self.hot {
             hot.adopt(&digest, &spool.path, size)?;
@@ -320,12 +397,14 @@ impl Store {
         Ok(size)
     }
 
-    /// Commits the complete, verified local file `file` as the blob `digest`, and indexes it.
+    /// Commits the complete, verified local file `file` as the blob `digest`, and indexes it
+    /// with its `seal` (if it has one).
     pub(super) async fn commit_local_file(
         &self,
         file: &std::path::Path,
         digest: &Digest,
         size: u64,
+        seal: Option<Seal>,
     ) -> Result<()> {
         let known = self.index.blob(digest);
         match self
@@ -342,6 +421,9 @@ impl Store {
             },
         }
         let manifest = known.is_some_and(|b| b.manifest);
+        // Committed again unsealed (another replica's push without a seal key): the bytes
+        // are the same, so the earlier seal still holds.
+        let seal = seal.or(known.and_then(|b| b.seal));
         self.index
             .record(
                 self.backend.as_ref(),
@@ -351,6 +433,7 @@ impl Store {
                         size,
                         written: now_ms(),
                         manifest,
+                        seal,
                     },
                 },
             )
@@ -434,6 +517,7 @@ impl Store {
                         size,
                         written: now_ms(),
                         manifest: true,
+                        seal: None,
                     },
                 },
             )

@@ -54,6 +54,13 @@ pub struct IndexedBlob {
     pub written: u64,
     /// Whether it is a manifest (has a media type record).
     pub manifest: bool,
+    /// Its seal, when the replica that committed it had a seal key (see `seal`).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "super::seal::lenient"
+    )]
+    pub seal: Option<super::seal::Seal>,
 }
 
 pub use super::keys::TagPlace;
@@ -565,6 +572,7 @@ async fn rebuild(backend: &dyn Backend) -> Result<State> {
                 size: object.size,
                 written: object.modified_ms,
                 manifest: manifests.contains(&digest),
+                seal: None,
             };
             state.blobs.insert(digest.to_string(), blob);
         }

@@ -35,6 +35,7 @@ mod keys;
 mod lease;
 mod local;
 pub mod reads;
+mod seal;
 mod shared_uploads;
 mod tags;
 mod uploads;
@@ -57,6 +58,7 @@ pub use gc::{EvictionReport, GcReport};
 pub use hot::HotCacheStats;
 pub use local::{IMPORT_HOLDER, LOCAL, Referrer};
 pub use reads::BlobReader;
+pub use seal::SealKey;
 pub use tags::{TagKey, TagRecord};
 pub use uploads::{UploadError, UploadId, UploadLimits};
 pub use usage::{BlobEntry, ReadGuard};
@@ -165,6 +167,9 @@ pub struct StoreOptions {
     pub hot_cache_bytes: u64,
     /// With a remote backend that can presign: blob GETs are redirected to the bucket.
     pub redirect: bool,
+    /// With a remote backend: the key that seals blobs committed to it (see `seal`), derived
+    /// from the cluster secret; `None` keeps one in `seal.key` in the local directory.
+    pub seal_key: Option<SealKey>,
 }
 
 /// The store. Cheap to share behind an `Arc`.
@@ -176,6 +181,9 @@ pub struct Store {
     hot: Option<hot::HotCache>,
     /// What the backend holds, without asking it (see `index`).
     index: index::Index,
+    /// With a remote backend: seals blobs as they are committed and checks them as they are
+    /// read back (see `seal`).
+    seal_key: Option<SealKey>,
     redirect: bool,
     usage: usage::Usage,
     /// Notified whenever a blob is added, so eviction runs promptly.
@@ -197,6 +205,23 @@ pub struct Store {
     link: Arc<std::sync::OnceLock<Arc<dyn ClusterLink>>>,
     /// The object store's outage in progress: since when (ms) and why.
     outage: Mutex<Option<(u64, String)>>,
+}
+
+/// The seal key given, else the local directory's own (made at the first start). A local key
+/// that cannot be read or made costs speed, not correctness: blobs are then committed unsealed
+/// and read back against their digests.
+fn open_seal_key(given: Option<SealKey>, staging: &Path) -> Option<SealKey> {
+    if given.is_some() {
+        return given;
+    }
+    let path = staging.join("seal.key");
+    match SealKey::load_or_create(&path) {
+        Ok(key) => Some(key),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "no blob seal key: blobs read back from the bucket are hashed with their digests' algorithm");
+            None
+        }
+    }
 }
 
 /// How long the replica folding the index journal holds that chore (renewed every minute).
@@ -249,6 +274,10 @@ impl Store {
         } else {
             Some(hot::HotCache::open_dir(&staging.join("cache"), options.hot_cache_bytes).await?)
         };
+        let seal_key = match &hot {
+            Some(_) => open_seal_key(options.seal_key, staging),
+            None => None,
+        };
         let index_bytes = options.index_bytes;
         let link: Arc<std::sync::OnceLock<Arc<dyn ClusterLink>>> = Arc::default();
         let store = Store {
@@ -256,6 +285,7 @@ impl Store {
             backend,
             staging: staging.to_owned(),
             hot,
+            seal_key,
             redirect: options.redirect,
             usage: usage::Usage::default(),
             grew: tokio::sync::Notify::new(),

@@ -18,6 +18,7 @@ use tokio::io::AsyncWriteExt;
 
 use std::sync::Arc;
 
+use super::seal::{Seal, Sealer};
 use super::{Result, Store, StoreError, io_err};
 use crate::oci::digest::Algorithm;
 use crate::oci::{Digest, RepoName};
@@ -407,7 +408,8 @@ impl Store {
         let data = dir.join("data");
         let hashed = {
             let (data, algorithm) = (data.clone(), digest.algorithm());
-            tokio::task::spawn_blocking(move || hash_file(&data, algorithm))
+            let sealer = self.seal_key.as_ref().map(|key| key.sealer(digest));
+            tokio::task::spawn_blocking(move || hash_file(&data, algorithm, sealer))
                 .await
                 .map_err(|e| StoreError::Io {
                     path: PathBuf::new(),
@@ -416,14 +418,14 @@ impl Store {
         };
         let result = match hashed {
             Err(e) => Err(UploadError::Store(io_err(&data)(e))),
-            Ok((actual, _)) if &actual != digest => {
+            Ok((actual, _, _)) if &actual != digest => {
                 Err(UploadError::DigestMismatch(crate::oci::DigestMismatch {
                     expected: digest.clone(),
                     actual,
                 }))
             }
-            Ok((_, size)) => self
-                .commit_file(&data, digest, size, holder)
+            Ok((_, size, seal)) => self
+                .commit_file(&data, digest, size, seal, holder)
                 .await
                 .map(|()| size)
                 .map_err(UploadError::from),
@@ -440,17 +442,18 @@ impl Store {
         result
     }
 
-    /// Commits a verified file as a blob pinned for `holder`.
+    /// Commits a verified file (with its seal, if it has one) as a blob pinned for `holder`.
     async fn commit_file(
         self: &Arc<Self>,
         file: &std::path::Path,
         digest: &Digest,
         size: u64,
+        seal: Option<Seal>,
         holder: &str,
     ) -> Result<()> {
         // Pinned before it appears, so eviction never sees it unpinned.
         self.pin(digest, holder).await?;
-        self.commit_local_file(file, digest, size).await
+        self.commit_local_file(file, digest, size, seal).await
     }
 
     /// Removes a session.
@@ -620,8 +623,12 @@ pub(super) async fn write_local_session(
     Ok(())
 }
 
-/// The digest (with `algorithm`) and length of a file.
-fn hash_file(path: &std::path::Path, algorithm: Algorithm) -> io::Result<(Digest, u64)> {
+/// The digest (with `algorithm`) and length of a file, and its seal when given a sealer.
+fn hash_file(
+    path: &std::path::Path,
+    algorithm: Algorithm,
+    mut sealer: Option<Sealer>,
+) -> io::Result<(Digest, u64, Option<Seal>)> {
     use std::io::Read;
     let mut file = std::fs::File::open(path)?;
     let mut hasher = algorithm.hasher();
@@ -633,7 +640,10 @@ fn hash_file(path: &std::path::Path, algorithm: Algorithm) -> io::Result<(Digest
             break;
         }
         hasher.update(&buf[..n]);
+        if let Some(sealer) = &mut sealer {
+            sealer.update(&buf[..n]);
+        }
         len += n as u64;
     }
-    Ok((hasher.finish(), len))
+    Ok((hasher.finish(), len, sealer.map(Sealer::finish)))
 }
