@@ -288,6 +288,7 @@ async fn cold_read_by_process(
         async move { client.get(url).send().await.is_ok() }
     })
     .await;
+    same_memory_state();
     let before = common::cpu_seconds(child.id());
     let mbs = throughput(&client, &format!("{base}/v2/bench/blobs/{digest}"), size, 1).await;
     // The CPU of the whole read: the local copy is kept (hashed, adopted) once the fill ends,
@@ -306,6 +307,19 @@ async fn cold_read_by_process(
     let _ = child.kill();
     let _ = child.wait();
     (mbs, cpu)
+}
+
+/// With `COMPARE_DROP_CACHES=1` (as root, as for `benches/compare.rs`): writes dirty pages
+/// back and drops the page cache before each cold read, so that every reader finds Garage's
+/// blocks on disk and none pays for writing back what the one before it kept (each regmirror
+/// replica writes the blob to its hot cache, Distribution does not).
+fn same_memory_state() {
+    if std::env::var_os("COMPARE_DROP_CACHES").is_some_and(|v| v == "1") {
+        let _ = std::process::Command::new("sync").status();
+        if std::fs::write("/proc/sys/vm/drop_caches", "1").is_err() {
+            eprintln!("bench s3: cannot drop the page cache (not root?)");
+        }
+    }
 }
 
 /// The median of `v`.
@@ -416,14 +430,17 @@ async fn main() {
             cold[i].push(mbs);
             cold_cpu[i] += cpu;
         }
+        same_memory_state();
         direct.push(throughput(&client, presigned.as_str(), size, 1).await);
         if let Some((_, url)) = &distribution {
+            same_memory_state();
             dist.push(throughput(&client, url, size, 1).await);
         }
         if let Some(nginx) = &nginx {
             let mut through = presigned.clone();
             through.set_port(Some(nginx.addr.port())).unwrap();
             let host = garage_addr.to_string();
+            same_memory_state();
             proxied.push(throughput_as(&client, through.as_str(), Some(&host), size, 1).await);
         }
     }

@@ -48,9 +48,10 @@ pub struct StorageConfig {
     #[serde(default = "default_max_upload_chunks")]
     pub max_upload_chunks: usize,
     /// A remote backend: whether a blob read from the bucket (by a replica without a local
-    /// copy) completes a response only once this machine verified its digest (`true`), or as
-    /// soon as its last byte arrives (`false`: the bucket's bytes are trusted as a presigned
-    /// URL would hand them out, about a fifth faster; a rotten object is still never kept).
+    /// copy) completes a response only once this machine verified it — by its seal, else by
+    /// its digest — (`true`), or as soon as its last byte arrives (`false`: the bucket's bytes
+    /// are trusted as a presigned URL would hand them out; a rotten object is still never
+    /// kept).
     #[serde(default = "default_true")]
     pub verify_reads: bool,
     /// Size cap of the store; cached content is evicted (least recently accessed first) when

@@ -28,8 +28,12 @@ use crate::byte_stream::{ByteStream, Chunks};
 /// Bytes per ranged GET.
 const SEGMENT: u64 = 8 * 1024 * 1024;
 
-/// Segments fetched ahead of the one being read.
-pub(super) const AHEAD: usize = 2;
+/// Segments fetched ahead of the one being read. Measured reading a 200 MiB object from a
+/// one-node Garage on two cores, page cache dropped before each read (so Garage reads its
+/// disk): two ahead left a tenth of the CPU time idle; three and four took 8% and 9% less
+/// time. Four, since a store farther away (more time to each range's first byte) gains more
+/// from each range in flight; the budget below still bounds all reads together.
+pub(super) const AHEAD: usize = 4;
 
 /// Reads of at most this many bytes are one GET: read-ahead pays only when there is more
 /// than a couple of segments to overlap.
