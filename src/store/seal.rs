@@ -177,8 +177,17 @@ impl Serialize for Seal {
 /// not parse (written by a later version, or by whoever else writes there) is no seal, never a
 /// reason to refuse the whole index.
 pub(crate) fn lenient<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Seal>, D::Error> {
-    let text: Option<String> = Option::deserialize(d)?;
-    Ok(text.and_then(|t| t.parse().ok()))
+    /// Whatever the entry holds: a seal's text, or anything else, skipped.
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Text(String),
+        Other(serde::de::IgnoredAny),
+    }
+    Ok(match Raw::deserialize(d)? {
+        Raw::Text(text) => text.parse().ok(),
+        Raw::Other(_) => None,
+    })
 }
 
 /// A seal being computed over a blob's bytes as they are written.
@@ -310,6 +319,9 @@ mod tests {
         let read = |json: &str| serde_json::from_str::<Entry>(json).unwrap().seal;
         assert_eq!(read(&format!("{{\"seal\":\"{text}\"}}")), Some(s));
         assert_eq!(read("{\"seal\":\"v1:nonsense\"}"), None);
+        assert_eq!(read("{\"seal\":42}"), None);
+        assert_eq!(read("{\"seal\":{\"mac\":[1,2]}}"), None);
+        assert_eq!(read("{\"seal\":null}"), None);
         assert_eq!(read("{}"), None);
     }
 
