@@ -316,7 +316,7 @@ pub async fn start(config: &Config) -> Result<Server, StartError> {
     let keys = cluster::ClusterKeys::from_config(&config.cluster)?;
     if !keys.is_shared() && mirror.store.is_remote() {
         tracing::info!(
-            "no [cluster] secret: tokens and upload sessions are this replica's own; set one to run several replicas on the bucket"
+            "no [cluster] secret: tokens, upload sessions and blob seals are this replica's own; set one to run several replicas on the bucket"
         );
     }
     // Access rules are matched against the one name a request's repository resolves to: their
