@@ -30,9 +30,7 @@ use crate::oci::{Digest, RepoName};
 use crate::store::{BlobReader, Spool, Store, StoreError, VerifiedSpool, reads};
 use crate::upstream::{UpstreamClient, UpstreamError};
 
-mod beside;
 mod segments;
-use beside::HashBeside;
 use segments::Segments;
 
 /// How many times a broken-off upstream body is resumed with a Range request.
@@ -629,8 +627,6 @@ impl FillJob {
             // does not match.
             let hash = if self.tx.borrow().trusted || spool.has_seal_check() {
                 Hashing::AfterLastByte
-            } else if total.is_some_and(|t| t >= segments::WORTH_COPYING) {
-                Hashing::BesideWrites
             } else {
                 Hashing::AsWritten
             };
@@ -825,9 +821,6 @@ enum Hashing {
     /// checked against their seal as they are written, which need the hash only if the seal
     /// does not match.
     AfterLastByte,
-    /// Each chunk as it is written, on a thread of its own beside the writes (see `beside`):
-    /// for large bodies, whose last byte then waits for the longer of the two, not both.
-    BesideWrites,
 }
 
 /// The disk side of a fill: appends, hashes, publishes how much is on disk, and on `Finish`
@@ -839,10 +832,6 @@ fn write_spool(
     digest: &Digest,
     hashing: Hashing,
 ) -> Result<VerifiedSpool, FillError> {
-    let mut beside = match hashing {
-        Hashing::BesideWrites => Some(HashBeside::start(spool.detach_hasher(), WRITER_QUEUE)),
-        Hashing::AsWritten | Hashing::AfterLastByte => None,
-    };
     while let Some(first) = from_network.blocking_recv() {
         let mut next = Some(first);
         let mut batched = 0;
@@ -850,13 +839,9 @@ fn write_spool(
         while let Some(message) = next.take() {
             match message {
                 ToWriter::Data(chunk) => {
-                    let appended = match (hashing, &beside) {
-                        (Hashing::AsWritten, _) => spool.append(&chunk),
-                        (_, Some(beside)) => {
-                            beside.hash(chunk.clone());
-                            spool.append_unhashed(&chunk)
-                        }
-                        (_, None) => spool.append_unhashed(&chunk),
+                    let appended = match hashing {
+                        Hashing::AsWritten => spool.append(&chunk),
+                        Hashing::AfterLastByte => spool.append_unhashed(&chunk),
                     };
                     appended.map_err(|source| {
                         FillError::Store(Arc::new(StoreError::Io {
@@ -875,10 +860,6 @@ fn write_spool(
         let written = spool.written();
         tx.send_modify(|p| p.written = written);
         if finished {
-            if let Some(beside) = beside.take() {
-                let (hasher, hashed) = beside.finish().ok_or(FillError::Aborted)?;
-                spool.attach_hasher(hasher, hashed);
-            }
             let verified = spool.verify(digest).map_err(|e| match e {
                 StoreError::DigestMismatch(mismatch) => FillError::DigestMismatch(mismatch),
                 other => FillError::Store(Arc::new(other)),

@@ -99,21 +99,6 @@ impl Spool {
         Ok(())
     }
 
-    /// Hands the running hash to another thread, before the first byte: the bytes are then
-    /// appended with [`Spool::append_unhashed`] and hashed there, side by side with the
-    /// writes, and the hash comes back with [`Spool::attach_hasher`] before [`Spool::verify`].
-    pub(crate) fn detach_hasher(&mut self) -> Hasher {
-        debug_assert_eq!(self.written, 0);
-        self.hasher.clone()
-    }
-
-    /// Takes back the hash handed out by [`Spool::detach_hasher`], which has seen the first
-    /// `hashed` bytes (all of them, unless its thread stopped early: `verify` hashes the rest).
-    pub(crate) fn attach_hasher(&mut self, hasher: Hasher, hashed: u64) {
-        self.hasher = hasher;
-        self.hashed = hashed.min(self.written);
-    }
-
     /// Checks the bytes about to be written against `check` (before the first byte).
     pub(crate) fn check_seal(&mut self, check: SealCheck) {
         debug_assert_eq!(self.written, 0);
