@@ -115,13 +115,16 @@ impl State {
 
     fn apply(&mut self, change: &Change) {
         match change {
+            // Saturating: while the index loads, changes are applied to a snapshot whose total
+            // is not counted yet (`recount` follows), and a journal may hold a blob twice (a
+            // commit, then its seal recorded by a reader).
             Change::AddBlob { digest, blob } => {
                 let old = self.blobs.insert(digest.clone(), *blob);
-                self.bytes = self.bytes - old.map_or(0, |b| b.size) + blob.size;
+                self.bytes = self.bytes.saturating_sub(old.map_or(0, |b| b.size)) + blob.size;
             }
             Change::RemoveBlob { digest } => {
                 if let Some(old) = self.blobs.remove(digest) {
-                    self.bytes -= old.size;
+                    self.bytes = self.bytes.saturating_sub(old.size);
                 }
                 self.tombstoned.remove(digest);
             }
@@ -588,4 +591,49 @@ async fn rebuild(backend: &dyn Backend) -> Result<State> {
         }
     }
     Ok(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn add(digest: &str, size: u64) -> Change {
+        Change::AddBlob {
+            digest: digest.into(),
+            blob: IndexedBlob {
+                size,
+                written: 1,
+                manifest: false,
+                seal: None,
+            },
+        }
+    }
+
+    #[test]
+    fn a_journal_applied_to_an_uncounted_snapshot_adds_up_once_recounted() {
+        // As at load: the snapshot's blobs are there, their total not counted yet.
+        let mut state = State::default();
+        state.blobs.insert(
+            "sha256:a".into(),
+            IndexedBlob {
+                size: 10,
+                written: 1,
+                manifest: false,
+                seal: None,
+            },
+        );
+        state.apply(&add("sha256:a", 10)); // committed again, or its seal recorded
+        state.apply(&Change::RemoveBlob {
+            digest: "sha256:a".into(),
+        });
+        state.apply(&add("sha256:b", 7));
+        state.apply(&add("sha256:b", 7));
+        state.recount();
+        assert_eq!(state.bytes, 7);
+        assert_eq!(state.blobs.len(), 1);
+        // Once counted, the total follows every change exactly.
+        state.apply(&add("sha256:c", 5));
+        state.apply(&add("sha256:c", 5));
+        assert_eq!(state.bytes, 12);
+    }
 }
