@@ -688,6 +688,58 @@ async fn replicas_sharing_a_secret_check_bucket_reads_by_seal_and_rotten_bytes_s
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_committed_without_a_seal_is_sealed_by_its_first_verified_read() {
+    let Some((garage, fake)) =
+        garage_and_upstream("a_blob_committed_without_a_seal_is_sealed_by_its_first_verified_read")
+            .await
+    else {
+        return;
+    };
+    let shared = format!("{}{SHARED_SECRET}", upstream(&fake));
+    let checks = |by: &str| format!("regmirror_backend_read_checks_total{{by=\"{by}\"}}");
+    // A replica that has no seal key (no cluster secret, and its key file cannot be read: as
+    // a version before seals, it commits blobs unsealed).
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("store/seal.key")).unwrap();
+    let m = start(&garage, dir, "backfill", &upstream(&fake)).await;
+    let blob = random_bytes(3_000_000);
+    let digest = push_blob(&m, "team/app", &blob, false).await;
+    m.stop().await;
+    let path = format!("/v2/team/app/blobs/{digest}");
+    // The first replica to read it hashes it, and records its seal.
+    let m = start(&garage, tempfile::tempdir().unwrap(), "backfill", &shared).await;
+    assert!(get_bytes(&m, &path).await == blob);
+    m.fills_settled().await;
+    assert_eq!(m.metric(&checks("digest")).await, 1.0);
+    m.stop().await;
+    // The next one checks the seal.
+    let m = start(&garage, tempfile::tempdir().unwrap(), "backfill", &shared).await;
+    assert!(get_bytes(&m, &path).await == blob);
+    m.fills_settled().await;
+    assert_eq!(m.metric(&checks("seal")).await, 1.0);
+    assert_eq!(m.metric(&checks("digest")).await, 0.0);
+    m.stop().await;
+    // A replica with a key of its own leaves that seal alone (it hashes what it reads), so the
+    // replicas sharing the secret keep checking it.
+    let m = start(
+        &garage,
+        tempfile::tempdir().unwrap(),
+        "backfill",
+        &upstream(&fake),
+    )
+    .await;
+    assert!(get_bytes(&m, &path).await == blob);
+    m.fills_settled().await;
+    assert_eq!(m.metric(&checks("digest")).await, 1.0);
+    m.stop().await;
+    let m = start(&garage, tempfile::tempdir().unwrap(), "backfill", &shared).await;
+    assert!(get_bytes(&m, &path).await == blob);
+    m.fills_settled().await;
+    assert_eq!(m.metric(&checks("seal")).await, 1.0);
+    m.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gc_aborts_the_multipart_upload_a_kill_9_mid_commit_leaves() {
     use object_store::multipart::MultipartStore;
     let Some((garage, fake)) =

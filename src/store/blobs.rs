@@ -322,14 +322,23 @@ impl Store {
     }
 
     /// Creates a spool for a local copy of a blob the backend holds, checked against the
-    /// blob's seal as it is written when there is one made with this store's key.
+    /// blob's seal as it is written when there is one made with this store's key. A blob the
+    /// index lists without any seal (committed before seals, or without a key) is sealed as it
+    /// is read, so that once verified its seal can be recorded ([`Store::keep_local_copy`]).
+    /// A seal made with another key is left as it is: two replicas with different keys would
+    /// otherwise take turns replacing each other's.
     pub(crate) fn create_copy_spool(&self, digest: &Digest) -> Result<Spool> {
         let mut spool = self.create_local_spool(digest)?;
-        let seal = self.index.blob(digest).and_then(|b| b.seal);
-        if let (Some(key), Some(seal)) = (&self.seal_key, seal)
-            && let Some(check) = key.check(digest, seal)
-        {
-            spool.check_seal(check);
+        let (Some(key), Some(indexed)) = (&self.seal_key, self.index.blob(digest)) else {
+            return Ok(spool);
+        };
+        match indexed.seal {
+            Some(seal) => {
+                if let Some(check) = key.check(digest, seal) {
+                    spool.check_seal(check);
+                }
+            }
+            None => spool.sealer = Some(key.sealer(digest)),
         }
         Ok(spool)
     }
@@ -387,14 +396,46 @@ impl Store {
     /// Keeps a verified spool of a blob read from the remote backend as its local copy.
     pub(crate) async fn keep_local_copy(&self, verified: VerifiedSpool) -> Result<u64> {
         let VerifiedSpool {
-            mut spool, digest, ..
+            mut spool,
+            digest,
+            seal,
+            ..
         } = verified;
         let size = spool.written;
         if let Some(hot) = &self.hot {
             hot.adopt(&digest, &spool.path, size)?;
             spool.committed = true;
         }
+        if let Some(seal) = seal {
+            self.record_first_seal(&digest, size, seal).await;
+        }
         Ok(size)
+    }
+
+    /// Records the seal of a blob read back and verified against its digest, if the index
+    /// still lists it, at that size, without a seal: the next replica to read it checks the
+    /// seal instead of hashing it. At most one journal entry per blob, whoever reads it; a
+    /// failure only costs that speed later.
+    async fn record_first_seal(&self, digest: &Digest, size: u64, seal: Seal) {
+        let Some(known) = self.index.blob(digest) else {
+            return;
+        };
+        if known.seal.is_some() || known.size != size {
+            return;
+        }
+        let change = Change::AddBlob {
+            digest: digest.to_string(),
+            blob: IndexedBlob {
+                seal: Some(seal),
+                ..known
+            },
+        };
+        match self.index.record(self.backend.as_ref(), change).await {
+            Ok(()) => tracing::debug!(%digest, "sealed a blob read back from the bucket"),
+            Err(e) => {
+                tracing::warn!(%digest, error = %e, "cannot record the seal of a blob read back from the bucket")
+            }
+        }
     }
 
     /// Commits the complete, verified local file `file` as the blob `digest`, and indexes it
