@@ -602,6 +602,33 @@ async fn rotten_object_is_never_served_whole_or_kept(
 const SHARED_SECRET: &str =
     "[cluster]\nsecret = \"8f3a61c2d94e07b5a1c8e2f6039d4b7c5e1a9f2d6b8c0e4a7f3d5b9c1e6a2d40\"\n";
 
+/// The metric of reads from the bucket found intact `by` their seal or their digest.
+fn read_checks(by: &str) -> String {
+    format!("regmirror_backend_read_checks_total{{by=\"{by}\"}}")
+}
+
+/// Starts a replica with an empty local directory on `prefix` (`rest`: its further config),
+/// reads each `(path, bytes)` back from the bucket, checks the bytes, and says how it found
+/// them intact: (by seal, by digest).
+async fn fresh_replica_reads(
+    garage: &Garage,
+    prefix: &str,
+    rest: &str,
+    blobs: &[(&str, &[u8])],
+) -> (f64, f64) {
+    let m = start(garage, tempfile::tempdir().unwrap(), prefix, rest).await;
+    for (path, bytes) in blobs {
+        assert!(get_bytes(&m, path).await == *bytes, "{path}");
+    }
+    m.fills_settled().await;
+    let checks = (
+        m.metric(&read_checks("seal")).await,
+        m.metric(&read_checks("digest")).await,
+    );
+    m.stop().await;
+    checks
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_sharing_a_secret_check_bucket_reads_by_seal_and_rotten_bytes_still_fail() {
     let Some((garage, fake)) = garage_and_upstream(
@@ -631,9 +658,8 @@ async fn replicas_sharing_a_secret_check_bucket_reads_by_seal_and_rotten_bytes_s
     assert!(get_bytes(&m, &pushed_path).await == pushed);
     assert!(get_bytes(&m, &pulled_path).await == pulled);
     m.fills_settled().await;
-    let checks = |by: &str| format!("regmirror_backend_read_checks_total{{by=\"{by}\"}}");
-    assert_eq!(m.metric(&checks("seal")).await, 2.0);
-    assert_eq!(m.metric(&checks("digest")).await, 0.0);
+    assert_eq!(m.metric(&read_checks("seal")).await, 2.0);
+    assert_eq!(m.metric(&read_checks("digest")).await, 0.0);
     assert!(
         get_bytes(&m, &pulled_path).await == pulled,
         "from the local copy"
@@ -646,18 +672,12 @@ async fn replicas_sharing_a_secret_check_bucket_reads_by_seal_and_rotten_bytes_s
 
     // A replica without the secret has a key of its own: the seals are not its, and it
     // checks what it reads against the digests.
-    let m = start(
-        &garage,
-        tempfile::tempdir().unwrap(),
-        "seal",
-        &upstream(&fake),
-    )
-    .await;
-    assert!(get_bytes(&m, &pushed_path).await == pushed);
-    m.fills_settled().await;
-    assert_eq!(m.metric(&checks("digest")).await, 1.0);
-    assert_eq!(m.metric(&checks("seal")).await, 0.0);
-    m.stop().await;
+    let own_key = upstream(&fake);
+    let blobs: &[(&str, &[u8])] = &[(&pushed_path, &pushed)];
+    assert_eq!(
+        fresh_replica_reads(&garage, "seal", &own_key, blobs).await,
+        (0.0, 1.0)
+    );
 
     // The large blob rots in the bucket (its seal still recorded): a replica with the secret
     // finds the seal does not match, hashes the bytes, completes no response and keeps
@@ -683,7 +703,7 @@ async fn replicas_sharing_a_secret_check_bucket_reads_by_seal_and_rotten_bytes_s
             .await,
         2.0
     );
-    assert_eq!(m.metric(&checks("seal")).await, 0.0);
+    assert_eq!(m.metric(&read_checks("seal")).await, 0.0);
     m.stop().await;
 }
 
@@ -696,47 +716,25 @@ async fn a_blob_committed_without_a_seal_is_sealed_by_its_first_verified_read() 
         return;
     };
     let shared = format!("{}{SHARED_SECRET}", upstream(&fake));
-    let checks = |by: &str| format!("regmirror_backend_read_checks_total{{by=\"{by}\"}}");
+    let own_key = upstream(&fake);
     // A replica that has no seal key (no cluster secret, and its key file cannot be read: as
     // a version before seals, it commits blobs unsealed).
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("store/seal.key")).unwrap();
-    let m = start(&garage, dir, "backfill", &upstream(&fake)).await;
+    let m = start(&garage, dir, "backfill", &own_key).await;
     let blob = random_bytes(3_000_000);
     let digest = push_blob(&m, "team/app", &blob, false).await;
     m.stop().await;
     let path = format!("/v2/team/app/blobs/{digest}");
-    // The first replica to read it hashes it, and records its seal.
-    let m = start(&garage, tempfile::tempdir().unwrap(), "backfill", &shared).await;
-    assert!(get_bytes(&m, &path).await == blob);
-    m.fills_settled().await;
-    assert_eq!(m.metric(&checks("digest")).await, 1.0);
-    m.stop().await;
-    // The next one checks the seal.
-    let m = start(&garage, tempfile::tempdir().unwrap(), "backfill", &shared).await;
-    assert!(get_bytes(&m, &path).await == blob);
-    m.fills_settled().await;
-    assert_eq!(m.metric(&checks("seal")).await, 1.0);
-    assert_eq!(m.metric(&checks("digest")).await, 0.0);
-    m.stop().await;
+    let blobs: &[(&str, &[u8])] = &[(&path, &blob)];
+    // The first replica to read it hashes it and records its seal; the next checks the seal.
+    let reads = |rest| fresh_replica_reads(&garage, "backfill", rest, blobs);
+    assert_eq!(reads(&shared).await, (0.0, 1.0), "the first read");
+    assert_eq!(reads(&shared).await, (1.0, 0.0), "the next read");
     // A replica with a key of its own leaves that seal alone (it hashes what it reads), so the
     // replicas sharing the secret keep checking it.
-    let m = start(
-        &garage,
-        tempfile::tempdir().unwrap(),
-        "backfill",
-        &upstream(&fake),
-    )
-    .await;
-    assert!(get_bytes(&m, &path).await == blob);
-    m.fills_settled().await;
-    assert_eq!(m.metric(&checks("digest")).await, 1.0);
-    m.stop().await;
-    let m = start(&garage, tempfile::tempdir().unwrap(), "backfill", &shared).await;
-    assert!(get_bytes(&m, &path).await == blob);
-    m.fills_settled().await;
-    assert_eq!(m.metric(&checks("seal")).await, 1.0);
-    m.stop().await;
+    assert_eq!(reads(&own_key).await, (0.0, 1.0), "another key");
+    assert_eq!(reads(&shared).await, (1.0, 0.0), "the seal kept");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
